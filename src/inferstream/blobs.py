@@ -1,0 +1,95 @@
+"""Blob store for the claim check: large payloads live outside the bus.
+
+A payload larger than the threshold is written to the blob store under its
+SHA-256 (content addressed, so a redelivery writes nothing new) and the envelope
+carries a :class:`BlobRef` with the URI and checksum instead of the bytes.
+``file:///path`` is a local folder, the default; other schemes can be added to
+``open_blob_store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from inferstream.envelope import BlobRef, Envelope
+from inferstream.errors import BlobError, ConfigError
+
+DEFAULT_THRESHOLD = 256 * 1024
+
+
+class BlobStore(Protocol):
+    url: str
+
+    def put(self, data: bytes) -> BlobRef: ...
+
+    def get(self, ref: BlobRef) -> bytes: ...
+
+
+class LocalBlobStore:
+    """Blobs as files in a folder, two-level fan-out by hash prefix."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = root.resolve().as_uri()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def put(self, data: bytes) -> BlobRef:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self._path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so a crash never leaves a half blob under its final name.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                raise BlobError(f"could not write blob to {path}: {exc}") from exc
+        return BlobRef(uri=f"{self.url}/{digest[:2]}/{digest}", sha256=digest, size=len(data))
+
+    def get(self, ref: BlobRef) -> bytes:
+        path = self._path(ref.sha256)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BlobError(f"blob {ref.uri} is missing from {self.root}: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise BlobError(f"blob {ref.uri} does not match its checksum; it is corrupt")
+        return data
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """Open the blob store ``url`` names; ``file:///abs/path`` or ``file://./rel/path``."""
+    parts = urlsplit(url)
+    if parts.scheme != "file":
+        raise ConfigError(f"unknown blob store URL {url!r}; use file:///path/to/folder")
+    return LocalBlobStore(Path(parts.netloc + parts.path))
+
+
+def check_in(env: Envelope, store: BlobStore, threshold: int = DEFAULT_THRESHOLD) -> Envelope:
+    """Move an inline payload above ``threshold`` bytes into ``store`` (in place)."""
+    if env.payload.WhichOneof("body") == "inline" and len(env.payload.inline) > threshold:
+        env.payload.blob.CopyFrom(store.put(env.payload.inline))
+    return env
+
+
+def payload_bytes(env: Envelope, store: BlobStore | None) -> bytes:
+    """The payload bytes, fetched from ``store`` when the envelope carries a claim check."""
+    body = env.payload.WhichOneof("body")
+    if body == "inline":
+        return env.payload.inline
+    if body == "blob":
+        if store is None:
+            raise BlobError(f"envelope {env.id} carries blob {env.payload.blob.uri} but no blob store is configured")
+        return store.get(env.payload.blob)
+    raise BlobError(f"envelope {env.id} has a {body or 'missing'} payload, expected bytes")

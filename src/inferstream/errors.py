@@ -1,0 +1,54 @@
+"""The one exception tree of inferstream.
+
+Every error raised on purpose by the package is an :class:`InferstreamError`.
+Library errors (SQLite, Kafka, pydicom, ONNX Runtime) are translated at the
+boundary with ``raise ... from exc`` so callers catch our types, not theirs.
+Each message says what happened and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class InferstreamError(Exception):
+    """Root of every error inferstream raises on purpose."""
+
+
+class ConfigError(InferstreamError):
+    """A pipeline file, URL or setting is wrong; the message names the place."""
+
+
+class MissingExtraError(InferstreamError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"{module} is not installed; install it with: pip install 'inferstream[{extra}]'"
+        )
+
+
+class BusError(InferstreamError):
+    """The message bus failed to produce, consume, commit or seek."""
+
+
+class UnknownTopicError(BusError):
+    """A topic was used before it was created."""
+
+
+class FencedError(BusError):
+    """A consumer lost its partitions to another member; its commit was refused."""
+
+
+class BlobError(InferstreamError):
+    """A claim-check payload could not be stored, found or verified."""
+
+
+class InvalidInput(InferstreamError):
+    """A message is unusable (bad image, bad DICOM, wrong schema).
+
+    Raised by steps; the worker sends such a message to the dead-letter topic at once,
+    without retries, since retrying cannot fix the input.
+    """
+
+
+class StoreError(InferstreamError):
+    """The results store could not be reached or written."""

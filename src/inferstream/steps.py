@@ -1,0 +1,126 @@
+"""Steps: the units of work a stage runs on each micro-batch.
+
+A step takes the whole batch and returns one *outcome* per input, in order:
+
+- an :class:`Envelope` — the (possibly modified) message goes on;
+- a list of envelopes — fan-out (an empty list drops the message);
+- an exception instance — this message failed; :class:`InvalidInput` sends it to
+  the dead-letter topic at once, anything else is retried with backoff first.
+
+Steps never set ids or lineage: the worker derives deterministic output ids when
+the stage's last step is done. Built-in steps are named in :data:`BUILTIN_STEPS`;
+user steps are named by import path ``package.module:factory``. A factory is
+called as ``factory(context, **params)`` with the parameters from the pipeline
+file and returns a :class:`Step`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferstream.blobs import BlobStore
+from inferstream.envelope import Envelope
+from inferstream.errors import ConfigError
+
+Outcome = Envelope | list[Envelope] | BaseException
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step factory may need from the pipeline around it."""
+
+    pipeline: str
+    stage: str
+    worker: str = ""
+    store_url: str | None = None
+    blobs: BlobStore | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Step(ABC):
+    """One step of a stage. Subclasses implement :meth:`process`."""
+
+    #: Name used in logs and error messages.
+    name: str = "step"
+
+    @abstractmethod
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        """Return one outcome per envelope in ``batch``, in the same order."""
+
+    def close(self) -> None:  # noqa: B027 - most steps hold nothing to release
+        """Release resources (connections, sessions); called once at shutdown."""
+
+
+class FunctionStep(Step):
+    """Adapts a plain per-message function ``fn(envelope) -> Envelope | list | None``.
+
+    ``None`` drops the message. An exception raised by ``fn`` fails only that
+    message, never the batch.
+    """
+
+    def __init__(self, fn: Callable[[Envelope], Envelope | list[Envelope] | None], name: str):
+        self.fn = fn
+        self.name = name
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for env in batch:
+            try:
+                result = self.fn(env)
+            except Exception as exc:  # one bad message must not fail the batch
+                outcomes.append(exc)
+                continue
+            outcomes.append([] if result is None else result)
+        return outcomes
+
+
+#: Built-in step name -> "module:factory".
+BUILTIN_STEPS: dict[str, str] = {
+    "passthrough": "inferstream.builtin_steps:passthrough",
+    "fail_if": "inferstream.builtin_steps:fail_if",
+    "collect": "inferstream.builtin_steps:collect",
+    "decode_dicom": "inferstream.eggs.dicom:decode_dicom_step",
+    "preprocess_scan": "inferstream.eggs.preprocess:preprocess_step",
+    "classify": "inferstream.classify:classify_step",
+    "store_results": "inferstream.store:store_step",
+}
+
+StepFactory = Callable[..., Step]
+
+
+def resolve_factory(ref: str) -> StepFactory:
+    """Find the factory a pipeline file names: a built-in name or ``module:attr``."""
+    target = BUILTIN_STEPS.get(ref, ref)
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        known = ", ".join(sorted(BUILTIN_STEPS))
+        raise ConfigError(
+            f"unknown step {ref!r}: use a built-in step ({known}) or an import path "
+            "like 'mypackage.steps:make_step'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"step {ref!r}: cannot import module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"step {ref!r}: module {module_name!r} has no callable {attr!r}")
+    return factory  # type: ignore[no-any-return]
+
+
+def build_step(ref: str, context: StepContext, params: Mapping[str, Any]) -> Step:
+    factory = resolve_factory(ref)
+    try:
+        step = factory(context, **params)
+    except TypeError as exc:
+        raise ConfigError(f"step {ref!r} in stage {context.stage!r}: bad parameters: {exc}") from exc
+    if not isinstance(step, Step):
+        raise ConfigError(
+            f"step {ref!r} in stage {context.stage!r}: factory returned "
+            f"{type(step).__name__}, expected an inferstream.steps.Step"
+        )
+    return step

