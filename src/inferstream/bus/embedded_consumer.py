@@ -1,0 +1,224 @@
+"""A member of a consumer group on the embedded bus (the :class:`Consumer` protocol).
+
+Each consumer has its own SQLite connection, so its short read and write
+transactions never interleave with the producer's. It keeps an in-memory position
+per owned partition: messages handed out once in this session are not handed out
+again unless a rebalance moved the partition (then it resumes from the committed
+offset). Polling is a cheap read of the group generation and the partitions'
+watermarks, repeated with a 2-10 ms backoff until something arrives.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Literal
+
+from inferstream.bus import embedded_groups as groups
+from inferstream.bus.base import Message, TopicPartition
+from inferstream.bus.embedded_db import EmbeddedSettings, connect, now_ms, run
+from inferstream.errors import BusError, FencedError
+
+_MIN_SLEEP_S = 0.002
+_MAX_SLEEP_S = 0.010
+
+
+class EmbeddedConsumer:
+    """Joins ``group`` on ``topics`` (name -> topic id) when created."""
+
+    def __init__(
+        self,
+        settings: EmbeddedSettings,
+        group: str,
+        topics: dict[str, int],
+        start: Literal["earliest", "latest"],
+    ) -> None:
+        member_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        timeout_ms = int(settings.session_timeout_s * 1000)
+        self._member = groups.Member(group, member_id, tuple(sorted(topics)), timeout_ms)
+        self._topic_ids = dict(topics)
+        self._start = start
+        # Heartbeat well inside the session timeout so a busy member never expires.
+        self._heartbeat_every_s = settings.session_timeout_s / 4
+        self._conn = connect(settings)
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._owned: groups.Owned = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._next_heartbeat = 0.0
+        self._rotation = 0
+        self._closed = False
+        with self._lock:
+            self._sync()
+
+    @property
+    def member_id(self) -> str:
+        return self._member.member_id
+
+    def assignment(self) -> list[TopicPartition]:
+        return sorted(self._owned, key=lambda tp: (tp.topic, tp.partition))
+
+    def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
+        deadline = time.monotonic() + max_wait_s
+        sleep = _MIN_SLEEP_S
+        with self._lock:
+            self._check_open()
+            while True:
+                if time.monotonic() >= self._next_heartbeat:
+                    self._sync()
+                batch = self._fetch(max(max_records, 1))
+                if batch is None:  # the group changed under us: adopt the new assignment
+                    self._sync()
+                    continue
+                left = deadline - time.monotonic()
+                if batch or left <= 0:
+                    return batch
+                time.sleep(min(sleep, left))
+                sleep = min(sleep * 2, _MAX_SLEEP_S)
+
+    def commit(self, messages: Sequence[Message]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for message in messages:
+            tp = TopicPartition(message.topic, message.partition)
+            offsets[tp] = max(offsets.get(tp, 0), message.offset + 1)
+        if not offsets:
+            return
+        with self._lock:
+            self._check_open()
+            known = dict(self._owned)
+
+            def work(conn: sqlite3.Connection) -> list[TopicPartition]:
+                groups.heartbeat(conn, self._member, now_ms())
+                lost = groups.fenced(known, groups.owned(conn, self._member), list(offsets))
+                if not lost:
+                    groups.store_offsets(conn, self._member.group, offsets)
+                self._adopt(conn)
+                return lost
+
+            lost = run(self._conn, work)
+            self._next_heartbeat = time.monotonic() + self._heartbeat_every_s
+        if lost:
+            names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in lost)
+            raise FencedError(
+                f"commit refused: member {self.member_id} of group {self._member.group!r} "
+                f"no longer owns {names} (taken over after a rebalance or a stall longer "
+                "than the session timeout); drop this batch's results and poll again"
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                run(self._conn, lambda conn: groups.leave(conn, self._member))
+            finally:
+                self._conn.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BusError(f"consumer {self.member_id} is closed; create a new one")
+
+    def _sync(self) -> None:
+        """Heartbeat (rebalancing if membership changed) and adopt the current assignment."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            groups.heartbeat(conn, self._member, now_ms())
+            self._adopt(conn)
+
+        run(self._conn, work)
+        self._next_heartbeat = time.monotonic() + self._heartbeat_every_s
+
+    def _adopt(self, conn: sqlite3.Connection) -> None:
+        """Take the stored assignment; a gained (or re-epoched) partition resumes at its commit."""
+        self._generation = groups.generation(conn, self._member.group)
+        now_owned = groups.owned(conn, self._member)
+        positions = {}
+        for tp, epoch in now_owned.items():
+            if self._owned.get(tp) == epoch and tp in self._positions:
+                positions[tp] = self._positions[tp]
+            else:
+                positions[tp] = self._starting_offset(conn, tp)
+        self._owned = now_owned
+        self._positions = positions
+
+    def _starting_offset(self, conn: sqlite3.Connection, tp: TopicPartition) -> int:
+        stored = groups.committed(conn, self._member.group, tp)
+        low, high = conn.execute(
+            "SELECT low, high FROM partitions WHERE topic_id = ? AND part = ?",
+            (self._topic_ids[tp.topic], tp.partition),
+        ).fetchone()
+        if stored is not None:
+            return max(int(stored), int(low))
+        return int(low) if self._start == "earliest" else int(high)
+
+    def _fetch(self, max_records: int) -> list[Message] | None:
+        """Read the next messages fairly across owned partitions; None if the group changed."""
+        order = list(self._positions)
+        if order:
+            self._rotation = (self._rotation + 1) % len(order)
+            order = order[self._rotation :] + order[: self._rotation]
+
+        def work(conn: sqlite3.Connection) -> list[Message] | None:
+            if groups.generation(conn, self._member.group) != self._generation:
+                return None
+            available = [self._available(conn, tp) for tp in order]
+            shares = fair_shares([count for _, count in available], max_records)
+            batch: list[Message] = []
+            for tp, (start, _), take in zip(order, available, shares, strict=True):
+                if take:
+                    batch.extend(self._read(conn, tp, start, take))
+            return batch
+
+        batch = run(self._conn, work, transaction="read")
+        for message in batch or ():
+            self._positions[TopicPartition(message.topic, message.partition)] = message.offset + 1
+        return batch
+
+    def _available(self, conn: sqlite3.Connection, tp: TopicPartition) -> tuple[int, int]:
+        """(first offset to read, how many are there) for ``tp``; skips what retention dropped."""
+        low, high = conn.execute(
+            "SELECT low, high FROM partitions WHERE topic_id = ? AND part = ?",
+            (self._topic_ids[tp.topic], tp.partition),
+        ).fetchone()
+        start = max(self._positions[tp], int(low))
+        return start, max(int(high) - start, 0)
+
+    def _read(
+        self, conn: sqlite3.Connection, tp: TopicPartition, start: int, count: int
+    ) -> list[Message]:
+        rows = conn.execute(
+            "SELECT seq, key, value, ts FROM messages "
+            "WHERE topic_id = ? AND part = ? AND seq >= ? AND seq < ? ORDER BY seq",
+            (self._topic_ids[tp.topic], tp.partition, start, start + count),
+        )
+        return [
+            Message(tp.topic, tp.partition, seq, key, value, ts) for seq, key, value, ts in rows
+        ]
+
+
+def fair_shares(available: Sequence[int], budget: int) -> list[int]:
+    """Split ``budget`` records over partitions so none starves (water-filling).
+
+    Each round gives every partition that still has messages an equal share of what
+    is left; partitions earlier in the list get the remainder of an uneven split.
+    """
+    shares = [0] * len(available)
+    left = budget
+    while left > 0:
+        open_ = [i for i, n in enumerate(available) if n > shares[i]]
+        if not open_:
+            break
+        each = max(left // len(open_), 1)
+        for i in open_:
+            take = min(each, available[i] - shares[i], left)
+            shares[i] += take
+            left -= take
+            if left == 0:
+                break
+    return shares
