@@ -90,6 +90,9 @@ def payload_bytes(env: Envelope, store: BlobStore | None) -> bytes:
         return env.payload.inline
     if body == "blob":
         if store is None:
-            raise BlobError(f"envelope {env.id} carries blob {env.payload.blob.uri} but no blob store is configured")
+            raise BlobError(
+                f"envelope {env.id} carries blob {env.payload.blob.uri} but no blob store "
+                "is configured; set 'blobs:' in the pipeline file"
+            )
         return store.get(env.payload.blob)
     raise BlobError(f"envelope {env.id} has a {body or 'missing'} payload, expected bytes")

@@ -112,7 +112,9 @@ def to_tensor(array: np.ndarray) -> Tensor:
     contiguous = np.ascontiguousarray(array)
     if contiguous.dtype.byteorder == ">":
         contiguous = contiguous.astype(contiguous.dtype.newbyteorder("<"))
-    return Tensor(dtype=contiguous.dtype.name, shape=list(contiguous.shape), data=contiguous.tobytes())
+    return Tensor(
+        dtype=contiguous.dtype.name, shape=list(contiguous.shape), data=contiguous.tobytes()
+    )
 
 
 def from_tensor(tensor: Tensor) -> np.ndarray:

@@ -26,7 +26,15 @@ class MissingExtraError(InferstreamError):
         )
 
 
-class BusError(InferstreamError):
+class TransientError(InferstreamError):
+    """A dependency (bus, store) is unavailable for now.
+
+    A worker that meets one retries the whole batch with backoff, without limit and
+    without committing, so nothing is lost while the dependency is down.
+    """
+
+
+class BusError(TransientError):
     """The message bus failed to produce, consume, commit or seek."""
 
 
@@ -50,5 +58,5 @@ class InvalidInput(InferstreamError):
     """
 
 
-class StoreError(InferstreamError):
+class StoreError(TransientError):
     """The results store could not be reached or written."""

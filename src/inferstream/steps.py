@@ -82,7 +82,7 @@ class FunctionStep(Step):
 BUILTIN_STEPS: dict[str, str] = {
     "passthrough": "inferstream.builtin_steps:passthrough",
     "fail_if": "inferstream.builtin_steps:fail_if",
-    "collect": "inferstream.builtin_steps:collect",
+    "tag": "inferstream.builtin_steps:tag",
     "decode_dicom": "inferstream.eggs.dicom:decode_dicom_step",
     "preprocess_scan": "inferstream.eggs.preprocess:preprocess_step",
     "classify": "inferstream.classify:classify_step",
@@ -117,7 +117,9 @@ def build_step(ref: str, context: StepContext, params: Mapping[str, Any]) -> Ste
     try:
         step = factory(context, **params)
     except TypeError as exc:
-        raise ConfigError(f"step {ref!r} in stage {context.stage!r}: bad parameters: {exc}") from exc
+        raise ConfigError(
+            f"step {ref!r} in stage {context.stage!r}: bad parameters: {exc}"
+        ) from exc
     if not isinstance(step, Step):
         raise ConfigError(
             f"step {ref!r} in stage {context.stage!r}: factory returned "

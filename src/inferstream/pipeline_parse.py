@@ -1,0 +1,197 @@
+"""Turn a loaded pipeline file into a :class:`PipelineSpec`, and check its wiring.
+
+Kept apart from :mod:`inferstream.pipeline` so the dataclasses stay readable. Every
+error names the line of the offending mapping (``__line__`` is added by the loader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from inferstream.errors import ConfigError
+from inferstream.pipeline import (
+    DEFAULT_BLOBS,
+    DEFAULT_BUS,
+    DEFAULT_STORE,
+    BatchSettings,
+    PipelineSpec,
+    StageSpec,
+    StepSpec,
+    _suggest,
+)
+
+PIPELINE_KEYS = {"name", "bus", "store", "blobs", "topics", "stages"}
+STAGE_KEYS = {"name", "input", "output", "steps", "batch", "replicas", "max_attempts"}
+BATCH_KEYS = {"max_size", "max_wait_ms"}
+
+
+def _at(file: Path, raw: Mapping[str, Any]) -> str:
+    line = raw.get("__line__")
+    return f"{file}:{line}" if line else str(file)
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: set[str], what: str, where: str) -> None:
+    for key in raw:
+        if key != "__line__" and key not in allowed:
+            raise ConfigError(
+                f"{where}: unknown {what} setting {key!r}{_suggest(key, sorted(allowed))}"
+            )
+
+
+def _positive_int(raw: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: {key} must be a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _parse_batch(raw: Any, where: str) -> BatchSettings:
+    if raw is None:
+        return BatchSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{where}: batch must be a mapping like {{max_size: 64, max_wait_ms: 10}}"
+        )
+    _check_keys(raw, BATCH_KEYS, "batch", where)
+    wait = raw.get("max_wait_ms", BatchSettings.max_wait_ms)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
+        raise ConfigError(f"{where}: batch.max_wait_ms must be a number >= 0, got {wait!r}")
+    return BatchSettings(
+        max_size=_positive_int(raw, "max_size", 64, where), max_wait_ms=float(wait)
+    )
+
+
+def _parse_step(raw: Any, where: str) -> StepSpec:
+    if isinstance(raw, str):
+        return StepSpec(ref=raw)
+    if isinstance(raw, dict) and isinstance(raw.get("step"), str):
+        params = {k: v for k, v in raw.items() if k not in ("step", "__line__")}
+        return StepSpec(ref=raw["step"], params=params, line=raw.get("__line__"))
+    raise ConfigError(
+        f"{where}: a step is a name ('decode_dicom') or a mapping with 'step' and its "
+        f"parameters ({{step: classify, model: egg_sexing}}), got {raw!r}"
+    )
+
+
+def _parse_stage(raw: Any, file: Path) -> StageSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: each stage must be a mapping with name, input and steps")
+    where = _at(file, raw)
+    _check_keys(raw, STAGE_KEYS, "stage", where)
+    for key in ("name", "input"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{where}: stage needs a {key!r} (a non-empty string)")
+    output = raw.get("output")
+    if output is not None and not isinstance(output, str):
+        raise ConfigError(f"{where}: output must be a topic name, got {output!r}")
+    steps = raw.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError(f"{where}: stage {raw['name']!r} needs a non-empty list of steps")
+    return StageSpec(
+        name=raw["name"],
+        input=raw["input"],
+        output=output,
+        steps=tuple(_parse_step(s, where) for s in steps),
+        batch=_parse_batch(raw.get("batch"), where),
+        replicas=_positive_int(raw, "replicas", 1, where),
+        max_attempts=_positive_int(raw, "max_attempts", 3, where),
+        line=raw.get("__line__"),
+    )
+
+
+def _parse_topics(raw: Any, file: Path) -> dict[str, int]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: topics must map topic names to {{partitions: N}}")
+    topics = {}
+    for name, settings in raw.items():
+        if name == "__line__":
+            continue
+        where = f"{_at(file, raw)} topic {name!r}"
+        _check_keys(settings or {}, {"partitions"}, "topic", where)
+        topics[str(name)] = _positive_int(settings or {}, "partitions", 1, where)
+    return topics
+
+
+def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
+    where = _at(file, raw)
+    _check_keys(raw, PIPELINE_KEYS, "pipeline", where)
+    if not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise ConfigError(f"{where}: the pipeline needs a 'name'")
+    stages = raw.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{where}: the pipeline needs a non-empty list of 'stages'")
+    return PipelineSpec(
+        name=raw["name"],
+        stages=tuple(_parse_stage(s, file) for s in stages),
+        topics=_parse_topics(raw.get("topics"), file),
+        bus=str(raw.get("bus") or DEFAULT_BUS),
+        store=str(raw.get("store") or DEFAULT_STORE),
+        blobs=str(raw.get("blobs") or DEFAULT_BLOBS),
+        source=file,
+    )
+
+
+def _stage_where(stage: StageSpec) -> str:
+    return f"line {stage.line}: " if stage.line else ""
+
+
+def _has_cycle(spec: PipelineSpec) -> list[str] | None:
+    """Return the topics of a cycle (topic -> stage -> topic ...) if there is one."""
+    edges: dict[str, list[str]] = {}
+    for stage in spec.stages:
+        if stage.output:
+            edges.setdefault(stage.input, []).append(stage.output)
+    state: dict[str, int] = {}
+
+    def visit(topic: str, path: list[str]) -> list[str] | None:
+        state[topic] = 1
+        for nxt in edges.get(topic, []):
+            if state.get(nxt) == 1:
+                return [*path, topic, nxt]
+            if nxt not in state and (found := visit(nxt, [*path, topic])):
+                return found
+        state[topic] = 2
+        return None
+
+    for topic in list(edges):
+        if topic not in state and (cycle := visit(topic, [])):
+            return cycle
+    return None
+
+
+def wiring_problems(spec: PipelineSpec) -> list[str]:
+    """Every wiring problem: duplicate stages, unknown steps, unfed topics, cycles."""
+    from inferstream.steps import resolve_factory
+
+    problems: list[str] = []
+    names = [s.name for s in spec.stages]
+    problems += [
+        f"stage {n!r} is defined twice" for n in sorted({n for n in names if names.count(n) > 1})
+    ]
+    produced = set(spec.topics) | {s.output for s in spec.stages if s.output}
+    produced |= {f"{s.input}.dlq" for s in spec.stages}  # the workers write dead letters
+    for stage in spec.stages:
+        where = _stage_where(stage)
+        if stage.input not in produced:
+            problems.append(
+                f"{where}stage {stage.name!r} reads topic {stage.input!r} that no stage writes "
+                f"and that is not declared under 'topics'{_suggest(stage.input, sorted(produced))}"
+            )
+        if stage.output and stage.output.endswith(".dlq"):
+            problems.append(
+                f"{where}stage {stage.name!r} writes {stage.output!r}: .dlq topics are the worker's"
+            )
+        for step in stage.steps:
+            try:
+                resolve_factory(step.ref)
+            except ConfigError as exc:
+                line = f"line {step.line}: " if step.line else where
+                problems.append(f"{line}stage {stage.name!r}: {exc}")
+    cycle = _has_cycle(spec)
+    if cycle:
+        problems.append("topics form a cycle: " + " -> ".join(cycle))
+    return problems

@@ -1,0 +1,91 @@
+"""Run one stage of a pipeline in this process: the body of ``inferstream worker``.
+
+Builds the stage's steps from the pipeline spec, makes sure its topics exist,
+installs SIGTERM/SIGINT handlers that drain (finish the batch in hand, commit,
+leave the group) and runs the :class:`~inferstream.worker.StageWorker` loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+
+from inferstream.blobs import open_blob_store
+from inferstream.bus import Bus, open_bus
+from inferstream.pipeline import PipelineSpec, StageSpec
+from inferstream.steps import Step, StepContext, build_step
+from inferstream.worker import StageWorker
+
+log = logging.getLogger(__name__)
+
+
+def ensure_topics(bus: Bus, spec: PipelineSpec) -> None:
+    """Create every topic the pipeline uses (idempotent), dead-letter topics included."""
+    for stage in spec.stages:
+        names = [stage.input, f"{stage.input}.dlq"] + ([stage.output] if stage.output else [])
+        for name in names:
+            bus.create_topic(name, spec.partitions(name.removesuffix(".dlq")))
+
+
+def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[Step]:
+    context = StepContext(
+        pipeline=spec.name,
+        stage=stage.name,
+        worker=worker_id,
+        store_url=spec.store,
+        blobs=open_blob_store(spec.blobs),
+    )
+    return [build_step(step.ref, context, step.params) for step in stage.steps]
+
+
+def make_worker(spec: PipelineSpec, stage_name: str, bus: Bus, replica: int = 0) -> StageWorker:
+    stage = spec.stage(stage_name)
+    worker_id = f"{stage.name}-{replica}@{socket.gethostname()}:{os.getpid()}"
+    return StageWorker(
+        bus,
+        pipeline=spec.name,
+        stage=stage.name,
+        input_topic=stage.input,
+        output_topic=stage.output,
+        steps=build_steps(spec, stage, worker_id),
+        max_batch=stage.batch.max_size,
+        max_wait_s=stage.batch.max_wait_ms / 1000,
+        max_attempts=stage.max_attempts,
+        worker_id=worker_id,
+    )
+
+
+@contextlib.contextmanager
+def drain_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM or SIGINT, so the loop drains instead of dying mid-batch."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_stage(spec: PipelineSpec, stage_name: str, replica: int = 0) -> None:
+    """Run ``stage_name`` until SIGTERM/SIGINT; drains cleanly."""
+    stop = threading.Event()
+    bus = open_bus(spec.bus)
+    try:
+        ensure_topics(bus, spec)
+        worker = make_worker(spec, stage_name, bus, replica)
+        with drain_on_signals(stop):
+            log.info("stage %s (%s) started on %s", stage_name, worker.worker_id, spec.bus)
+            worker.run(stop)
+        log.info("stage %s drained and stopped", stage_name)
+    finally:
+        bus.close()

@@ -1,0 +1,127 @@
+"""``inferstream up``: every stage of a pipeline as supervised processes on one machine.
+
+Each replica of each stage is an ``inferstream worker`` child process. A child that
+crashes is restarted (with backoff, so a stage that cannot start does not spin);
+SIGINT (Ctrl-C) or SIGTERM sends SIGTERM to every child, which drains its batch
+in hand and commits, then waits up to ``drain_timeout_s`` before killing stragglers.
+Extra processes (the API server) are supervised the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferstream.pipeline import PipelineSpec
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class Child:
+    """One supervised process and its restart history."""
+
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default=0.0)
+
+
+def worker_argv(spec: PipelineSpec, stage: str, replica: int) -> list[str]:
+    assert spec.source is not None, "supervised pipelines come from a file"
+    return [
+        sys.executable, "-m", "inferstream", "worker", str(spec.source),
+        "--stage", stage, "--replica", str(replica),
+        "--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs,
+    ]  # fmt: skip
+
+
+def pipeline_children(spec: PipelineSpec) -> list[Child]:
+    return [
+        Child(name=f"{stage.name}-{replica}", argv=worker_argv(spec, stage.name, replica))
+        for stage in spec.stages
+        for replica in range(stage.replicas)
+    ]
+
+
+class Supervisor:
+    """Starts children, restarts the ones that die, and stops them all on request."""
+
+    def __init__(self, children: Sequence[Child], drain_timeout_s: float = 30.0) -> None:
+        self.children = list(children)
+        self.drain_timeout_s = drain_timeout_s
+        self.stop = threading.Event()
+        self._metrics_dir = tempfile.TemporaryDirectory(prefix="inferstream-metrics-")
+        self.env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir.name)
+
+    @property
+    def metrics_dir(self) -> Path:
+        return Path(self._metrics_dir.name)
+
+    def _start(self, child: Child) -> None:
+        child.proc = subprocess.Popen(child.argv, env=self.env)
+        child.started_at = time.monotonic()
+        log.info("started %s (pid %d)", child.name, child.proc.pid)
+
+    def poll_once(self) -> None:
+        """Start children that are due, and schedule a restart for those that exited."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None:
+                if now >= child.next_start:
+                    self._start(child)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                if now - child.started_at > 60:
+                    child.restarts = 0  # it ran for a while: forget old crashes
+                continue
+            delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+            log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
+            child.proc = None
+            child.restarts += 1
+            child.next_start = now + delay
+
+    def run(self) -> None:
+        """Supervise until SIGINT/SIGTERM, then drain every child."""
+        previous = {
+            sig: signal.signal(sig, lambda *_: self.stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            while not self.stop.is_set():
+                self.poll_once()
+                self.stop.wait(0.2)
+        finally:
+            self.shutdown()
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def shutdown(self) -> None:
+        running = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
+        for proc in running:
+            proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.drain_timeout_s
+        for proc in running:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "pid %d did not drain within %.0fs; killing it", proc.pid, self.drain_timeout_s
+                )
+                proc.kill()
+                proc.wait()
+        self._metrics_dir.cleanup()

@@ -1,0 +1,165 @@
+"""The stage worker on the embedded bus: fused steps, ids, retries, dead letters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from inferstream.bus import Bus, Message, Record, open_bus
+from inferstream.builtin_steps import FailIf, Passthrough, Tag
+from inferstream.envelope import Envelope, derive_id, new_envelope, parse
+from inferstream.errors import StoreError
+from inferstream.steps import Outcome, Step
+from inferstream.worker import StageWorker
+
+
+@pytest.fixture
+def local_bus(tmp_path: Path) -> Iterator[Bus]:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    for topic in ("in", "in.dlq", "out"):
+        bus.create_topic(topic, 2)
+    yield bus
+    bus.close()
+
+
+def produce_envelopes(bus: Bus, topic: str, envs: Sequence[Envelope]) -> None:
+    bus.produce(
+        topic, [Record(key=e.partition_key.encode(), value=e.SerializeToString()) for e in envs]
+    )
+
+
+def drain_topic(bus: Bus, topic: str, expected: int, timeout_s: float = 20.0) -> list[Message]:
+    """Read ``topic`` as a fresh group until ``expected`` messages arrived (or time out)."""
+    consumer = bus.consumer(f"reader-{time.monotonic_ns()}", [topic])
+    got: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < expected and time.monotonic() < deadline:
+        got += consumer.poll_batch(500, 0.2)
+    # A short extra read catches anything beyond what was expected.
+    got += consumer.poll_batch(500, 0.3)
+    consumer.close()
+    return got
+
+
+def run_until(worker: StageWorker, done: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "worker did not drain after stop was set"
+
+
+def make_worker(bus: Bus, steps: Sequence[Step], output: str | None = "out") -> StageWorker:
+    return StageWorker(
+        bus, pipeline="t", stage="s1", input_topic="in", output_topic=output, steps=steps,
+        max_batch=16, max_wait_s=0.01,
+    )  # fmt: skip
+
+
+def envelopes(n: int, **attrs: str) -> list[Envelope]:
+    return [new_envelope(b"x", "text/plain", key=f"k{i % 5}", attributes=attrs) for i in range(n)]
+
+
+def test_fused_steps_give_one_output_per_input_with_deterministic_ids(local_bus: Bus) -> None:
+    inputs = envelopes(50)
+    produce_envelopes(local_bus, "in", inputs)
+    worker = make_worker(local_bus, [Passthrough(), Tag({"seen": "yes"})])
+    out: list[Message] = []
+    run_until(
+        worker, lambda: bool(out.extend(drain_topic(local_bus, "out", 50, 0.5))) or len(out) >= 50
+    )
+    parsed = [parse(m.value) for m in out]
+    assert sorted(e.id for e in parsed) == sorted(derive_id(e.id, "s1", 0) for e in inputs)
+    assert all(e.attributes["seen"] == "yes" for e in parsed)
+    assert all(e.lineage[-1].stage == "s1" for e in parsed)
+    assert {e.root_id for e in parsed} == {e.id for e in inputs}
+
+
+def test_poison_messages_go_to_dead_letters_and_others_flow(local_bus: Bus) -> None:
+    good = envelopes(30)
+    retryable = envelopes(3, poison="1")
+    invalid = envelopes(2, bad="1")
+    produce_envelopes(local_bus, "in", good[:15] + retryable + invalid + good[15:])
+    local_bus.produce("in", [Record(key=b"junk", value=b"\xff\x00 not protobuf")])
+    steps = [FailIf("poison", "1", permanent=False), FailIf("bad", "1", permanent=True)]
+    worker = make_worker(local_bus, steps)
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("in.dlq")) >= 6)
+    outputs = drain_topic(local_bus, "out", 30)
+    assert {parse(m.value).root_id for m in outputs} == {e.id for e in good}
+    letters = [parse(m.value) for m in drain_topic(local_bus, "in.dlq", 6)]
+    by_id = {e.id: e.error for e in letters if e.id}
+    for env in retryable:
+        assert by_id[env.id].attempts == 3 and by_id[env.id].error_type == "ValueError"
+    for env in invalid:
+        assert by_id[env.id].attempts == 1 and "marked to fail" in by_id[env.id].message
+    junk = [e for e in letters if e.payload.inline == b"\xff\x00 not protobuf"]
+    assert len(junk) == 1 and junk[0].error.error_type == "InvalidInput"
+
+
+class FlakyStore(Step):
+    """A step whose dependency is down for the first ``outages`` calls."""
+
+    name = "flaky_store"
+
+    def __init__(self, outages: int) -> None:
+        self.outages = outages
+        self.calls = 0
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        self.calls += 1
+        if self.calls <= self.outages:
+            raise StoreError("database unavailable")
+        return list(batch)
+
+
+def test_transient_errors_retry_the_batch_without_dead_letters(local_bus: Bus) -> None:
+    produce_envelopes(local_bus, "in", envelopes(10))
+    step = FlakyStore(outages=3)
+    worker = make_worker(local_bus, [step])
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("out")) >= 10)
+    assert len({parse(m.value).id for m in drain_topic(local_bus, "out", 10)}) == 10
+    assert sum(p.high for p in local_bus.partitions("in.dlq")) == 0
+    assert step.calls > 3
+
+
+class BatchCrash(Step):
+    """Fails the whole batch whenever one poison message is in it (a buggy library)."""
+
+    name = "batch_crash"
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        if any(e.attributes.get("poison") == "1" for e in batch):
+            raise RuntimeError("native library crashed on this batch")
+        return list(batch)
+
+
+def test_a_step_failing_the_whole_batch_is_isolated_to_the_poison_message(local_bus: Bus) -> None:
+    good, poison = envelopes(20), envelopes(1, poison="1")
+    produce_envelopes(local_bus, "in", good[:10] + poison + good[10:])
+    worker = make_worker(local_bus, [BatchCrash()])
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("in.dlq")) >= 1)
+    outputs = drain_topic(local_bus, "out", 20)
+    assert {parse(m.value).root_id for m in outputs} == {e.id for e in good}
+    [letter] = [parse(m.value) for m in drain_topic(local_bus, "in.dlq", 1)]
+    assert letter.id == poison[0].id and "native library crashed" in letter.error.message
+
+
+def test_fan_out_and_filter_get_indexed_ids(local_bus: Bus) -> None:
+    class Split(Step):
+        def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+            return [[e, e] if e.attributes.get("fan") == "2" else [] for e in batch]
+
+    two, zero = envelopes(3, fan="2"), envelopes(3, fan="0")
+    produce_envelopes(local_bus, "in", two + zero)
+    worker = make_worker(local_bus, [Split()])
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("out")) >= 6)
+    ids = sorted(parse(m.value).id for m in drain_topic(local_bus, "out", 6))
+    assert ids == sorted(derive_id(e.id, "s1", i) for e in two for i in (0, 1))
