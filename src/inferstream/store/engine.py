@@ -1,0 +1,70 @@
+"""Opening the database behind a store URL, tuned for several writer processes.
+
+``sqlite:///path.db`` (the default, one machine) gets WAL mode, so readers never
+block the writer, and a busy timeout, so workers in other processes wait for the
+write lock instead of failing. ``postgresql://`` URLs are driven by psycopg 3
+(the ``postgres`` extra); the bare scheme is normalised to ``postgresql+psycopg``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from inferstream.errors import ConfigError, MissingExtraError
+
+#: How long a SQLite writer waits for another process's write lock.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def parse_store_url(url: str | URL) -> URL:
+    """Validate a store URL and pick the driver; raise :class:`ConfigError` when unusable."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"store URL {url!r} is not a database URL; use sqlite:///path/to/results.db "
+            "or postgresql://user@host/db"
+        ) from exc
+    if parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        return parsed
+    raise ConfigError(
+        f"store URL scheme {parsed.drivername!r} is not supported; use sqlite:/// or postgresql://"
+    )
+
+
+def make_engine(url: str | URL, **engine_args: Any) -> Engine:
+    """An engine for ``url`` with the per-dialect settings the store relies on."""
+    parsed = parse_store_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        try:
+            import psycopg  # noqa: F401 - fail here with the extra's name, not deep in SQLAlchemy
+        except ImportError as exc:
+            raise MissingExtraError("psycopg", "postgres") from exc
+        engine_args.setdefault("pool_pre_ping", True)
+        return create_engine(parsed, **engine_args)
+    engine = create_engine(parsed, **engine_args)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first: switching to WAL itself needs the lock.
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # synchronous stays FULL: the worker commits bus offsets once we return,
+        # so a committed batch must survive a power loss too.
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def describe(url: str | URL) -> str:
+    """The URL without its password, for error messages and logs."""
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,154 @@
+"""SQL statements the store runs, built with SQLAlchemy Core, plus cursor encoding.
+
+Pure functions of their arguments (no connection), so :mod:`inferstream.store.store`
+stays about transactions and the statements can be read in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Insert, Select, Table, and_, case, func, literal, select
+from sqlalchemy import tuple_ as sql_tuple
+from sqlalchemy.dialects import postgresql, sqlite
+
+from inferstream.errors import InferstreamError
+from inferstream.store.rows import OnConflict, Order, ResultFilter
+from inferstream.store.schema import feedback, results
+
+#: Largest page a listing returns, whatever the caller asks for.
+MAX_PAGE = 1000
+
+#: Columns a redelivery with ``on_conflict="update"`` leaves alone: the key, and
+#: stored_at_us so a row keeps its place in cursor pagination.
+_KEEP_ON_UPDATE = frozenset({"tenant", "id", "stored_at_us", "latency_ms"})
+
+
+class InvalidQuery(InferstreamError):
+    """A query's arguments are unusable (bad cursor, bad limit); fix the request."""
+
+
+def upsert(table: Table, dialect: str, on_conflict: OnConflict) -> Insert:
+    """An insert that skips (or updates) rows whose primary key is already stored."""
+    stmt = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    keys = [column.name for column in table.primary_key.columns]
+    if on_conflict == "ignore":
+        return stmt.on_conflict_do_nothing(index_elements=keys)
+    updates = {
+        column.name: stmt.excluded[column.name]
+        for column in table.columns
+        if column.name not in keys and column.name not in _KEEP_ON_UPDATE
+    }
+    return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
+
+
+def result_conditions(tenant: str, filters: ResultFilter | None) -> list[ColumnElement[bool]]:
+    """WHERE terms for a tenant's results under ``filters``."""
+    conditions: list[ColumnElement[bool]] = [results.c.tenant == tenant]
+    if filters is None:
+        return conditions
+    for name in ("egg_id", "tray", "scanner", "label", "model_name", "model_version"):
+        value = getattr(filters, name)
+        if value is not None:
+            conditions.append(results.c[name] == value)
+    bounds = (
+        (filters.min_confidence, results.c.confidence.__ge__),
+        (filters.max_confidence, results.c.confidence.__le__),
+        (filters.since_us, results.c.created_at_us.__ge__),
+        (filters.until_us, results.c.created_at_us.__lt__),
+    )
+    conditions.extend(compare(bound) for bound, compare in bounds if bound is not None)
+    return conditions
+
+
+def keyset_page(
+    table: Table,
+    conditions: Sequence[ColumnElement[bool]],
+    order_columns: tuple[str, str],
+    *,
+    cursor: str | None,
+    limit: int,
+    order: Order,
+) -> Select[Any]:
+    """SELECT one page after ``cursor`` ordered by ``order_columns`` (time, then id).
+
+    Keyset rather than OFFSET: a page is found through the index whatever its depth,
+    and rows inserted meanwhile never shift the pages already read.
+    """
+    check_limit(limit)
+    first, second = (table.c[name] for name in order_columns)
+    where = list(conditions)
+    if cursor is not None:
+        after = sql_tuple(first, second)
+        position = decode_cursor(cursor, order)
+        where.append(after > position if order == "asc" else after < position)
+    ordering = (first, second) if order == "asc" else (first.desc(), second.desc())
+    # One extra row tells whether another page follows.
+    return select(table).where(and_(*where)).order_by(*ordering).limit(limit + 1)
+
+
+def check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidQuery(f"limit {limit} is out of range; ask for 1 to {MAX_PAGE} rows")
+
+
+def encode_cursor(order: Order, at_us: int, ident: str) -> str:
+    raw = json.dumps([order, at_us, ident], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, order: Order) -> tuple[int, str]:
+    """The (time, id) position in ``cursor``; :class:`InvalidQuery` when it is not ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_order, at_us, ident = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidQuery(
+            "cursor is not one this store issued; pass next_cursor from the previous page"
+        ) from exc
+    if cursor_order != order or not isinstance(at_us, int) or not isinstance(ident, str):
+        raise InvalidQuery(
+            f"cursor was issued for order {cursor_order!r}, not {order!r}; "
+            "keep the order fixed while paging"
+        )
+    return at_us, ident
+
+
+def summary_by_label(tenant: str, tray: str) -> Select[Any]:
+    """Per-label count, confidence sum and first/last store time of one tray."""
+    return (
+        select(
+            results.c.label,
+            func.count().label("count"),
+            func.sum(results.c.confidence).label("confidence_sum"),
+            func.min(results.c.stored_at_us).label("first"),
+            func.max(results.c.stored_at_us).label("last"),
+        )
+        .where(results.c.tenant == tenant, results.c.tray == tray)
+        .group_by(results.c.label)
+    )
+
+
+def accuracy(table: Table, tenant: str, role: str) -> Select[Any]:
+    """Labelled and correct counts per model version of ``table`` against feedback."""
+    correct = func.sum(case((table.c.label == feedback.c.label, 1), else_=0))
+    return (
+        select(
+            table.c.model_name,
+            table.c.model_version,
+            literal(role).label("role"),
+            func.count().label("labelled"),
+            correct.label("correct"),
+        )
+        .join(
+            feedback,
+            and_(feedback.c.tenant == table.c.tenant, feedback.c.egg_id == table.c.egg_id),
+        )
+        .where(table.c.tenant == tenant)
+        .group_by(table.c.model_name, table.c.model_version)
+        .order_by(table.c.model_name, table.c.model_version)
+    )

@@ -1,0 +1,121 @@
+"""The results store's tables, as SQLAlchemy Core metadata.
+
+This is the schema the *code* queries. The database gets its schema from the
+Alembic migrations in ``migrations/versions/``, which are frozen history; a test
+checks that the migrated database and this module agree. Change both together.
+
+Every table carries ``tenant`` and every composite index starts with it, so each
+query a tenant makes stays inside its own slice of the index. Timestamps are
+integers, microseconds since the Unix epoch (UTC), like the envelope's.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+#: Tables that hold per-tenant rows; row-level security covers each on PostgreSQL.
+TENANT_TABLES = ("results", "shadow_results", "dead_letters", "feedback")
+
+
+def _prediction_columns() -> list[Column[object]]:
+    """Columns shared by champion results and shadow results."""
+    return [
+        Column("id", String(), nullable=False),
+        Column("tenant", String(), nullable=False),
+        Column("egg_id", String()),
+        Column("tray", String()),
+        Column("scanner", String()),
+        Column("label", String(), nullable=False),
+        Column("confidence", Float, nullable=False),
+        Column("scores", JSON, nullable=False),
+        Column("model_name", String(), nullable=False),
+        Column("model_version", String(), nullable=False),
+        Column("created_at_us", BigInteger, nullable=False),
+        Column("ingested_at_us", BigInteger, nullable=False),
+        Column("stored_at_us", BigInteger, nullable=False),
+        Column("latency_ms", Float, nullable=False),
+        Column("lineage", JSON, nullable=False),
+        Column("trace_id", String(), nullable=False),
+        Column("status", String(), nullable=False),
+    ]
+
+
+#: One row per (tenant, scan): the champion model's prediction, the one acted on.
+results = Table(
+    "results",
+    metadata,
+    *_prediction_columns(),
+    PrimaryKeyConstraint("tenant", "id"),
+    Index(None, "tenant", "egg_id"),
+    Index(None, "tenant", "tray", "stored_at_us"),
+    Index(None, "tenant", "scanner", "stored_at_us"),
+    Index(None, "tenant", "label", "stored_at_us"),
+    Index(None, "tenant", "model_version", "stored_at_us"),
+    Index(None, "tenant", "created_at_us"),
+    # Keyset pagination walks this index.
+    Index(None, "tenant", "stored_at_us", "id"),
+)
+
+#: Shadow-model predictions: recorded for comparison, never acted on. A scan may
+#: have several shadow models, hence the model in the key.
+shadow_results = Table(
+    "shadow_results",
+    metadata,
+    *_prediction_columns(),
+    PrimaryKeyConstraint("tenant", "id", "model_name", "model_version"),
+    Index(None, "tenant", "egg_id"),
+    Index(None, "tenant", "model_version", "stored_at_us"),
+)
+
+#: Messages a stage gave up on, read from a ``.dlq`` topic.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", String(), nullable=False),
+    Column("tenant", String(), nullable=False),
+    Column("root_id", String(), nullable=False),
+    Column("stage", String(), nullable=False),
+    Column("error_type", String(), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("topic", String(), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("trace_id", String(), nullable=False),
+    PrimaryKeyConstraint("tenant", "id"),
+    Index(None, "tenant", "at_us", "id"),
+    Index(None, "tenant", "stage", "at_us"),
+)
+
+#: Ground truth that arrives later (e.g. hatch results), one label per egg.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("egg_id", String(), nullable=False),
+    Column("label", String(), nullable=False),
+    Column("source", String(), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "egg_id"),
+)

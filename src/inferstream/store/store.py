@@ -1,0 +1,309 @@
+"""The results store: idempotent batch writes and tenant-scoped queries.
+
+One class over SQLAlchemy Core (no ORM session on the hot path). Every method that
+reads or writes tenant data takes the tenant and runs in its own transaction; on
+PostgreSQL that transaction first sets ``inferstream.tenant`` with
+``set_config(..., true)``, which the row-level-security policies check, so even a
+bug in a WHERE clause cannot leak another tenant's rows. Database failures surface
+as :class:`~inferstream.errors.StoreError`, which workers treat as transient.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, func, select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+
+from inferstream.envelope import now_us
+from inferstream.errors import StoreError
+from inferstream.store import queries, schema
+from inferstream.store.engine import describe, make_engine
+from inferstream.store.migrate import upgrade
+from inferstream.store.rows import (
+    BatchSummary,
+    DeadLetterRow,
+    Feedback,
+    ModelAccuracy,
+    OnConflict,
+    Order,
+    Page,
+    ResultFilter,
+    ResultRow,
+)
+from inferstream.store.schema import feedback, shadow_results
+
+
+class ResultsStore:
+    """Results of a pipeline in SQLite (default) or PostgreSQL, chosen by URL.
+
+    ``ResultsStore("sqlite:///results.db")`` migrates the schema to the newest
+    revision on open; pass ``migrate=False`` when a deploy step does that instead.
+    Safe to use from several threads; open one per process.
+    """
+
+    def __init__(self, url: str | URL, *, migrate: bool = True, **engine_args: Any) -> None:
+        self.url = describe(url)
+        self.engine: Engine = make_engine(url, **engine_args)
+        if migrate:
+            self.migrate()
+
+    def migrate(self, revision: str = "head") -> None:
+        """Apply the shipped migrations up to ``revision``; a no-op when already there."""
+        with self._errors("migrate the schema of"):
+            upgrade(self.engine, revision)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------
+
+    def upsert_results(
+        self, rows: Sequence[ResultRow], *, on_conflict: OnConflict = "ignore"
+    ) -> None:
+        """Store champion results; a row whose (tenant, id) exists is skipped or updated."""
+        self.write_batch(results=rows, on_conflict=on_conflict)
+
+    def write_batch(
+        self,
+        *,
+        results: Sequence[ResultRow] = (),
+        shadows: Sequence[ResultRow] = (),
+        dead_letters: Sequence[DeadLetterRow] = (),
+        on_conflict: OnConflict = "ignore",
+    ) -> None:
+        """Write champion results, shadow results and dead letters in ONE transaction.
+
+        Each table gets one executemany per tenant in the batch (the tenant setting
+        changes between them on PostgreSQL); all or nothing is committed.
+        """
+        writes: list[tuple[Table, Sequence[ResultRow] | Sequence[DeadLetterRow]]] = [
+            (schema.results, results),
+            (shadow_results, shadows),
+            (schema.dead_letters, dead_letters),
+        ]
+        with self._errors("write a batch to"), self.engine.begin() as conn:
+            for table, rows in writes:
+                self._upsert(conn, table, rows, on_conflict)
+
+    def record_dead_letter(self, row: DeadLetterRow) -> None:
+        self.write_batch(dead_letters=[row])
+
+    def add_feedback(
+        self,
+        tenant: str,
+        egg_id: str,
+        label: str,
+        *,
+        source: str = "manual",
+        at_us: int | None = None,
+    ) -> Feedback:
+        """Record (or correct) the ground truth of one egg."""
+        entry = Feedback(tenant, egg_id, label, source, now_us() if at_us is None else at_us)
+        stmt = queries.upsert(feedback, self.engine.dialect.name, "update")
+        with self._transaction("record feedback in", tenant) as conn:
+            conn.execute(stmt, [vars_of(entry)])
+        return entry
+
+    def _upsert(
+        self,
+        conn: Connection,
+        table: Table,
+        rows: Sequence[ResultRow] | Sequence[DeadLetterRow],
+        on_conflict: OnConflict,
+    ) -> None:
+        if not rows:
+            return
+        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            by_tenant[row.tenant].append(row.as_params())
+        stmt = queries.upsert(table, conn.dialect.name, on_conflict)
+        for tenant, params in by_tenant.items():
+            _set_tenant(conn, tenant)
+            conn.execute(stmt, params)
+
+    # -- reads ----------------------------------------------------------------
+
+    def get_result(self, tenant: str, id: str) -> ResultRow | None:
+        stmt = select(schema.results).where(
+            schema.results.c.tenant == tenant, schema.results.c.id == id
+        )
+        with self._transaction("read a result from", tenant) as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else ResultRow.from_mapping(row)
+
+    def list_results(
+        self,
+        tenant: str,
+        filters: ResultFilter | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        order: Order = "asc",
+    ) -> Page[ResultRow]:
+        """One page of a tenant's results ordered by (stored_at_us, id)."""
+        conditions = queries.result_conditions(tenant, filters)
+        stmt = queries.keyset_page(
+            schema.results,
+            conditions,
+            ("stored_at_us", "id"),
+            cursor=cursor,
+            limit=limit,
+            order=order,
+        )
+        with self._transaction("list results in", tenant) as conn:
+            rows = [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+        return _page(rows, limit, order, lambda row: (row.stored_at_us, row.id))
+
+    def list_shadow_results(self, tenant: str, id: str) -> list[ResultRow]:
+        """Every shadow model's prediction for one scan."""
+        stmt = (
+            select(shadow_results)
+            .where(shadow_results.c.tenant == tenant, shadow_results.c.id == id)
+            .order_by(shadow_results.c.model_name, shadow_results.c.model_version)
+        )
+        with self._transaction("read shadow results from", tenant) as conn:
+            return [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+
+    def count_results(self, tenant: str, filters: ResultFilter | None = None) -> int:
+        conditions = queries.result_conditions(tenant, filters)
+        stmt = select(func.count()).select_from(schema.results).where(*conditions)
+        with self._transaction("count results in", tenant) as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def batch_summary(self, tenant: str, tray: str) -> BatchSummary:
+        """Prediction mix, mean confidence and throughput of one tray."""
+        with self._transaction("summarise a tray in", tenant) as conn:
+            groups = conn.execute(queries.summary_by_label(tenant, tray)).all()
+        return summarise(tenant, tray, groups)
+
+    def list_dead_letters(
+        self,
+        tenant: str,
+        *,
+        stage: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+        order: Order = "asc",
+    ) -> Page[DeadLetterRow]:
+        conditions = [schema.dead_letters.c.tenant == tenant]
+        if stage is not None:
+            conditions.append(schema.dead_letters.c.stage == stage)
+        stmt = queries.keyset_page(
+            schema.dead_letters,
+            conditions,
+            ("at_us", "id"),
+            cursor=cursor,
+            limit=limit,
+            order=order,
+        )
+        with self._transaction("list dead letters in", tenant) as conn:
+            rows = [DeadLetterRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+        return _page(rows, limit, order, lambda row: (row.at_us, row.id))
+
+    def get_feedback(self, tenant: str, egg_id: str) -> Feedback | None:
+        stmt = select(feedback).where(feedback.c.tenant == tenant, feedback.c.egg_id == egg_id)
+        with self._transaction("read feedback from", tenant) as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else Feedback(**row)
+
+    def accuracy_by_model_version(self, tenant: str) -> list[ModelAccuracy]:
+        """Agreement with ground truth per model version, champions first, then shadows."""
+        with self._transaction("compute accuracy in", tenant) as conn:
+            rows = [
+                *conn.execute(queries.accuracy(schema.results, tenant, "champion")).mappings(),
+                *conn.execute(queries.accuracy(shadow_results, tenant, "shadow")).mappings(),
+            ]
+        return [
+            ModelAccuracy(
+                row["model_name"],
+                row["model_version"],
+                row["role"],
+                int(row["labelled"]),
+                int(row["correct"]),
+            )
+            for row in rows
+        ]
+
+    # -- plumbing -------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, action: str, tenant: str) -> Iterator[Connection]:
+        with self._errors(action), self.engine.begin() as conn:
+            _set_tenant(conn, tenant)
+            yield conn
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(
+                f"could not {action} the results store at {self.url}: "
+                f"{type(cause).__name__}: {cause}; check that the database "
+                "is reachable and migrated, the batch will be retried"
+            ) from exc
+
+
+def _set_tenant(conn: Connection, tenant: str) -> None:
+    """Name the tenant for PostgreSQL's row-level security, for this transaction only."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT set_config('inferstream.tenant', :tenant, true)"), {"tenant": tenant}
+        )
+
+
+def _page(rows: list[Any], limit: int, order: Order, key: Any) -> Page[Any]:
+    if len(rows) <= limit:
+        return Page(rows, None)
+    del rows[limit:]
+    at_us, ident = key(rows[-1])
+    return Page(rows, queries.encode_cursor(order, at_us, ident))
+
+
+def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> BatchSummary:
+    """Fold per-label aggregates into a :class:`BatchSummary`."""
+    counts = {row.label: int(row.count) for row in groups if row.count}
+    total = sum(counts.values())
+    if not total:
+        return BatchSummary(tenant, tray, 0)
+    first = min(int(row.first) for row in groups)
+    last = max(int(row.last) for row in groups)
+    span_s = (last - first) / 1e6
+    return BatchSummary(
+        tenant,
+        tray,
+        total,
+        counts,
+        female_ratio=counts.get("female", 0) / total,
+        mean_confidence=sum(float(row.confidence_sum) for row in groups) / total,
+        first_stored_at_us=first,
+        last_stored_at_us=last,
+        throughput_per_s=total / span_s if span_s > 0 else None,
+    )
+
+
+def vars_of(entry: Feedback) -> dict[str, Any]:
+    return {
+        "tenant": entry.tenant,
+        "egg_id": entry.egg_id,
+        "label": entry.label,
+        "source": entry.source,
+        "at_us": entry.at_us,
+    }

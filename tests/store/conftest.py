@@ -1,0 +1,103 @@
+"""Fixtures for the results store: every test runs on SQLite and on PostgreSQL.
+
+Each PostgreSQL test gets its own schema (selected through ``search_path`` in the
+URL) that is dropped afterwards, so test runs sharing the database never meet.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from inferstream.store import ResultRow, ResultsStore
+
+POSTGRES_URL = os.environ.get(
+    "INFERSTREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+#: A NOLOGIN role without BYPASSRLS, to see what row-level security lets through
+#: (the test user is a superuser, and superusers bypass every policy).
+RLS_ROLE = "inferstream_store_rls_test"
+
+
+def postgres_schema_url(schema: str, **options: str) -> str:
+    settings = {"search_path": schema, **options}
+    joined = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    return f"{POSTGRES_URL}?options={quote(joined)}"
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh PostgreSQL schema, dropped with everything in it after the test."""
+    schema = f"store_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        schema: str = request.getfixturevalue("pg_schema")
+        return postgres_schema_url(schema)
+    return f"sqlite:///{tmp_path / 'results.db'}"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[ResultsStore]:
+    opened = ResultsStore(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def tenants() -> tuple[str, str]:
+    """Two tenant names unique to this test."""
+    suffix = uuid.uuid4().hex[:8]
+    return f"acme-{suffix}", f"globex-{suffix}"
+
+
+RowFactory = Callable[..., ResultRow]
+
+
+@pytest.fixture
+def make_row() -> RowFactory:
+    """Result rows with sensible defaults; override any field by keyword."""
+
+    def make(tenant: str, ident: str, stored_at_us: int = 1_000_000, **fields: object) -> ResultRow:
+        values: dict[str, object] = {
+            "id": ident,
+            "tenant": tenant,
+            "label": "female",
+            "confidence": 0.9,
+            "scores": {"female": 0.9, "male": 0.07, "not_developing": 0.03},
+            "model_name": "egg_sexing",
+            "model_version": "1.0.0",
+            "created_at_us": stored_at_us - 50_000,
+            "ingested_at_us": stored_at_us - 40_000,
+            "stored_at_us": stored_at_us,
+            "latency_ms": 50.0,
+            "egg_id": f"EGG-{ident}",
+            "tray": "TRAY-0001",
+            "scanner": "SCANNER-01",
+            "lineage": ({"stage": "classify", "at_us": stored_at_us - 10_000, "worker": "w"},),
+            "trace_id": "trace",
+        }
+        values.update(fields)
+        return ResultRow(**values)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,39 @@
+"""Migrations: they build the schema the code expects, and running them again is harmless."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from inferstream.errors import StoreError
+from inferstream.store import ResultsStore
+from inferstream.store.migrate import current_revision, head_revision
+from inferstream.store.schema import metadata
+
+TABLES = {"results", "shadow_results", "dead_letters", "feedback"}
+
+
+def test_open_migrates_to_head_and_again_is_a_no_op(store_url: str) -> None:
+    with ResultsStore(store_url) as store:
+        with store.engine.connect() as conn:
+            assert current_revision(conn) == head_revision() == "0001"
+        assert set(inspect(store.engine).get_table_names()) >= TABLES
+        store.migrate()
+    with ResultsStore(store_url) as again, again.engine.connect() as conn:
+        assert current_revision(conn) == "0001"
+        assert again.count_results("anyone") == 0
+
+
+def test_migrated_database_matches_schema_module(store: ResultsStore) -> None:
+    with store.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diffs == []
+
+
+def test_migrate_false_leaves_the_database_alone(store_url: str) -> None:
+    with ResultsStore(store_url, migrate=False) as store:
+        assert not TABLES & set(inspect(store.engine).get_table_names())
+        with pytest.raises(StoreError, match="migrated"):
+            store.count_results("acme")

@@ -1,0 +1,175 @@
+"""Result upserts and queries: idempotence, tenant isolation, filters, cursors, summaries."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from inferstream.store import InvalidQuery, ResultFilter, ResultRow, ResultsStore
+
+RowFactory = Callable[..., ResultRow]
+
+
+def test_same_batch_twice_stores_one_row_per_id(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    batch = [make_row(acme, f"scan-{i}", stored_at_us=1_000_000 + i) for i in range(64)]
+    store.upsert_results(batch)
+    store.upsert_results(batch)
+    store.upsert_results([*batch[:10], make_row(acme, "scan-new")])
+    assert store.count_results(acme) == 65
+    assert store.get_result(acme, "scan-3") == batch[3]
+
+
+def test_update_mode_replaces_the_prediction_but_keeps_the_position(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    store.upsert_results([make_row(acme, "s1", stored_at_us=5)])
+    store.upsert_results([make_row(acme, "s1", stored_at_us=9, label="male")])
+    first = store.get_result(acme, "s1")
+    assert first is not None and first.label == "female"
+    store.upsert_results(
+        [make_row(acme, "s1", stored_at_us=9, label="male", model_version="2.0.0")],
+        on_conflict="update",
+    )
+    updated = store.get_result(acme, "s1")
+    assert updated is not None
+    assert (updated.label, updated.model_version, updated.stored_at_us) == ("male", "2.0.0", 5)
+
+
+def test_every_query_is_scoped_to_its_tenant(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, globex = tenants
+    store.upsert_results([make_row(acme, "shared", label="female"), make_row(acme, "a2")])
+    store.upsert_results([make_row(globex, "shared", label="male")])
+    mine = store.get_result(acme, "shared")
+    theirs = store.get_result(globex, "shared")
+    assert mine is not None and theirs is not None
+    assert (mine.label, theirs.label) == ("female", "male")
+    assert store.get_result(globex, "a2") is None
+    assert store.count_results(acme) == 2 and store.count_results(globex) == 1
+    assert {r.tenant for r in store.list_results(globex).items} == {globex}
+    assert store.batch_summary(globex, "TRAY-0001").counts == {"male": 1}
+    assert store.count_results("nobody") == 0
+
+
+def test_filters_select_matching_rows(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    store.upsert_results(
+        [
+            make_row(acme, "a", stored_at_us=10_000_000, confidence=0.95, tray="T1"),
+            make_row(acme, "b", stored_at_us=20_000_000, confidence=0.55, label="male"),
+            make_row(acme, "c", stored_at_us=30_000_000, scanner="SCANNER-09", tray="T1"),
+            make_row(acme, "d", stored_at_us=40_000_000, model_version="2.0.0"),
+        ]
+    )
+
+    def ids(**criteria: object) -> list[str]:
+        page = store.list_results(acme, ResultFilter(**criteria))  # type: ignore[arg-type]
+        return [row.id for row in page.items]
+
+    assert ids(tray="T1") == ["a", "c"]
+    assert ids(scanner="SCANNER-09") == ["c"]
+    assert ids(label="male") == ["b"]
+    assert ids(min_confidence=0.9) == ["a", "c", "d"]
+    assert ids(max_confidence=0.6) == ["b"]
+    assert ids(model_version="2.0.0") == ["d"]
+    assert ids(egg_id="EGG-b") == ["b"]
+    # created_at_us is stored_at_us - 50 ms in make_row; the range is half-open.
+    assert ids(since_us=19_950_000, until_us=39_950_000) == ["b", "c"]
+    assert ids(tray="T1", min_confidence=0.92) == ["a"]
+    assert store.count_results(acme, ResultFilter(tray="T1")) == 2
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_cursor_pages_have_no_duplicates_or_gaps_while_rows_arrive(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str], order: str
+) -> None:
+    acme, _ = tenants
+    # Equal timestamps in pairs, so the id tie-break is exercised.
+    initial = [make_row(acme, f"r{i:03d}", stored_at_us=1_000 + i // 2) for i in range(40)]
+    store.upsert_results(initial)
+    seen: list[str] = []
+    cursor: str | None = None
+    added = 0
+    while True:
+        page = store.list_results(acme, cursor=cursor, limit=7, order=order)  # type: ignore[arg-type]
+        seen.extend(row.id for row in page.items)
+        # Later arrivals, and one that lands among rows already read.
+        late = [
+            make_row(acme, f"z{added + k:03d}", stored_at_us=5_000 + added + k) for k in range(3)
+        ]
+        store.upsert_results([*late, make_row(acme, f"mid{added}", stored_at_us=1_005)])
+        added += 3
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert len(seen) == len(set(seen))
+    assert {row.id for row in initial} <= set(seen)
+    if order == "asc":
+        assert [s for s in seen if s.startswith("z")] == sorted(
+            s for s in seen if s.startswith("z")
+        )
+        assert len([s for s in seen if s.startswith("z")]) > 0
+
+
+def test_bad_cursor_and_limit_are_invalid_queries(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    store.upsert_results([make_row(acme, f"r{i}", stored_at_us=i) for i in range(3)])
+    page = store.list_results(acme, limit=2)
+    assert page.next_cursor is not None and len(page.items) == 2
+    with pytest.raises(InvalidQuery, match="order"):
+        store.list_results(acme, cursor=page.next_cursor, order="desc")
+    with pytest.raises(InvalidQuery, match="cursor"):
+        store.list_results(acme, cursor="not-a-cursor!")
+    with pytest.raises(InvalidQuery, match="limit"):
+        store.list_results(acme, limit=0)
+
+
+def test_batch_summary_figures(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    second = 1_000_000
+    rows = [
+        make_row(acme, "f1", stored_at_us=10 * second, label="female", confidence=0.9),
+        make_row(acme, "f2", stored_at_us=11 * second, label="female", confidence=0.8),
+        make_row(acme, "f3", stored_at_us=12 * second, label="female", confidence=0.7),
+        make_row(acme, "m1", stored_at_us=12 * second, label="male", confidence=0.6),
+        make_row(acme, "n1", stored_at_us=14 * second, label="not_developing", confidence=0.5),
+        make_row(acme, "other", stored_at_us=99 * second, tray="TRAY-0002"),
+    ]
+    store.upsert_results(rows)
+    summary = store.batch_summary(acme, "TRAY-0001")
+    assert summary.count == 5
+    assert summary.counts == {"female": 3, "male": 1, "not_developing": 1}
+    assert summary.female_ratio == pytest.approx(0.6)
+    assert summary.mean_confidence == pytest.approx(0.7)
+    assert (summary.first_stored_at_us, summary.last_stored_at_us) == (10 * second, 14 * second)
+    assert summary.throughput_per_s == pytest.approx(5 / 4)
+    empty = store.batch_summary(acme, "TRAY-9999")
+    assert (empty.count, empty.counts, empty.throughput_per_s) == (0, {}, None)
+
+
+def test_rows_round_trip_with_json_fields(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    row: ResultRow = make_row(
+        acme,
+        "json",
+        lineage=(
+            {"stage": "decode", "at_us": 1, "worker": "a"},
+            {"stage": "classify", "at_us": 2, "worker": "b"},
+        ),
+    )
+    store.upsert_results([row])
+    assert store.get_result(acme, "json") == row
