@@ -60,3 +60,7 @@ class InvalidInput(InferstreamError):
 
 class StoreError(TransientError):
     """The results store could not be reached or written."""
+
+
+class ModelError(InferstreamError):
+    """A model's files are missing, unreadable or disagree with its metadata."""
