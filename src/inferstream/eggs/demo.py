@@ -1,0 +1,210 @@
+"""``inferstream example eggs``: the flagship end to end, with progress and a summary.
+
+Starts the eggs pipeline with ``inferstream up`` (supervised worker processes),
+waits until one warm-up scan comes out the other end, then lets the simulated
+scanners send the scans, prints a progress line every second, waits for the last
+result, and summarises: sent, stored, lost, doubled, accuracy against ground truth,
+throughput, and latency from scan creation to stored result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from inferstream.bus import open_bus
+from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool
+from inferstream.envelope import new_id
+from inferstream.examples import example_path
+from inferstream.pipeline import PipelineSpec, load_pipeline
+from inferstream.runner import ensure_topics
+from inferstream.store import ResultsStore
+
+#: Give up waiting for the last results after this long without progress.
+STALL_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    scans: int = 20000
+    rate: float = 1000.0
+    workdir: Path = Path(".inferstream/eggs")
+    bus: str | None = None
+    store: str | None = None
+    summary_json: Path | None = None
+    pool: int = 512
+    tenant: str = "demo-hatchery"
+
+
+@dataclass(frozen=True)
+class Summary:
+    scans_sent: int
+    results_stored: int
+    lost: int
+    duplicates: int
+    accuracy: float
+    throughput_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    offered_rate_per_s: float
+
+
+def _spec(settings: DemoSettings) -> PipelineSpec:
+    work = settings.workdir.resolve()
+    spec = load_pipeline(example_path("eggs"))
+    return spec.with_urls(
+        bus=settings.bus or f"sqlite:///{work / 'bus.db'}",
+        store=settings.store or f"sqlite:///{work / 'results.db'}",
+        blobs=f"file://{work / 'blobs'}",
+    )
+
+
+def _fresh_workdir(settings: DemoSettings) -> None:
+    """Each run starts from an empty embedded bus and store, so its figures are its own."""
+    if settings.workdir.exists():
+        shutil.rmtree(settings.workdir)
+    settings.workdir.mkdir(parents=True)
+
+
+def _start_pipeline(spec: PipelineSpec) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "inferstream", "up", str(spec.source)]
+    argv += ["--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+
+
+def _wait_ready(sim: ScannerSimulator, store: ResultsStore, proc: subprocess.Popen[bytes]) -> None:
+    """Send one warm-up scan (its own tenant) and wait for its result."""
+    warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm")
+    warm.emit(1)
+    deadline = time.monotonic() + 120
+    while store.count_results("warm-up") < 1:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the pipeline did not start; run 'inferstream up' on it to see why")
+        time.sleep(0.1)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float) -> Summary:
+    latencies: list[float] = []
+    correct = rows = 0
+    seen: set[str] = set()
+    first_created, last_stored = float("inf"), 0
+    cursor: str | None = None
+    while True:
+        page = store.list_results(tenant, cursor=cursor, limit=5000)
+        for row in page.items:
+            rows += 1
+            seen.add(row.id)
+            latencies.append(row.latency_ms)
+            correct += emission.truth.get(row.id) == row.label
+            first_created = min(first_created, row.created_at_us)
+            last_stored = max(last_stored, row.stored_at_us)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    span_s = max((last_stored - first_created) / 1e6, 1e-9) if rows else float("nan")
+    sent = len(emission.truth)
+    return Summary(
+        scans_sent=sent,
+        results_stored=len(seen & emission.truth.keys()),
+        lost=len(emission.truth.keys() - seen),
+        duplicates=rows - len(seen),
+        accuracy=correct / sent if sent else float("nan"),
+        throughput_per_s=rows / span_s,
+        latency_p50_ms=_percentile(latencies, 0.50),
+        latency_p99_ms=_percentile(latencies, 0.99),
+        offered_rate_per_s=rate,
+    )
+
+
+class Progress:
+    """Prints one progress line a second while scans flow."""
+
+    def __init__(self, store: ResultsStore, tenant: str, total: int) -> None:
+        self.store, self.tenant, self.total = store, tenant, total
+        self.sent = 0
+        self.started = time.monotonic()
+        self.stop = threading.Event()
+
+    def line(self) -> tuple[int, str]:
+        stored = self.store.count_results(self.tenant)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        text = (
+            f"  scans sent {self.sent:>7}/{self.total} | results stored {stored:>7} | "
+            f"{stored / elapsed:7.0f} results/s | {elapsed:5.1f}s"
+        )
+        return stored, text
+
+    def loop(self) -> None:
+        while not self.stop.wait(1.0):
+            print(self.line()[1], flush=True)
+
+
+def _wait_for_results(progress: Progress, expected: int) -> None:
+    best, best_at = -1, time.monotonic()
+    while True:
+        stored, text = progress.line()
+        if stored >= expected:
+            return
+        if stored > best:
+            best, best_at = stored, time.monotonic()
+        elif time.monotonic() - best_at > STALL_TIMEOUT_S:
+            print(f"no new results for {STALL_TIMEOUT_S:.0f}s; summarising what arrived")
+            return
+        time.sleep(0.2)
+
+
+def run_demo(settings: DemoSettings) -> Summary:
+    _fresh_workdir(settings)
+    spec = _spec(settings)
+    bus = open_bus(spec.bus)
+    ensure_topics(bus, spec)
+    store = ResultsStore(spec.store)
+    print(f"rendering {settings.pool} distinct MRI scans as DICOM (done once, up front)...")
+    pool = ScanPool.build(settings.pool, progress=lambda d, t: print(f"  {d}/{t} scans rendered"))
+    proc = _start_pipeline(spec)
+    try:
+        sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
+                               tenant=settings.tenant, run=new_id())  # fmt: skip
+        print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
+        _wait_ready(sim, store, proc)
+        print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
+        progress = Progress(store, settings.tenant, settings.scans)
+        printer = threading.Thread(target=progress.loop, daemon=True)
+        printer.start()
+        emission = sim.emit(settings.scans, lambda e: setattr(progress, "sent", len(e.truth)))
+        progress.sent = len(emission.truth)
+        _wait_for_results(progress, settings.scans)
+        progress.stop.set()
+        summary = summarise(store, settings.tenant, emission, settings.rate)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        bus.close()
+        store.close()
+    _report(summary, settings.summary_json)
+    return summary
+
+
+def _report(summary: Summary, path: Path | None) -> None:
+    print("\nsummary")
+    for key, value in asdict(summary).items():
+        shown = f"{value:.4f}" if isinstance(value, float) and key == "accuracy" else value
+        shown = f"{value:.1f}" if isinstance(value, float) and key != "accuracy" else shown
+        print(f"  {key:20} {shown}")
+    if path is not None:
+        path.write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        print(f"summary written to {path}")
