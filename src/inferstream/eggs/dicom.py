@@ -107,11 +107,12 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
             raise
         except Exception as exc:
             raise InvalidScan(f"unreadable DICOM ({type(exc).__name__}): {exc}") from exc
-    if pixels.dtype != np.uint16 or pixels.shape != (info.rows, info.cols):
+    if pixels.dtype.newbyteorder("=") != np.uint16 or pixels.shape != (info.rows, info.cols):
         raise InvalidScan(
             f"pixel data decoded to {pixels.dtype} {pixels.shape}, but the header says "
-            f"uint16 ({info.rows}, {info.cols}); the compressed image is damaged"
+            f"uint16 ({info.rows}, {info.cols}); the pixel data is damaged"
         )
+    pixels = pixels.astype(np.uint16, copy=False)  # big-endian files decode to >u2
     pixels.flags.writeable = False
     return _scan(info, pixels)
 
