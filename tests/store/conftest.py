@@ -6,30 +6,15 @@ URL) that is dropped afterwards, so test runs sharing the database never meet.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy import create_engine, text
+from store_testing import POSTGRES_URL, postgres_schema_url
 
 from inferstream.store import ResultRow, ResultsStore
-
-POSTGRES_URL = os.environ.get(
-    "INFERSTREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-#: A NOLOGIN role without BYPASSRLS, to see what row-level security lets through
-#: (the test user is a superuser, and superusers bypass every policy).
-RLS_ROLE = "inferstream_store_rls_test"
-
-
-def postgres_schema_url(schema: str, **options: str) -> str:
-    settings = {"search_path": schema, **options}
-    joined = " ".join(f"-c {name}={value}" for name, value in settings.items())
-    return f"{POSTGRES_URL}?options={quote(joined)}"
 
 
 @pytest.fixture
