@@ -1,0 +1,155 @@
+"""The store_results sink step, end to end from envelopes to rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferstream.envelope import (
+    DeadLetter,
+    Envelope,
+    ModelRole,
+    Prediction,
+    derive,
+    new_envelope,
+)
+from inferstream.errors import ConfigError, InvalidInput, StoreError
+from inferstream.steps import StepContext, build_step
+from inferstream.store import ResultsStore, StoreStep
+
+SCORES = {"female": 0.125, "male": 0.75, "not_developing": 0.125}
+
+
+def classified(tenant: str, egg: str, *, shadow: bool = False) -> Envelope:
+    scan = new_envelope(
+        b"DICM",
+        "application/dicom",
+        tenant=tenant,
+        attributes={"egg_id": egg, "tray": "TRAY-0042", "scanner": "SCANNER-03"},
+        created_at_us=1_700_000_000_000_000,
+    )
+    env = derive(scan, "classify")
+    env.predictions.append(
+        Prediction(
+            model_name="egg_sexing",
+            model_version="1.0.0",
+            role=ModelRole.MODEL_ROLE_CHAMPION,
+            label="male",
+            scores=SCORES,
+        )
+    )
+    if shadow:
+        env.predictions.append(
+            Prediction(
+                model_name="egg_sexing",
+                model_version="1.1.0",
+                role=ModelRole.MODEL_ROLE_SHADOW,
+                label="female",
+                scores={"female": 0.5, "male": 0.25, "not_developing": 0.25},
+            )
+        )
+    return env
+
+
+def context(url: str) -> StepContext:
+    return StepContext(pipeline="eggs", stage="store", store_url=url)
+
+
+def test_envelopes_become_results_once(store_url: str, tenants: tuple[str, str]) -> None:
+    acme, globex = tenants
+    batch = [
+        classified(acme, "EGG-1", shadow=True),
+        classified(acme, "EGG-2"),
+        classified(globex, "EGG-1"),
+    ]
+    step = build_step("store_results", context(store_url), {})
+    try:
+        assert step.process(batch) == batch
+        assert step.process(batch) == batch  # a redelivered batch
+    finally:
+        step.close()
+
+    with ResultsStore(store_url) as store:
+        assert store.count_results(acme) == 2 and store.count_results(globex) == 1
+        row = store.get_result(acme, batch[0].root_id)
+        assert row is not None
+        assert (row.egg_id, row.tray, row.scanner) == ("EGG-1", "TRAY-0042", "SCANNER-03")
+        assert (row.label, row.confidence, dict(row.scores)) == ("male", 0.75, SCORES)
+        assert (row.model_name, row.model_version, row.status) == (
+            "egg_sexing",
+            "1.0.0",
+            "processed",
+        )
+        assert row.created_at_us == batch[0].created_at_us
+        assert row.ingested_at_us == batch[0].ingested_at_us
+        assert row.latency_ms == (row.stored_at_us - row.created_at_us) / 1000
+        assert [step["stage"] for step in row.lineage] == ["classify"]
+        assert row.trace_id == batch[0].trace_id
+        shadows = store.list_shadow_results(acme, batch[0].root_id)
+        assert [(s.model_version, s.label) for s in shadows] == [("1.1.0", "female")]
+        assert store.list_shadow_results(acme, batch[1].root_id) == []
+
+
+def test_dead_letters_and_unusable_envelopes(store_url: str, tenants: tuple[str, str]) -> None:
+    acme, _ = tenants
+    letter = new_envelope(b"junk", "application/dicom", tenant=acme)
+    letter.error.CopyFrom(
+        DeadLetter(
+            stage="decode",
+            error_type="InvalidInput",
+            message="not a DICOM file",
+            attempts=1,
+            topic="scans.raw",
+            partition=3,
+            offset=17,
+        )
+    )
+    unclassified = new_envelope(b"DICM", "application/dicom", tenant=acme)
+    no_tenant = classified("", "EGG-9")
+    good = classified(acme, "EGG-1")
+    step = build_step("store_results", context(store_url), {"on_conflict": "update"})
+    try:
+        outcomes = step.process([letter, unclassified, good, no_tenant])
+    finally:
+        step.close()
+    assert outcomes[0] is letter and outcomes[2] is good
+    assert isinstance(outcomes[1], InvalidInput) and "champion" in str(outcomes[1])
+    assert isinstance(outcomes[3], InvalidInput) and "tenant" in str(outcomes[3])
+    with ResultsStore(store_url) as store:
+        assert store.count_results(acme) == 1
+        (stored,) = store.list_dead_letters(acme).items
+        assert (stored.id, stored.root_id, stored.stage, stored.error_type) == (
+            letter.id,
+            letter.root_id,
+            "decode",
+            "InvalidInput",
+        )
+        assert (stored.topic, stored.partition, stored.offset, stored.attempts) == (
+            "scans.raw",
+            3,
+            17,
+            1,
+        )
+
+
+def test_database_outage_raises_from_process(tmp_path: Path, tenants: tuple[str, str]) -> None:
+    acme, _ = tenants
+    urls = [
+        f"sqlite:///{tmp_path / 'missing-dir' / 'results.db'}",
+        "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2",
+    ]
+    for url in urls:
+        step = StoreStep(ResultsStore(url, migrate=False))
+        with pytest.raises(StoreError, match="retried"):
+            step.process([classified(acme, "EGG-1")])
+        step.close()
+
+
+def test_factory_rejects_bad_configuration(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="store URL"):
+        build_step("store_results", StepContext(pipeline="eggs", stage="store"), {})
+    with pytest.raises(ConfigError, match="on_conflict"):
+        build_step("store_results", context(f"sqlite:///{tmp_path / 'r.db'}"), {"on_conflict": "x"})
+    with pytest.raises(ConfigError, match="bad parameters"):
+        build_step("store_results", context(f"sqlite:///{tmp_path / 'r.db'}"), {"batch": 3})
