@@ -1,0 +1,145 @@
+"""Pipeline files: parsing, validation errors with lines, and the CLI around them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inferstream.cli import main
+from inferstream.errors import ConfigError
+from inferstream.examples import example_path
+from inferstream.pipeline import load_pipeline
+
+GOOD = """
+name: demo
+bus: sqlite:///{tmp}/bus.db
+store: sqlite:///{tmp}/results.db
+topics:
+  raw: {{partitions: 3}}
+stages:
+  - name: first
+    input: raw
+    output: mid
+    steps: [passthrough, {{step: tag, color: blue}}]
+    batch: {{max_size: 8, max_wait_ms: 2}}
+    replicas: 2
+  - name: second
+    input: mid
+    steps: [passthrough]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text.format(tmp=tmp_path))
+    return path
+
+
+def test_a_good_file_loads_with_every_setting(tmp_path: Path) -> None:
+    spec = load_pipeline(write(tmp_path, GOOD))
+    first = spec.stage("first")
+    assert (first.input, first.output, first.replicas) == ("raw", "mid", 2)
+    assert (first.batch.max_size, first.batch.max_wait_ms) == (8, 2.0)
+    assert [s.ref for s in first.steps] == ["passthrough", "tag"]
+    assert first.steps[1].params == {"color": "blue"}
+    assert spec.partitions("raw") == 3 and spec.partitions("mid") == 3
+    assert first.group("demo") == "demo.first"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("steps: [passthrough]", "steps: [pasthrough]"), "unknown step 'pasthrough'"),
+        (("input: mid", "input: midd"), "reads topic 'midd' that no stage writes"),
+        (("replicas: 2", "replicas: 0"), "replicas must be a whole number of at least 1"),
+        (
+            ("max_size: 8", "max_sise: 8"),
+            "unknown batch setting 'max_sise' (did you mean 'max_size'?)",
+        ),
+        (("input: raw", "input: mid"), "topics form a cycle"),
+        (("name: second", "name: first"), "stage 'first' is defined twice"),
+        (("steps: [passthrough]", "steps: [no.such.module:thing]"), "cannot import module"),
+    ],
+)
+def test_validation_names_the_problem_and_the_line(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    old, new = edit
+    text = (
+        GOOD.replace(old, new, 1)
+        if old != "steps: [passthrough]"
+        else _replace_last(GOOD, old, new)
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(write(tmp_path, text))
+    assert message in str(caught.value)
+    assert "pipeline.yaml" in str(caught.value)
+
+
+def _replace_last(text: str, old: str, new: str) -> str:
+    head, _, tail = text.rpartition(old)
+    return head + new + tail
+
+
+def test_unknown_step_error_gives_the_line(tmp_path: Path) -> None:
+    text = _replace_last(GOOD, "steps: [passthrough]", "steps: [pasthrough]")
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: line 14: stage 'second'"):
+        load_pipeline(write(tmp_path, text))
+
+
+def test_environment_variables_switch_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERSTREAM_BUS", "kafka://127.0.0.1:9092")
+    spec = load_pipeline(example_path("eggs"))
+    assert spec.bus == "kafka://127.0.0.1:9092"
+    assert spec.store.startswith("sqlite:///")
+
+
+def test_cli_validate_prints_stages_and_fails_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", str(write(tmp_path, GOOD))]) == 0
+    out = capsys.readouterr().out
+    assert "first: raw -> [passthrough -> tag] -> mid  x2" in out
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read pipeline file" in capsys.readouterr().err
+
+
+def test_every_command_has_help() -> None:
+    for command in ("validate", "up", "worker", "topics", "replay", "example"):
+        done = subprocess.run(
+            [sys.executable, "-m", "inferstream", command, "--help"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "usage: inferstream" in done.stdout
+
+
+def test_topics_and_replay_commands_on_the_embedded_bus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inferstream.bus import Record, open_bus
+    from inferstream.runner import ensure_topics
+
+    path = write(tmp_path, GOOD)
+    spec = load_pipeline(path)
+    bus = open_bus(spec.bus)
+    ensure_topics(bus, spec)
+    bus.produce("raw", [Record(key=str(i).encode(), value=b"v") for i in range(30)])
+    consumer = bus.consumer("demo.first", ["raw"])
+    got = []
+    while len(got) < 30:
+        got += consumer.poll_batch(100, 0.2)
+    consumer.commit(got)
+    consumer.close()
+    assert main(["topics", str(path)]) == 0
+    assert "demo.first=0" in capsys.readouterr().out
+    assert main(["replay", str(path), "--stage", "first", "--to", "earliest"]) == 0
+    assert main(["topics", str(path)]) == 0
+    [raw_line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("raw ")]
+    assert "demo.first=30" in raw_line
+    assert main(["replay", str(path), "--stage", "first", "--to", "yesterday"]) == 2
+    assert "use earliest, latest, an offset" in capsys.readouterr().err
+    bus.close()
