@@ -82,6 +82,11 @@ class EmbeddedConsumer:
                 sleep = min(sleep * 2, _MAX_SLEEP_S)
 
     def commit(self, messages: Sequence[Message]) -> None:
+        """Commit per partition; partitions this member lost are refused with FencedError.
+
+        The offsets of partitions it still owns are stored even when others are
+        refused, so their messages are not redelivered to anyone.
+        """
         offsets: dict[TopicPartition, int] = {}
         for message in messages:
             tp = TopicPartition(message.topic, message.partition)
@@ -95,8 +100,8 @@ class EmbeddedConsumer:
             def work(conn: sqlite3.Connection) -> list[TopicPartition]:
                 groups.heartbeat(conn, self._member, now_ms())
                 lost = groups.fenced(known, groups.owned(conn, self._member), list(offsets))
-                if not lost:
-                    groups.store_offsets(conn, self._member.group, offsets)
+                kept = {tp: offset for tp, offset in offsets.items() if tp not in lost}
+                groups.store_offsets(conn, self._member.group, kept)
                 self._adopt(conn)
                 return lost
 
@@ -107,7 +112,8 @@ class EmbeddedConsumer:
             raise FencedError(
                 f"commit refused: member {self.member_id} of group {self._member.group!r} "
                 f"no longer owns {names} (taken over after a rebalance or a stall longer "
-                "than the session timeout); drop this batch's results and poll again"
+                "than the session timeout); their messages go to the new owner, the other "
+                "partitions' offsets were committed; poll again"
             )
 
     def close(self) -> None:
