@@ -119,3 +119,62 @@ feedback = Table(
     Column("at_us", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant", "egg_id"),
 )
+
+# -- the service API's tables (migration v0002) ------------------------------
+
+#: Tenants (hatchery companies). Spans tenants, so no row-level security.
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name"),
+)
+
+#: People who log in with a password (Argon2 hash) and get short-lived tokens.
+users = Table(
+    "users",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("username", String(), nullable=False),
+    Column("password_hash", String(), nullable=False),
+    Column("role", String(), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "username"),
+)
+
+#: Machine credentials: only the SHA-256 of the random secret is kept.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("key_id", String(), nullable=False),
+    Column("name", String(), nullable=False),
+    Column("secret_sha256", String(), nullable=False),
+    Column("role", String(), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger),
+    PrimaryKeyConstraint("tenant", "key_id"),
+)
+
+#: Every scan accepted by the API: tells "queued" from "unknown" and where its bytes are.
+scans = Table(
+    "scans",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("id", String(), nullable=False),
+    Column("content_type", String(), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("blob_sha256", String(), nullable=False),
+    Column("egg_id", String()),
+    Column("tray", String()),
+    Column("scanner", String()),
+    Column("source", String(), nullable=False),
+    Column("trace_id", String(), nullable=False),
+    Column("received_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "id"),
+    Index(None, "tenant", "received_at_us"),
+)
+
+#: The API's per-tenant tables, under row-level security on PostgreSQL.
+API_TENANT_TABLES = ("users", "api_keys", "scans")
