@@ -87,12 +87,15 @@ class EmbeddedConsumer:
         The offsets of partitions it still owns are stored even when others are
         refused, so their messages are not redelivered to anyone.
         """
-        offsets: dict[TopicPartition, int] = {}
+        # Plain tuples while scanning: hashing a frozen dataclass per message is slow.
+        last: dict[tuple[str, int], int] = {}
         for message in messages:
-            tp = TopicPartition(message.topic, message.partition)
-            offsets[tp] = max(offsets.get(tp, 0), message.offset + 1)
-        if not offsets:
+            where = (message.topic, message.partition)
+            if message.offset >= last.get(where, -1):
+                last[where] = message.offset
+        if not last:
             return
+        offsets = {TopicPartition(*where): offset + 1 for where, offset in last.items()}
         with self._lock:
             self._check_open()
             known = dict(self._owned)
@@ -171,19 +174,22 @@ class EmbeddedConsumer:
             order = order[self._rotation :] + order[: self._rotation]
 
         def work(conn: sqlite3.Connection) -> list[Message] | None:
+            read_up_to.clear()  # in case SQLITE_BUSY made run() start over
             if groups.generation(conn, self._member.group) != self._generation:
                 return None
             available = [self._available(conn, tp) for tp in order]
             shares = fair_shares([count for _, count in available], max_records)
             batch: list[Message] = []
             for tp, (start, _), take in zip(order, available, shares, strict=True):
-                if take:
-                    batch.extend(self._read(conn, tp, start, take))
+                rows = self._read(conn, tp, start, take) if take else []
+                if rows:
+                    batch.extend(rows)
+                    read_up_to[tp] = rows[-1].offset + 1
             return batch
 
+        read_up_to: dict[TopicPartition, int] = {}
         batch = run(self._conn, work, transaction="read")
-        for message in batch or ():
-            self._positions[TopicPartition(message.topic, message.partition)] = message.offset + 1
+        self._positions.update(read_up_to)
         return batch
 
     def _available(self, conn: sqlite3.Connection, tp: TopicPartition) -> tuple[int, int]:
