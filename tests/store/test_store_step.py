@@ -14,9 +14,9 @@ from inferstream.envelope import (
     derive,
     new_envelope,
 )
-from inferstream.errors import ConfigError, InvalidInput, StoreError
+from inferstream.errors import ConfigError, InvalidInput, StoreError, TransientError
 from inferstream.steps import StepContext, build_step
-from inferstream.store import ResultsStore, StoreStep
+from inferstream.store import RejectedWrite, ResultsStore, StoreStep
 
 SCORES = {"female": 0.125, "male": 0.75, "not_developing": 0.125}
 
@@ -141,7 +141,7 @@ def test_database_outage_raises_from_process(tmp_path: Path, tenants: tuple[str,
     ]
     for url in urls:
         step = StoreStep(ResultsStore(url, migrate=False))
-        with pytest.raises(StoreError, match="retried"):
+        with pytest.raises(StoreError, match="retries the batch"):
             step.process([classified(acme, "EGG-1")])
         step.close()
 
@@ -153,3 +153,20 @@ def test_factory_rejects_bad_configuration(tmp_path: Path) -> None:
         build_step("store_results", context(f"sqlite:///{tmp_path / 'r.db'}"), {"on_conflict": "x"})
     with pytest.raises(ConfigError, match="bad parameters"):
         build_step("store_results", context(f"sqlite:///{tmp_path / 'r.db'}"), {"batch": 3})
+
+
+def test_data_the_database_refuses_is_not_a_transient_error(
+    store_url: str, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    poisoned = classified(acme, "EGG-\x00")  # PostgreSQL text cannot hold NUL
+    step = build_step("store_results", context(store_url), {})
+    try:
+        if store_url.startswith("postgresql"):
+            with pytest.raises(RejectedWrite, match="refused") as caught:
+                step.process([poisoned])
+            assert not isinstance(caught.value, TransientError)
+        else:
+            assert step.process([poisoned]) == [poisoned]
+    finally:
+        step.close()

@@ -42,7 +42,7 @@ from inferstream.store.rows import (
     ResultRow,
 )
 from inferstream.store.step import StoreStep, store_step
-from inferstream.store.store import ResultsStore
+from inferstream.store.store import RejectedWrite, ResultsStore
 
 __all__ = [
     "BatchSummary",
@@ -51,6 +51,7 @@ __all__ = [
     "InvalidQuery",
     "ModelAccuracy",
     "Page",
+    "RejectedWrite",
     "ResultFilter",
     "ResultRow",
     "ResultsStore",

@@ -5,7 +5,8 @@ reads or writes tenant data takes the tenant and runs in its own transaction; on
 PostgreSQL that transaction first sets ``inferstream.tenant`` with
 ``set_config(..., true)``, which the row-level-security policies check, so even a
 bug in a WHERE clause cannot leak another tenant's rows. Database failures surface
-as :class:`~inferstream.errors.StoreError`, which workers treat as transient.
+as :class:`~inferstream.errors.StoreError`, which workers treat as transient,
+except the database refusing the data itself (:class:`RejectedWrite`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from inferstream.envelope import now_us
-from inferstream.errors import StoreError
+from inferstream.errors import InferstreamError, StoreError
 from inferstream.store import queries, schema
 from inferstream.store.engine import describe, make_engine
 from inferstream.store.migrate import upgrade
@@ -37,6 +38,14 @@ from inferstream.store.rows import (
     ResultRow,
 )
 from inferstream.store.schema import feedback, shadow_results
+
+
+class RejectedWrite(InferstreamError):
+    """The database refused the data itself (bad value, constraint): retrying cannot help.
+
+    Not a :class:`StoreError`, so a worker does not retry the batch forever; it
+    retries message by message and dead-letters the one that is refused.
+    """
 
 
 class ResultsStore:
@@ -118,7 +127,7 @@ class ResultsStore:
         entry = Feedback(tenant, egg_id, label, source, now_us() if at_us is None else at_us)
         stmt = queries.upsert(feedback, self.engine.dialect.name, "update")
         with self._transaction("record feedback in", tenant) as conn:
-            conn.execute(stmt, [vars_of(entry)])
+            conn.execute(stmt, [_feedback_params(entry)])
         return entry
 
     def _upsert(
@@ -252,12 +261,17 @@ class ResultsStore:
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
+        except (DataError, IntegrityError) as exc:
+            raise RejectedWrite(
+                f"the results store at {self.url} refused the data when trying to {action} it: "
+                f"{exc.orig}; the offending message must be fixed or dropped"
+            ) from exc
         except SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
             raise StoreError(
                 f"could not {action} the results store at {self.url}: "
                 f"{type(cause).__name__}: {cause}; check that the database "
-                "is reachable and migrated, the batch will be retried"
+                "is reachable and migrated (a worker retries the batch until it is)"
             ) from exc
 
 
@@ -299,7 +313,7 @@ def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> BatchSummary:
     )
 
 
-def vars_of(entry: Feedback) -> dict[str, Any]:
+def _feedback_params(entry: Feedback) -> dict[str, Any]:
     return {
         "tenant": entry.tenant,
         "egg_id": entry.egg_id,
