@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test check lint typecheck proto bench clean
+.PHONY: help setup system-deps demo test check lint typecheck proto bench clean
+
+# Debian packages the tests drive for real: DICOM tools, a browser, promtool.
+SYSTEM_TOOLS := dcmconv:dcmtk chromium:chromium promtool:prometheus
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +20,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv and install inferstream with its dev extras
+
+system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prometheus), if missing
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 demo: $(STAMP) ## Run the flagship pipeline end to end on the embedded defaults
 	$(BIN)/inferstream example eggs
@@ -30,7 +44,7 @@ typecheck: $(STAMP) ## mypy (strict on the package)
 
 check: lint typecheck ## Lint and type-check
 
-test: check ## Lint, type-check and run the whole test suite
+test: system-deps check ## Set up, lint, type-check and run the whole test suite
 	$(BIN)/pytest -q
 
 proto: $(STAMP) ## Regenerate the committed protobuf code from proto/
