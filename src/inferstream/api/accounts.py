@@ -1,0 +1,215 @@
+"""Tenants, users, API keys and accepted scans in the results store's database.
+
+The tables come from store migration v0002 (:mod:`inferstream.store.schema`).
+Per-tenant reads and writes run in a transaction that names the tenant first, so
+on PostgreSQL row-level security backs up every WHERE clause.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from inferstream.api.errors import BadRequest, Conflict
+from inferstream.envelope import now_us
+from inferstream.errors import StoreError
+from inferstream.store import ResultsStore
+from inferstream.store.schema import api_keys, dead_letters, scans, tenants, users
+
+#: Tenant names: plain, and never containing "." or "/" (they delimit keys and logins).
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+USERNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    tenant: str
+    key_id: str
+    name: str
+    secret_sha256: str
+    role: str
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    tenant: str
+    username: str
+    password_hash: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScanRecord:
+    """What the API recorded when it accepted a scan."""
+
+    tenant: str
+    id: str
+    content_type: str
+    size: int
+    blob_sha256: str
+    egg_id: str | None
+    tray: str | None
+    scanner: str | None
+    source: str
+    trace_id: str
+    received_at_us: int
+
+
+def check_tenant_name(name: str) -> str:
+    if not TENANT_RE.fullmatch(name):
+        raise BadRequest(
+            f"tenant name {name[:64]!r} is not allowed; use 1-63 lowercase letters, "
+            "digits and '-', starting with a letter or digit"
+        )
+    return name
+
+
+def check_username(name: str) -> str:
+    if not USERNAME_RE.fullmatch(name):
+        raise BadRequest(
+            f"username {name[:64]!r} is not allowed; use letters, digits and ._@+- "
+            "(at most 128), starting with a letter or digit"
+        )
+    return name
+
+
+class Accounts:
+    """The API's own rows, beside the results in one :class:`ResultsStore` database."""
+
+    def __init__(self, store: ResultsStore) -> None:
+        self.store = store
+
+    # -- tenants, users, keys -------------------------------------------------
+
+    def create_tenant(self, name: str) -> None:
+        check_tenant_name(name)
+        with self._begin("create a tenant in") as conn:
+            try:
+                conn.execute(insert(tenants).values(name=name, created_at_us=now_us()))
+            except IntegrityError as exc:
+                raise Conflict(f"tenant {name!r} already exists") from exc
+
+    def tenant_exists(self, name: str) -> bool:
+        with self._begin("read tenants from") as conn:
+            found = conn.execute(select(tenants.c.name).where(tenants.c.name == name)).first()
+        return found is not None
+
+    def create_user(self, tenant: str, username: str, password_hash: str, role: str) -> None:
+        check_username(username)
+        row = {"tenant": tenant, "username": username, "password_hash": password_hash}
+        self._insert_unique(
+            tenant, users, {**row, "role": role}, f"user {username!r} already exists"
+        )
+
+    def find_user(self, tenant: str, username: str) -> StoredUser | None:
+        stmt = select(users).where(users.c.tenant == tenant, users.c.username == username)
+        with self._tenant(tenant, "read users from") as conn:
+            row = conn.execute(stmt).mappings().first()
+        if row is None:
+            return None
+        return StoredUser(row["tenant"], row["username"], row["password_hash"], row["role"])
+
+    def create_key(self, key: StoredKey) -> None:
+        values = {
+            "tenant": key.tenant,
+            "key_id": key.key_id,
+            "name": key.name,
+            "secret_sha256": key.secret_sha256,
+            "role": key.role,
+        }
+        self._insert_unique(key.tenant, api_keys, values, f"key id {key.key_id!r} is taken")
+
+    def find_key(self, tenant: str, key_id: str) -> StoredKey | None:
+        stmt = select(api_keys).where(api_keys.c.tenant == tenant, api_keys.c.key_id == key_id)
+        with self._tenant(tenant, "read API keys from") as conn:
+            row = conn.execute(stmt).mappings().first()
+        if row is None:
+            return None
+        return StoredKey(
+            row["tenant"],
+            row["key_id"],
+            row["name"],
+            row["secret_sha256"],
+            row["role"],
+            row["revoked_at_us"] is not None,
+        )
+
+    # -- scans ----------------------------------------------------------------
+
+    def record_scans(self, records: Sequence[ScanRecord]) -> None:
+        """Remember accepted scans (a re-sent id keeps its first record)."""
+        if not records:
+            return
+        from inferstream.store.queries import upsert
+
+        stmt = upsert(scans, self.store.engine.dialect.name, "ignore")
+        tenant = records[0].tenant
+        with self._tenant(tenant, "record scans in") as conn:
+            conn.execute(stmt, [_fields(record) for record in records])
+
+    def find_scan(self, tenant: str, scan_id: str) -> ScanRecord | None:
+        stmt = select(scans).where(scans.c.tenant == tenant, scans.c.id == scan_id)
+        with self._tenant(tenant, "read scans from") as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else ScanRecord(**row)
+
+    def dead_letter_of(self, tenant: str, scan_id: str) -> Mapping[str, Any] | None:
+        """The newest dead letter whose root is ``scan_id``, if any stage gave up on it."""
+        stmt = (
+            select(dead_letters)
+            .where(dead_letters.c.tenant == tenant, dead_letters.c.root_id == scan_id)
+            .order_by(dead_letters.c.at_us.desc())
+            .limit(1)
+        )
+        with self._tenant(tenant, "read dead letters from") as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else dict(row)
+
+    def ping(self) -> None:
+        with self._begin("reach") as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- plumbing -------------------------------------------------------------
+
+    def _insert_unique(
+        self, tenant: str, table: Any, values: Mapping[str, Any], taken: str
+    ) -> None:
+        with self._tenant(tenant, f"write {table.name} to") as conn:
+            try:
+                conn.execute(insert(table).values(**values, created_at_us=now_us()))
+            except IntegrityError as exc:
+                raise Conflict(f"{taken} in tenant {tenant!r}") from exc
+
+    @contextmanager
+    def _tenant(self, tenant: str, action: str) -> Iterator[Connection]:
+        with self._begin(action) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(
+                    text("SELECT set_config('inferstream.tenant', :tenant, true)"),
+                    {"tenant": tenant},
+                )
+            yield conn
+
+    @contextmanager
+    def _begin(self, action: str) -> Iterator[Connection]:
+        try:
+            with self.store.engine.begin() as conn:
+                yield conn
+        except (Conflict, BadRequest):
+            raise
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"could not {action} the database at {self.store.url}: {type(exc).__name__}; "
+                "check that it is reachable and migrated"
+            ) from exc
+
+
+def _fields(record: ScanRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in ScanRecord.__slots__}

@@ -1,0 +1,142 @@
+"""The composition root: :func:`create_app` wires settings, bus, store and routes.
+
+The lifespan opens the bus (creating the pipeline's topics) and the results store,
+and closes them in reverse order through an ``ExitStack``. One family of handlers
+turns errors into ``{"error": ..., "detail": ...}`` with the status each error
+carries: bad input is a 4xx, an unreachable bus or store a 503, never a 500.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import ExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from inferstream.api import admin, ingest, ops, queries
+from inferstream.api.accounts import Accounts
+from inferstream.api.errors import ApiError
+from inferstream.api.ratelimit import RateLimiter
+from inferstream.api.settings import ApiSettings
+from inferstream.blobs import open_blob_store
+from inferstream.bus import open_bus
+from inferstream.errors import BlobError, InvalidInput, TransientError
+from inferstream.runner import ensure_topics
+from inferstream.store import InvalidQuery, ResultsStore
+
+log = logging.getLogger("inferstream.api")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+#: Documented on every route, so clients (and schemathesis) know the error shape.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in {
+        400: "bad input",
+        401: "no or wrong credentials",
+        403: "role not allowed",
+        404: "not found in your tenant",
+        413: "body too large",
+        415: "unsupported content type",
+        429: "rate limited",
+        503: "bus or store unavailable",
+    }.items()
+}
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    """The API for ``settings.pipeline``: its bus, store and blob store."""
+    app = FastAPI(
+        title="inferstream",
+        version="1",
+        summary="Ingest scans, read predictions, manage tenants' users and keys.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.limiter = RateLimiter(settings.rate_per_s, settings.burst)
+    for module in (ingest, queries, admin):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(ops.router)
+    live = _optional_live_router()
+    if live is not None:
+        app.include_router(live)
+    app.middleware("http")(ops.observe)
+    _add_error_handlers(app)
+    return app
+
+
+def _optional_live_router() -> Any:
+    """The dashboard's live feed (``inferstream.api.live``), when that module exists."""
+    try:
+        module = importlib.import_module("inferstream.api.live")
+    except ModuleNotFoundError as exc:
+        if exc.name != "inferstream.api.live":
+            raise
+        return None
+    return module.router
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ApiSettings = app.state.settings
+    spec = settings.pipeline
+    with ExitStack() as stack:
+        bus = open_bus(spec.bus)
+        stack.callback(bus.close)
+        ensure_topics(bus, spec)
+        bus.create_topic(settings.ingest_topic, spec.partitions(settings.ingest_topic))
+        store = ResultsStore(spec.store)
+        stack.callback(store.close)
+        app.state.bus = bus
+        app.state.store = store
+        app.state.accounts = Accounts(store)
+        app.state.blobs = open_blob_store(spec.blobs)
+        log.info("api ready", extra={"route": f"{spec.name}: ingest into {settings.ingest_topic}"})
+        yield
+
+
+def _error(
+    status: int, code: str, detail: Any, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return _error(exc.status, exc.code, exc.detail, exc.headers)
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        return _error(400, "bad_request", str(exc))
+
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("dependency unavailable", extra={"error": type(exc).__name__})
+        return _error(503, "unavailable", str(exc), {"Retry-After": "1"})
+
+    async def validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return _error(422, "invalid_request", jsonable_encoder(exc.errors()))
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, "http_error", str(exc.detail), dict(exc.headers or {}))
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(InvalidInput, invalid)
+    app.add_exception_handler(InvalidQuery, invalid)
+    app.add_exception_handler(TransientError, unavailable)
+    app.add_exception_handler(BlobError, unavailable)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(HTTPException, http_error)

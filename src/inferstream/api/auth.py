@@ -1,0 +1,186 @@
+"""Who is calling: API keys for machines, password login and short-lived JWTs for people.
+
+API keys look like ``isk.<tenant>.<key id>.<secret>``; only the SHA-256 of the
+secret is stored (the secret is 256 random bits, so a fast hash is enough) and it
+is compared in constant time. People log in at ``POST /auth/token`` with
+``username=<tenant>/<name>``; passwords are Argon2 hashes, and a login for an
+unknown user still runs one Argon2 verification so the answer time does not tell
+whether the user exists. Tokens are HS256 JWTs (the algorithm is pinned when
+decoding) carrying ``sub``, ``tenant``, ``role``, ``iss`` and ``exp``.
+
+:func:`require` is the FastAPI dependency routes use; :func:`principal_from_token`
+serves callers outside the request cycle, e.g. the live WebSocket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+
+from inferstream.api.accounts import Accounts, StoredKey, check_tenant_name
+from inferstream.api.errors import BadRequest, Forbidden, Unauthorized
+from inferstream.api.permissions import ROLES, Role
+from inferstream.api.settings import ApiSettings
+
+KEY_PREFIX = "isk"
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so both paths cost one Argon2 run.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller: a user name or key id, its tenant and its role."""
+
+    subject: str
+    tenant: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    """A new API key; ``secret`` is shown once and never stored."""
+
+    key_id: str
+    tenant: str
+    name: str
+    role: Role
+    secret: str
+
+
+def check_role(role: str) -> Role:
+    if role not in ROLES:
+        raise BadRequest(f"role {role!r} does not exist; use one of {', '.join(ROLES)}")
+    return role  # narrowed to Role by the membership test
+
+
+def hash_password(password: str) -> str:
+    if len(password) < 12:
+        raise BadRequest("password is too short; use at least 12 characters")
+    return _hasher.hash(password)
+
+
+def issue_key(accounts: Accounts, tenant: str, name: str, role: str) -> IssuedKey:
+    """Create and store a key; the caller shows :attr:`IssuedKey.secret` once."""
+    checked = check_role(role)
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    accounts.create_key(StoredKey(tenant, key_id, name[:128], digest, checked, False))
+    return IssuedKey(key_id, tenant, name, checked, f"{KEY_PREFIX}.{tenant}.{key_id}.{secret}")
+
+
+def principal_from_key(accounts: Accounts, presented: str) -> Principal:
+    parts = presented.split(".")
+    if len(parts) != 4 or parts[0] != KEY_PREFIX:
+        raise Unauthorized("API key is malformed; it looks like isk.<tenant>.<id>.<secret>")
+    _, tenant, key_id, secret = parts
+    stored = accounts.find_key(tenant, key_id) if check_tenant_ok(tenant) else None
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    expected = stored.secret_sha256 if stored else "0" * 64
+    if not hmac.compare_digest(digest, expected) or stored is None or stored.revoked:
+        raise Unauthorized("API key is unknown or revoked")
+    return Principal(f"key:{key_id}", tenant, check_role(stored.role))
+
+
+def check_tenant_ok(tenant: str) -> bool:
+    try:
+        check_tenant_name(tenant)
+    except BadRequest:
+        return False
+    return True
+
+
+def login(accounts: Accounts, username: str, password: str) -> Principal:
+    """Check a ``tenant/name`` login; the same Argon2 work whether or not the user exists."""
+    tenant, _, name = username.partition("/")
+    user = accounts.find_user(tenant, name) if check_tenant_ok(tenant) and name else None
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError):
+        user = None
+    if user is None:
+        raise Unauthorized("wrong username or password; the username is <tenant>/<name>")
+    return Principal(name, tenant, check_role(user.role))
+
+
+def issue_token(settings: ApiSettings, principal: Principal) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": principal.subject,
+        "tenant": principal.tenant,
+        "role": principal.role,
+        "iss": settings.jwt_issuer,
+        "iat": now,
+        "exp": now + settings.token_ttl_s,
+    }
+    return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+
+def principal_from_token(token: str, settings: ApiSettings) -> Principal:
+    """The principal of a bearer token (JWT or API key is told apart by the caller)."""
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            settings.jwt_secret,
+            algorithms=["HS256"],
+            issuer=settings.jwt_issuer,
+            options={"require": ["exp", "sub", "tenant", "role", "iss"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("token has expired; log in again at POST /auth/token") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"token is not valid: {exc}") from exc
+    role = claims["role"]
+    if role not in ROLES or not isinstance(claims["tenant"], str):
+        raise Unauthorized("token carries an unknown role or tenant")
+    return Principal(str(claims["sub"]), claims["tenant"], check_role(role))
+
+
+_bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def authenticate(
+    request: Request,
+    bearer: Annotated[str | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> Principal:
+    """The caller of this request, from ``X-API-Key`` or ``Authorization: Bearer``."""
+    state = request.app.state
+    presented = api_key or bearer
+    if not presented:
+        raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
+    if presented.startswith(f"{KEY_PREFIX}."):
+        principal = principal_from_key(state.accounts, presented)
+    else:
+        principal = principal_from_token(presented, state.settings)
+    state.limiter.take(f"{principal.tenant}/{principal.subject}")
+    request.state.principal = principal
+    return principal
+
+
+def require(*roles: Role) -> Callable[..., Principal]:
+    """A dependency that authenticates the caller and checks its role is one of ``roles``."""
+    allowed = frozenset(roles)
+
+    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if principal.role not in allowed:
+            raise Forbidden(
+                f"role {principal.role!r} may not do this; it needs one of "
+                f"{', '.join(sorted(allowed))}"
+            )
+        return principal
+
+    return dependency

@@ -1,0 +1,243 @@
+"""Read routes: a scan's status and image, result listings, tray summaries and CSV,
+feedback (ground truth) and accuracy per model version.
+
+Every query runs for the caller's tenant only; another tenant's id is simply not
+found (404), never "forbidden", so ids do not leak across tenants.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from inferstream.api.auth import Principal, require
+from inferstream.api.errors import BadRequest, NotFound
+from inferstream.api.models import (
+    Accuracy,
+    DeadLetter,
+    FeedbackIn,
+    FeedbackOut,
+    Result,
+    ResultPage,
+    ScanStatus,
+    TraySummary,
+)
+from inferstream.api.permissions import roles_for
+from inferstream.api.render import to_png
+from inferstream.envelope import BlobRef
+from inferstream.errors import BlobError
+from inferstream.store import ResultFilter
+
+router = APIRouter(tags=["queries"])
+IdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
+
+
+def guard(route: str) -> Any:
+    """The dependency enforcing ``route``'s row of the permission matrix."""
+    return Depends(require(*roles_for(route)))
+
+
+@router.get("/v1/scans/{scan_id}", response_model=ScanStatus)
+def get_scan(
+    scan_id: str,
+    request: Request,
+    principal: Annotated[Principal, guard("GET /v1/scans/{scan_id}")],
+) -> ScanStatus:
+    """Status (queued, processed, dead_lettered with the reason), prediction, lineage."""
+    state = request.app.state
+    record = state.accounts.find_scan(principal.tenant, scan_id)
+    row = state.store.get_result(principal.tenant, scan_id)
+    if record is None and row is None:
+        raise NotFound(f"no scan {scan_id!r} in your tenant")
+    status = ScanStatus(
+        id=scan_id,
+        status="queued",
+        content_type=record.content_type if record else "",
+        received_at_us=record.received_at_us if record else row.ingested_at_us,
+        trace_id=record.trace_id if record else row.trace_id,
+        egg_id=record.egg_id if record else row.egg_id,
+        tray=record.tray if record else row.tray,
+        scanner=record.scanner if record else row.scanner,
+    )
+    if row is not None:
+        status.status, status.result = "processed", Result.of(row)
+        shadows = state.store.list_shadow_results(principal.tenant, scan_id)
+        status.shadows = [Result.of(shadow) for shadow in shadows]
+        return status
+    letter = state.accounts.dead_letter_of(principal.tenant, scan_id)
+    if letter is not None:
+        status.status = "dead_lettered"
+        status.dead_letter = DeadLetter(
+            stage=letter["stage"],
+            error_type=letter["error_type"],
+            reason=letter["message"],
+            attempts=letter["attempts"],
+            at_us=letter["at_us"],
+        )
+    return status
+
+
+@router.get(
+    "/v1/scans/{scan_id}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the scan as PNG"}},
+)
+def get_scan_image(
+    scan_id: str,
+    request: Request,
+    principal: Annotated[Principal, guard("GET /v1/scans/{scan_id}/image")],
+) -> Response:
+    """The scan rendered as an 8-bit PNG (16-bit scans are windowed)."""
+    state = request.app.state
+    record = state.accounts.find_scan(principal.tenant, scan_id)
+    if record is None or not record.blob_sha256:
+        raise NotFound(f"no image of scan {scan_id!r} in your tenant")
+    try:
+        data = state.blobs.get(BlobRef(uri="", sha256=record.blob_sha256, size=record.size))
+    except BlobError as exc:
+        raise NotFound(f"the bytes of scan {scan_id!r} are gone from the blob store") from exc
+    return Response(to_png(data, record.content_type), media_type="image/png")
+
+
+class ResultQuery(BaseModel):
+    """Filters and paging of ``GET /v1/results`` (query parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tray: IdText | None = None
+    scanner: IdText | None = None
+    egg_id: IdText | None = None
+    label: IdText | None = None
+    model_version: IdText | None = None
+    min_confidence: float | None = Field(default=None, ge=0, le=1)
+    max_confidence: float | None = Field(default=None, ge=0, le=1)
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: str | None = Field(default=None, max_length=512)
+    limit: int = Field(default=100, ge=1, le=1000)
+    order: Literal["asc", "desc"] = "asc"
+
+
+@router.get("/v1/results", response_model=ResultPage)
+def list_results(
+    query: Annotated[ResultQuery, Query()],
+    request: Request,
+    principal: Annotated[Principal, guard("GET /v1/results")],
+) -> ResultPage:
+    """Results of your tenant, filtered, oldest first; pass ``next_cursor`` for more."""
+    filters = ResultFilter(
+        egg_id=query.egg_id,
+        tray=query.tray,
+        scanner=query.scanner,
+        label=query.label,
+        model_version=query.model_version,
+        min_confidence=query.min_confidence,
+        max_confidence=query.max_confidence,
+        since_us=_us(query.since),
+        until_us=_us(query.until),
+    )
+    store = request.app.state.store
+    page = store.list_results(principal.tenant, filters, query.cursor, query.limit, query.order)
+    return ResultPage(items=[Result.of(row) for row in page.items], next_cursor=page.next_cursor)
+
+
+def _us(moment: datetime | None) -> int | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise BadRequest(f"time {moment.isoformat()} has no time zone; add e.g. +00:00 or Z")
+    return int(moment.timestamp() * 1_000_000)
+
+
+@router.get("/v1/trays/{tray}/summary", response_model=TraySummary)
+def tray_summary(
+    tray: str,
+    request: Request,
+    principal: Annotated[Principal, guard("GET /v1/trays/{tray}/summary")],
+) -> TraySummary:
+    """Counts per class, female ratio, mean confidence and throughput of one tray."""
+    return TraySummary.of(request.app.state.store.batch_summary(principal.tenant, tray))
+
+
+CSV_COLUMNS = (
+    "id", "egg_id", "tray", "scanner", "label", "confidence", "model_name", "model_version",
+    "created_at_us", "stored_at_us", "latency_ms",
+)  # fmt: skip
+
+
+@router.get(
+    "/v1/trays/{tray}/export.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "one row per scan"}},
+)
+def tray_export(
+    tray: str,
+    request: Request,
+    principal: Annotated[Principal, guard("GET /v1/trays/{tray}/export.csv")],
+) -> StreamingResponse:
+    """Every result of one tray as CSV, streamed page by page."""
+    store = request.app.state.store
+    rows = _csv_lines(store, principal.tenant, tray)
+    disposition = f'attachment; filename="{_safe_filename(tray)}.csv"'
+    return StreamingResponse(
+        rows, media_type="text/csv", headers={"Content-Disposition": disposition}
+    )
+
+
+def _csv_lines(store: Any, tenant: str, tray: str) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    cursor: str | None = None
+    while True:
+        page = store.list_results(tenant, ResultFilter(tray=tray), cursor, 1000)
+        for row in page.items:
+            writer.writerow([_cell(getattr(row, name)) for name in CSV_COLUMNS])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        cursor = page.next_cursor
+        if cursor is None:
+            return
+
+
+def _cell(value: object) -> object:
+    # A cell starting with = + - @ is a formula to spreadsheets: neutralise it.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+        return "'" + value
+    return value
+
+
+def _safe_filename(tray: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tray)[:64] or "tray"
+
+
+@router.post("/v1/feedback", response_model=FeedbackOut, status_code=201)
+def post_feedback(
+    body: FeedbackIn,
+    request: Request,
+    principal: Annotated[Principal, guard("POST /v1/feedback")],
+) -> FeedbackOut:
+    """Record the ground truth of one egg (e.g. the hatch result); a later post corrects it."""
+    entry = request.app.state.store.add_feedback(
+        principal.tenant, body.egg_id, body.label, source=body.source
+    )
+    return FeedbackOut(
+        egg_id=entry.egg_id, label=entry.label, source=entry.source, at_us=entry.at_us
+    )
+
+
+@router.get("/v1/models/accuracy", response_model=list[Accuracy])
+def model_accuracy(
+    request: Request, principal: Annotated[Principal, guard("GET /v1/models/accuracy")]
+) -> list[Accuracy]:
+    """Agreement with the ground truth received so far, per model version."""
+    rows = request.app.state.store.accuracy_by_model_version(principal.tenant)
+    return [Accuracy.of(row) for row in rows]

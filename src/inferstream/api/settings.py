@@ -1,0 +1,62 @@
+"""The service API's settings: one frozen object, built from a pipeline file.
+
+TLS is not here: it belongs to the server (``inferstream serve --certfile --keyfile``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+
+from inferstream.errors import ConfigError
+from inferstream.pipeline import PipelineSpec
+
+#: Environment variable holding the JWT signing secret (shared by every API replica).
+JWT_SECRET_ENV = "INFERSTREAM_JWT_SECRET"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What :func:`inferstream.api.create_app` needs.
+
+    ``rate_per_s``/``burst`` are the token bucket of each caller (API key or user).
+    ``max_body_bytes`` bounds every request body; ``max_batch`` the envelopes of one
+    protobuf batch and the files of one multipart upload.
+    """
+
+    pipeline: PipelineSpec
+    ingest_topic: str
+    jwt_secret: str
+    jwt_issuer: str = "inferstream"
+    token_ttl_s: int = 900
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_batch: int = 1000
+    rate_per_s: float = 200.0
+    burst: int = 400
+    max_image_side: int = 4096
+    max_image_pixels: int = 50_000_000
+
+    def __post_init__(self) -> None:
+        if len(self.jwt_secret) < 32:
+            raise ConfigError(
+                f"the JWT secret is {len(self.jwt_secret)} characters; use at least 32 "
+                f"random ones (set {JWT_SECRET_ENV}, e.g. from `openssl rand -hex 32`)"
+            )
+        if self.rate_per_s <= 0 or self.burst < 1 or self.max_body_bytes < 1:
+            raise ConfigError("rate_per_s, burst and max_body_bytes must be positive")
+
+    @classmethod
+    def for_pipeline(cls, spec: PipelineSpec, ingest_topic: str | None = None) -> ApiSettings:
+        """Settings for ``spec``: ingest into its first declared topic, secret from the env.
+
+        Without ``INFERSTREAM_JWT_SECRET`` a random secret is made, so tokens die with
+        the process and replicas do not accept each other's: fine for one machine.
+        """
+        topic = ingest_topic or next(iter(spec.topics), None)
+        if topic is None:
+            raise ConfigError(
+                f"pipeline {spec.name!r} declares no ingest topic; add one under 'topics:'"
+            )
+        secret = os.environ.get(JWT_SECRET_ENV) or secrets.token_hex(32)
+        return cls(pipeline=spec, ingest_topic=topic, jwt_secret=secret)
