@@ -7,6 +7,7 @@ DCMTK command-line tools (Debian package ``dcmtk``) to get files no code of ours
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 import warnings
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
@@ -83,7 +85,9 @@ def make_dataset(rows: int = 128, cols: int = 128, seed: int = 0, **overrides: A
 
 
 def to_bytes(ds: Dataset, syntax: str = ExplicitVRLittleEndian, preamble: bytes = b"") -> bytes:
-    if syntax in (RLELossless, JPEG2000Lossless):
+    if syntax == ds.file_meta.TransferSyntaxUID:
+        pass
+    elif syntax in (RLELossless, JPEG2000Lossless):
         ds.compress(syntax)
     else:
         ds.file_meta.TransferSyntaxUID = UID(syntax)
@@ -332,6 +336,29 @@ def test_a_claimed_huge_image_is_refused_without_allocating() -> None:
             decoder(data)
 
 
+def test_a_codestream_claiming_another_size_is_refused_before_decoding(tmp_path: Path) -> None:
+    j2k = bytearray(scan_bytes(JPEG2000Lossless, seed=16))
+    siz = j2k.find(b"\xff\x4f\xff\x51") + 2  # SIZ: marker, Lsiz, Rsiz, Xsiz, Ysiz
+    j2k[siz + 6 : siz + 14] = (60000).to_bytes(4, "big") * 2
+    jls = bytearray(dcmtk(tmp_path, "dcmcjpls", scan_bytes(seed=16)))
+    sof = jls.find(b"\xff\xf7")  # SOF55: marker, length, precision, lines, samples
+    jls[sof + 5 : sof + 9] = (60000).to_bytes(2, "big") * 2
+    for data in (j2k, jls):
+        with pytest.raises(InvalidScan, match="claims 60000x60000 pixels but Rows x Columns"):
+            decode(bytes(data))
+
+
+def test_an_oversized_rle_frame_is_refused_before_decoding() -> None:
+    ds = make_dataset(seed=17)
+    ds.compress(RLELossless)
+    # Two segments of replicate runs: 160 KB that would expand to 10 MB.
+    segment = b"\x81\x00" * 40000
+    header = struct.pack("<3I", 2, 64, 64 + len(segment)).ljust(64, b"\x00")
+    ds.PixelData = encapsulate([header + segment + segment])
+    with pytest.raises(InvalidScan, match="compressed frame is 160064 bytes, more than"):
+        decode(to_bytes(ds, RLELossless))
+
+
 @pytest.mark.parametrize("decoder", BOTH)
 def test_random_and_empty_bytes_are_not_dicom(decoder: Decoder) -> None:
     rng = np.random.default_rng(14)
@@ -351,25 +378,43 @@ def test_limits_are_configurable_and_checked() -> None:
         ScanLimits(min_side=100, max_side=10)
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
+def outcome(decoder: Decoder, data: bytes) -> DecodedScan | InvalidScan:
+    """The scan, or the InvalidScan raised; any other exception fails the test."""
+    try:
+        return decoder(data)
+    except InvalidScan as exc:
+        return exc
+
+
+def mutate(original: bytes, rng: np.random.Generator) -> bytes:
+    """A seeded random truncation and/or 1-3 byte flips, half of them in the header."""
+    data = bytearray(original)
+    if rng.random() < 0.3:
+        data = data[: int(rng.integers(0, len(data)))]
+    region = len(data) if rng.random() < 0.5 else min(len(data), 1000)
+    for _ in range(int(rng.integers(1, 4))):
+        if region:
+            data[int(rng.integers(0, region))] = int(rng.integers(0, 256))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless]
+)
 def test_fuzzed_scans_decode_or_raise_invalid_scan_and_both_paths_agree(syntax: str) -> None:
     rng = np.random.default_rng(15)
-    original = scan_bytes(syntax, rows=16, cols=16, seed=15)
+    original = scan_bytes(syntax, rows=32, cols=48, seed=15)
     accepted = refused = 0
     for _ in range(300):
-        data = bytearray(original)
-        if rng.random() < 0.3:
-            data = data[: int(rng.integers(0, len(data)))]
-        for _ in range(int(rng.integers(1, 4))):
-            if data:
-                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
-        try:
-            fast = decode(bytes(data))
-        except InvalidScan:
+        data = mutate(original, rng)
+        fast, slow = outcome(decode, data), outcome(decode_with_pydicom, data)
+        if isinstance(fast, InvalidScan):
+            assert isinstance(slow, InvalidScan), f"only the fast path refused: {fast}"
             refused += 1
-            continue
-        accepted += 1
-        assert_same(fast, decode_with_pydicom(bytes(data)))
+        else:
+            assert isinstance(slow, DecodedScan), f"only pydicom refused: {slow}"
+            assert_same(fast, slow)
+            accepted += 1
     assert accepted > 0
     assert refused > 0
 

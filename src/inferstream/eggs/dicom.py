@@ -33,6 +33,7 @@ from inferstream.eggs.dicom_checks import (
     check_size,
     validate,
 )
+from inferstream.eggs.dicom_codestream import BadCodestream, check_frame
 from inferstream.eggs.dicom_fast import Header
 from inferstream.envelope import Envelope, to_tensor
 from inferstream.errors import BlobError, ConfigError
@@ -74,10 +75,16 @@ def decode(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> DecodedScan:
     check_size(data, limits)
     try:
         found = dicom_fast.read(data)
-    except dicom_fast.Damaged as exc:
-        raise InvalidScan(str(exc)) from None
     except dicom_fast.NotFast:
         return decode_with_pydicom(data, limits)
+    except dicom_fast.Damaged as damage:
+        # pydicom is the reference and forgives some damage (a mangled tag, say); the
+        # fast reader must never refuse what it accepts. When both refuse, the fast
+        # reader's message is the precise one (byte offset and tag).
+        try:
+            return decode_with_pydicom(data, limits)
+        except InvalidScan:
+            raise InvalidScan(str(damage)) from None
     pixel_length = found.pixel_length if found.pixel_offset >= 0 else None
     info = validate(found.header, limits, pixel_length)
     pixels = np.frombuffer(
@@ -102,6 +109,8 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
             header = _pydicom_header(dataset)
             pixel_length = _pydicom_pixel_length(dataset, header)
             info = validate(header, limits, pixel_length)
+            if info.transfer_syntax not in NATIVE:
+                _check_compressed(dataset, info)
             pixels = dataset.pixel_array
         except InvalidScan:
             raise
@@ -117,13 +126,24 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
     return _scan(info, pixels)
 
 
+def _check_compressed(dataset: Any, info: ScanInfo) -> None:
+    from pydicom.encaps import generate_frames
+
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    try:
+        check_frame(info.transfer_syntax, frame, info.rows, info.cols)
+    except BadCodestream as exc:
+        raise InvalidScan(str(exc)) from None
+
+
 def _read_dataset(data: bytes) -> Any:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     try:
-        # defer_size: the pixel bytes are read only once the header has passed validation.
-        return dcmread(io.BytesIO(data), defer_size=4096)
+        # No defer_size: the bytes are in memory already, and a deferred element loses
+        # the declared length that tells a truncated Pixel Data from a whole one.
+        return dcmread(io.BytesIO(data))
     except InvalidDicomError as exc:
         raise InvalidScan(f"not DICOM: {exc}") from exc
 
@@ -152,7 +172,15 @@ def _pydicom_pixel_length(dataset: Any, header: Header) -> int | None:
         return None
     if header.get("TransferSyntaxUID") not in NATIVE:
         return -1  # encapsulated: the decoded shape is checked after decoding
-    return len(dataset.PixelData)
+    declared = dataset.get_item(dicom_fast.PIXEL_DATA).length
+    actual = len(dataset.PixelData)
+    # pydicom silently keeps the bytes left when a value runs past the end of the file.
+    if actual < declared:
+        raise InvalidScan(
+            f"truncated: Pixel Data (7FE0,0010) declares {declared} bytes but only {actual} "
+            "remain; the file was cut short, send it again"
+        )
+    return actual
 
 
 def _scan(info: ScanInfo, pixels: np.ndarray) -> DecodedScan:

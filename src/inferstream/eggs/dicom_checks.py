@@ -8,6 +8,7 @@ huge image or a bogus transfer syntax is refused before a pixel buffer exists.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -181,8 +182,8 @@ def _check_image(header: Header, limits: ScanLimits) -> tuple[int, int, int]:
             raise InvalidScan(f"missing required tag {keyword}; expected {want}")
         if got != want:
             raise InvalidScan(f"wrong {keyword}: expected {want} (16-bit grey MR), got {got!s:.40}")
-    frames = str(header.get("NumberOfFrames", "1")).strip()
-    if not re.fullmatch(r"\+?0*1", frames):
+    frames = str(header.get("NumberOfFrames", "1"))
+    if _number(frames) != 1:
         raise InvalidScan(
             f"multi-frame scan (NumberOfFrames {frames:.20}); send one slice per scan"
         )
@@ -202,6 +203,14 @@ def _check_image(header: Header, limits: ScanLimits) -> tuple[int, int, int]:
             )
     assert isinstance(rows, int) and isinstance(cols, int)
     return rows, cols, bits_stored
+
+
+def _number(text: str) -> float:
+    """An IS/DS value as pydicom reads it (it accepts "1", " 1 ", "1.0"), NaN if none."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _acquired_at(header: Header) -> str:

@@ -24,31 +24,36 @@ IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 PREAMBLE = 128
 PIXEL_DATA = 0x7FE00010
-_META_GROUP = 0x0002
+_META_GROUP_LE = b"\x02\x00"
 _UNDEFINED = 0xFFFFFFFF
 # Explicit VRs whose length is 4 bytes after 2 reserved bytes (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
+_ALL_VRS = _LONG_VRS | {
+    *(b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT"),
+    *(b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"),
+}
 _TEXT_VRS = frozenset((b"AE", b"CS", b"DA", b"DS", b"DT", b"IS", b"LO", b"SH", b"TM", b"UI"))
 
 #: Tags the pipeline reads: tag -> (keyword, kind). kind "US" is one unsigned short,
-#: "text" a string value. pydicom's keywords, so both readers fill the same header.
+#: "text" a string, "uid" a UID string. pydicom's keywords, so both readers fill the
+#: same header.
 META_WANTED: dict[int, tuple[str, str]] = {
-    0x00020003: ("MediaStorageSOPInstanceUID", "text"),
-    0x00020010: ("TransferSyntaxUID", "text"),
+    0x00020003: ("MediaStorageSOPInstanceUID", "uid"),
+    0x00020010: ("TransferSyntaxUID", "uid"),
 }
 DATA_WANTED: dict[int, tuple[str, str]] = {
-    0x00080016: ("SOPClassUID", "text"),
-    0x00080018: ("SOPInstanceUID", "text"),
+    0x00080016: ("SOPClassUID", "uid"),
+    0x00080018: ("SOPInstanceUID", "uid"),
     0x0008002A: ("AcquisitionDateTime", "text"),
     0x00080050: ("AccessionNumber", "text"),
     0x00080060: ("Modality", "text"),
     0x00081010: ("StationName", "text"),
     0x00100020: ("PatientID", "text"),
     0x00120050: ("ClinicalTrialTimePointID", "text"),
-    0x0020000D: ("StudyInstanceUID", "text"),
-    0x0020000E: ("SeriesInstanceUID", "text"),
+    0x0020000D: ("StudyInstanceUID", "uid"),
+    0x0020000E: ("SeriesInstanceUID", "uid"),
     0x00280002: ("SamplesPerPixel", "US"),
     0x00280004: ("PhotometricInterpretation", "text"),
     0x00280008: ("NumberOfFrames", "text"),
@@ -113,9 +118,9 @@ def _walk(
     wanted = META_WANTED if meta_only else DATA_WANTED
     pixels: tuple[int, int] | None = None
     while pos < end:
+        if meta_only and data[pos : pos + 2] != _META_GROUP_LE:
+            return pos, None  # the data set begins, in its own transfer syntax
         tag, vr, start, length = _element(data, pos, explicit)
-        if meta_only and tag >> 16 != _META_GROUP:
-            return pos, None
         if length == _UNDEFINED:
             raise NotFast(f"undefined length at tag {_tag_name(tag)}")
         if start + length > end:
@@ -141,6 +146,8 @@ def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, bytes | None, 
         group, elem, vr, length = _EXPLICIT_HEAD.unpack_from(data, pos)
         if vr in _LONG_VRS:
             return group << 16 | elem, vr, pos + 12, _U32.unpack_from(data, pos + 8)[0]
+        if vr not in _ALL_VRS:
+            raise NotFast(f"unknown VR {vr!r} at byte {pos}")
     except struct.error:
         raise Damaged(
             f"truncated: element header at byte {pos} runs past the end of the "
@@ -157,7 +164,9 @@ def _value(raw: bytes, kind: str, vr: bytes | None, keyword: str) -> str | int:
     if vr is not None and vr not in _TEXT_VRS:
         raise NotFast(f"{keyword} has VR {vr!r}")
     # pydicom's default character set for text without (0008,0005) is ISO 8859-1.
-    return raw.decode("latin-1").rstrip("\x00 ")
+    text = raw.decode("latin-1").rstrip("\x00 ")
+    # pydicom's UID type also strips whitespace at both ends; strip alike to agree.
+    return text.strip() if kind == "uid" else text
 
 
 def _tag_name(tag: int) -> str:
