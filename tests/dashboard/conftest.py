@@ -1,0 +1,81 @@
+"""Fixtures for the live dashboard tests: stores with two tenants and a row factory."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from inferstream.envelope import now_us
+from inferstream.store import ResultRow, ResultsStore
+
+POSTGRES_URL = os.environ.get(
+    "INFERSTREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+RowFactory = Callable[..., ResultRow]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A results store URL: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'results.db'}"
+        return
+    schema = f"live_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{POSTGRES_URL}?options={quote(f'-c search_path={schema}')}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[ResultsStore]:
+    opened = ResultsStore(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def make_row() -> RowFactory:
+    """Result rows stored "now" unless told otherwise, with unique ids."""
+    counter = itertools.count()
+
+    def make(tenant: str, **fields: object) -> ResultRow:
+        n = next(counter)
+        stored = int(fields.pop("stored_at_us", now_us() - 1_500_000))  # type: ignore[call-overload]
+        values: dict[str, object] = {
+            "id": f"{tenant}-scan-{n}",
+            "tenant": tenant,
+            "label": "female",
+            "confidence": 0.9,
+            "scores": {"female": 0.9, "male": 0.05, "not_developing": 0.05},
+            "model_name": "egg_sexing",
+            "model_version": "1.0.0",
+            "created_at_us": stored - 20_000,
+            "ingested_at_us": stored - 15_000,
+            "stored_at_us": stored,
+            "latency_ms": 20.0,
+            "egg_id": f"EGG-{n:06d}",
+            "tray": "TRAY-0001",
+            "scanner": "SCANNER-01",
+            "lineage": [{"stage": "classify", "at_us": stored - 5_000}],
+            "trace_id": uuid.uuid4().hex,
+        }
+        values.update(fields)
+        return ResultRow(**values)  # type: ignore[arg-type]
+
+    return make

@@ -1,0 +1,133 @@
+"""The live hub against a real store (SQLite and PostgreSQL) and the embedded bus."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from inferstream.api.live import LiveHub
+from inferstream.bus import Record, open_bus
+from inferstream.envelope import now_us
+from inferstream.pipeline import PipelineSpec, StageSpec, StepSpec
+from inferstream.store import DeadLetterRow, ResultRow, ResultsStore
+
+RowFactory = Callable[..., ResultRow]
+
+A, B = "acme", "globex"
+
+
+def _pipeline() -> PipelineSpec:
+    stages = (
+        StageSpec("classify", "scans.raw", (StepSpec("decode_dicom"),), output="scans.predicted"),
+        StageSpec("store", "scans.predicted", (StepSpec("store_results"),)),
+    )
+    return PipelineSpec("eggs", stages, topics={"scans.raw": 2})
+
+
+def _dead_letter(tenant: str, n: int, stage: str) -> DeadLetterRow:
+    return DeadLetterRow(
+        f"{tenant}-dl-{n}",
+        tenant,
+        stage,
+        "InvalidInput",
+        "bad DICOM",
+        3,
+        "scans.raw",
+        0,
+        n,
+        now_us() - 1_000_000,
+    )
+
+
+def _snapshots(hub: LiveHub) -> dict[str, dict[str, Any]]:
+    return {tenant: json.loads(text) for tenant, text in hub.tick([A, B]).items()}
+
+
+def test_each_tenant_gets_only_its_own_rows(store: ResultsStore, make_row: RowFactory) -> None:
+    labels = ["female", "female", "male", "not_developing"]
+    store.upsert_results(
+        [make_row(A, label=label, tray=f"TRAY-A{i % 2}") for i, label in enumerate(labels)]
+        + [make_row(B, label="male", tray="TRAY-B") for _ in range(3)]
+    )
+    hub = LiveHub(store)
+    snaps = _snapshots(hub)
+    a, b = snaps[A], snaps[B]
+    assert a["tenant"] == A and b["tenant"] == B
+    assert a["totals"]["scans"] == 4 and b["totals"]["scans"] == 3
+    assert {scan["id"].split("-scan-")[0] for scan in a["newest"]} == {A}
+    assert {scan["id"].split("-scan-")[0] for scan in b["newest"]} == {B}
+    assert [tray["tray"] for tray in a["trays"]] == ["TRAY-A0", "TRAY-A1"]
+    assert [tray["tray"] for tray in b["trays"]] == ["TRAY-B"]
+    assert a["totals"]["female_ratio"] == 0.5
+    assert sum(a["confidence"]["counts"]) == 4
+
+
+def test_a_second_tick_counts_only_new_rows(store: ResultsStore, make_row: RowFactory) -> None:
+    store.upsert_results([make_row(A) for _ in range(5)])
+    hub = LiveHub(store)
+    assert _snapshots(hub)[A]["totals"]["scans"] == 5
+    store.upsert_results([make_row(A) for _ in range(2)])
+    second = _snapshots(hub)[A]
+    assert second["totals"]["scans"] == 7
+    assert sum(second["series"]["throughput"]) == 7
+    assert len(second["newest"]) == 7
+
+
+def test_newest_table_holds_twenty_newest_first(store: ResultsStore, make_row: RowFactory) -> None:
+    base = now_us() - 10_000_000
+    store.upsert_results([make_row(A, stored_at_us=base + i * 1000) for i in range(30)])
+    newest = _snapshots(LiveHub(store))[A]["newest"]
+    assert len(newest) == 20
+    times = [scan["stored_at_us"] for scan in newest]
+    assert times == sorted(times, reverse=True)
+    assert set(newest[0]) >= {"id", "egg_id", "tray", "label", "confidence", "model_version"}
+
+
+def test_accuracy_and_dead_letters_are_per_tenant(
+    store: ResultsStore, make_row: RowFactory
+) -> None:
+    rows = [make_row(A, label="female"), make_row(A, label="male"), make_row(B, label="male")]
+    store.upsert_results(rows)
+    store.add_feedback(A, str(rows[0].egg_id), "female")
+    store.add_feedback(A, str(rows[1].egg_id), "female")
+    store.write_batch(dead_letters=[_dead_letter(A, i, "classify") for i in range(3)])
+    snaps = _snapshots(LiveHub(store, _pipeline()))
+    accuracy = snaps[A]["accuracy"]
+    assert [(x["model_version"], x["labelled"], x["correct"]) for x in accuracy] == [
+        ("1.0.0", 2, 1)
+    ]
+    assert accuracy[0]["accuracy"] == 0.5
+    assert snaps[B]["accuracy"] == []
+    a_stages = {stage["name"]: stage for stage in snaps[A]["stages"]}
+    b_stages = {stage["name"]: stage for stage in snaps[B]["stages"]}
+    assert a_stages["classify"]["dead_letters"] == 3
+    assert a_stages["store"]["dead_letters"] == 0
+    assert b_stages["classify"]["dead_letters"] == 0
+
+
+def test_stage_lag_and_rate_come_from_the_bus(
+    store: ResultsStore, tmp_path: Path, make_row: RowFactory
+) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    try:
+        for topic in ("scans.raw", "scans.predicted"):
+            bus.create_topic(topic, 2)
+        bus.produce("scans.raw", [Record(f"k{i}".encode(), b"x") for i in range(6)])
+        hub = LiveHub(store, _pipeline(), bus)
+        first = {s["name"]: s for s in _snapshots(hub)[A]["stages"]}
+        assert first["classify"]["lag"] == 6
+        assert first["store"]["lag"] == 0
+        assert first["classify"]["group"] == "eggs.classify"
+        consumer = bus.consumer("eggs.classify", ["scans.raw"])
+        taken = []
+        while len(taken) < 6:
+            taken += consumer.poll_batch(10, 1.0)
+        consumer.commit(taken)
+        consumer.close()
+        second = {s["name"]: s for s in _snapshots(hub)[A]["stages"]}
+        assert second["classify"]["lag"] == 0
+        assert second["classify"]["rate_per_s"] > 0
+    finally:
+        bus.close()
