@@ -223,6 +223,17 @@ def test_a_stalled_member_expires_and_is_fenced(bus: Bus) -> None:
     other.close()
 
 
+def test_a_late_member_that_nobody_replaced_keeps_its_partitions(bus: Bus) -> None:
+    bus.create_topic("t")
+    bus.produce("t", [Record(None, b"m%d" % i) for i in range(3)])
+    alone = bus.consumer("g", ["t"])
+    batch = alone.poll_batch(100, 1.0)
+    time.sleep(1.5)  # longer than the 1 s session timeout of the url fixture
+    alone.commit(batch)
+    assert [p.committed for p in bus.partitions("t", "g")] == [3]
+    alone.close()
+
+
 def test_a_killed_producer_leaves_whole_batches_only(bus: Bus, url: str) -> None:
     bus.create_topic("t")
     with child(PRODUCER_CHILD, url, "t", "p", "100000") as producer:

@@ -7,7 +7,9 @@ recomputes who owns which partition, deterministically from the sorted member id
 (round-robin over the sorted ``(topic, partition)`` list). A partition whose owner
 changes gets a new *epoch*; a member remembers the epoch it was given, and a commit
 whose epoch no longer matches is refused (fencing), so a member that stalled past
-its session timeout can neither commit nor keep delivering a partition it lost.
+its session timeout, and was removed by another member meanwhile, can neither
+commit nor keep delivering a partition it lost. A late member that nobody removed
+simply carries on: nothing was taken over.
 
 Every function here runs inside a transaction opened by the caller.
 """
@@ -44,16 +46,15 @@ def heartbeat(conn: sqlite3.Connection, member: Member, now: int) -> None:
         (member.group, now, member.member_id),
     ).rowcount
     expires = now + member.session_timeout_ms
+    # Still present although late: nobody has taken anything over (expiry and this
+    # refresh are serialised by the write lock), so the member carries on.
     own = conn.execute(
-        "UPDATE members SET expires_ms = ? WHERE grp = ? AND member_id = ? AND expires_ms >= ?",
-        (expires, member.group, member.member_id, now),
+        "UPDATE members SET expires_ms = ? WHERE grp = ? AND member_id = ?",
+        (expires, member.group, member.member_id),
     ).rowcount
     if own == 0:
-        # Missing, or present but expired: either way a dead member's ownership must
-        # not carry over, so it rejoins as a new member and every epoch moves on.
-        conn.execute(
-            "DELETE FROM members WHERE grp = ? AND member_id = ?", (member.group, member.member_id)
-        )
+        # Removed by another member: its old ownership must not carry over, so it
+        # rejoins as a new member and every epoch it held moves on.
         conn.execute(
             "INSERT INTO members (grp, member_id, topics, expires_ms) VALUES (?, ?, ?, ?)",
             (member.group, member.member_id, "\n".join(member.topics), expires),
