@@ -1,0 +1,48 @@
+"""Fixtures for the API tests: a real embedded bus and SQLite store in a temp folder.
+
+``world`` is a started app (lifespan run: topics created, store migrated) with two
+tenants and an API key for every role in each.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_testing import JWT_SECRET, World, add_keys
+from fastapi.testclient import TestClient
+
+from inferstream.api import ApiSettings, create_app
+from inferstream.examples import example_path
+from inferstream.pipeline import PipelineSpec, load_pipeline
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> PipelineSpec:
+    return load_pipeline(example_path("eggs")).with_urls(
+        bus=f"sqlite:///{tmp_path / 'bus.db'}",
+        store=f"sqlite:///{tmp_path / 'results.db'}",
+        blobs=f"file://{tmp_path / 'blobs'}",
+    )
+
+
+@pytest.fixture
+def settings(spec: PipelineSpec) -> ApiSettings:
+    return ApiSettings(
+        pipeline=spec, ingest_topic="scans.raw", jwt_secret=JWT_SECRET, rate_per_s=1e6, burst=10**6
+    )
+
+
+def start_world(settings: ApiSettings) -> Iterator[World]:
+    suffix = uuid.uuid4().hex[:6]
+    with TestClient(create_app(settings)) as client:
+        world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
+        add_keys(world, client.app.state.accounts)  # type: ignore[attr-defined]
+        yield world
+
+
+@pytest.fixture
+def world(settings: ApiSettings) -> Iterator[World]:
+    yield from start_world(settings)

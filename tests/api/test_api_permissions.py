@@ -1,0 +1,163 @@
+"""Every route x every role x own/other tenant, driven by the permission matrix.
+
+A route the app serves must appear in the matrix (or be public) and in CALLS below,
+so a new route without a permission entry or a test call fails here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from api_testing import World, dicom_bytes
+from conftest import start_world
+
+from inferstream.api import ApiSettings
+from inferstream.api.permissions import PERMISSIONS, PUBLIC, ROLES
+from inferstream.store import ResultRow
+
+TRAY = "TRAY-0042"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """A scan (ingested and processed) that belongs to the world's first tenant."""
+
+    scan_id: str
+    egg_id: str
+
+
+Call = Callable[[Seeded], tuple[str, dict[str, Any]]]
+
+
+def _dicom(_: Seeded) -> tuple[str, dict[str, Any]]:
+    return "/v1/scans", {
+        "content": dicom_bytes(seed=7),
+        "headers": {"Content-Type": "application/dicom"},
+    }
+
+
+CALLS: dict[str, Call] = {
+    "POST /v1/scans": _dicom,
+    "GET /v1/scans/{scan_id}": lambda s: (f"/v1/scans/{s.scan_id}", {}),
+    "GET /v1/scans/{scan_id}/image": lambda s: (f"/v1/scans/{s.scan_id}/image", {}),
+    "GET /v1/results": lambda s: (f"/v1/results?tray={TRAY}", {}),
+    "GET /v1/trays/{tray}/summary": lambda s: (f"/v1/trays/{TRAY}/summary", {}),
+    "GET /v1/trays/{tray}/export.csv": lambda s: (f"/v1/trays/{TRAY}/export.csv", {}),
+    "GET /v1/models/accuracy": lambda s: ("/v1/models/accuracy", {}),
+    "POST /v1/feedback": lambda s: ("/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "male"}}),
+    "POST /v1/admin/replay": lambda s: ("/v1/admin/replay", {"json": {"stage": "store", "to": "earliest"}}),
+    "POST /v1/admin/users": lambda s: ("/v1/admin/users", {"json": {
+        "username": f"u{uuid.uuid4().hex[:8]}", "password": "correct horse battery", "role": "viewer"}}),
+    "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "scanner"}}),
+    "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
+}  # fmt: skip
+
+
+def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
+    """What an allowed caller of the owning tenant gets."""
+    assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
+    if route == "GET /v1/results":
+        assert [item["id"] for item in answer.json()["items"]] == [seeded.scan_id]
+    if route == "GET /v1/trays/{tray}/summary":
+        assert answer.json()["count"] == 1
+    if route == "GET /v1/trays/{tray}/export.csv":
+        assert seeded.scan_id in answer.text
+
+
+def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
+    """What an allowed caller of another tenant gets: nothing of the first tenant's."""
+    if "{scan_id}" in route:
+        assert answer.status_code == 404, (route, answer.text)
+        return
+    assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
+    assert seeded.scan_id not in answer.text
+    if route != "POST /v1/feedback":  # which echoes the egg id it was sent
+        assert seeded.egg_id not in answer.text
+    if route == "GET /v1/trays/{tray}/summary":
+        assert answer.json()["count"] == 0
+
+
+@pytest.fixture(scope="module")
+def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Seeded]]:
+    from inferstream.examples import example_path
+    from inferstream.pipeline import load_pipeline
+
+    from api_testing import JWT_SECRET
+
+    folder = tmp_path_factory.mktemp("perm")
+    spec = load_pipeline(example_path("eggs")).with_urls(
+        bus=f"sqlite:///{folder / 'bus.db'}",
+        store=f"sqlite:///{folder / 'results.db'}",
+        blobs=f"file://{folder / 'blobs'}",
+    )
+    settings = ApiSettings(spec, "scans.raw", JWT_SECRET, rate_per_s=1e6, burst=10**6)
+    for world in start_world(settings):
+        answer = world.client.post(
+            "/v1/scans",
+            content=dicom_bytes(seed=1),
+            headers={**world.headers(world.own, "scanner"), "Content-Type": "application/dicom"},
+        )
+        (scan_id,) = answer.json()["ids"]
+        seeded = Seeded(scan_id, "EGG-000001")
+        world.client.app.state.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
+        yield world, seeded
+
+
+def _result(tenant: str, seeded: Seeded) -> ResultRow:
+    return ResultRow(
+        id=seeded.scan_id, tenant=tenant, label="female", confidence=0.9,
+        scores={"female": 0.9, "male": 0.05, "not_developing": 0.05},
+        model_name="egg_sexing", model_version="1.0.0", created_at_us=1_000,
+        ingested_at_us=2_000, stored_at_us=3_000, latency_ms=2.0, egg_id=seeded.egg_id,
+        tray=TRAY, scanner="SCANNER-03",
+    )  # fmt: skip
+
+
+def _app_routes(world: World) -> list[str]:
+    """Every operation the app publishes in its OpenAPI schema."""
+    paths = world.client.get("/openapi.json").json()["paths"]
+    return [f"{method.upper()} {path}" for path, ops in paths.items() for method in ops]
+
+
+def test_every_route_is_in_the_matrix_and_has_a_test_call(
+    seeded_world: tuple[World, Seeded],
+) -> None:
+    routes = set(_app_routes(seeded_world[0]))
+    assert routes - PUBLIC - set(PERMISSIONS) == set(), "add these routes to the matrix"
+    assert set(PERMISSIONS) - routes == set(), "the matrix names routes the app lacks"
+    assert set(PERMISSIONS) == set(CALLS), "give every guarded route a call in CALLS"
+
+
+@pytest.mark.parametrize("route", sorted(PERMISSIONS))
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("caller", ["own", "other"])
+def test_route_role_tenant(
+    seeded_world: tuple[World, Seeded], route: str, role: str, caller: str
+) -> None:
+    world, seeded = seeded_world
+    method, _, _ = route.partition(" ")
+    url, kwargs = CALLS[route](seeded)
+    tenant = world.own if caller == "own" else world.other
+    headers = {**kwargs.pop("headers", {}), **world.headers(tenant, role)}
+    answer = world.client.request(method, url, headers=headers, **kwargs)
+    if role not in PERMISSIONS[route]:
+        assert answer.status_code == 403, (route, role, answer.text)
+        assert answer.json()["error"] == "forbidden"
+    elif caller == "own":
+        _same_tenant_check(route, answer, seeded)
+    else:
+        _other_tenant_check(route, answer, seeded)
+
+
+@pytest.mark.parametrize("route", sorted(PERMISSIONS))
+def test_route_without_credentials_is_401(seeded_world: tuple[World, Seeded], route: str) -> None:
+    world, seeded = seeded_world
+    method, _, _ = route.partition(" ")
+    url, kwargs = CALLS[route](seeded)
+    answer = world.client.request(method, url, **kwargs)
+    assert answer.status_code == 401
+    assert answer.headers["WWW-Authenticate"] == "Bearer"
