@@ -14,7 +14,7 @@ from inferstream.steps import Outcome, Step, StepContext
 
 
 class ParityLabel(Step):
-    """Labels each message by the parity of its ``n`` attribute; slow enough to be killed mid-batch."""
+    """Labels messages by the parity of attribute ``n``; slow enough to be killed mid-batch."""
 
     name = "parity_label"
 

@@ -6,8 +6,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from inferstream.bus import Bus, Message, Record
 from inferstream.builtin_steps import FailIf
+from inferstream.bus import Bus, Message, Record
 from inferstream.envelope import new_envelope, parse
 from inferstream.worker import StageWorker
 

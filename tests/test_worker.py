@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inferstream.bus import Bus, Message, Record, open_bus
 from inferstream.builtin_steps import FailIf, Passthrough, Tag
+from inferstream.bus import Bus, Message, Record, open_bus
 from inferstream.envelope import Envelope, derive_id, new_envelope, parse
 from inferstream.errors import StoreError
 from inferstream.steps import Outcome, Step

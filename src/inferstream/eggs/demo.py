@@ -156,7 +156,7 @@ class Progress:
 def _wait_for_results(progress: Progress, expected: int) -> None:
     best, best_at = -1, time.monotonic()
     while True:
-        stored, text = progress.line()
+        stored, _ = progress.line()
         if stored >= expected:
             return
         if stored > best:
