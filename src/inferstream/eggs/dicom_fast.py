@@ -70,7 +70,6 @@ Header = dict[str, str | int]
 _EXPLICIT_HEAD = struct.Struct("<HH2sH")
 _IMPLICIT_HEAD = struct.Struct("<HHI")
 _U32 = struct.Struct("<I")
-_U16 = struct.Struct("<H")
 
 
 class NotFast(Exception):
@@ -116,51 +115,62 @@ def _walk(
     """
     end = len(data)
     wanted = META_WANTED if meta_only else DATA_WANTED
+    element = _explicit_element if explicit else _implicit_element
     pixels: tuple[int, int] | None = None
     while pos < end:
         if meta_only and data[pos : pos + 2] != _META_GROUP_LE:
             return pos, None  # the data set begins, in its own transfer syntax
-        tag, vr, start, length = _element(data, pos, explicit)
-        if length == _UNDEFINED:
-            raise NotFast(f"undefined length at tag {_tag_name(tag)}")
+        tag, vr, start, length = element(data, pos)
         if start + length > end:
+            if length == _UNDEFINED:
+                raise NotFast(f"undefined length at tag {_tag_name(tag)}")
             raise Damaged(
                 f"truncated: tag {_tag_name(tag)} at byte {pos} declares {length} bytes "
                 f"but only {end - start} remain; the file was cut short, send it again"
             )
-        if tag == PIXEL_DATA:
-            pixels = (start, length)
-        elif tag in wanted:
+        if tag in wanted:
             keyword, kind = wanted[tag]
             header[keyword] = _value(data[start : start + length], kind, vr, keyword)
+        elif tag == PIXEL_DATA:
+            pixels = (start, length)
         pos = start + length
     return pos, pixels
 
 
-def _element(data: bytes, pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
-    """(tag, VR or None, value offset, value length) of the element header at ``pos``."""
+def _explicit_element(data: bytes, pos: int) -> tuple[int, bytes | None, int, int]:
+    """(tag, VR, value offset, value length) of the Explicit VR element at ``pos``."""
     try:
-        if not explicit:
-            group, elem, length = _IMPLICIT_HEAD.unpack_from(data, pos)
-            return group << 16 | elem, None, pos + 8, length
         group, elem, vr, length = _EXPLICIT_HEAD.unpack_from(data, pos)
         if vr in _LONG_VRS:
             return group << 16 | elem, vr, pos + 12, _U32.unpack_from(data, pos + 8)[0]
-        if vr not in _ALL_VRS:
-            raise NotFast(f"unknown VR {vr!r} at byte {pos}")
     except struct.error:
-        raise Damaged(
-            f"truncated: element header at byte {pos} runs past the end of the "
-            f"{len(data)} bytes; the file was cut short, send it again"
-        ) from None
+        raise _cut_in_header(data, pos) from None
+    if vr not in _ALL_VRS:
+        raise NotFast(f"unknown VR {vr!r} at byte {pos}")
     return group << 16 | elem, vr, pos + 8, length
+
+
+def _implicit_element(data: bytes, pos: int) -> tuple[int, bytes | None, int, int]:
+    """(tag, None, value offset, value length) of the Implicit VR element at ``pos``."""
+    try:
+        group, elem, length = _IMPLICIT_HEAD.unpack_from(data, pos)
+    except struct.error:
+        raise _cut_in_header(data, pos) from None
+    return group << 16 | elem, None, pos + 8, length
+
+
+def _cut_in_header(data: bytes, pos: int) -> Damaged:
+    return Damaged(
+        f"truncated: element header at byte {pos} runs past the end of the "
+        f"{len(data)} bytes; the file was cut short, send it again"
+    )
 
 
 def _value(raw: bytes, kind: str, vr: bytes | None, keyword: str) -> str | int:
     if kind == "US":
-        if (vr is not None and vr != b"US") or len(raw) != 2:
+        if len(raw) != 2 or (vr is not None and vr != b"US"):
             raise NotFast(f"{keyword} has VR {vr!r} and {len(raw)} bytes")
-        return int(_U16.unpack(raw)[0])
+        return raw[0] | raw[1] << 8
     if vr is not None and vr not in _TEXT_VRS:
         raise NotFast(f"{keyword} has VR {vr!r}")
     # pydicom's default character set for text without (0008,0005) is ISO 8859-1.
