@@ -204,6 +204,43 @@ def test_compressed_scans_decode_through_the_fallback(syntax: str) -> None:
     assert scan.attributes() == decode(native).attributes()
 
 
+@pytest.mark.parametrize(
+    ("overrides", "acquired_at"),
+    [
+        ({"AcquisitionDateTime": "20261122014944.123456+0100"}, "2026-11-22T00:49:44.123456"),
+        ({"TimezoneOffsetFromUTC": "-0500"}, "2026-11-22T06:49:44.123456"),
+        ({"AcquisitionDateTime": "202611220149"}, "2026-11-22T01:49:00.000000"),
+        ({"AcquisitionDateTime": "20261122014944.5"}, "2026-11-22T01:49:44.500000"),
+    ],
+)
+def test_acquisition_time_is_iso_8601_in_utc(overrides: dict[str, Any], acquired_at: str) -> None:
+    data = scan_bytes(**overrides)
+    for decoder in BOTH:
+        assert decoder(data).acquired_at == acquired_at + "+00:00"
+
+
+@pytest.mark.parametrize("syntax", ["explicit", "rle", "jpeg2000"])
+def test_scans_from_the_generator_decode_to_the_rendered_image(syntax: str) -> None:
+    from inferstream.eggs.dicomgen import to_dicom_bytes
+    from inferstream.eggs.phantom import make_specs, render_batch
+
+    specs = make_specs(3, seed=41)
+    for spec, image in zip(specs, render_batch(specs, 64), strict=True):
+        data = to_dicom_bytes(image, spec, syntax)
+        scan = decode(data)
+        assert is_zero_copy(scan, data) == (syntax == "explicit")
+        assert_same(scan, decode_with_pydicom(data))
+        assert np.array_equal(scan.pixels, image)
+        assert scan.attributes() == {
+            "egg_id": spec.egg_id,
+            "tray": spec.tray,
+            "scanner": spec.scanner,
+            "acquired_at": spec.acquired_at.isoformat(timespec="microseconds"),
+            "incubation_day": str(spec.day),
+            "modality": "MR",
+        }
+
+
 def test_preamble_holding_an_executable_is_ignored() -> None:
     elf = b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + b"#!/bin/sh\nrm -rf /\n" + b"MZ\x90\x00"
     data = to_bytes(make_dataset(seed=8), preamble=elf)
@@ -311,6 +348,7 @@ MALFORMED: list[tuple[dict[str, Any], str]] = [
     ({"AcquisitionDateTime": "20261301000000"}, "AcquisitionDateTime '20261301000000' is not"),
     ({"AcquisitionDateTime": None}, "AcquisitionDateTime (0008,002A) '' is missing"),
     ({"ClinicalTrialTimePointID": "99"}, "incubation day 0..30"),
+    ({"TimezoneOffsetFromUTC": "+01:00"}, "TimezoneOffsetFromUTC '+01:00' is not +HHMM"),
     ({"ClinicalTrialTimePointID": "twelve"}, "'twelve' is missing or not an incubation day"),
 ]
 

@@ -214,6 +214,7 @@ def _number(text: str) -> float:
 
 
 def _acquired_at(header: Header) -> str:
+    """AcquisitionDateTime as ISO 8601 in UTC, so times from every scanner compare."""
     text = str(header.get("AcquisitionDateTime", ""))
     match = _DT_RE.fullmatch(text)
     if not match:
@@ -222,18 +223,26 @@ def _acquired_at(header: Header) -> str:
             "YYYYMMDDHHMM[SS[.FFFFFF]][+HHMM]"
         )
     year, month, day, hour, minute, second, fraction, offset = match.groups()
-    zone = UTC
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
     try:
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
-            int((fraction or "0").ljust(6, "0")), tzinfo=zone,
+            int((fraction or "0").ljust(6, "0")), tzinfo=_zone(offset, header),
         )  # fmt: skip
     except ValueError as exc:
         raise InvalidScan(f"AcquisitionDateTime {text!r} is not a real time: {exc}") from None
-    return moment.isoformat(timespec="microseconds")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _zone(offset: str | None, header: Header) -> timezone:
+    """The DT's own offset, else TimezoneOffsetFromUTC (0008,0201), else UTC (PS3.5 6.2)."""
+    if offset is None and "TimezoneOffsetFromUTC" in header:
+        offset = str(header["TimezoneOffsetFromUTC"])
+        if not re.fullmatch(r"[+-]\d{4}", offset):
+            raise InvalidScan(f"TimezoneOffsetFromUTC {offset!r:.20} is not +HHMM or -HHMM")
+    if offset is None:
+        return UTC
+    sign = -1 if offset[0] == "-" else 1
+    return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
 
 
 def _incubation_day(header: Header) -> int:

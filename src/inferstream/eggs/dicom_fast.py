@@ -47,6 +47,7 @@ DATA_WANTED: dict[int, tuple[str, str]] = {
     0x00080016: ("SOPClassUID", "uid"),
     0x00080018: ("SOPInstanceUID", "uid"),
     0x0008002A: ("AcquisitionDateTime", "text"),
+    0x00080201: ("TimezoneOffsetFromUTC", "text"),
     0x00080050: ("AccessionNumber", "text"),
     0x00080060: ("Modality", "text"),
     0x00081010: ("StationName", "text"),
