@@ -92,7 +92,8 @@ class KafkaConsumer:
         ck = confluent()
         self._tp = ck.TopicPartition
         self._group = group
-        self._owned: set[TopicPartition] = set()
+        # (topic, partition) tuples: hashing them is far cheaper than the dataclass.
+        self._owned: set[tuple[str, int]] = set()
         self._closed = False
         try:
             self._consumer = ck.Consumer(config)
@@ -108,57 +109,60 @@ class KafkaConsumer:
     # librdkafka calls these from inside consume(); with the cooperative protocol they
     # carry only the partitions that changed, with the eager one the whole set.
     def _on_assign(self, _consumer: Any, partitions: list[Any]) -> None:
-        self._owned.update(TopicPartition(p.topic, p.partition) for p in partitions)
+        self._owned.update((p.topic, p.partition) for p in partitions)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
-        self._owned.difference_update(TopicPartition(p.topic, p.partition) for p in partitions)
+        self._owned.difference_update((p.topic, p.partition) for p in partitions)
 
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
         try:
             raw = consume_available(self._consumer, max_records, max_wait_s)
         except RuntimeError as exc:  # consume() on a closed consumer
             raise BusError(f"consumer of group {self._group!r} is closed; open a new one") from exc
+        # The hot loop of every consumer: kept flat, one pass, no per-message helpers.
         messages: list[Message] = []
+        append = messages.append
         for msg in raw:
             error = msg.error()
-            if error is not None:
-                if _code_name(error) == "_PARTITION_EOF":
-                    continue
-                raise translate_error(f"consuming for group {self._group!r}", error)
-            messages.append(
-                Message(
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    msg.key(),
-                    msg.value() or b"",
-                    msg.timestamp()[1],
+            if error is None:
+                append(
+                    Message(
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        msg.key(),
+                        msg.value() or b"",
+                        msg.timestamp()[1],
+                    )
                 )
-            )
+            elif _code_name(error) != "_PARTITION_EOF":
+                raise translate_error(f"consuming for group {self._group!r}", error)
         return messages
 
     def commit(self, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        next_offsets: dict[TopicPartition, int] = {}
+        highest: dict[tuple[str, int], int] = {}
         for message in messages:
-            tp = TopicPartition(message.topic, message.partition)
-            next_offsets[tp] = max(next_offsets.get(tp, 0), message.offset + 1)
+            key = (message.topic, message.partition)
+            if message.offset >= highest.get(key, -1):
+                highest[key] = message.offset
         # The broker accepts a commit from any current member for any partition, so a
         # member that lost a partition in a rebalance would overwrite the new owner's
         # progress; refuse it here instead.
-        lost = sorted(set(next_offsets) - self._owned, key=lambda tp: (tp.topic, tp.partition))
+        lost = sorted(highest.keys() - self._owned)
         if lost:
-            names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in lost)
+            names = ", ".join(f"{topic}[{partition}]" for topic, partition in lost)
             raise FencedError(
                 f"group {self._group!r} no longer assigns {names} to this member; "
                 "drop the batch, the new owner will redeliver it"
             )
-        self._commit_offsets(next_offsets)
+        self._commit_offsets(highest)
 
-    def _commit_offsets(self, next_offsets: dict[TopicPartition, int]) -> None:
+    def _commit_offsets(self, highest: dict[tuple[str, int], int]) -> None:
         action = f"commit for group {self._group!r}"
-        offsets = [self._tp(tp.topic, tp.partition, off) for tp, off in next_offsets.items()]
+        # Kafka's committed offset is the next one to read, one past the last done.
+        offsets = [self._tp(topic, part, last + 1) for (topic, part), last in highest.items()]
         try:
             result = self._consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # KafkaException, or RuntimeError when closed
@@ -168,7 +172,7 @@ class KafkaConsumer:
                 raise translate_error(f"{action} on {tp.topic}[{tp.partition}]", tp.error)
 
     def assignment(self) -> list[TopicPartition]:
-        return sorted(self._owned, key=lambda tp: (tp.topic, tp.partition))
+        return [TopicPartition(topic, partition) for topic, partition in sorted(self._owned)]
 
     def close(self) -> None:
         if self._closed:
