@@ -40,6 +40,14 @@ def _dicom(_: Seeded) -> tuple[str, dict[str, Any]]:
     }
 
 
+REPLAY = {"stage": "store", "to": "earliest"}
+
+
+def _new_user() -> dict[str, str]:
+    return {"username": f"u{uuid.uuid4().hex[:8]}", "password": "correct horse battery",
+            "role": "viewer"}  # fmt: skip
+
+
 CALLS: dict[str, Call] = {
     "POST /v1/scans": _dicom,
     "GET /v1/scans/{scan_id}": lambda s: (f"/v1/scans/{s.scan_id}", {}),
@@ -48,10 +56,9 @@ CALLS: dict[str, Call] = {
     "GET /v1/trays/{tray}/summary": lambda s: (f"/v1/trays/{TRAY}/summary", {}),
     "GET /v1/trays/{tray}/export.csv": lambda s: (f"/v1/trays/{TRAY}/export.csv", {}),
     "GET /v1/models/accuracy": lambda s: ("/v1/models/accuracy", {}),
-    "POST /v1/feedback": lambda s: ("/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "male"}}),
-    "POST /v1/admin/replay": lambda s: ("/v1/admin/replay", {"json": {"stage": "store", "to": "earliest"}}),
-    "POST /v1/admin/users": lambda s: ("/v1/admin/users", {"json": {
-        "username": f"u{uuid.uuid4().hex[:8]}", "password": "correct horse battery", "role": "viewer"}}),
+    "POST /v1/feedback": lambda s: ("/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "m"}}),
+    "POST /v1/admin/replay": lambda s: ("/v1/admin/replay", {"json": REPLAY}),
+    "POST /v1/admin/users": lambda s: ("/v1/admin/users", {"json": _new_user()}),
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "scanner"}}),
     "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
 }  # fmt: skip
@@ -83,10 +90,10 @@ def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
 
 @pytest.fixture(scope="module")
 def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Seeded]]:
+    from api_testing import JWT_SECRET
+
     from inferstream.examples import example_path
     from inferstream.pipeline import load_pipeline
-
-    from api_testing import JWT_SECRET
 
     folder = tmp_path_factory.mktemp("perm")
     spec = load_pipeline(example_path("eggs")).with_urls(
