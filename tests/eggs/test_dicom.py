@@ -146,6 +146,8 @@ def test_fast_path_equals_pydicom(syntax: str, rows: int, cols: int, seed: int) 
     fast, slow = decode(data), decode_with_pydicom(data)
     assert is_zero_copy(fast, data)
     assert_same(fast, slow)
+    assert not fast.pixels.flags.writeable
+    assert not slow.pixels.flags.writeable
     assert np.array_equal(fast.pixels, expected_pixels(data))
     assert fast.pixels.shape == (rows, cols)
     assert fast.attributes() == {
@@ -482,13 +484,15 @@ def test_step_decodes_a_mixed_batch_into_outcomes(tmp_path: Path) -> None:
         new_envelope(b"\x00" * 64, "application/dicom"),
         lost_blob,
         new_envelope(scan_bytes(RLELossless, seed=23), "application/dicom", tenant="farm-b"),
+        Envelope(id="already-decoded"),
     ]
+    batch[-1].payload.tensor.dtype = "uint16"
     assert claim_checked.payload.WhichOneof("body") == "blob"
 
     outcomes = step.process(batch)
 
     assert len(outcomes) == len(batch)
-    first, ct, second, junk, lost, third = outcomes
+    first, ct, second, junk, lost, third, tensor = outcomes
     for outcome, seed, tenant in (
         (first, 21, "farm-a"),
         (second, 22, "default"),
@@ -510,6 +514,8 @@ def test_step_decodes_a_mixed_batch_into_outcomes(tmp_path: Path) -> None:
     assert isinstance(junk, InvalidScan)
     assert "not DICOM" in str(junk)
     assert isinstance(lost, BlobError)
+    assert isinstance(tensor, InvalidScan)
+    assert "payload is tensor, expected DICOM bytes" in str(tensor)
     assert batch[0].payload.WhichOneof("body") == "inline"  # inputs are left untouched
 
 

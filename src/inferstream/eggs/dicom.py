@@ -115,7 +115,7 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
         except InvalidScan:
             raise
         except Exception as exc:
-            raise InvalidScan(f"unreadable DICOM ({type(exc).__name__}): {exc}") from exc
+            raise InvalidScan(f"unreadable DICOM ({type(exc).__name__}): {exc!s:.300}") from exc
     if pixels.dtype.newbyteorder("=") != np.uint16 or pixels.shape != (info.rows, info.cols):
         raise InvalidScan(
             f"pixel data decoded to {pixels.dtype} {pixels.shape}, but the header says "
@@ -212,6 +212,12 @@ class DecodeDicomStep(Step):
         return [self._one(env) for env in batch]
 
     def _one(self, env: Envelope) -> Outcome:
+        body = env.payload.WhichOneof("body")
+        if body not in ("inline", "blob"):
+            return InvalidScan(
+                f"payload is {body or 'empty'}, expected DICOM bytes; route raw scans "
+                "(application/dicom) to this stage"
+            )
         try:
             scan = decode(payload_bytes(env, self.blobs), self.limits)
         except (InvalidScan, BlobError) as exc:  # BlobError is retried by the worker
