@@ -22,7 +22,9 @@
   let charts = null;
   let selectedId = null;
   let imageUrl = null;
-  window.inferstreamDashboard = { snapshots: 0, last: null };
+  // What arrived, for people debugging in the console and for the browser tests.
+  const RECEIVED_KEPT = 120;
+  window.inferstreamDashboard = { snapshots: 0, last: null, received: [] };
 
   // ---- sign in -------------------------------------------------------------
 
@@ -171,8 +173,13 @@
 
   function render(snapshot) {
     if (snapshot.type !== "snapshot") return;
-    window.inferstreamDashboard.snapshots += 1;
-    window.inferstreamDashboard.last = snapshot;
+    const state = window.inferstreamDashboard;
+    state.snapshots += 1;
+    state.last = snapshot;
+    state.received.push({
+      tenant: snapshot.tenant, at_us: snapshot.at_us, ids: snapshot.newest.map((s) => s.id),
+    });
+    if (state.received.length > RECEIVED_KEPT) state.received.shift();
     setStatus(`Live · updated ${new Date(snapshot.at_us / 1000).toLocaleTimeString()}`);
     $("tenant-name").textContent = `(${snapshot.tenant})`;
     renderKpis(snapshot.totals);
