@@ -10,9 +10,11 @@ by themselves; see :mod:`inferstream.bus.kafka_consumer`.
 Broker notes, found against tansu 0.6 (the test broker): it answers a timestamp lookup
 (ListOffsets by time) with the log start and reports a high watermark that ends at the
 first record of the last batch, so :meth:`KafkaBus.seek_group` takes both as lower
-bounds and reads forward to the exact offset. It has no DeleteRecords, so
-:meth:`KafkaBus.apply_retention` cannot trim by message count there. Offsets of an idle
-group are moved with ``AlterConsumerGroupOffsets``, which tansu implements.
+bounds and reads forward to the exact offset. The same watermark bug means a new group
+started with ``start="latest"`` on tansu can receive the tail of the last batch written
+before it joined (not worked around: real Kafka is exact). It has no DeleteRecords, so
+:meth:`KafkaBus.apply_retention` raises there whenever it has records to drop. Offsets
+of an idle group are moved with ``AlterConsumerGroupOffsets``, which tansu implements.
 """
 
 from __future__ import annotations

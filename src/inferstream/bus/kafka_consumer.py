@@ -7,6 +7,7 @@ its batch's output is durable), never by librdkafka's auto-commit or auto-store.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -25,6 +26,18 @@ _FENCED_CODES = (
     "STALE_MEMBER_EPOCH",
 )
 _UNKNOWN_TOPIC_CODES = ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION")
+#: Consumer events librdkafka recovers from by itself (reconnect, rejoin): reported, not
+#: raised, so a broker restart does not stop every worker.
+_INFORMATIONAL_CODES = (
+    "_PARTITION_EOF",
+    "_TRANSPORT",
+    "_ALL_BROKERS_DOWN",
+    "_RESOLVE",
+    "_TIMED_OUT",
+    "_MAX_POLL_EXCEEDED",
+)
+
+log = logging.getLogger(__name__)
 
 
 def confluent() -> ModuleType:
@@ -135,9 +148,19 @@ class KafkaConsumer:
                         msg.timestamp()[1],
                     )
                 )
-            elif _code_name(error) != "_PARTITION_EOF":
-                raise translate_error(f"consuming for group {self._group!r}", error)
+            else:
+                self._consumer_event(error)
         return messages
+
+    def _consumer_event(self, error: Any) -> None:
+        """Raise a consumer error unless librdkafka recovers from it by itself."""
+        name = _code_name(error)
+        if name == "_PARTITION_EOF":
+            return
+        if name in _INFORMATIONAL_CODES and not error.fatal():
+            log.warning("Kafka consumer of group %r: %s (retrying)", self._group, error)
+            return
+        raise translate_error(f"consuming for group {self._group!r}", error)
 
     def commit(self, messages: Sequence[Message]) -> None:
         if not messages:
