@@ -14,6 +14,7 @@ any pixel buffer is made, so a file claiming a 60000x60000 image costs nothing.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from inferstream.eggs.dicom_fast import Header
 from inferstream.envelope import Envelope, to_tensor
 from inferstream.errors import BlobError, ConfigError
 from inferstream.steps import Outcome, Step, StepContext
+
+_PYDICOM_WARNINGS = threading.Lock()
 
 #: content_type of the payload once it is a decoded image.
 TENSOR_CONTENT_TYPE = "application/x-inferstream-tensor"
@@ -101,8 +104,10 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
     """The reference path: pydicom for parsing and pixel decoding, the same validation."""
     check_size(data, limits)
     # pydicom raises a zoo of exception types on damaged input and warns on odd values;
-    # here all of it means "this scan is unusable", said once at this boundary.
-    with warnings.catch_warnings():
+    # here all of it means "this scan is unusable", said once at this boundary. The
+    # warning filters are process-global, so concurrent threads (the API's thread pool)
+    # take turns, or one could restore the filters another had just replaced.
+    with _PYDICOM_WARNINGS, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             dataset = _read_dataset(data)
