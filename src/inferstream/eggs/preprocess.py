@@ -1,0 +1,189 @@
+"""Scan preprocessing: uint16 MRI slices -> standardised float32 model input.
+
+The same :func:`preprocess_batch` runs in training and in serving, so the model never
+sees data prepared another way. Per scan it
+
+1. estimates the egg mask and the smooth bias field (intensity inhomogeneity times
+   scanner gain) on a 32x32 thumbnail, by normalised Gaussian convolution inside the
+   egg (batched matrix products, so the whole batch costs a few BLAS calls);
+2. divides the scan by that field, which removes both bias and gain;
+3. crops a square around the egg and resizes it to 64x64 (``cv2.INTER_AREA``);
+4. standardises to zero mean and unit variance.
+
+:func:`preprocess_step` wraps it as the ``preprocess_scan`` pipeline step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from inferstream.envelope import Envelope, from_tensor, to_tensor
+from inferstream.errors import ConfigError, InvalidInput
+from inferstream.steps import Outcome, Step, StepContext
+
+F32 = NDArray[np.float32]
+
+OUT_SIZE = 64
+MIN_SIDE = 32
+_THUMB = 32
+_BIAS_SIGMA = 5.0  # thumbnail pixels: wide enough to keep anatomy, narrow enough for the bias
+_MASK_LEVEL = 0.35  # egg interior = thumbnail brighter than this share of the bright level
+_MARGIN = 1.06  # crop a little wider than the egg so its rim survives the resize
+
+
+@cache
+def _gauss_matrix(n: int, sigma: float) -> F32:
+    idx = np.arange(n, dtype=np.float32)
+    mat: F32 = np.exp(-np.square(idx[:, None] - idx[None, :]) / (2 * sigma**2)).astype(np.float32)
+    return mat
+
+
+@cache
+def _upsample_matrix(n_out: int, n_in: int) -> F32:
+    """Linear interpolation from ``n_in`` to ``n_out`` samples, as a matrix (pixel centres)."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (pos - lo).astype(np.float32)
+    mat = np.zeros((n_out, n_in), dtype=np.float32)
+    mat[np.arange(n_out), lo] += 1 - frac
+    mat[np.arange(n_out), hi] += frac
+    return mat
+
+
+def _masks_and_bias(thumbs: F32) -> tuple[NDArray[np.bool_], F32]:
+    """Egg masks and bias fields of (N, 32, 32) thumbnails."""
+    mean = thumbs.mean(axis=(1, 2), keepdims=True)
+    above = thumbs > mean
+    bright = (thumbs * above).sum(axis=(1, 2), keepdims=True) / np.maximum(
+        above.sum(axis=(1, 2), keepdims=True), 1
+    )
+    mask = thumbs > _MASK_LEVEL * bright
+    g = _gauss_matrix(_THUMB, _BIAS_SIGMA)
+    weight = g @ mask.astype(np.float32) @ g.T
+    field = g @ (thumbs * mask) @ g.T
+    # Outside the egg there is nothing to estimate; fall back to the bright level
+    # so background noise stays near zero rather than being blown up.
+    bias = np.where(weight > 0.05, field / np.maximum(weight, 1e-6), bright)
+    return mask, np.maximum(bias, 1e-3 * np.maximum(bright, 1.0)).astype(np.float32)
+
+
+def _square_boxes(mask: NDArray[np.bool_], height: int, width: int) -> NDArray[np.int64]:
+    """(N, 4) square crop boxes (y0, x0, side_y, side_x) around each egg, inside the image."""
+    rows, cols = np.asarray(mask.any(axis=2)), np.asarray(mask.any(axis=1))
+    n = _THUMB
+    top, bottom = rows.argmax(axis=1), n - rows[:, ::-1].argmax(axis=1)
+    left, right = cols.argmax(axis=1), n - cols[:, ::-1].argmax(axis=1)
+    empty = ~rows.any(axis=1)
+    top, left = np.where(empty, 0, top), np.where(empty, 0, left)
+    bottom, right = np.where(empty, n, bottom), np.where(empty, n, right)
+    sy, sx = height / n, width / n
+    cy, cx = (top + bottom) * sy / 2, (left + right) * sx / 2
+    side = np.maximum((bottom - top) * sy, (right - left) * sx) * _MARGIN
+    side_y = np.minimum(np.round(side), height).astype(np.int64)
+    side_x = np.minimum(np.round(side), width).astype(np.int64)
+    y0 = np.clip(np.round(cy - side_y / 2).astype(np.int64), 0, height - side_y)
+    x0 = np.clip(np.round(cx - side_x / 2).astype(np.int64), 0, width - side_x)
+    return np.stack([y0, x0, side_y, side_x], axis=1)
+
+
+def _preprocess_stack(stack: NDArray[Any]) -> F32:
+    """(N, H, W) scans of one shape -> (N, 1, 64, 64)."""
+    n, height, width = stack.shape
+    images = stack.astype(np.float32)
+    thumbs = np.stack(
+        [cv2.resize(im, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA) for im in images]
+    )
+    mask, bias = _masks_and_bias(thumbs)
+    images /= _upsample_matrix(height, _THUMB) @ bias @ _upsample_matrix(width, _THUMB).T
+    out = np.empty((n, 1, OUT_SIZE, OUT_SIZE), dtype=np.float32)
+    for i, (y0, x0, sy, sx) in enumerate(_square_boxes(mask, height, width)):
+        crop = images[i, y0 : y0 + sy, x0 : x0 + sx]
+        out[i, 0] = cv2.resize(crop, (OUT_SIZE, OUT_SIZE), interpolation=cv2.INTER_AREA)
+    out -= out.mean(axis=(2, 3), keepdims=True)
+    out /= out.std(axis=(2, 3), keepdims=True) + 1e-6
+    return out
+
+
+def check_scan(image: NDArray[Any]) -> None:
+    """Raise :class:`InvalidInput` unless ``image`` is a 2-D scan this module can handle."""
+    if image.ndim != 2:
+        raise InvalidInput(
+            f"scan must be a 2-D image, got shape {list(image.shape)}; "
+            "decode multi-frame DICOM into single slices first"
+        )
+    if min(image.shape) < MIN_SIDE:
+        raise InvalidInput(f"scan {list(image.shape)} is smaller than {MIN_SIDE}x{MIN_SIDE}")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise InvalidInput(f"scan dtype {image.dtype} is not numeric")
+
+
+def preprocess_batch(images: Sequence[NDArray[Any]] | NDArray[Any]) -> F32:
+    """Scans (any 2-D numeric arrays, sizes may differ) -> float32 (N, 1, 64, 64)."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        for image in images[:1]:
+            check_scan(image)
+        return _preprocess_stack(images)
+    for image in images:
+        check_scan(image)
+    out = np.empty((len(images), 1, OUT_SIZE, OUT_SIZE), dtype=np.float32)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_shape.setdefault(image.shape, []).append(i)
+    for indices in by_shape.values():
+        out[indices] = _preprocess_stack(np.stack([images[i] for i in indices]))
+    return out
+
+
+def _scan_of(env: Envelope) -> NDArray[np.uint16]:
+    if env.payload.WhichOneof("body") != "tensor":
+        raise InvalidInput(
+            f"preprocess_scan needs a decoded scan (tensor payload), got "
+            f"{env.payload.WhichOneof('body') or 'no'} payload; put decode_dicom before it"
+        )
+    image = from_tensor(env.payload.tensor)
+    if image.dtype != np.uint16 or image.ndim != 2:
+        raise InvalidInput(
+            f"preprocess_scan needs a 2-D uint16 scan, got {image.dtype} {list(image.shape)}"
+        )
+    check_scan(image)
+    return image
+
+
+class PreprocessStep(Step):
+    """Replaces each scan tensor by its float32 (1, 64, 64) model input."""
+
+    name = "preprocess_scan"
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        scans, slots = [], []
+        for i, env in enumerate(batch):
+            try:
+                scans.append(_scan_of(env))
+                slots.append(i)
+            except InvalidInput as exc:
+                outcomes[i] = exc
+        inputs = preprocess_batch(scans) if scans else np.empty((0, 1, OUT_SIZE, OUT_SIZE))
+        for slot, tensor in zip(slots, inputs, strict=True):
+            out = Envelope()
+            out.CopyFrom(batch[slot])
+            out.payload.tensor.CopyFrom(to_tensor(tensor))
+            outcomes[slot] = out
+        return [o for o in outcomes if o is not None]
+
+
+def preprocess_step(context: StepContext, **params: Any) -> PreprocessStep:
+    """Step factory (``preprocess_scan`` in a pipeline file); takes no parameters."""
+    if params:
+        raise ConfigError(f"preprocess_scan takes no parameters; remove {sorted(params)}")
+    return PreprocessStep()
+
+
+__all__ = ["OUT_SIZE", "PreprocessStep", "check_scan", "preprocess_batch", "preprocess_step"]
