@@ -48,6 +48,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "no or wrong credentials",
         403: "role not allowed",
         404: "not found in your tenant",
+        409: "already exists",
         413: "body too large",
         415: "unsupported content type",
         429: "rate limited",

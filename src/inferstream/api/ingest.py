@@ -123,12 +123,14 @@ async def _parse_form(
         raise BadRequest(f"multipart body is malformed: {exc.message}") from exc
     files: list[bytes] = []
     fields: dict[str, str] = {}
-    for name, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            files.append(await value.read())
-        elif name in ("tray", "scanner", "source"):
-            fields[name] = _plain(name, value)
-    await form.close()
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                files.append(await value.read())
+            elif name in ("tray", "scanner", "source"):
+                fields[name] = _plain(name, value)
+    finally:
+        await form.close()  # spooled temporary files, even when a field is refused
     if not files:
         raise BadRequest("multipart body has no file parts; attach scans as files")
     return files, fields

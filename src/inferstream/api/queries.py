@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,7 @@ from inferstream.errors import BlobError
 from inferstream.store import ResultFilter
 
 router = APIRouter(tags=["queries"])
+TrayPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
 IdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
 
 
@@ -158,7 +159,7 @@ def _us(moment: datetime | None) -> int | None:
 
 @router.get("/v1/trays/{tray}/summary", response_model=TraySummary)
 def tray_summary(
-    tray: str,
+    tray: TrayPath,
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/trays/{tray}/summary")],
 ) -> TraySummary:
@@ -178,7 +179,7 @@ CSV_COLUMNS = (
     responses={200: {"content": {"text/csv": {}}, "description": "one row per scan"}},
 )
 def tray_export(
-    tray: str,
+    tray: TrayPath,
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/trays/{tray}/export.csv")],
 ) -> StreamingResponse:
@@ -216,7 +217,8 @@ def _cell(value: object) -> object:
 
 
 def _safe_filename(tray: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tray)[:64] or "tray"
+    safe = (ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in tray)
+    return "".join(safe)[:64] or "tray"
 
 
 @router.post("/v1/feedback", response_model=FeedbackOut, status_code=201)
