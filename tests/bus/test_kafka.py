@@ -191,3 +191,19 @@ def test_retention_by_age_is_handed_to_the_broker(
     (future,) = admin.describe_configs([resource]).values()
     configs = future.result(timeout=10)
     assert configs["retention.ms"].value == "86400000"
+
+
+def test_seek_of_a_group_with_running_members_says_to_stop_them(
+    kafka: KafkaBus, unique: Unique
+) -> None:
+    topic, group = unique("busy"), unique("g")
+    kafka.create_topic(topic)
+    kafka.produce(topic, [Record(b"k", b"v")])
+    consumer = kafka.consumer(group, [topic])
+    try:
+        assert len(poll_until(consumer, 1)) == 1
+        with pytest.raises(BusError, match="still has running members") as caught:
+            kafka.seek_group(group, topic, "earliest")
+        assert not isinstance(caught.value, FencedError)
+    finally:
+        consumer.close()

@@ -36,6 +36,7 @@ from inferstream.bus.base import (
 )
 from inferstream.bus.kafka_consumer import (
     KafkaConsumer,
+    code_name,
     confluent,
     scan_partitions,
     translate,
@@ -92,6 +93,19 @@ class KafkaSettings:
 
     def admin_config(self) -> dict[str, str]:
         return self._base()
+
+
+#: Answers to AlterConsumerGroupOffsets that mean "the group is not idle".
+_BUSY_GROUP_CODES = ("UNKNOWN_MEMBER_ID", "NON_EMPTY_GROUP", "REBALANCE_IN_PROGRESS")
+
+
+def _seek_error(group: str, topic: str, error: Any) -> BusError:
+    if code_name(error) in _BUSY_GROUP_CODES:
+        return BusError(
+            f"group {group!r} still has running members, so the broker will not move its "
+            f"offsets on {topic!r} ({error}); stop the group's workers, then seek again"
+        )
+    return translate_error(f"moving group {group!r} on {topic!r}", error)
 
 
 class KafkaBus:
@@ -288,15 +302,14 @@ class KafkaBus:
         request = self._ck.ConsumerGroupTopicPartitions(
             group, [self._ck.TopicPartition(topic, p, off) for p, off in offsets.items()]
         )
-        action = f"moving group {group!r} on {topic!r} (stop the group's workers first)"
         future = self._admin_client().alter_consumer_group_offsets([request])[group]
         try:
             answer = future.result()
         except self._ck.KafkaException as exc:
-            raise translate(action, exc) from exc
+            raise _seek_error(group, topic, exc.args[0]) from exc
         for tp in answer.topic_partitions:
             if tp.error is not None:
-                raise translate_error(action, tp.error)
+                raise _seek_error(group, topic, tp.error)
 
     def _target_offsets(self, topic: str, target: SeekTarget | SeekToTimestamp) -> dict[int, int]:
         marks = self._watermarks(topic)

@@ -50,7 +50,7 @@ def confluent() -> ModuleType:
     return confluent_kafka
 
 
-def _code_name(error: Any) -> str:
+def code_name(error: Any) -> str:
     """Name of a KafkaError's code (``error.name()``), tolerant of odd payloads."""
     name = getattr(error, "name", None)
     return str(name()) if callable(name) else ""
@@ -67,7 +67,7 @@ def translate(action: str, exc: BaseException) -> BusError:
 
 def translate_error(action: str, error: Any) -> BusError:
     """Turn a KafkaError into the matching :class:`BusError` subclass."""
-    name = _code_name(error)
+    name = code_name(error)
     if name in _UNKNOWN_TOPIC_CODES:
         return UnknownTopicError(
             f"{action} failed: {error}; create the topic first with Bus.create_topic()"
@@ -154,7 +154,7 @@ class KafkaConsumer:
 
     def _consumer_event(self, error: Any) -> None:
         """Raise a consumer error unless librdkafka recovers from it by itself."""
-        name = _code_name(error)
+        name = code_name(error)
         if name == "_PARTITION_EOF":
             return
         if name in _INFORMATIONAL_CODES and not error.fatal():
@@ -236,7 +236,7 @@ def scan_partitions(
                 last_seen = time.monotonic()
                 error = msg.error()
                 if error is not None:
-                    if _code_name(error) != "_PARTITION_EOF":
+                    if code_name(error) != "_PARTITION_EOF":
                         raise translate_error(f"reading {topic}[{partition}]", error)
                     done = True
                 elif stop_at(msg):
