@@ -52,7 +52,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         ensure_topics(bus, spec)
     finally:
         bus.close()
-    supervisor = Supervisor(pipeline_children(spec), drain_timeout_s=args.drain_timeout)
+    children = pipeline_children(spec)
+    if args.serve:
+        from inferstream.supervisor import api_child
+
+        children.append(api_child(spec, args.serve))
+    supervisor = Supervisor(children, drain_timeout_s=args.drain_timeout)
     total = len(supervisor.children)
     print(f"running pipeline {spec.name!r}: {total} worker processes on {spec.bus}; Ctrl-C drains")
     supervisor.run()
@@ -148,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds workers get to finish their batch on shutdown (default 30)",
     )
+    up.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="also run the service API on HOST:PORT (e.g. 127.0.0.1:8000), supervised",
+    )
     worker = add("worker", cmd_worker, "Run one stage in this process (one replica, for clusters).")
     _add_pipeline_args(worker)
     worker.add_argument("--stage", required=True, help="stage name from the pipeline file")
@@ -163,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     from inferstream.examples import add_example_commands
 
     add_example_commands(sub)
+    from inferstream.api.cli import add_api_commands
+
+    add_api_commands(sub)
     return parser
 
 

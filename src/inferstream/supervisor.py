@@ -57,6 +57,22 @@ def pipeline_children(spec: PipelineSpec) -> list[Child]:
     ]
 
 
+def api_child(spec: PipelineSpec, host_port: str) -> Child:
+    """The service API (``inferstream serve``) as one more supervised child."""
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        from inferstream.errors import ConfigError
+
+        raise ConfigError(f"--serve {host_port!r}: use HOST:PORT, e.g. 127.0.0.1:8000")
+    assert spec.source is not None, "supervised pipelines come from a file"
+    argv = [
+        sys.executable, "-m", "inferstream", "serve", str(spec.source),
+        "--host", host, "--port", port,
+        "--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs,
+    ]  # fmt: skip
+    return Child(name="api", argv=argv)
+
+
 class Supervisor:
     """Starts children, restarts the ones that die, and stops them all on request."""
 

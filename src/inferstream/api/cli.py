@@ -1,0 +1,157 @@
+"""``inferstream serve`` (the API under uvicorn) and ``inferstream admin`` (tenants, users, keys).
+
+Registered on the main parser by :func:`add_api_commands`. Secrets never go through
+the command line: a new user's password is read from the terminal (or one line of
+stdin), and a new API key's secret is printed once, to stdout only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import Any
+
+from inferstream.errors import ConfigError
+from inferstream.pipeline import PipelineSpec, load_pipeline
+
+
+def _pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="pipeline YAML file")
+    parser.add_argument("--bus", help="bus URL, overrides the file")
+    parser.add_argument("--store", help="results store URL, overrides the file")
+    parser.add_argument("--blobs", help="blob store URL, overrides the file")
+
+
+def _spec(args: argparse.Namespace) -> PipelineSpec:
+    return load_pipeline(args.pipeline).with_urls(bus=args.bus, store=args.store, blobs=args.blobs)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+
+    import uvicorn
+
+    from inferstream.api.app import create_app
+    from inferstream.api.ops import use_json_logs
+    from inferstream.api.settings import ApiSettings
+
+    if bool(args.certfile) != bool(args.keyfile):
+        raise ConfigError("TLS needs both --certfile and --keyfile (or neither)")
+    settings = ApiSettings.for_pipeline(_spec(args), args.ingest_topic)
+    settings = dataclasses.replace(
+        settings,
+        rate_per_s=args.rate,
+        burst=args.burst,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+    )
+    use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
+    # uvicorn's own access log would print raw query strings; ours logs route templates.
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        ssl_certfile=args.certfile,
+        ssl_keyfile=args.keyfile,
+        access_log=False,
+        log_config=None,
+    )
+    return 0
+
+
+def _accounts(args: argparse.Namespace) -> Any:
+    from inferstream.api.accounts import Accounts
+    from inferstream.store import ResultsStore
+
+    return Accounts(ResultsStore(_spec(args).store))
+
+
+def cmd_create_tenant(args: argparse.Namespace) -> int:
+    accounts = _accounts(args)
+    try:
+        accounts.create_tenant(args.name)
+    finally:
+        accounts.store.close()
+    print(f"tenant {args.name!r} created")
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("password (12+ characters): ")
+        if getpass.getpass("again: ") != first:
+            raise ConfigError("the two passwords differ; nothing was created")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    from inferstream.api.auth import check_role, hash_password
+
+    accounts = _accounts(args)
+    try:
+        _require_tenant(accounts, args.tenant)
+        role = check_role(args.role)
+        accounts.create_user(args.tenant, args.username, hash_password(_read_password()), role)
+    finally:
+        accounts.store.close()
+    print(f"user {args.tenant}/{args.username} ({args.role}) created; log in as "
+          f"username={args.tenant}/{args.username} at POST /auth/token")  # fmt: skip
+    return 0
+
+
+def cmd_create_key(args: argparse.Namespace) -> int:
+    from inferstream.api.auth import issue_key
+
+    accounts = _accounts(args)
+    try:
+        _require_tenant(accounts, args.tenant)
+        issued = issue_key(accounts, args.tenant, args.name, args.role)
+    finally:
+        accounts.store.close()
+    print(f"key {issued.key_id} ({issued.role}) for tenant {issued.tenant}; shown once:",
+          file=sys.stderr)  # fmt: skip
+    print(issued.secret)
+    return 0
+
+
+def _require_tenant(accounts: Any, tenant: str) -> None:
+    if not accounts.tenant_exists(tenant):
+        raise ConfigError(
+            f"tenant {tenant!r} does not exist; create it with: inferstream admin create-tenant"
+        )
+
+
+def add_api_commands(sub: Any) -> None:
+    """Register ``serve`` and ``admin ...`` on the CLI's sub-parsers."""
+    serve = sub.add_parser("serve", help="Run the service API for a pipeline.")
+    serve.set_defaults(handler=cmd_serve)
+    _pipeline_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--certfile", help="TLS certificate (PEM); with --keyfile enables HTTPS")
+    serve.add_argument("--keyfile", help="TLS private key (PEM)")
+    serve.add_argument("--ingest-topic", help="topic scans go to (default: first in the file)")
+    serve.add_argument("--rate", type=float, default=200.0, help="requests/s per credential")
+    serve.add_argument("--burst", type=int, default=400, help="burst per credential")
+    serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")
+
+    admin = sub.add_parser("admin", help="Create tenants, users and API keys.")
+    commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    tenant = commands.add_parser("create-tenant", help="Create a tenant (a hatchery company).")
+    tenant.set_defaults(handler=cmd_create_tenant)
+    _pipeline_args(tenant)
+    tenant.add_argument("name", help="tenant name: lowercase letters, digits, '-'")
+    user = commands.add_parser("create-user", help="Create a user; the password is prompted.")
+    user.set_defaults(handler=cmd_create_user)
+    _pipeline_args(user)
+    user.add_argument("--tenant", required=True)
+    user.add_argument("--username", required=True)
+    user.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "scanner"])
+    key = commands.add_parser("create-key", help="Create an API key; its secret is shown once.")
+    key.set_defaults(handler=cmd_create_key)
+    _pipeline_args(key)
+    key.add_argument("--tenant", required=True)
+    key.add_argument("--name", required=True, help="what the key is for, e.g. scanner-03")
+    key.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "scanner"])

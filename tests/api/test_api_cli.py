@@ -1,0 +1,111 @@
+"""The CLI: admin commands create what the API accepts; ``serve`` answers over TLS."""
+
+from __future__ import annotations
+
+import io
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from inferstream.cli import main
+from inferstream.errors import ConfigError
+from inferstream.examples import example_path
+from inferstream.pipeline import load_pipeline
+from inferstream.supervisor import api_child
+
+
+def _urls(tmp_path: Path) -> list[str]:
+    return [
+        "--bus", f"sqlite:///{tmp_path / 'bus.db'}",
+        "--store", f"sqlite:///{tmp_path / 'results.db'}",
+        "--blobs", f"file://{tmp_path / 'blobs'}",
+    ]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _get(url: str, context: ssl.SSLContext, headers: dict[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, context=context, timeout=5) as answer:
+        body: bytes = answer.read()
+    return body
+
+
+def _wait_ready(url: str, context: ssl.SSLContext, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "serve exited early"
+        try:
+            _get(url, context)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("serve did not become ready")
+
+
+def test_admin_commands_then_serve_over_tls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = str(example_path("eggs"))
+    assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
+    assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 2  # exists
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
+    args = ["--tenant", "acme", "--username", "bob", "--role", "viewer"]
+    assert main(["admin", "create-user", pipeline, *_urls(tmp_path), *args]) == 0
+    capsys.readouterr()
+    args = ["--tenant", "acme", "--name", "scanner-03", "--role", "scanner"]
+    assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *args]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("isk.acme.")
+    missing = ["--tenant", "nope", "--name", "x", "--role", "viewer"]
+    assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *missing]) == 2
+
+    cert, private = _self_signed(tmp_path)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferstream", "serve", pipeline, *_urls(tmp_path),
+         "--port", str(port), "--certfile", str(cert), "--keyfile", str(private)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        base = f"https://127.0.0.1:{port}"
+        _wait_ready(f"{base}/healthz", context, proc)
+        whoami = _get(f"{base}/v1/whoami", context, {"X-API-Key": key})
+        assert b'"tenant":"acme"' in whoami and b'"role":"scanner"' in whoami
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=30)
+    assert key.rsplit(".", 1)[1].encode() not in stderr  # the secret never reaches the logs
+    assert b'"route": "/v1/whoami"' in stderr  # JSON access lines by route template
+
+
+def test_up_serve_child_runs_the_api_with_the_pipelines_urls() -> None:
+    spec = load_pipeline(example_path("eggs"))
+    child = api_child(spec, "127.0.0.1:8123")
+    assert child.argv[2:5] == ["inferstream", "serve", str(spec.source)]
+    assert child.argv[child.argv.index("--port") + 1] == "8123"
+    assert child.argv[child.argv.index("--store") + 1] == spec.store
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        api_child(spec, "8123")
