@@ -114,3 +114,17 @@ def test_no_secret_token_or_password_in_logs(
     assert "request" in logged  # the access lines were captured
     for secret in (PASSWORD, token, key.rsplit(".", 1)[1]):
         assert secret not in logged
+
+
+def test_principal_for_serves_websockets_with_keys_and_tokens(world: World) -> None:
+    from inferstream.api import principal_for
+    from inferstream.api.errors import Unauthorized
+
+    state = world.client.app.state  # type: ignore[attr-defined]
+    by_key = principal_for(state, world.keys[(world.other, "viewer")])
+    assert (by_key.tenant, by_key.role) == (world.other, "viewer")
+    token = _token(tenant=world.own, role="operator")
+    by_token = principal_for(state, token)
+    assert (by_token.subject, by_token.tenant, by_token.role) == ("mallory", world.own, "operator")
+    with pytest.raises(Unauthorized):
+        principal_for(state, token + "x")

@@ -168,3 +168,18 @@ def test_route_without_credentials_is_401(seeded_world: tuple[World, Seeded], ro
     answer = world.client.request(method, url, **kwargs)
     assert answer.status_code == 401
     assert answer.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_docs_table_matches_the_matrix() -> None:
+    from pathlib import Path
+
+    doc = Path(__file__).parents[2] / "docs" / "api.md"
+    rows = {}
+    for line in doc.read_text().splitlines():
+        if line.startswith("| `") and line.count("|") == 6:
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            route = cells[0].strip("`")
+            rows[route] = {
+                role for role, cell in zip(ROLES, cells[1:], strict=True) if cell == "yes"
+            }
+    assert rows == {route: set(roles) for route, roles in PERMISSIONS.items()}

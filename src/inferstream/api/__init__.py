@@ -17,7 +17,14 @@ Reading guide:
 from __future__ import annotations
 
 from inferstream.api.app import create_app
-from inferstream.api.auth import Principal, principal_from_token, require
+from inferstream.api.auth import Principal, principal_for, principal_from_token, require
 from inferstream.api.settings import ApiSettings
 
-__all__ = ["ApiSettings", "Principal", "create_app", "principal_from_token", "require"]
+__all__ = [
+    "ApiSettings",
+    "Principal",
+    "create_app",
+    "principal_for",
+    "principal_from_token",
+    "require",
+]

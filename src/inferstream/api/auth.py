@@ -8,8 +8,9 @@ unknown user still runs one Argon2 verification so the answer time does not tell
 whether the user exists. Tokens are HS256 JWTs (the algorithm is pinned when
 decoding) carrying ``sub``, ``tenant``, ``role``, ``iss`` and ``exp``.
 
-:func:`require` is the FastAPI dependency routes use; :func:`principal_from_token`
-serves callers outside the request cycle, e.g. the live WebSocket.
+:func:`require` is the FastAPI dependency routes use; :func:`principal_for` (key or
+token) and :func:`principal_from_token` (JWT only) serve callers outside the
+request cycle, e.g. the live WebSocket.
 """
 
 from __future__ import annotations
@@ -158,16 +159,25 @@ def authenticate(
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
     """The caller of this request, from ``X-API-Key`` or ``Authorization: Bearer``."""
-    state = request.app.state
     presented = api_key or bearer
     if not presented:
         raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
-    if presented.startswith(f"{KEY_PREFIX}."):
-        principal = principal_from_key(state.accounts, presented)
-    else:
-        principal = principal_from_token(presented, state.settings)
-    state.limiter.take(f"{principal.tenant}/{principal.subject}")
+    principal = principal_for(request.app.state, presented)
     request.state.principal = principal
+    return principal
+
+
+def principal_for(app_state: Any, credential: str) -> Principal:
+    """The principal of an API key or JWT, rate limited: for callers outside routes.
+
+    The live WebSocket calls ``principal_for(websocket.app.state, token)`` and then
+    checks ``principal.role`` against its row of the permission matrix.
+    """
+    if credential.startswith(f"{KEY_PREFIX}."):
+        principal = principal_from_key(app_state.accounts, credential)
+    else:
+        principal = principal_from_token(credential, app_state.settings)
+    app_state.limiter.take(f"{principal.tenant}/{principal.subject}")
     return principal
 
 
