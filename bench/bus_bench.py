@@ -195,7 +195,7 @@ def _kafka_produce_once(url: str, spec: Spec) -> float:
 def _raw_produce_once(url: str, spec: Spec) -> float:
     from confluent_kafka import Producer
 
-    from inferstream.bus.kafka import KafkaSettings
+    from inferstream.bus.kafka_settings import KafkaSettings
 
     topic = _kafka_topic(url, "rawproduce", spec)
     producer = Producer(KafkaSettings.from_url(url).producer_config())
@@ -249,7 +249,7 @@ def _raw_consume_once(url: str, spec: Spec) -> float:
 
     from confluent_kafka import Consumer, TopicPartition
 
-    from inferstream.bus.kafka import KafkaSettings
+    from inferstream.bus.kafka_settings import KafkaSettings
 
     topic = _kafka_topic(url, "rawconsume", spec, fill=True)
     settings = KafkaSettings.from_url(url)

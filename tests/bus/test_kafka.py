@@ -21,8 +21,9 @@ from inferstream.bus import (
     SeekToTimestamp,
     partition_for,
 )
-from inferstream.bus.kafka import KafkaBus, KafkaSettings
+from inferstream.bus.kafka import KafkaBus
 from inferstream.bus.kafka_consumer import KafkaConsumer
+from inferstream.bus.kafka_settings import KafkaSettings
 from inferstream.errors import BusError, ConfigError, FencedError, UnknownTopicError
 
 pytestmark = pytest.mark.kafka

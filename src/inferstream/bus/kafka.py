@@ -22,9 +22,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlsplit
 
 from inferstream.bus.base import (
     PartitionInfo,
@@ -42,57 +40,11 @@ from inferstream.bus.kafka_consumer import (
     translate,
     translate_error,
 )
+from inferstream.bus.kafka_settings import KafkaSettings
 from inferstream.errors import BusError, ConfigError, UnknownTopicError
 
 #: How long one admin or metadata request may take before we call the cluster unreachable.
 REQUEST_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaSettings:
-    """The parsed ``kafka://`` URL and the librdkafka configs derived from it."""
-
-    bootstrap: str
-    options: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_url(cls, url: str) -> KafkaSettings:
-        parts = urlsplit(url)
-        if parts.scheme != "kafka" or not parts.netloc:
-            raise ConfigError(f"bad Kafka URL {url!r}; write kafka://host:port[,host:port]")
-        return cls(parts.netloc, dict(parse_qsl(parts.query, keep_blank_values=True)))
-
-    def _base(self) -> dict[str, str]:
-        return {"bootstrap.servers": self.bootstrap, **self.options}
-
-    def producer_config(self) -> dict[str, str]:
-        # Idempotence and acks=all are what make "produce returned" mean "durable,
-        # once, in order"; the URL cannot switch them off.
-        return {"linger.ms": "5", **self._base(), "enable.idempotence": "true", "acks": "all"}
-
-    def consumer_config(
-        self, group: str, start: Literal["earliest", "latest"] = "earliest"
-    ) -> dict[str, str]:
-        defaults = {
-            "partition.assignment.strategy": "cooperative-sticky",
-            # Short timeouts: a stalled member loses its partitions quickly, and tansu
-            # holds every group join for max.poll.interval.ms.
-            "max.poll.interval.ms": "10000",
-            "session.timeout.ms": "6000",
-            "heartbeat.interval.ms": "1000",
-        }
-        return {
-            **defaults,
-            **self._base(),
-            "group.id": group,
-            "auto.offset.reset": start,
-            # Only an explicit commit() after the output is durable moves a group on.
-            "enable.auto.commit": "false",
-            "enable.auto.offset.store": "false",
-        }
-
-    def admin_config(self) -> dict[str, str]:
-        return self._base()
 
 
 #: Answers to AlterConsumerGroupOffsets that mean "the group is not idle".
