@@ -172,15 +172,19 @@ class KafkaConsumer:
                 highest[key] = message.offset
         # The broker accepts a commit from any current member for any partition, so a
         # member that lost a partition in a rebalance would overwrite the new owner's
-        # progress; refuse it here instead.
+        # progress; commit only what is still ours and refuse the rest.
         lost = sorted(highest.keys() - self._owned)
+        for key in lost:
+            del highest[key]
+        if highest:
+            self._commit_offsets(highest)
         if lost:
             names = ", ".join(f"{topic}[{partition}]" for topic, partition in lost)
             raise FencedError(
-                f"group {self._group!r} no longer assigns {names} to this member; "
-                "drop the batch, the new owner will redeliver it"
+                f"group {self._group!r} no longer assigns {names} to this member, so their "
+                "offsets were not committed (those of partitions it still owns were); "
+                "the new owner will redeliver them"
             )
-        self._commit_offsets(highest)
 
     def _commit_offsets(self, highest: dict[tuple[str, int], int]) -> None:
         action = f"commit for group {self._group!r}"
