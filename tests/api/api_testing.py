@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import uuid
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from inferstream.api import ApiSettings, create_app
 from inferstream.api.permissions import ROLES
 
 JWT_SECRET = "test-secret-" + "0123456789abcdef" * 3
@@ -83,3 +86,11 @@ def add_keys(world: World, accounts: Any) -> None:
         accounts.create_tenant(tenant)
         for role in ROLES:
             world.keys[(tenant, role)] = issue_key(accounts, tenant, f"{role} key", role).secret
+
+
+def start_world(settings: ApiSettings) -> Iterator[World]:
+    suffix = uuid.uuid4().hex[:6]
+    with TestClient(create_app(settings)) as client:
+        world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
+        add_keys(world, client.app.state.accounts)  # type: ignore[attr-defined]
+        yield world

@@ -6,15 +6,13 @@ tenants and an API key for every role in each.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_testing import JWT_SECRET, World, add_keys
-from fastapi.testclient import TestClient
+from api_testing import JWT_SECRET, World, start_world
 
-from inferstream.api import ApiSettings, create_app
+from inferstream.api import ApiSettings
 from inferstream.examples import example_path
 from inferstream.pipeline import PipelineSpec, load_pipeline
 
@@ -33,14 +31,6 @@ def settings(spec: PipelineSpec) -> ApiSettings:
     return ApiSettings(
         pipeline=spec, ingest_topic="scans.raw", jwt_secret=JWT_SECRET, rate_per_s=1e6, burst=10**6
     )
-
-
-def start_world(settings: ApiSettings) -> Iterator[World]:
-    suffix = uuid.uuid4().hex[:6]
-    with TestClient(create_app(settings)) as client:
-        world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
-        add_keys(world, client.app.state.accounts)  # type: ignore[attr-defined]
-        yield world
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 import pytest
-from api_testing import World, dicom_bytes
-from conftest import start_world
+from api_testing import World, dicom_bytes, start_world
 
 from inferstream.api import ApiSettings
 from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope

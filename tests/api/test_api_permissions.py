@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from api_testing import World, dicom_bytes
-from conftest import start_world
+from api_testing import World, dicom_bytes, start_world
 
 from inferstream.api import ApiSettings
 from inferstream.api.permissions import PERMISSIONS, PUBLIC, ROLES

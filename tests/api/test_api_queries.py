@@ -12,8 +12,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
-from api_testing import World, dicom_bytes
-from conftest import start_world
+from api_testing import World, dicom_bytes, start_world
 from sqlalchemy import create_engine, text
 
 from inferstream.api import ApiSettings

@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from api_testing import World
-from conftest import start_world
+from api_testing import World, start_world
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
