@@ -191,3 +191,16 @@ def test_rate_limit_is_429_with_retry_after(small_world: World) -> None:
         "/v1/whoami", headers=small_world.headers(small_world.own, "admin")
     )
     assert other.status_code == 200
+
+
+def test_login_attempts_are_rate_limited_per_username(small_world: World) -> None:
+    form = {"username": f"{small_world.own}/nobody", "password": "wrong password!"}
+    codes = [small_world.client.post("/auth/token", data=form).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+
+
+def test_readyz_is_503_when_the_bus_is_gone(world: World) -> None:
+    world.client.app.state.bus.close()  # type: ignore[attr-defined]
+    answer = world.client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["error"] == "unavailable"

@@ -80,6 +80,8 @@ class ReplayOut(BaseModel):
 async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """OAuth2 password login; ``username`` is ``<tenant>/<name>``. Answers a short-lived JWT."""
     state = request.app.state
+    # Per login name, so guessing one user's password is throttled like any API call.
+    state.limiter.take(f"login/{form.username[:200]}")
     principal = await run_in_threadpool(login, state.accounts, form.username, form.password)
     log.info("login", extra={"subject": principal.subject, "tenant": principal.tenant})
     return Token(
