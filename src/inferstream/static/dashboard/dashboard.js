@@ -342,9 +342,17 @@
     const lineage = result.lineage || detail.lineage || [];
     $("scan-lineage").replaceChildren(...lineage.map((step) => {
       const li = document.createElement("li");
-      li.textContent = Object.entries(step).map(([k, v]) => `${k}: ${v}`).join(" · ");
+      li.textContent = Object.entries(step).map(([k, v]) => `${k}: ${lineageValue(k, v)}`).join(" · ");
       return li;
     }));
+  }
+
+  function lineageValue(key, value) {
+    // Timestamps in lineage are microseconds since the epoch.
+    if (key.endsWith("_us") && typeof value === "number") {
+      return new Date(value / 1000).toISOString().replace("T", " ").replace("Z", " UTC");
+    }
+    return value;
   }
 
   function closePanel() {
