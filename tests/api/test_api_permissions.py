@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from api_testing import World, dicom_bytes, start_world
+from fastapi.routing import APIWebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 
 from inferstream.api import ApiSettings
-from inferstream.api.permissions import PERMISSIONS, PUBLIC, ROLES
+from inferstream.api.permissions import PERMISSIONS, PUBLIC, ROLES, WEBSOCKETS
 from inferstream.store import ResultRow
 
 TRAY = "TRAY-0042"
@@ -127,6 +129,33 @@ def _app_routes(world: World) -> list[str]:
     """Every operation the app publishes in its OpenAPI schema."""
     paths = world.client.get("/openapi.json").json()["paths"]
     return [f"{method.upper()} {path}" for path, ops in paths.items() for method in ops]
+
+
+def _served(routes: list[Any]) -> Iterator[tuple[str, Any]]:
+    """Every (kind, route) the app serves, inside included routers too."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _served(inner.routes)
+        elif isinstance(route, WebSocketRoute | APIWebSocketRoute):
+            yield "ws", route
+        elif isinstance(route, Route):
+            yield "http", route
+
+
+def test_every_served_route_is_in_the_matrix_or_public(
+    seeded_world: tuple[World, Seeded],
+) -> None:
+    """Also the routes left out of the OpenAPI schema, and WebSockets."""
+    http: set[str] = set()
+    sockets: set[str] = set()
+    for kind, route in _served(list(seeded_world[0].client.app.routes)):  # type: ignore[attr-defined]
+        if kind == "ws":
+            sockets.add(route.path)
+        else:
+            http.update(f"{m} {route.path}" for m in route.methods or () if m != "HEAD")
+    assert http - PUBLIC - set(PERMISSIONS) == set(), "add these routes to the matrix"
+    assert sockets - set(WEBSOCKETS) == set(), "add these WebSockets to WEBSOCKETS"
 
 
 def test_every_route_is_in_the_matrix_and_has_a_test_call(

@@ -33,9 +33,25 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "GET /v1/whoami": frozenset(ROLES),
 }
 
-#: Routes anyone may call: login, probes, metrics (scrape them from inside the network).
+#: WebSocket paths -> roles (the live feed authenticates inside the socket).
+WEBSOCKETS: dict[str, frozenset[Role]] = {"/v1/live": _READ}
+
+#: Routes anyone may call: login, probes, metrics (scrape them from inside the network),
+#: the OpenAPI documents, and the dashboard's static page (its data comes over the
+#: authenticated WebSocket).
 PUBLIC: frozenset[str] = frozenset(
-    {"POST /auth/token", "GET /healthz", "GET /readyz", "GET /metrics"}
+    {
+        "POST /auth/token",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+        "GET /docs",
+        "GET /docs/oauth2-redirect",
+        "GET /redoc",
+        "GET /dashboard",
+        "GET /dashboard/assets/{name}",
+    }
 )
 
 
