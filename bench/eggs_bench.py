@@ -1,0 +1,51 @@
+"""Egg pipeline throughput: scan generation, DICOM encoding, preprocessing, inference.
+
+``python bench/eggs_bench.py`` prints figures; nothing here is a test. Inference runs
+the shipped model on one thread (the serving session options) at several batch sizes.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from inferstream.classify import load_model
+from inferstream.eggs.dicomgen import to_dicom_bytes
+from inferstream.eggs.phantom import make_specs, render_batch
+from inferstream.eggs.preprocess import preprocess_batch
+
+
+def _rate(label: str, count: int, seconds: float, unit: str) -> None:
+    print(f"{label:<34} {count / seconds:10.0f} {unit}/s   {seconds / count * 1e3:8.3f} ms each")
+
+
+def main() -> None:
+    specs = make_specs(2048, seed=42)
+    started = time.perf_counter()
+    scans = np.concatenate([render_batch(specs[i : i + 256]) for i in range(0, len(specs), 256)])
+    _rate("generate 128x128 scans", len(scans), time.perf_counter() - started, "scans")
+    for syntax in ("explicit", "rle", "jpeg2000"):
+        started = time.perf_counter()
+        for scan, spec in zip(scans[:200], specs[:200], strict=True):
+            to_dicom_bytes(scan, spec, transfer_syntax=syntax)
+        _rate(f"DICOM encode ({syntax})", 200, time.perf_counter() - started, "scans")
+    for batch in (1, 64, 256):
+        count = 0
+        started = time.perf_counter()
+        for i in range(0, 1024, batch):
+            preprocess_batch(scans[i : i + batch])
+            count += len(scans[i : i + batch])
+        _rate(f"preprocess, batch {batch}", count, time.perf_counter() - started, "scans")
+    model = load_model("egg_sexing")
+    inputs = preprocess_batch(scans[:1024])
+    model.predict(inputs[:64])  # warm-up
+    for batch in (1, 16, 64):
+        started = time.perf_counter()
+        for i in range(0, 512, batch):
+            model.predict(inputs[i : i + batch])
+        _rate(f"inference, batch {batch}, 1 thread", 512, time.perf_counter() - started, "images")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Image classification with ONNX Runtime, and the ``classify`` pipeline step.
+
+A model is two files side by side: ``<name>.onnx`` and ``<name>.json`` (name, version,
+labels in output order, input and output tensor names, input shape, MACs, training
+provenance). :func:`load_model` finds them in the package's ``models/`` folder or at
+a path. Sessions run on one thread with sequential execution: on a serving machine a
+stage scales by worker processes, and threads inside each would only fight for cores.
+
+The step runs one inference call per micro-batch, appends a
+:class:`~inferstream.envelope.Prediction` to each envelope and drops the tensor
+payload (keeping its content type) so the results travelling on the bus stay small.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from inferstream.envelope import Envelope, ModelRole, Prediction, from_tensor, now_us
+from inferstream.errors import ConfigError, InvalidInput, ModelError
+from inferstream.steps import Outcome, Step, StepContext
+
+F32 = NDArray[np.float32]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+ROLES = {"champion": ModelRole.MODEL_ROLE_CHAMPION, "shadow": ModelRole.MODEL_ROLE_SHADOW}
+_REQUIRED = ("name", "version", "labels", "input", "output", "input_shape")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model's metadata (its ``.json`` file)."""
+
+    name: str
+    version: str
+    labels: tuple[str, ...]
+    input: str
+    output: str
+    input_shape: tuple[int, ...]
+    macs: int = 0
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path) -> ModelInfo:
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise ModelError(f"model metadata {where} lacks {missing}; re-export the model")
+        known = {*_REQUIRED, "macs"}
+        return cls(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            labels=tuple(str(label) for label in data["labels"]),
+            input=str(data["input"]),
+            output=str(data["output"]),
+            input_shape=tuple(int(dim) for dim in data["input_shape"]),
+            macs=int(data.get("macs", 0)),
+            extra=tuple((k, v) for k, v in data.items() if k not in known),
+        )
+
+
+def session_options() -> ort.SessionOptions:
+    """Options for serving: one thread, sequential, every graph optimisation."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def softmax(logits: F32) -> F32:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: F32 = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probabilities
+
+
+class Model:
+    """A loaded ONNX classifier; :meth:`predict` takes a whole batch."""
+
+    def __init__(self, info: ModelInfo, session: ort.InferenceSession) -> None:
+        self.info = info
+        self._session = session
+
+    def logits(self, batch: NDArray[Any]) -> F32:
+        expected = self.info.input_shape
+        if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != expected:
+            raise InvalidInput(
+                f"model {self.info.name} takes (N, {', '.join(map(str, expected))}) input, "
+                f"got {list(batch.shape)}"
+            )
+        feed = {self.info.input: np.ascontiguousarray(batch, dtype=np.float32)}
+        (out,) = self._session.run([self.info.output], feed)
+        logits: F32 = np.asarray(out, dtype=np.float32)
+        return logits
+
+    def predict(self, batch: NDArray[Any]) -> tuple[list[str], F32]:
+        """Labels and class probabilities (N, classes) of a batch."""
+        probabilities = softmax(self.logits(batch))
+        labels = [self.info.labels[i] for i in probabilities.argmax(axis=1)]
+        return labels, probabilities
+
+
+def _model_paths(name_or_path: str | Path) -> tuple[Path, Path]:
+    text = str(name_or_path)
+    if isinstance(name_or_path, Path) or "/" in text or text.endswith((".onnx", ".json")):
+        base = Path(text).with_suffix("")
+    else:
+        base = MODELS_DIR / text
+    return base.with_suffix(".onnx"), base.with_suffix(".json")
+
+
+def load_model(name_or_path: str | Path) -> Model:
+    """Load ``<name>.onnx`` + ``<name>.json`` from the package models or a path."""
+    onnx_path, json_path = _model_paths(name_or_path)
+    if not onnx_path.is_file() or not json_path.is_file():
+        shipped = sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
+        raise ModelError(
+            f"model {name_or_path!r}: need {onnx_path} and {json_path}; "
+            f"shipped models: {shipped or 'none'}"
+        )
+    try:
+        info = ModelInfo.from_json(json.loads(json_path.read_text()), json_path)
+        session = ort.InferenceSession(
+            str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model {name_or_path!r}: cannot read its files: {exc}") from exc
+    except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
+        raise ModelError(f"model {name_or_path!r}: ONNX Runtime cannot load it: {exc}") from exc
+    names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if info.input not in names[0] or info.output not in names[1]:
+        raise ModelError(
+            f"model {info.name}: metadata names input {info.input!r} and output "
+            f"{info.output!r}, the graph has inputs {names[0]} and outputs {names[1]}"
+        )
+    return Model(info, session)
+
+
+class ClassifyStep(Step):
+    """Classifies each envelope's float32 tensor payload and records the prediction."""
+
+    name = "classify"
+
+    def __init__(self, model: Model, role: ModelRole) -> None:
+        self.model = model
+        self.role = role
+
+    def _input(self, env: Envelope) -> F32:
+        if env.payload.WhichOneof("body") != "tensor":
+            raise InvalidInput(
+                f"classify needs a tensor payload, got {env.payload.WhichOneof('body') or 'none'}; "
+                "put a preprocessing step before it"
+            )
+        array = from_tensor(env.payload.tensor)
+        if array.dtype != np.float32 or tuple(array.shape) != self.model.info.input_shape:
+            raise InvalidInput(
+                f"model {self.model.info.name} takes float32 {list(self.model.info.input_shape)}"
+                f" tensors, got {array.dtype} {list(array.shape)}"
+            )
+        return array
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        inputs, slots = [], []
+        for i, env in enumerate(batch):
+            try:
+                inputs.append(self._input(env))
+                slots.append(i)
+            except InvalidInput as exc:
+                outcomes[i] = exc
+        if inputs:
+            labels, probabilities = self.model.predict(np.stack(inputs))
+            stamp = now_us()
+            for slot, label, probs in zip(slots, labels, probabilities, strict=True):
+                outcomes[slot] = self._annotate(batch[slot], label, probs, stamp)
+        return [o for o in outcomes if o is not None]
+
+    def _annotate(self, env: Envelope, label: str, probs: F32, stamp: int) -> Envelope:
+        out = Envelope()
+        out.CopyFrom(env)
+        info = self.model.info
+        out.predictions.append(
+            Prediction(
+                model_name=info.name,
+                model_version=info.version,
+                role=self.role,
+                label=label,
+                scores={name: float(p) for name, p in zip(info.labels, probs, strict=True)},
+                predicted_at_us=stamp,
+            )
+        )
+        out.payload.ClearField("tensor")  # keeps content_type; the bus carries results only
+        return out
+
+
+def classify_step(
+    context: StepContext, model: str = "egg_sexing", role: str = "champion"
+) -> ClassifyStep:
+    """Step factory (``classify`` in a pipeline file)."""
+    if role not in ROLES:
+        raise ConfigError(
+            f"classify step in stage {context.stage!r}: role must be one of "
+            f"{sorted(ROLES)}, got {role!r}"
+        )
+    return ClassifyStep(load_model(model), ROLES[role])
+
+
+__all__ = ["ClassifyStep", "Model", "ModelInfo", "classify_step", "load_model", "softmax"]
