@@ -129,20 +129,18 @@ def test_wrong_password_is_refused_on_the_page(pages: Pages, world: DashboardWor
     assert page.locator("#dashboard").is_hidden()
 
 
-def test_a_newly_stored_scan_appears_within_two_seconds(
+def test_a_scan_processed_by_the_pipeline_appears_within_two_seconds(
     pages: Pages, world: DashboardWorld
 ) -> None:
     page = pages.signed_in(world.login(world.a))
-    before = page.evaluate("() => window.inferstreamDashboard.snapshots")
-    (row,) = world.add_scans(world.a, 1, "TRAY-0044")
-    stored = time.monotonic()
-    page.wait_for_selector(f'#table-newest tr[data-scan-id="{row.id}"]', timeout=2_000)
-    assert time.monotonic() - stored < 2.0
-    # And by construction: the first snapshot built after the write already had it.
-    received = page.evaluate("() => window.inferstreamDashboard.received")
-    after_write = [r for r in received if r["at_us"] > row.stored_at_us]
-    assert after_write and row.id in after_write[0]["ids"]
-    assert page.evaluate("() => window.inferstreamDashboard.snapshots") > before
+    (scan_id,) = world.ingest(world.a, 1, "TRAY-0044")
+    accepted = time.monotonic()  # the API answered 202: the scan is on the bus
+    page.wait_for_selector(f'#table-newest tr[data-scan-id="{scan_id}"]', timeout=2_000)
+    assert time.monotonic() - accepted < 2.0
+    row = page.locator(f'#table-newest tr[data-scan-id="{scan_id}"]')
+    assert "TRAY-0044" in row.inner_text()
+    stored = world.store.get_result(world.a, scan_id)
+    assert stored is not None and stored.model_name == "egg_sexing"
 
 
 def test_charts_render_with_data(pages: Pages, world: DashboardWorld) -> None:
@@ -201,7 +199,8 @@ def test_clicking_a_scan_shows_its_image_prediction_and_lineage(
     facts = page.locator("#scan-facts").inner_text()
     assert "Prediction" in facts and "egg_sexing" in facts
     assert page.locator("#scan-scores li").count() == 3
-    assert page.locator("#scan-lineage li").count() == 2
+    assert page.locator("#scan-lineage li").count() >= 1
+    assert "classify" in page.locator("#scan-lineage").inner_text()
     assert scan_id in page.locator("#scan-title").inner_text()
     page.keyboard.press("Escape")
     panel.wait_for(state="hidden")

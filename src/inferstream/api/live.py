@@ -2,8 +2,8 @@
 
 ``GET /dashboard`` serves the page (HTML, JS, CSS and the vendored Chart.js from the
 package's ``static/dashboard`` folder; it works with no internet). ``/v1/live`` is a
-WebSocket: the client authenticates with its JWT (``?token=`` or, so the token stays
-out of access logs, a first message ``{"token": ...}``), then receives one snapshot
+WebSocket: the client authenticates with its JWT or an API key (``?token=`` or, so it
+stays out of access logs, a first message ``{"token": ...}``), then receives one snapshot
 of its own tenant per second. A bad token closes the socket with code 4401, a role
 that may not read (scanner) with 4403.
 
@@ -28,7 +28,7 @@ from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from inferstream.api.auth import Principal, principal_from_token
+from inferstream.api.auth import Principal, principal_for
 from inferstream.api.errors import ApiError, NotFound
 from inferstream.api.live_aggregate import TenantWindow
 from inferstream.api.live_source import StageMeters, TenantFeed, tenant_snapshot
@@ -124,14 +124,20 @@ class LiveHub:
 
     async def _run(self) -> None:
         while self._subscribers:
+            self._wake.clear()  # before the tick: a subscriber joining during it wakes the next
             try:
                 snapshots = await asyncio.to_thread(self.tick, list(self._subscribers))
             except InferstreamError as exc:
-                log.warning("live dashboard tick failed: %s", exc)
+                log.warning("live dashboard tick failed, retrying next tick: %s", exc)
+                snapshots = {}
+            except Exception:
+                # A bug must not freeze every dashboard silently: log it and keep ticking.
+                log.exception("live dashboard tick crashed")
                 snapshots = {}
             for tenant, message in snapshots.items():
                 self._publish(tenant, message)
-            self._wake.clear()
+            for tenant in set(self._feeds) - set(self._subscribers):
+                del self._feeds[tenant]  # unsubscribed while its tick ran
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick_s)
 
@@ -180,7 +186,8 @@ async def _principal(websocket: WebSocket, token: str | None) -> Principal:
             token = str(json.loads(first)["token"])
         except (ValueError, KeyError, TypeError):
             token = ""
-    return principal_from_token(token, websocket.app.state.settings)
+    # JWTs for people, API keys for wall-screen kiosks; rate limited like every route.
+    return principal_for(websocket.app.state, token)
 
 
 @router.websocket("/v1/live")
