@@ -162,6 +162,10 @@ class KafkaBus:
         while producer.flush(1.0) > 0:
             pass
         if failures:
+            if any(error.fatal() for error in failures):
+                # An idempotent producer that hit a fatal error refuses everything after;
+                # the next produce() starts a fresh one (new producer id).
+                self._producer = None
             raise translate_error(
                 f"producing {len(failures)} of {len(records)} records to {topic!r} "
                 "(the batch may be partly written; produce it again, ids make it safe)",
