@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 #: Where :meth:`Bus.seek_group` moves a group: the start of the retained log, an
 #: absolute offset (same for every partition), or the first message at or after a
@@ -38,9 +38,13 @@ class Record:
     timestamp_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One consumed message and where it sits in the log."""
+class Message(NamedTuple):
+    """One consumed message and where it sits in the log.
+
+    A NamedTuple rather than a frozen dataclass: consumers build one per message, and
+    a frozen dataclass costs several times more to construct (measured in
+    ``bench/bus_bench.py``: it was most of the framework's consume overhead).
+    """
 
     topic: str
     partition: int
@@ -148,9 +152,7 @@ class Bus(Protocol):
         """Join ``group`` on ``topics``; a group with no committed offset starts at ``start``."""
         ...
 
-    def seek_group(
-        self, group: str, topic: str, target: SeekTarget | SeekToTimestamp
-    ) -> None:
+    def seek_group(self, group: str, topic: str, target: SeekTarget | SeekToTimestamp) -> None:
         """Move a group's committed offsets on every partition of ``topic`` (replay).
 
         Meant for a group with no running members; running members pick the new
