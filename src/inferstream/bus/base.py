@@ -28,8 +28,7 @@ class SeekToTimestamp:
     ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One message to produce. Records with equal keys land in the same partition."""
 
     key: bytes | None
