@@ -2,18 +2,22 @@
 
 Kept apart from :mod:`inferstream.eggs.train` so evaluation needs no PyTorch: it
 measures the exported ONNX model through :mod:`inferstream.classify`, the same code
-that serves it.
+that serves it. ``python -m inferstream.eggs.model_card`` re-measures the shipped
+model and rewrites ``docs/model-card.md``.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from inferstream.classify import Model
+from inferstream.classify import Model, ModelInfo, load_model
 from inferstream.eggs import LABELS
 from inferstream.eggs.phantom import DEFAULT_DIFFICULTY, DEFAULT_MIX, generate
 from inferstream.eggs.preprocess import preprocess_batch
@@ -84,13 +88,11 @@ def _confusion_table(confusion: NDArray[np.int64]) -> list[str]:
     return lines
 
 
-def write_card(path: Path, model: Model, ev: Evaluation, train_seconds: float) -> None:
-    """Write the markdown model card."""
-    info, trained = model.info, dict(model.info.extra).get("trained_on", {})
+def _intro_and_data(info: ModelInfo, trained: dict[str, Any], ev: Evaluation) -> list[str]:
     mix = ", ".join(
         f"{label} {share:.0%}" for label, share in zip(LABELS, DEFAULT_MIX, strict=True)
     )
-    lines = [
+    return [
         f"# Model card: {info.name} {info.version}",
         "",
         "In-ovo sexing of chicken embryos from day-12 MRI slices: "
@@ -113,6 +115,11 @@ def write_card(path: Path, model: Model, ev: Evaluation, train_seconds: float) -
         "- preprocessing: `inferstream.eggs.preprocess.preprocess_batch` (bias/gain removal, "
         "crop to the egg, 64x64, standardised), the same function that serves",
         "",
+    ]
+
+
+def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: float) -> list[str]:
+    return [
         "## Architecture",
         "",
         "Four 3x3 conv + batch-norm + ReLU blocks (24, 32, 64, 128 channels) with 2x2 max "
@@ -138,7 +145,7 @@ def write_card(path: Path, model: Model, ev: Evaluation, train_seconds: float) -
         "",
         f"- {trained.get('epochs', '?')} epochs, AdamW with a one-cycle schedule, batch 128, "
         "2 CPU threads",
-        f"- wall time (data generation and training): {train_seconds:.0f} s",
+        f"- wall time (data generation and training): {seconds:.0f} s",
         "",
         "## Limits",
         "",
@@ -146,8 +153,33 @@ def write_card(path: Path, model: Model, ev: Evaluation, train_seconds: float) -
         "hatchery class mixes will differ; validate on labelled hatch results before use.",
         "",
     ]
+
+
+def write_card(path: Path, model: Model, ev: Evaluation, train_seconds: float) -> None:
+    """Write the markdown model card."""
+    info, trained = model.info, dict(model.info.extra).get("trained_on", {})
+    lines = _intro_and_data(info, trained, ev) + _results(info, trained, ev, train_seconds)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Re-measure a model and rewrite its card; needs no PyTorch."""
+    parser = argparse.ArgumentParser(description="Evaluate an egg model and write its card.")
+    parser.add_argument("--model", default="egg_sexing", help="model name or path")
+    parser.add_argument("--card", type=Path, default=Path("docs/model-card.md"))
+    parser.add_argument("--seed", type=int, default=1001, help="held-out seed")
+    parser.add_argument("-n", type=int, default=3000, help="held-out scans")
+    args = parser.parse_args(argv)
+    model = load_model(args.model)
+    seconds = float(dict(model.info.extra).get("trained_on", {}).get("train_seconds", 0))
+    evaluation = evaluate(model, args.seed, args.n)
+    write_card(args.card, model, evaluation, seconds)
+    print(f"accuracy {evaluation.accuracy:.4f}, ECE {evaluation.ece:.4f}; wrote {args.card}")
+
+
+if __name__ == "__main__":
+    main()
 
 
 __all__ = ["DIFFICULTIES", "Evaluation", "evaluate", "expected_calibration_error", "write_card"]
