@@ -142,11 +142,21 @@ def test_tray_mix_folds_groups_in_label_order() -> None:
     assert mix[1]["total"] == 4
 
 
-def test_rate_meter_needs_two_readings() -> None:
+def test_rate_meter_averages_over_its_span() -> None:
+    meter = RateMeter(span_s=10)
+    assert meter.update(0.0, 100) is None
+    assert meter.update(2.0, 300) == 100.0
+    assert meter.update(4.0, 300) == 50.0  # nothing new for 2 s: the average halves
+    for second in range(5, 30):
+        rate = meter.update(float(second), 300 + (second - 4) * 20)
+    assert rate == 20.0  # older readings left the span
+
+
+def test_rate_meter_starts_over_when_the_counter_goes_back() -> None:
     meter = RateMeter()
-    assert meter.update(10.0, 100) is None
-    assert meter.update(12.0, 300) == 100.0
-    assert meter.update(13.0, 250) == 0.0  # a counter that went back (replay) is no rate
+    meter.update(0.0, 500)
+    assert meter.update(1.0, 10) is None  # a replay moved the offsets back
+    assert meter.update(2.0, 30) == 20.0
 
 
 def test_snapshot_is_json_and_its_size_does_not_grow_with_the_scan_rate() -> None:

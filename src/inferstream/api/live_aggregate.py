@@ -250,17 +250,27 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-@dataclass(slots=True)
 class RateMeter:
-    """Rate of a growing counter (e.g. a group's committed offsets) between readings."""
+    """Rate of a growing counter (e.g. a group's committed offsets) over the last ``span_s``.
 
-    last: tuple[float, float] | None = None
+    Averaged over a span rather than between two ticks, so a stage that commits in
+    batches reads as a steady rate instead of jumping between zero and a spike.
+    """
+
+    def __init__(self, span_s: float = 10.0) -> None:
+        self.span_s = span_s
+        self._readings: deque[tuple[float, float]] = deque()
 
     def update(self, at_s: float, value: float) -> float | None:
-        previous, self.last = self.last, (at_s, value)
-        if previous is None or at_s <= previous[0]:
+        if self._readings and value < self._readings[-1][1]:
+            self._readings.clear()  # the counter went back (replay): start over
+        self._readings.append((at_s, value))
+        while len(self._readings) > 2 and at_s - self._readings[1][0] >= self.span_s:
+            self._readings.popleft()
+        first_s, first = self._readings[0]
+        if at_s <= first_s:
             return None
-        return max(value - previous[1], 0.0) / (at_s - previous[0])
+        return (value - first) / (at_s - first_s)
 
 
 def build_snapshot(
