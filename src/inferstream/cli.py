@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -179,11 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_level(verbose: bool) -> int:
+    """DEBUG with ``-v``; else ``INFERSTREAM_LOG_LEVEL`` (e.g. WARNING), default INFO."""
+    if verbose:
+        return logging.DEBUG
+    name = os.environ.get("INFERSTREAM_LOG_LEVEL", "INFO").upper()
+    level = logging.getLevelName(name)
+    return level if isinstance(level, int) else logging.INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=log_level(args.verbose),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:

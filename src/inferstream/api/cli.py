@@ -29,13 +29,13 @@ def _spec(args: argparse.Namespace) -> PipelineSpec:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
-    import logging
 
     import uvicorn
 
     from inferstream.api.app import create_app
     from inferstream.api.ops import use_json_logs
     from inferstream.api.settings import ApiSettings
+    from inferstream.cli import log_level
 
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("TLS needs both --certfile and --keyfile (or neither)")
@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         burst=args.burst,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
     )
-    use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
+    use_json_logs(log_level(args.verbose))
     # uvicorn's own access log would print raw query strings; ours logs route templates.
     uvicorn.run(
         create_app(settings),
@@ -56,6 +56,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=args.keyfile,
         access_log=False,
         log_config=None,
+        # The sans-I/O websockets implementation; the legacy one is deprecated.
+        ws="websockets-sansio",
     )
     return 0
 

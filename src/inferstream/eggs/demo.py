@@ -10,6 +10,8 @@ throughput, and latency from scan creation to stored result.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -41,6 +43,10 @@ class DemoSettings:
     summary_json: Path | None = None
     pool: int = 512
     tenant: str = "demo-hatchery"
+    #: HOST:PORT for the API and dashboard, or None to run the pipeline alone.
+    serve: str | None = "127.0.0.1:8000"
+    #: Keep pipeline and dashboard running after the summary, until Ctrl-C.
+    linger: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,24 @@ def _fresh_workdir(settings: DemoSettings) -> None:
     settings.workdir.mkdir(parents=True)
 
 
-def _start_pipeline(spec: PipelineSpec) -> subprocess.Popen[bytes]:
+def _start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "inferstream", "up", str(spec.source)]
     argv += ["--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    argv += ["--serve", serve] if serve else []
+    env = dict(os.environ, INFERSTREAM_LOG_LEVEL=os.environ.get("INFERSTREAM_LOG_LEVEL", "WARNING"))
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
+
+
+def _dashboard_login(store: ResultsStore, tenant: str) -> tuple[str, str]:
+    """A viewer account for the dashboard: (username, fresh random password)."""
+    from inferstream.api.accounts import Accounts
+    from inferstream.api.auth import hash_password
+
+    accounts = Accounts(store)
+    password = secrets.token_urlsafe(12)
+    accounts.create_tenant(tenant)
+    accounts.create_user(tenant, "viewer", hash_password(password), "viewer")
+    return f"{tenant}/viewer", password
 
 
 def _wait_ready(sim: ScannerSimulator, store: ResultsStore, proc: subprocess.Popen[bytes]) -> None:
@@ -104,7 +124,7 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
     first_created, last_stored = float("inf"), 0
     cursor: str | None = None
     while True:
-        page = store.list_results(tenant, cursor=cursor, limit=5000)
+        page = store.list_results(tenant, cursor=cursor, limit=1000)
         for row in page.items:
             rows += 1
             seen.add(row.id)
@@ -175,12 +195,16 @@ def run_demo(settings: DemoSettings) -> Summary:
     store = ResultsStore(spec.store)
     print(f"rendering {settings.pool} distinct MRI scans as DICOM (done once, up front)...")
     pool = ScanPool.build(settings.pool, progress=lambda d, t: print(f"  {d}/{t} scans rendered"))
-    proc = _start_pipeline(spec)
+    login = _dashboard_login(store, settings.tenant) if settings.serve else None
+    proc = _start_pipeline(spec, settings.serve)
     try:
         sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
                                tenant=settings.tenant, run=new_id())  # fmt: skip
         print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
         _wait_ready(sim, store, proc)
+        if settings.serve and login:
+            print(f"dashboard: http://{settings.serve}/dashboard  (log in as {login[0]}, "
+                  f"password {login[1]})")  # fmt: skip
         print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
         progress = Progress(store, settings.tenant, settings.scans)
         printer = threading.Thread(target=progress.loop, daemon=True)
@@ -190,13 +214,24 @@ def run_demo(settings: DemoSettings) -> Summary:
         _wait_for_results(progress, settings.scans)
         progress.stop.set()
         summary = summarise(store, settings.tenant, emission, settings.rate)
+        _report(summary, settings.summary_json)
+        if settings.linger:
+            _linger(proc, settings.serve)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         bus.close()
         store.close()
-    _report(summary, settings.summary_json)
     return summary
+
+
+def _linger(proc: subprocess.Popen[bytes], serve: str | None) -> None:
+    where = f" and the dashboard at http://{serve}/dashboard" if serve else ""
+    print(f"\nthe pipeline keeps running{where}; press Ctrl-C to stop")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        print("stopping: workers drain their batches...")
 
 
 def _report(summary: Summary, path: Path | None) -> None:

@@ -8,6 +8,7 @@ results in SQLite, with a live progress line and a final summary.
 from __future__ import annotations
 
 import argparse
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ def cmd_example_eggs(args: argparse.Namespace) -> int:
         summary_json=Path(args.summary_json) if args.summary_json else None,
         pool=args.pool,
         tenant=args.tenant,
+        serve=None if args.no_serve else args.serve,
+        linger=args.linger if args.linger is not None else sys.stdin.isatty(),
     )
     summary = run_demo(settings)
     return 0 if summary.lost == 0 and summary.duplicates == 0 else 1
@@ -60,4 +63,13 @@ def add_example_commands(sub: Any) -> None:
     eggs.add_argument("--store", help="results store URL (default: SQLite in the workdir)")
     eggs.add_argument("--tenant", default="demo-hatchery", help="tenant of the scans")
     eggs.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
+    eggs.add_argument(
+        "--serve", default="127.0.0.1:8000", metavar="HOST:PORT",
+        help="where the API and live dashboard listen (default 127.0.0.1:8000)",
+    )  # fmt: skip
+    eggs.add_argument("--no-serve", action="store_true", help="run without the API and dashboard")
+    eggs.add_argument(
+        "--linger", action=argparse.BooleanOptionalAction, default=None,
+        help="keep running after the summary until Ctrl-C (default: when run from a terminal)",
+    )  # fmt: skip
     eggs.set_defaults(handler=cmd_example_eggs)
