@@ -110,3 +110,9 @@ def bus(bus_url: str) -> Iterator[Bus]:
 def unique() -> Callable[[str], str]:
     """Names unique to one test, so tests sharing the session's broker never collide."""
     return lambda prefix: f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The machine's PostgreSQL (``INFERSTREAM_TEST_POSTGRES`` overrides it)."""
+    return POSTGRES_URL

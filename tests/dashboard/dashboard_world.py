@@ -17,7 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +26,13 @@ import uvicorn
 
 from inferstream.api import ApiSettings, create_app
 from inferstream.api.auth import hash_password, issue_key
-from inferstream.bus import open_bus
 from inferstream.eggs.dicomgen import to_dicom_bytes
 from inferstream.eggs.phantom import make_specs, render_batch
 from inferstream.envelope import now_us
 from inferstream.examples import example_path
-from inferstream.pipeline import PipelineSpec, load_pipeline
-from inferstream.runner import make_worker
+from inferstream.pipeline import load_pipeline
 from inferstream.store import DeadLetterRow, ResultRow, ResultsStore
+from inferstream.testing import pipeline_threads
 
 JWT_SECRET = "dashboard-test-secret-" + "0123456789abcdef" * 3
 PASSWORD = "correct horse battery staple"
@@ -121,27 +120,6 @@ def _add_accounts(app: Any, a: str, b: str) -> dict[str, str]:
 
 
 @contextmanager
-def pipeline_workers(spec: PipelineSpec) -> Iterator[None]:
-    """Every stage of ``spec`` in a thread, drained and stopped on exit."""
-    stop = threading.Event()
-    threads = []
-    with ExitStack() as stack:
-        for stage in spec.stages:
-            bus = open_bus(spec.bus)
-            stack.callback(bus.close)
-            worker = make_worker(spec, stage.name, bus)
-            thread = threading.Thread(target=worker.run, args=(stop,), name=stage.name)
-            thread.start()
-            threads.append(thread)
-        try:
-            yield
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=30)
-
-
-@contextmanager
 def api_server(settings: ApiSettings) -> Iterator[tuple[str, Any]]:
     """uvicorn serving the real app on a free loopback port: (base URL, app)."""
     app = create_app(settings)
@@ -174,7 +152,7 @@ def running_world(tmp_path: Path) -> Iterator[DashboardWorld]:
     settings = ApiSettings(
         pipeline=spec, ingest_topic="scans.raw", jwt_secret=JWT_SECRET, rate_per_s=1e6, burst=10**6
     )
-    with api_server(settings) as (base_url, app), pipeline_workers(spec):
+    with api_server(settings) as (base_url, app), pipeline_threads(spec, replicas=1):
         suffix = uuid.uuid4().hex[:6]
         a, b = f"hatchery-a-{suffix}", f"hatchery-b-{suffix}"
         keys = _add_accounts(app, a, b)
