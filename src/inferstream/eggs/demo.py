@@ -47,6 +47,7 @@ class DemoSettings:
     serve: str | None = "127.0.0.1:8000"
     #: Keep pipeline and dashboard running after the summary, until Ctrl-C.
     linger: bool = False
+    scanners: int = 8
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,8 @@ def run_demo(settings: DemoSettings) -> Summary:
     proc = _start_pipeline(spec, settings.serve)
     try:
         sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
-                               tenant=settings.tenant, run=new_id())  # fmt: skip
+                               tenant=settings.tenant, run=new_id(),
+                               scanners=settings.scanners)  # fmt: skip
         print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
         _wait_ready(sim, store, proc)
         if settings.serve and login:

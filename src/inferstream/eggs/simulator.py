@@ -18,6 +18,7 @@ from inferstream.bus import Bus, Record
 from inferstream.eggs.dicomgen import to_dicom_bytes
 from inferstream.eggs.phantom import DEFAULT_DIFFICULTY, EGGS_PER_TRAY, make_specs, render_batch
 from inferstream.envelope import new_envelope
+from inferstream.errors import ConfigError
 
 EGG_PLACEHOLDER = "EGG-############"
 TRAY_PLACEHOLDER = "TRAY-########"
@@ -34,9 +35,25 @@ class PoolScan:
 
 @dataclass
 class ScanPool:
-    """Pre-encoded scans with placeholder ids, cycled through by the emitter."""
+    """Pre-encoded scans with placeholder ids, cycled through by the emitter.
+
+    Scans are grouped by the scanner hardware that recorded them (its gain and
+    protocol), so virtual scanner ``v`` always sends scans of one hardware profile.
+    """
 
     scans: list[PoolScan]
+    by_scanner: dict[str, list[PoolScan]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for scan in self.scans:
+            self.by_scanner.setdefault(scan.scanner, []).append(scan)
+
+    def pick(self, number: int, scanners: int) -> tuple[PoolScan, str]:
+        """Scan of emission ``number`` and the name of the virtual scanner sending it."""
+        virtual = number % scanners
+        hardware = sorted(self.by_scanner)
+        group = self.by_scanner[hardware[virtual % len(hardware)]]
+        return group[(number // scanners) % len(group)], f"SCANNER-{virtual + 1:02d}"
 
     @classmethod
     def build(
@@ -69,20 +86,35 @@ class Emission:
     finished: float = 0.0
 
 
-def stamp(scan: PoolScan, number: int, run: str) -> tuple[bytes, str, str]:
-    """The pool scan's DICOM with egg id and tray of emission ``number`` filled in."""
+def stamp(scan: PoolScan, number: int, run: str, scanner: str) -> tuple[bytes, str, str]:
+    """The pool scan's DICOM with egg id, tray and scanner of emission ``number`` filled in.
+
+    Every stamped value has the width of the one it replaces, so lengths stay valid.
+    """
     egg_id = f"EGG-{run}{number:08d}"[: len(EGG_PLACEHOLDER)].ljust(len(EGG_PLACEHOLDER), "0")
     tray = f"TRAY-{number // EGGS_PER_TRAY:08d}"
     data = scan.dicom.replace(EGG_PLACEHOLDER.encode(), egg_id.encode())
-    return data.replace(TRAY_PLACEHOLDER.encode(), tray.encode()), egg_id, tray
+    data = data.replace(TRAY_PLACEHOLDER.encode(), tray.encode())
+    return data.replace(scan.scanner.encode(), scanner.encode()), egg_id, tray
 
 
 class ScannerSimulator:
     """``scanners`` virtual scanners sending ``rate`` scans/s in total to ``topic``."""
 
     def __init__(
-        self, bus: Bus, topic: str, pool: ScanPool, *, rate: float, tenant: str, run: str
+        self,
+        bus: Bus,
+        topic: str,
+        pool: ScanPool,
+        *,
+        rate: float,
+        tenant: str,
+        run: str,
+        scanners: int = 8,
     ) -> None:
+        if not 1 <= scanners <= 99:
+            raise ConfigError(f"scanners must be 1..99, got {scanners}")
+        self.scanners = scanners
         self.bus = bus
         self.topic = topic
         self.pool = pool
@@ -108,15 +140,15 @@ class ScannerSimulator:
     def _send_batch(self, out: Emission, first: int, end: int) -> None:
         records = []
         for number in range(first, end):
-            scan = self.pool.scans[number % len(self.pool.scans)]
-            data, egg_id, tray = stamp(scan, number, self.run_tag)
+            scan, scanner = self.pool.pick(number, self.scanners)
+            data, egg_id, tray = stamp(scan, number, self.run_tag, scanner)
             env = new_envelope(
                 data,
                 "application/dicom",
                 tenant=self.tenant,
                 key=egg_id,
-                source=f"scanner/{scan.scanner}",
-                attributes={"egg_id": egg_id, "tray": tray, "scanner": scan.scanner},
+                source=f"scanner/{scanner}",
+                attributes={"egg_id": egg_id, "tray": tray, "scanner": scanner},
             )
             out.truth[env.id] = scan.label
             out.created_us[env.id] = env.created_at_us

@@ -33,6 +33,7 @@ def cmd_example_eggs(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         serve=None if args.no_serve else args.serve,
         linger=args.linger if args.linger is not None else sys.stdin.isatty(),
+        scanners=args.scanners,
     )
     summary = run_demo(settings)
     return 0 if summary.lost == 0 and summary.duplicates == 0 else 1
@@ -58,6 +59,7 @@ def add_example_commands(sub: Any) -> None:
     eggs.add_argument("--scans", type=int, default=20000, help="scans to send (default 20000)")
     eggs.add_argument("--rate", type=float, default=1000.0, help="scans/s offered (default 1000)")
     eggs.add_argument("--pool", type=int, default=512, help="distinct scans rendered up front")
+    eggs.add_argument("--scanners", type=int, default=8, help="virtual MRI scanners (default 8)")
     eggs.add_argument("--workdir", default=".inferstream/eggs", help="where bus and results live")
     eggs.add_argument("--bus", help="bus URL (default: embedded log in the workdir)")
     eggs.add_argument("--store", help="results store URL (default: SQLite in the workdir)")

@@ -1,0 +1,53 @@
+"""The scanner simulator: valid DICOM per emission, N scanners, ground truth kept aside."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from inferstream.bus import open_bus
+from inferstream.eggs.dicom import decode
+from inferstream.eggs.simulator import ScannerSimulator, ScanPool
+from inferstream.envelope import parse
+from inferstream.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def pool() -> ScanPool:
+    return ScanPool.build(48, seed=11)
+
+
+def test_emitted_scans_are_valid_dicom_with_their_own_ids(pool: ScanPool, tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_topic("scans.raw", 2)
+    sim = ScannerSimulator(bus, "scans.raw", pool, rate=1e6, tenant="farm", run="t001", scanners=6)
+    emission = sim.emit(120)
+    consumer = bus.consumer("check", ["scans.raw"])
+    messages = []
+    while len(messages) < 120:
+        messages += consumer.poll_batch(200, 0.5)
+    bus.close()
+    envs = [parse(m.value) for m in messages]
+    scans = [decode(e.payload.inline) for e in envs]
+    assert len({s.egg_id for s in scans}) == 120
+    assert all(s.egg_id == e.attributes["egg_id"] for s, e in zip(scans, envs, strict=True))
+    assert all(s.scanner == e.attributes["scanner"] for s, e in zip(scans, envs, strict=True))
+    assert Counter(s.scanner for s in scans) == {f"SCANNER-{i:02d}": 20 for i in range(1, 7)}
+    assert {s.tray for s in scans} == {
+        "TRAY-00000000",
+        "TRAY-00000001",
+        "TRAY-00000002",
+        "TRAY-00000003",
+    }
+    assert set(emission.truth) == {e.id for e in envs}
+    assert set(emission.truth.values()) <= {"female", "male", "not_developing"}
+    assert all(e.tenant == "farm" for e in envs)
+
+
+def test_scanner_count_is_checked(pool: ScanPool, tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    with pytest.raises(ConfigError, match=r"scanners must be 1\.\.99"):
+        ScannerSimulator(bus, "scans.raw", pool, rate=1, tenant="t", run="r", scanners=0)
+    bus.close()
