@@ -143,3 +143,25 @@ def test_topics_and_replay_commands_on_the_embedded_bus(
     assert main(["replay", str(path), "--stage", "first", "--to", "yesterday"]) == 2
     assert "use earliest, latest, an offset" in capsys.readouterr().err
     bus.close()
+
+
+def test_topic_retention_is_parsed_and_applied(tmp_path: Path) -> None:
+    from inferstream.bus import Record, RetentionPolicy, open_bus
+    from inferstream.runner import apply_retention, ensure_topics
+
+    text = GOOD.replace(
+        "raw: {{partitions: 3}}", "raw: {{partitions: 1, max_messages: 10, retention_hours: 2}}"
+    )
+    spec = load_pipeline(write(tmp_path, text))
+    assert spec.retention == {"raw": RetentionPolicy(max_age_s=7200.0, max_messages=10)}
+    bus = open_bus(spec.bus)
+    ensure_topics(bus, spec)
+    bus.produce("raw", [Record(key=None, value=str(i).encode()) for i in range(25)])
+    assert apply_retention(spec) == 15
+    [part] = bus.partitions("raw")
+    assert (part.low, part.high) == (15, 25)
+    bus.close()
+    with pytest.raises(ConfigError, match="retention_hours must be a number > 0"):
+        load_pipeline(
+            write(tmp_path, GOOD.replace("raw: {{partitions: 3}}", "raw: {{retention_hours: -1}}"))
+        )

@@ -44,7 +44,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from inferstream.bus import open_bus
-    from inferstream.runner import ensure_topics
+    from inferstream.runner import apply_retention, ensure_topics
     from inferstream.supervisor import Supervisor, pipeline_children
 
     spec = _load(args)
@@ -58,7 +58,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         from inferstream.supervisor import api_child
 
         children.append(api_child(spec, args.serve))
-    supervisor = Supervisor(children, drain_timeout_s=args.drain_timeout)
+    supervisor = Supervisor(
+        children,
+        drain_timeout_s=args.drain_timeout,
+        housekeeping=lambda: apply_retention(spec),
+    )
     total = len(supervisor.children)
     print(f"running pipeline {spec.name!r}: {total} worker processes on {spec.bus}; Ctrl-C drains")
     supervisor.run()

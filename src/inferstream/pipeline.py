@@ -10,7 +10,7 @@ a consumer group, runs its steps fused on every micro-batch, and writes one topi
     store: sqlite:///.inferstream/results.db  # or postgresql+psycopg://...
     blobs: file://.inferstream/blobs
     topics:
-      scans.raw: {partitions: 4}
+      scans.raw: {partitions: 4, retention_hours: 24}
     stages:
       - name: classify
         input: scans.raw
@@ -29,6 +29,7 @@ Validation (:func:`validate`) reports the file and line of each problem.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -39,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
 
 DEFAULT_BUS = "sqlite:///.inferstream/bus.db"
@@ -84,8 +86,10 @@ class StageSpec:
 class PipelineSpec:
     name: str
     stages: tuple[StageSpec, ...]
-    #: Topics fed from outside the pipeline (ingest), topic -> partitions.
+    #: Declared topics (those fed from outside must be), topic -> partitions.
     topics: Mapping[str, int] = field(default_factory=dict)
+    #: Retention of declared topics that set it, applied by ``inferstream up``.
+    retention: Mapping[str, RetentionPolicy] = field(default_factory=dict)
     bus: str = DEFAULT_BUS
     store: str = DEFAULT_STORE
     blobs: str = DEFAULT_BLOBS
@@ -106,14 +110,8 @@ class PipelineSpec:
         self, bus: str | None = None, store: str | None = None, blobs: str | None = None
     ) -> PipelineSpec:
         """A copy with some URLs replaced (command-line overrides)."""
-        return PipelineSpec(
-            name=self.name,
-            stages=self.stages,
-            topics=self.topics,
-            bus=bus or self.bus,
-            store=store or self.store,
-            blobs=blobs or self.blobs,
-            source=self.source,
+        return dataclasses.replace(
+            self, bus=bus or self.bus, store=store or self.store, blobs=blobs or self.blobs
         )
 
 

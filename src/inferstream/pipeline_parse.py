@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
 from inferstream.pipeline import (
     DEFAULT_BLOBS,
@@ -25,6 +26,7 @@ from inferstream.pipeline import (
 PIPELINE_KEYS = {"name", "bus", "store", "blobs", "topics", "stages"}
 STAGE_KEYS = {"name", "input", "output", "steps", "batch", "replicas", "max_attempts"}
 BATCH_KEYS = {"max_size", "max_wait_ms"}
+TOPIC_KEYS = {"partitions", "retention_hours", "max_messages"}
 
 
 def _at(file: Path, raw: Mapping[str, Any]) -> str:
@@ -101,19 +103,36 @@ def _parse_stage(raw: Any, file: Path) -> StageSpec:
     )
 
 
-def _parse_topics(raw: Any, file: Path) -> dict[str, int]:
+def _parse_retention(settings: Mapping[str, Any], where: str) -> RetentionPolicy | None:
+    hours = settings.get("retention_hours")
+    if hours is not None and (
+        isinstance(hours, bool) or not isinstance(hours, int | float) or hours <= 0
+    ):
+        raise ConfigError(f"{where}: retention_hours must be a number > 0, got {hours!r}")
+    count = (
+        _positive_int(settings, "max_messages", 1, where) if "max_messages" in settings else None
+    )
+    if hours is None and count is None:
+        return None
+    return RetentionPolicy(max_age_s=None if hours is None else hours * 3600.0, max_messages=count)
+
+
+def _parse_topics(raw: Any, file: Path) -> tuple[dict[str, int], dict[str, RetentionPolicy]]:
     if raw is None:
-        return {}
+        return {}, {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: topics must map topic names to {{partitions: N}}")
-    topics = {}
+    topics, retention = {}, {}
     for name, settings in raw.items():
         if name == "__line__":
             continue
         where = f"{_at(file, raw)} topic {name!r}"
-        _check_keys(settings or {}, {"partitions"}, "topic", where)
+        _check_keys(settings or {}, TOPIC_KEYS, "topic", where)
         topics[str(name)] = _positive_int(settings or {}, "partitions", 1, where)
-    return topics
+        policy = _parse_retention(settings or {}, where)
+        if policy is not None:
+            retention[str(name)] = policy
+    return topics, retention
 
 
 def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
@@ -124,10 +143,12 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
     stages = raw.get("stages")
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{where}: the pipeline needs a non-empty list of 'stages'")
+    topics, retention = _parse_topics(raw.get("topics"), file)
     return PipelineSpec(
         name=raw["name"],
         stages=tuple(_parse_stage(s, file) for s in stages),
-        topics=_parse_topics(raw.get("topics"), file),
+        topics=topics,
+        retention=retention,
         bus=str(raw.get("bus") or DEFAULT_BUS),
         store=str(raw.get("store") or DEFAULT_STORE),
         blobs=str(raw.get("blobs") or DEFAULT_BLOBS),

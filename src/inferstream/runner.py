@@ -32,6 +32,17 @@ def ensure_topics(bus: Bus, spec: PipelineSpec) -> None:
             bus.create_topic(name, spec.partitions(name.removesuffix(".dlq")))
 
 
+def apply_retention(spec: PipelineSpec) -> int:
+    """Drop what the pipeline's retention settings no longer keep; return how many."""
+    if not spec.retention:
+        return 0
+    bus = open_bus(spec.bus)
+    try:
+        return sum(bus.apply_retention(topic, policy) for topic, policy in spec.retention.items())
+    finally:
+        bus.close()
+
+
 def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[Step]:
     context = StepContext(
         pipeline=spec.name,

@@ -17,10 +17,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from inferstream.errors import InferstreamError
 from inferstream.pipeline import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,19 @@ def api_child(spec: PipelineSpec, host_port: str) -> Child:
 class Supervisor:
     """Starts children, restarts the ones that die, and stops them all on request."""
 
-    def __init__(self, children: Sequence[Child], drain_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        children: Sequence[Child],
+        drain_timeout_s: float = 30.0,
+        housekeeping: Callable[[], object] = lambda: None,
+        housekeeping_interval_s: float = 60.0,
+    ) -> None:
         self.children = list(children)
         self.drain_timeout_s = drain_timeout_s
+        #: Periodic chores beside supervision, e.g. applying topic retention.
+        self.housekeeping = housekeeping
+        self.housekeeping_interval_s = housekeeping_interval_s
+        self._next_housekeeping = 0.0
         self.stop = threading.Event()
         self._metrics_dir = tempfile.TemporaryDirectory(prefix="inferstream-metrics-")
         self.env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir.name)
@@ -120,11 +131,24 @@ class Supervisor:
         try:
             while not self.stop.is_set():
                 self.poll_once()
+                self._housekeep()
                 self.stop.wait(0.2)
         finally:
             self.shutdown()
             for sig, old in previous.items():
                 signal.signal(sig, old)
+
+    def _housekeep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + self.housekeeping_interval_s
+        try:
+            self.housekeeping()
+        except InferstreamError as exc:  # a chore failing must not stop supervision
+            log.warning(
+                "housekeeping failed: %s; retrying in %.0fs", exc, self.housekeeping_interval_s
+            )
 
     def shutdown(self) -> None:
         running = [c.proc for c in self.children if c.proc is not None and c.proc.poll() is None]
