@@ -17,6 +17,7 @@ GOOD = """
 name: demo
 bus: sqlite:///{tmp}/bus.db
 store: sqlite:///{tmp}/results.db
+claim_check_kb: 64
 topics:
   raw: {{partitions: 3}}
 stages:
@@ -47,6 +48,7 @@ def test_a_good_file_loads_with_every_setting(tmp_path: Path) -> None:
     assert first.steps[1].params == {"color": "blue"}
     assert spec.partitions("raw") == 3 and spec.partitions("mid") == 3
     assert first.group("demo") == "demo.first"
+    assert spec.claim_check_bytes == 64 * 1024
 
 
 @pytest.mark.parametrize(
@@ -86,7 +88,7 @@ def _replace_last(text: str, old: str, new: str) -> str:
 
 def test_unknown_step_error_gives_the_line(tmp_path: Path) -> None:
     text = _replace_last(GOOD, "steps: [passthrough]", "steps: [pasthrough]")
-    with pytest.raises(ConfigError, match=r"pipeline.yaml: line 14: stage 'second'"):
+    with pytest.raises(ConfigError, match=r"pipeline.yaml: line 15: stage 'second'"):
         load_pipeline(write(tmp_path, text))
 
 

@@ -9,6 +9,7 @@ a consumer group, runs its steps fused on every micro-batch, and writes one topi
     bus: sqlite:///.inferstream/bus.db        # or kafka://127.0.0.1:9092
     store: sqlite:///.inferstream/results.db  # or postgresql+psycopg://...
     blobs: file://.inferstream/blobs
+    claim_check_kb: 256                       # larger payloads go to the blob store
     topics:
       scans.raw: {partitions: 4, retention_hours: 24}
     stages:
@@ -46,6 +47,7 @@ from inferstream.errors import ConfigError
 DEFAULT_BUS = "sqlite:///.inferstream/bus.db"
 DEFAULT_STORE = "sqlite:///.inferstream/results.db"
 DEFAULT_BLOBS = "file://.inferstream/blobs"
+DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -93,6 +95,8 @@ class PipelineSpec:
     bus: str = DEFAULT_BUS
     store: str = DEFAULT_STORE
     blobs: str = DEFAULT_BLOBS
+    #: Payloads larger than this travel as a claim check (blob reference), not inline.
+    claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
     source: Path | None = None
 
     def stage(self, name: str) -> StageSpec:

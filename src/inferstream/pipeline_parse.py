@@ -15,6 +15,7 @@ from inferstream.errors import ConfigError
 from inferstream.pipeline import (
     DEFAULT_BLOBS,
     DEFAULT_BUS,
+    DEFAULT_CLAIM_CHECK_BYTES,
     DEFAULT_STORE,
     BatchSettings,
     PipelineSpec,
@@ -23,7 +24,7 @@ from inferstream.pipeline import (
     _suggest,
 )
 
-PIPELINE_KEYS = {"name", "bus", "store", "blobs", "topics", "stages"}
+PIPELINE_KEYS = {"name", "bus", "store", "blobs", "claim_check_kb", "topics", "stages"}
 STAGE_KEYS = {"name", "input", "output", "steps", "batch", "replicas", "max_attempts"}
 BATCH_KEYS = {"max_size", "max_wait_ms"}
 TOPIC_KEYS = {"partitions", "retention_hours", "max_messages"}
@@ -152,6 +153,8 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
         bus=str(raw.get("bus") or DEFAULT_BUS),
         store=str(raw.get("store") or DEFAULT_STORE),
         blobs=str(raw.get("blobs") or DEFAULT_BLOBS),
+        claim_check_bytes=1024
+        * _positive_int(raw, "claim_check_kb", DEFAULT_CLAIM_CHECK_BYTES // 1024, where),
         source=file,
     )
 

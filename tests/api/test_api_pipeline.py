@@ -12,6 +12,7 @@ import numpy as np
 from api_testing import World
 
 from inferstream.blobs import open_blob_store
+from inferstream.pipeline import PipelineSpec
 from inferstream.runner import make_worker
 from inferstream.steps import StepContext, build_step
 from inferstream.worker import StageWorker
@@ -64,3 +65,39 @@ def _wait_for_status(world: World, scan_id: str, wanted: str) -> dict[str, Any]:
             return body
         time.sleep(0.05)
     raise AssertionError(f"scan stayed {body.get('status')!r}")
+
+
+def test_a_scan_above_the_claim_check_size_travels_as_a_blob_and_is_classified(
+    spec: PipelineSpec,
+) -> None:
+    import dataclasses
+
+    from api_testing import JWT_SECRET, start_world
+
+    from inferstream.api import ApiSettings
+    from inferstream.eggs.dicomgen import to_dicom_bytes
+    from inferstream.eggs.phantom import make_specs, render_batch
+    from inferstream.envelope import parse
+    from inferstream.testing import pipeline_threads
+
+    small = dataclasses.replace(spec, claim_check_bytes=1024)
+    settings = ApiSettings(pipeline=small, ingest_topic="scans.raw", jwt_secret=JWT_SECRET)
+    [egg] = make_specs(1, seed=21)
+    dicom = to_dicom_bytes(render_batch([egg])[0], egg)
+    for world in start_world(settings):
+        answer = world.client.post(
+            "/v1/scans",
+            content=dicom,
+            headers={**world.headers(world.own, "scanner"), "Content-Type": "application/dicom"},
+        )
+        assert answer.status_code == 202, answer.text
+        (scan_id,) = answer.json()["ids"]
+        reader = world.client.app.state.bus.consumer("peek", ["scans.raw"])  # type: ignore[attr-defined]
+        [message] = reader.poll_batch(10, 5.0)
+        reader.close()
+        env = parse(message.value)
+        assert env.payload.WhichOneof("body") == "blob"
+        assert env.payload.blob.size == len(dicom) and len(message.value) < 2048
+        with pipeline_threads(small, replicas=1):
+            body = _wait_for_status(world, scan_id, "processed")
+        assert body["result"]["label"] == egg.label

@@ -157,7 +157,7 @@ def _envelope(
         source=source,
         attributes=attributes,
     )
-    return check_in(env, state.blobs)
+    return check_in(env, state.blobs, state.settings.pipeline.claim_check_bytes)
 
 
 def _from_protobuf(body: bytes, principal: Principal, state: Any) -> list[Envelope]:
@@ -207,7 +207,7 @@ def _publish(state: Any, tenant: str, envelopes: list[Envelope]) -> None:
             env.attributes.update(checked.attributes)
             env.attributes["blob_sha256"] = state.blobs.put(checked.data).sha256
             env.payload.content_type = checked.content_type
-            check_in(env, state.blobs)
+            check_in(env, state.blobs, state.settings.pipeline.claim_check_bytes)
         records.append(_record(env))
     state.accounts.record_scans(records)
     state.bus.produce(
