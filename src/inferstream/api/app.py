@@ -8,6 +8,7 @@ carries: bad input is a 4xx, an unreachable bus or store a 503, never a 500.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,11 +30,15 @@ from inferstream.api.ratelimit import RateLimiter
 from inferstream.api.settings import ApiSettings
 from inferstream.blobs import open_blob_store
 from inferstream.bus import open_bus
-from inferstream.errors import BlobError, InvalidInput, TransientError
+from inferstream.errors import BlobError, InvalidInput, StoreError, TransientError
 from inferstream.runner import ensure_topics
 from inferstream.store import InvalidQuery, ResultsStore
 
 log = logging.getLogger("inferstream.api")
+
+#: Planner statistics are refreshed this long after start, then at doubling intervals.
+STATISTICS_FIRST_S = 10.0
+STATISTICS_MAX_S = 3600.0
 
 
 class ErrorBody(BaseModel):
@@ -73,7 +79,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     live = _optional_live_router()
     if live is not None:
         app.include_router(live)
-    app.middleware("http")(ops.observe)
+    app.add_middleware(ops.Observe)
     _add_error_handlers(app)
     return app
 
@@ -98,14 +104,34 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(bus.close)
         ensure_topics(bus, spec)
         bus.create_topic(settings.ingest_topic, spec.partitions(settings.ingest_topic))
-        store = ResultsStore(spec.store)
+        # Sync routes run on up to 40 threads; with SQLAlchemy's default pool (5 + 10
+        # overflow) most requests under load opened and closed a connection of their own.
+        store = ResultsStore(spec.store, pool_size=20, max_overflow=20)
         stack.callback(store.close)
         app.state.bus = bus
         app.state.store = store
         app.state.accounts = Accounts(store)
         app.state.blobs = open_blob_store(spec.blobs)
+        refresher = asyncio.create_task(_refresh_statistics(store))
+        stack.callback(refresher.cancel)
         log.info("api ready", extra={"route": f"{spec.name}: ingest into {settings.ingest_topic}"})
         yield
+
+
+async def _refresh_statistics(store: ResultsStore) -> None:
+    """Keep query plans good as the store grows (see ResultsStore.refresh_statistics).
+
+    The distributions the planner needs (rows per tray, per scanner) change slowly,
+    so refreshing at 10 s, 20 s, 40 s ... up to hourly keeps the cost negligible.
+    """
+    wait = STATISTICS_FIRST_S
+    while True:
+        await asyncio.sleep(wait)
+        try:
+            await run_in_threadpool(store.refresh_statistics)
+        except StoreError as exc:
+            log.warning("planner statistics not refreshed", extra={"error": str(exc)})
+        wait = min(wait * 2, STATISTICS_MAX_S)
 
 
 def _error(

@@ -67,6 +67,19 @@ class ResultsStore:
         with self._errors("migrate the schema of"):
             upgrade(self.engine, revision)
 
+    def refresh_statistics(self) -> None:
+        """Refresh SQLite's query-planner statistics (``ANALYZE``); PostgreSQL's own do.
+
+        Every index starts with ``tenant``: without statistics SQLite cannot tell that
+        ``tray = ?`` is selective and ``tenant = ?`` is not, so it walks the whole time
+        index for one tray (measured: 12 ms instead of 1.4 ms for a page at 60k rows,
+        46 ms instead of 0.6 ms for a tray summary). Costs ~1.3 ms per 1,000 rows.
+        """
+        if self.engine.dialect.name != "sqlite":
+            return
+        with self._errors("refresh the planner statistics of"), self.engine.begin() as conn:
+            conn.execute(text("ANALYZE"))
+
     def close(self) -> None:
         self.engine.dispose()
 
