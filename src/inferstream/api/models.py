@@ -28,10 +28,15 @@ class Result(BaseModel):
 
     @classmethod
     def of(cls, row: ResultRow) -> Result:
-        values = {name: getattr(row, name) for name in cls.model_fields}
+        # model_construct: the store's rows are typed already, and validating 50 of them
+        # per page was an eighth of the API's CPU under the read benchmark.
+        values = {name: getattr(row, name) for name in _RESULT_FIELDS}
         values["scores"] = dict(row.scores)
         values["lineage"] = [dict(step) for step in row.lineage]
-        return cls(**values)
+        return cls.model_construct(**values)
+
+
+_RESULT_FIELDS = tuple(Result.model_fields)
 
 
 class DeadLetter(BaseModel):
