@@ -72,11 +72,8 @@ def test_fused_steps_give_one_output_per_input_with_deterministic_ids(local_bus:
     inputs = envelopes(50)
     produce_envelopes(local_bus, "in", inputs)
     worker = make_worker(local_bus, [Passthrough(), Tag({"seen": "yes"})])
-    out: list[Message] = []
-    run_until(
-        worker, lambda: bool(out.extend(drain_topic(local_bus, "out", 50, 0.5))) or len(out) >= 50
-    )
-    parsed = [parse(m.value) for m in out]
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("out")) >= 50)
+    parsed = [parse(m.value) for m in drain_topic(local_bus, "out", 50)]
     assert sorted(e.id for e in parsed) == sorted(derive_id(e.id, "s1", 0) for e in inputs)
     assert all(e.attributes["seen"] == "yes" for e in parsed)
     assert all(e.lineage[-1].stage == "s1" for e in parsed)
@@ -163,3 +160,78 @@ def test_fan_out_and_filter_get_indexed_ids(local_bus: Bus) -> None:
     run_until(worker, lambda: sum(p.high for p in local_bus.partitions("out")) >= 6)
     ids = sorted(parse(m.value).id for m in drain_topic(local_bus, "out", 6))
     assert ids == sorted(derive_id(e.id, "s1", i) for e in two for i in (0, 1))
+
+
+class OutageThenFlaky(Step):
+    """Dependency down for ``outages`` calls, then each message fails once, then works."""
+
+    name = "outage_then_flaky"
+
+    def __init__(self, outages: int) -> None:
+        self.outages = outages
+        self.failed: set[str] = set()
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        if self.outages > 0:
+            self.outages -= 1
+            raise StoreError("database unavailable")
+        outcomes: list[Outcome] = []
+        for env in batch:
+            if env.id not in self.failed:
+                self.failed.add(env.id)
+                outcomes.append(ValueError("first try fails"))
+            else:
+                outcomes.append(env)
+        return outcomes
+
+
+def test_outages_do_not_use_up_a_messages_attempts(local_bus: Bus) -> None:
+    produce_envelopes(local_bus, "in", envelopes(5))
+    worker = make_worker(local_bus, [OutageThenFlaky(outages=4)])
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("out")) >= 5)
+    assert len(drain_topic(local_bus, "out", 5)) == 5
+    assert sum(p.high for p in local_bus.partitions("in.dlq")) == 0
+
+
+def test_stop_during_an_outage_leaves_the_batch_for_redelivery(local_bus: Bus) -> None:
+    produce_envelopes(local_bus, "in", envelopes(4))
+    step = FlakyStore(outages=10**9)
+    worker = make_worker(local_bus, [step])
+    run_until(worker, lambda: step.calls >= 2, timeout_s=10)
+    assert sum(p.high for p in local_bus.partitions("out")) == 0
+    again = local_bus.consumer("t.s1", ["in"])  # the same group: nothing was committed
+    redelivered: list[Message] = []
+    deadline = time.monotonic() + 10
+    while len(redelivered) < 4 and time.monotonic() < deadline:
+        redelivered += again.poll_batch(10, 0.2)
+    again.close()
+    assert len(redelivered) == 4
+
+
+def test_one_object_returned_for_two_inputs_becomes_two_results(local_bus: Bus) -> None:
+    class SameObject(Step):
+        def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+            return [batch[0]] * len(batch)
+
+    inputs = envelopes(6)
+    produce_envelopes(local_bus, "in", inputs)
+    worker = make_worker(local_bus, [SameObject()])
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("out")) >= 6)
+    outputs = [parse(m.value) for m in drain_topic(local_bus, "out", 6)]
+    assert len({e.id for e in outputs}) == 6
+    assert all(len(e.lineage) == 1 for e in outputs)
+
+
+def test_a_step_breaking_its_contract_dead_letters_instead_of_crashing(local_bus: Bus) -> None:
+    class Broken(Step):
+        name = "broken"
+
+        def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+            return [None] * len(batch) if len(batch) % 2 else []  # type: ignore[list-item]
+
+    produce_envelopes(local_bus, "in", envelopes(3))
+    worker = make_worker(local_bus, [Broken()])
+    run_until(worker, lambda: sum(p.high for p in local_bus.partitions("in.dlq")) >= 3)
+    letters = [parse(m.value) for m in drain_topic(local_bus, "in.dlq", 3)]
+    assert {e.error.error_type for e in letters} == {"StepContractError"}
+    assert all(e.error.attempts == 3 and e.lineage[-1].stage == "s1" for e in letters)

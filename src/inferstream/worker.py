@@ -1,29 +1,32 @@
 """A stage worker: the micro-batch loop at the heart of every pipeline.
 
 Each turn of the loop consumes a micro-batch, runs the stage's steps fused on the
-whole batch, produces the outputs (and dead letters), and only then commits the
-input offsets. A crash anywhere before the commit redelivers the batch; outputs get
-deterministic ids (input id + stage + index) so downstream sinks upsert and a
-redelivery never doubles a result.
+whole batch (:mod:`inferstream.fused`), produces the outputs (and dead letters), and
+only then commits the input offsets. A crash anywhere before the commit redelivers
+the batch; outputs get deterministic ids (input id + stage + index) so downstream
+sinks upsert and a redelivery never doubles a result.
 
 Failure handling, per message:
 
 - :class:`~inferstream.errors.InvalidInput` — unusable input: dead-lettered at once.
 - any other exception — retried with exponential backoff; after ``max_attempts``
   the message goes to ``<input>.dlq`` with the error and the partition moves on.
-- :class:`~inferstream.errors.TransientError` raised for a whole batch (bus or
-  store down) — the batch is retried without limit and nothing is committed.
+- :class:`~inferstream.errors.TransientError` (bus or store down) while polling,
+  processing, producing or committing — retried with backoff, without limit and
+  without counting against any message. A stop request during such an outage leaves
+  the batch uncommitted (it is redelivered later) instead of waiting for the outage.
 
 Only one batch is in flight per worker, so memory stays flat under any backlog.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from inferstream.bus import Bus, Consumer, Message, Record
 from inferstream.envelope import (
@@ -36,10 +39,13 @@ from inferstream.envelope import (
     parse,
 )
 from inferstream.errors import FencedError, InvalidInput, TransientError
+from inferstream.fused import Item, run_fused
 from inferstream.metrics import StageMetrics
-from inferstream.steps import Outcome, Step
+from inferstream.steps import Step
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Backoff before retry ``n`` (1-based) of failed messages; the last value repeats.
 RETRY_BACKOFF_S = (0.05, 0.2, 0.8)
@@ -47,44 +53,8 @@ RETRY_BACKOFF_S = (0.05, 0.2, 0.8)
 MAX_TRANSIENT_BACKOFF_S = 5.0
 
 
-@dataclass
-class _Item:
-    """One input message on its way through the steps."""
-
-    message: Message
-    envelope: Envelope | None
-    input_id: str
-    outputs: list[Envelope] = field(default_factory=list)
-    error: BaseException | None = None
-    attempts: int = 0
-
-
-def _copy(env: Envelope) -> Envelope:
-    clone = Envelope()
-    clone.CopyFrom(env)
-    return clone
-
-
-def _dead_letter(item: _Item, stage: str, error: BaseException) -> Record:
-    """The dead-letter record of ``item``: the original message plus the error."""
-    env = item.envelope or Envelope(
-        id=item.input_id,
-        payload=Payload(content_type="application/octet-stream", inline=item.message.value),
-    )
-    letter = Envelope()
-    letter.CopyFrom(env)
-    letter.error.CopyFrom(
-        DeadLetter(
-            stage=stage,
-            error_type=type(error).__name__,
-            message=str(error) or repr(error),
-            attempts=item.attempts,
-            topic=item.message.topic,
-            partition=item.message.partition,
-            offset=item.message.offset,
-        )
-    )
-    return Record(key=item.message.key, value=letter.SerializeToString())
+class _Abandoned(Exception):
+    """Stop was requested while a dependency was down: leave the batch uncommitted."""
 
 
 class StageWorker:
@@ -116,7 +86,7 @@ class StageWorker:
         self.max_attempts = max_attempts
         self.worker_id = worker_id or stage
         self.metrics = StageMetrics.for_stage(pipeline, stage)
-        self._consumer: Consumer | None = None
+        self._stop = threading.Event()
 
     @property
     def group(self) -> str:
@@ -124,82 +94,85 @@ class StageWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Process batches until ``stop`` is set; then finish the batch in hand and leave."""
-        self._consumer = self.bus.consumer(self.group, [self.input_topic])
+        self._stop = stop
         try:
-            while not stop.is_set():
-                self.run_once()
+            consumer = self.bus.consumer(self.group, [self.input_topic])
+            try:
+                while not stop.is_set():
+                    self.run_once(consumer)
+            finally:
+                consumer.close()
         finally:
-            self._consumer.close()
-            self._consumer = None
             for step in self.steps:
                 step.close()
 
-    def run_once(self) -> int:
+    def run_once(self, consumer: Consumer) -> int:
         """Consume, process, produce and commit one batch; return its size."""
-        assert self._consumer is not None, "call run(), which joins the group first"
-        messages = self._consumer.poll_batch(self.max_batch, self.max_wait_s)
-        if not messages:
-            return 0
-        started = time.monotonic()
-        outputs, dead = self._process_until_done(messages)
-        self._publish(outputs, dead)
         try:
-            self._consumer.commit(messages)
+            messages = self._retry(lambda: consumer.poll_batch(self.max_batch, self.max_wait_s))
+            if not messages:
+                return 0
+            started = time.monotonic()
+            outputs, dead = self._process(messages)
+            self._retry(lambda: self._publish(outputs, dead))
+            self._retry(lambda: consumer.commit(messages))
         except FencedError:
-            # Another member owns these partitions now and will redeliver; our
-            # outputs have deterministic ids, so the redelivery cannot double them.
+            # Another member owns these partitions now and redoes the batch; our outputs
+            # have deterministic ids, so the redelivery cannot double them.
             log.warning(
-                "stage %s lost its partitions mid-batch; the new owner redoes it", self.stage
+                "stage %s lost its partitions mid-batch; their new owner redoes it", self.stage
             )
+            return 0
+        except _Abandoned:
+            log.warning(
+                "stage %s stops with its batch uncommitted; it will be redelivered", self.stage
+            )
+            return 0
         self.metrics.messages_in.inc(len(messages))
         self.metrics.batch_size.observe(len(messages))
         self.metrics.processing.observe(time.monotonic() - started)
         return len(messages)
 
-    def _publish(self, outputs: list[Record], dead: list[Record]) -> None:
-        """Produce outputs and dead letters, retrying while the bus is unavailable."""
+    def _retry(self, action: Callable[[], T]) -> T:
+        """``action()``, retried with backoff while a dependency is unavailable."""
         delay = RETRY_BACKOFF_S[0]
         while True:
             try:
-                if outputs and self.output_topic:
-                    self.bus.produce(self.output_topic, outputs)
-                if dead:
-                    self.bus.produce(self.dlq_topic, dead)
-                return
+                return action()
+            except FencedError:
+                raise
             except TransientError as exc:
-                log.warning(
-                    "stage %s cannot produce (%s); retrying in %.2fs", self.stage, exc, delay
-                )
-                time.sleep(delay)
+                if self._stop.is_set():
+                    raise _Abandoned from exc
+                log.warning("stage %s: %s; retrying in %.2fs", self.stage, exc, delay)
+                self._stop.wait(delay)
                 delay = min(delay * 2, MAX_TRANSIENT_BACKOFF_S)
 
-    def _process_until_done(self, messages: Sequence[Message]) -> tuple[list[Record], list[Record]]:
+    def _publish(self, outputs: list[Record], dead: list[Record]) -> None:
+        if outputs and self.output_topic:
+            self.bus.produce(self.output_topic, outputs)
+        if dead:
+            self.bus.produce(self.dlq_topic, dead)
+
+    def _process(self, messages: Sequence[Message]) -> tuple[list[Record], list[Record]]:
+        """Run the steps until every message has outputs or is dead-lettered."""
         items = [self._parse(m) for m in messages]
         pending = [i for i in items if i.error is None]
-        dead = [_dead_letter(i, self.stage, i.error) for i in items if i.error is not None]
-        delay = RETRY_BACKOFF_S[0]
+        dead = [self._dead_letter(i) for i in items if i.error is not None]
         while pending:
-            try:
-                self._attempt(pending)
-            except TransientError as exc:
-                # A dependency is down: nothing is committed, so keep trying (a drain
-                # request cannot skip this batch without losing it).
-                log.warning("stage %s: %s; retrying the batch in %.2fs", self.stage, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_TRANSIENT_BACKOFF_S)
-                continue
+            self._retry(functools.partial(run_fused, self.steps, self.stage, pending))
             pending = self._sort_failures(pending, dead)
             if pending:
                 self.metrics.failed.inc(len(pending))
-                time.sleep(RETRY_BACKOFF_S[min(pending[0].attempts, len(RETRY_BACKOFF_S)) - 1])
+                self._stop.wait(RETRY_BACKOFF_S[min(pending[0].attempts, len(RETRY_BACKOFF_S)) - 1])
         self.metrics.dead_letters.inc(len(dead))
         for item in items:
             self._finish_outputs(item)
-        outputs = [self._output_record(out) for item in items for out in item.outputs]
+        outputs = [_output_record(out) for item in items for out in item.outputs]
         self.metrics.messages_out.inc(len(outputs))
         return outputs, dead
 
-    def _sort_failures(self, pending: list[_Item], dead: list[Record]) -> list[_Item]:
+    def _sort_failures(self, pending: list[Item], dead: list[Record]) -> list[Item]:
         """Dead-letter hopeless failures; return the items to try again."""
         retry = []
         for item in pending:
@@ -207,80 +180,46 @@ class StageWorker:
                 continue
             if isinstance(item.error, InvalidInput) or item.attempts >= self.max_attempts:
                 log.info("stage %s dead-letters %s: %s", self.stage, item.input_id, item.error)
-                dead.append(_dead_letter(item, self.stage, item.error))
+                dead.append(self._dead_letter(item))
             else:
                 retry.append(item)
         return retry
 
-    def _parse(self, message: Message) -> _Item:
+    @staticmethod
+    def _parse(message: Message) -> Item:
         fallback_id = f"{message.topic}:{message.partition}:{message.offset}"
         try:
             env = parse(message.value)
         except InvalidInput as exc:
-            return _Item(message, None, fallback_id, error=exc, attempts=1)
-        return _Item(message, env, env.id)
+            return Item(message, None, fallback_id, error=exc, attempts=1)
+        return Item(message, env, env.id)
 
-    def _attempt(self, items: list[_Item]) -> None:
-        """Run every step on ``items`` (fused: no topic in between), filling outputs or error."""
-        flows: list[tuple[_Item, Envelope]] = []
-        for item in items:
-            item.attempts += 1
-            item.error = None
-            item.outputs = []
-            assert item.envelope is not None
-            flows.append((item, _copy(item.envelope)))  # a retry starts from the original
-        for step in self.steps:
-            outcomes = self._run_step(step, [env for _, env in flows])
-            flows = self._advance(flows, outcomes)
-        for item, env in flows:
-            if item.error is None:
-                item.outputs.append(env)
-
-    def _run_step(self, step: Step, batch: list[Envelope]) -> list[Outcome]:
-        """The step's outcomes; isolates messages one by one if the step fails as a whole."""
-        if not batch:
-            return []
-        try:
-            outcomes = step.process(batch)
-        except TransientError:
-            raise
-        except Exception as exc:
-            if len(batch) == 1:
-                return [exc]
-            log.debug(
-                "step %s failed on a batch (%s); retrying one message at a time", step.name, exc
+    def _dead_letter(self, item: Item) -> Record:
+        """The dead-letter record of ``item``: the original message plus the error."""
+        assert item.error is not None
+        letter = Envelope()
+        letter.CopyFrom(
+            item.envelope
+            or Envelope(
+                id=item.input_id,
+                payload=Payload(content_type="application/octet-stream", inline=item.message.value),
             )
-            return [self._run_step(step, [env])[0] for env in batch]
-        if len(outcomes) != len(batch):
-            raise RuntimeError(
-                f"step {step.name!r} of stage {self.stage!r} returned {len(outcomes)} outcomes "
-                f"for {len(batch)} messages; a step must return one outcome per input"
+        )
+        letter.lineage.append(LineageStep(stage=self.stage, at_us=now_us(), worker=self.worker_id))
+        letter.error.CopyFrom(
+            DeadLetter(
+                stage=self.stage,
+                error_type=type(item.error).__name__,
+                message=str(item.error) or repr(item.error),
+                attempts=item.attempts,
+                topic=item.message.topic,
+                partition=item.message.partition,
+                offset=item.message.offset,
             )
-        return outcomes
+        )
+        return Record(key=item.message.key, value=letter.SerializeToString())
 
-    @staticmethod
-    def _advance(
-        flows: list[tuple[_Item, Envelope]], outcomes: list[Outcome]
-    ) -> list[tuple[_Item, Envelope]]:
-        nxt: list[tuple[_Item, Envelope]] = []
-        for (item, _), outcome in zip(flows, outcomes, strict=True):
-            if item.error is not None:
-                continue
-            if isinstance(outcome, BaseException):
-                item.error = outcome
-            elif isinstance(outcome, Envelope):
-                nxt.append((item, outcome))
-            elif len(outcome) == 1:
-                nxt.append((item, outcome[0]))
-            else:
-                # Fan-out: copies, so outputs that are one object still get their own ids.
-                nxt.extend((item, _copy(env)) for env in outcome)
-        return [(item, env) for item, env in nxt if item.error is None]
-
-    def _output_record(self, env: Envelope) -> Record:
-        return Record(key=env.partition_key.encode() or None, value=env.SerializeToString())
-
-    def _finish_outputs(self, item: _Item) -> None:
+    def _finish_outputs(self, item: Item) -> None:
         """Give ``item``'s outputs deterministic ids and a lineage entry."""
         stamp = now_us()
         for index, env in enumerate(item.outputs):
@@ -288,3 +227,7 @@ class StageWorker:
             env.lineage.append(LineageStep(stage=self.stage, at_us=stamp, worker=self.worker_id))
         if item.envelope is not None and item.envelope.created_at_us:
             self.metrics.age.observe(max(stamp - item.envelope.created_at_us, 0) / 1e6)
+
+
+def _output_record(env: Envelope) -> Record:
+    return Record(key=env.partition_key.encode() or None, value=env.SerializeToString())
