@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -109,3 +111,34 @@ def test_up_serve_child_runs_the_api_with_the_pipelines_urls() -> None:
     assert child.argv[child.argv.index("--store") + 1] == spec.store
     with pytest.raises(ConfigError, match="HOST:PORT"):
         api_child(spec, "8123")
+
+
+def test_serve_workers_accept_each_others_tokens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = str(example_path("eggs"))
+    assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
+    args = ["--tenant", "acme", "--username", "bob", "--role", "viewer"]
+    assert main(["admin", "create-user", pipeline, *_urls(tmp_path), *args]) == 0
+    monkeypatch.delenv("INFERSTREAM_JWT_SECRET", raising=False)  # serve must make one to share
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferstream", "serve", pipeline, *_urls(tmp_path),
+         "--port", str(port), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        context = ssl.create_default_context()
+        _wait_ready(f"{base}/healthz", context, proc)
+        form = urllib.parse.urlencode({"username": "acme/bob", "password": "correct horse battery"})
+        with urllib.request.urlopen(f"{base}/auth/token", form.encode(), timeout=10) as answer:
+            token = json.loads(answer.read())["access_token"]
+        # Each request is a new connection, which either worker may accept.
+        for _ in range(20):
+            whoami = _get(f"{base}/v1/whoami", context, {"Authorization": f"Bearer {token}"})
+            assert b'"tenant":"acme"' in whoami
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import os
+import secrets
 import sys
 from typing import Any
 
@@ -27,39 +30,75 @@ def _spec(args: argparse.Namespace) -> PipelineSpec:
     return load_pipeline(args.pipeline).with_urls(bus=args.bus, store=args.store, blobs=args.blobs)
 
 
+#: Environment variable carrying ``serve``'s options to each ``--workers`` process.
+SERVE_OPTIONS_ENV = "INFERSTREAM_SERVE_OPTIONS"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import uvicorn
-
-    from inferstream.api.app import create_app
-    from inferstream.api.ops import use_json_logs
-    from inferstream.api.settings import ApiSettings
-    from inferstream.cli import log_level
 
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("TLS needs both --certfile and --keyfile (or neither)")
-    settings = ApiSettings.for_pipeline(_spec(args), args.ingest_topic)
-    settings = dataclasses.replace(
-        settings,
-        rate_per_s=args.rate,
-        burst=args.burst,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-    )
-    use_json_logs(log_level(args.verbose))
-    # uvicorn's own access log would print raw query strings; ours logs route templates.
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: run at least one worker process")
+    options = {
+        "pipeline": args.pipeline, "bus": args.bus, "store": args.store, "blobs": args.blobs,
+        "ingest_topic": args.ingest_topic, "rate": args.rate, "burst": args.burst,
+        "max_body_mb": args.max_body_mb, "verbose": args.verbose,
+    }  # fmt: skip
+    target: Any = _app_for(options)  # fails here, once, on a bad pipeline or secret
+    if args.workers > 1:
+        _share_jwt_secret()
+        os.environ[SERVE_OPTIONS_ENV] = json.dumps(options)
+        target = "inferstream.api.cli:app_from_environment"
     uvicorn.run(
-        create_app(settings),
+        target,
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         ssl_certfile=args.certfile,
         ssl_keyfile=args.keyfile,
+        # uvicorn's own access log would print raw query strings; ours logs route templates.
         access_log=False,
         log_config=None,
         # The sans-I/O websockets implementation; the legacy one is deprecated.
         ws="websockets-sansio",
     )
     return 0
+
+
+def _share_jwt_secret() -> None:
+    """Workers must accept each other's tokens: one secret for all, made here if unset."""
+    from inferstream.api.settings import JWT_SECRET_ENV
+
+    os.environ.setdefault(JWT_SECRET_ENV, secrets.token_hex(32))
+
+
+def app_from_environment() -> Any:
+    """The app of one ``serve --workers N`` process, from the options its parent set."""
+    return _app_for(json.loads(os.environ[SERVE_OPTIONS_ENV]))
+
+
+def _app_for(options: dict[str, Any]) -> Any:
+    import dataclasses
+
+    from inferstream.api.app import create_app
+    from inferstream.api.ops import use_json_logs
+    from inferstream.api.settings import ApiSettings
+    from inferstream.cli import log_level
+
+    spec = load_pipeline(options["pipeline"]).with_urls(
+        bus=options["bus"], store=options["store"], blobs=options["blobs"]
+    )
+    settings = dataclasses.replace(
+        ApiSettings.for_pipeline(spec, options["ingest_topic"]),
+        rate_per_s=options["rate"],
+        burst=options["burst"],
+        max_body_bytes=int(options["max_body_mb"] * 1024 * 1024),
+    )
+    use_json_logs(log_level(options["verbose"]))
+    return create_app(settings)
 
 
 def _accounts(args: argparse.Namespace) -> Any:
@@ -138,6 +177,13 @@ def add_api_commands(sub: Any) -> None:
     serve.add_argument("--rate", type=float, default=200.0, help="requests/s per credential")
     serve.add_argument("--burst", type=int, default=400, help="burst per credential")
     serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1); each keeps its own rate limits and live "
+        "dashboard feed, so a credential may get up to N x --rate",
+    )
 
     admin = sub.add_parser("admin", help="Create tenants, users and API keys.")
     commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
