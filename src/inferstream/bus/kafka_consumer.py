@@ -108,6 +108,9 @@ class KafkaConsumer:
         # (topic, partition) tuples: hashing them is far cheaper than the dataclass.
         self._owned: set[tuple[str, int]] = set()
         self._closed = False
+        # An error met beside good messages in one fetch: raised on the next poll, so the
+        # good ones (already past librdkafka's position) are handed out, never dropped.
+        self._deferred: BusError | None = None
         try:
             self._consumer = ck.Consumer(config)
             self._consumer.subscribe(
@@ -127,7 +130,13 @@ class KafkaConsumer:
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         self._owned.difference_update((p.topic, p.partition) for p in partitions)
 
+    def _raise_deferred(self) -> None:
+        if self._deferred is not None:
+            error, self._deferred = self._deferred, None
+            raise error
+
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
+        self._raise_deferred()
         try:
             raw = consume_available(self._consumer, max_records, max_wait_s)
         except RuntimeError as exc:  # consume() on a closed consumer
@@ -149,7 +158,12 @@ class KafkaConsumer:
                     )
                 )
             else:
-                self._consumer_event(error)
+                try:
+                    self._consumer_event(error)
+                except BusError as exc:
+                    self._deferred = self._deferred or exc
+        if not messages:
+            self._raise_deferred()
         return messages
 
     def _consumer_event(self, error: Any) -> None:
