@@ -167,3 +167,26 @@ def test_topic_retention_is_parsed_and_applied(tmp_path: Path) -> None:
         load_pipeline(
             write(tmp_path, GOOD.replace("raw: {{partitions: 3}}", "raw: {{retention_hours: -1}}"))
         )
+
+
+def test_environment_references_are_checked_and_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = GOOD.replace("replicas: 2", "replicas: ${{REPLICAS:-2}}").replace(
+        "raw: {{partitions: 3}}", "raw: 5"
+    )
+    monkeypatch.setenv("REPLICAS", "")  # empty counts as unset, like the shell's :-
+    spec = load_pipeline(write(tmp_path, text))
+    assert spec.stage("first").replicas == 2 and spec.topics == {"raw": 5}
+    monkeypatch.setenv("REPLICAS", "4")
+    assert load_pipeline(write(tmp_path, text)).stage("first").replicas == 4
+    monkeypatch.delenv("INFERSTREAM_TEST_UNSET_BUS", raising=False)
+    unset = GOOD.replace("bus: sqlite:///{tmp}/bus.db", "bus: ${{INFERSTREAM_TEST_UNSET_BUS}}")
+    with pytest.raises(ConfigError, match=r"\$\{INFERSTREAM_TEST_UNSET_BUS\} is not set"):
+        load_pipeline(write(tmp_path, unset))
+
+
+def test_nested_step_parameters_carry_no_loader_markers(tmp_path: Path) -> None:
+    text = GOOD.replace("{{step: tag, color: blue}}", "{{step: tag, color: blue, extra: {{a: 1}}}}")
+    spec = load_pipeline(write(tmp_path, text))
+    assert spec.stage("first").steps[1].params == {"color": "blue", "extra": {"a": 1}}

@@ -139,13 +139,32 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _expand_env(value: Any) -> Any:
+def _env_value(match: re.Match[str], file: Path) -> str:
+    name, default = match.group(1), match.group(2)
+    value = os.environ.get(name)
+    if value:  # like the shell's ${X:-d}, an empty variable takes the default
+        return value
+    if default is not None:
+        return default
+    if value is None:
+        raise ConfigError(
+            f"{file}: ${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}"
+        )
+    return value
+
+
+def _expand_env(value: Any, file: Path) -> Any:
+    """Replace ``${NAME}``/``${NAME:-default}``; a value that is only a reference is retyped."""
     if isinstance(value, str):
-        return _ENV_PATTERN.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        expanded = _ENV_PATTERN.sub(lambda m: _env_value(m, file), value)
+        if expanded != value and _ENV_PATTERN.fullmatch(value):
+            # `replicas: ${REPLICAS:-2}` should be the number 2, as if written so.
+            return yaml.safe_load(expanded) if expanded else expanded
+        return expanded
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {_expand_env(k, file): _expand_env(v, file) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, file) for v in value]
     return value
 
 
@@ -164,7 +183,7 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         raise ConfigError(f"{file}: a pipeline file must be a mapping with 'name' and 'stages'")
     from inferstream.pipeline_parse import parse_pipeline
 
-    spec = parse_pipeline(_expand_env(raw), file)
+    spec = parse_pipeline(_expand_env(raw, file), file)
     validate(spec)
     return spec
 

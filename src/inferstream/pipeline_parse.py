@@ -66,11 +66,20 @@ def _parse_batch(raw: Any, where: str) -> BatchSettings:
     )
 
 
+def _without_lines(value: Any) -> Any:
+    """``value`` without the loader's ``__line__`` keys, at any depth (user step parameters)."""
+    if isinstance(value, dict):
+        return {k: _without_lines(v) for k, v in value.items() if k != "__line__"}
+    if isinstance(value, list):
+        return [_without_lines(v) for v in value]
+    return value
+
+
 def _parse_step(raw: Any, where: str) -> StepSpec:
     if isinstance(raw, str):
         return StepSpec(ref=raw)
     if isinstance(raw, dict) and isinstance(raw.get("step"), str):
-        params = {k: v for k, v in raw.items() if k not in ("step", "__line__")}
+        params = {k: _without_lines(v) for k, v in raw.items() if k not in ("step", "__line__")}
         return StepSpec(ref=raw["step"], params=params, line=raw.get("__line__"))
     raise ConfigError(
         f"{where}: a step is a name ('decode_dicom') or a mapping with 'step' and its "
@@ -118,19 +127,28 @@ def _parse_retention(settings: Mapping[str, Any], where: str) -> RetentionPolicy
     return RetentionPolicy(max_age_s=None if hours is None else hours * 3600.0, max_messages=count)
 
 
+def _topic_settings(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"partitions": value}  # `scans.raw: 4` is short for {partitions: 4}
+    if value is None or isinstance(value, dict):
+        return value or {}
+    raise ConfigError(f"{where}: use {{partitions: N}} (or just N), got {value!r}")
+
+
 def _parse_topics(raw: Any, file: Path) -> tuple[dict[str, int], dict[str, RetentionPolicy]]:
     if raw is None:
         return {}, {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{file}: topics must map topic names to {{partitions: N}}")
     topics, retention = {}, {}
-    for name, settings in raw.items():
+    for name, value in raw.items():
         if name == "__line__":
             continue
         where = f"{_at(file, raw)} topic {name!r}"
-        _check_keys(settings or {}, TOPIC_KEYS, "topic", where)
-        topics[str(name)] = _positive_int(settings or {}, "partitions", 1, where)
-        policy = _parse_retention(settings or {}, where)
+        settings = _topic_settings(value, where)
+        _check_keys(settings, TOPIC_KEYS, "topic", where)
+        topics[str(name)] = _positive_int(settings, "partitions", 1, where)
+        policy = _parse_retention(settings, where)
         if policy is not None:
             retention[str(name)] = policy
     return topics, retention
