@@ -77,3 +77,17 @@ def test_claim_check_moves_large_payloads_and_verifies_them(tmp_path: Path) -> N
     path.write_bytes(b"tampered")
     with pytest.raises(BlobError, match="checksum"):
         payload_bytes(big, store)
+
+
+def test_blob_references_cannot_name_paths_and_torn_blobs_are_rewritten(tmp_path: Path) -> None:
+    from inferstream.envelope import BlobRef
+
+    store = LocalBlobStore(tmp_path / "blobs")
+    (tmp_path / "secret").write_bytes(b"do not read")
+    with pytest.raises(BlobError, match="not a SHA-256"):
+        store.get(BlobRef(uri="x", sha256="../../secret", size=1))
+    ref = store.put(b"payload")
+    path = next((tmp_path / "blobs").rglob(ref.sha256))
+    path.write_bytes(b"")  # as a crash mid-write on a filesystem without ordering would leave
+    store.put(b"payload")
+    assert path.read_bytes() == b"payload"

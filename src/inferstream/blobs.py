@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,7 @@ from inferstream.envelope import BlobRef, Envelope
 from inferstream.errors import BlobError, ConfigError
 
 DEFAULT_THRESHOLD = 256 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class BlobStore(Protocol):
@@ -39,23 +41,37 @@ class LocalBlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, digest: str) -> Path:
+        # The digest comes from messages: only 64 hex digits may become a file name.
+        if not _SHA256.fullmatch(digest):
+            raise BlobError(f"blob reference {digest[:80]!r} is not a SHA-256 hex digest")
         return self.root / digest[:2] / digest
 
     def put(self, data: bytes) -> BlobRef:
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename, so a crash never leaves a half blob under its final name.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, path)
-            except OSError as exc:
-                Path(tmp).unlink(missing_ok=True)
-                raise BlobError(f"could not write blob to {path}: {exc}") from exc
+        if not _has_size(path, len(data)):
+            self._write(path, data)
         return BlobRef(uri=f"{self.url}/{digest[:2]}/{digest}", sha256=digest, size=len(data))
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        """Write, fsync, rename, fsync the folder: after a crash the blob is whole or absent."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise BlobError(f"could not write blob to {path}: {exc}") from exc
 
     def get(self, ref: BlobRef) -> bytes:
         path = self._path(ref.sha256)
@@ -66,6 +82,13 @@ class LocalBlobStore:
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise BlobError(f"blob {ref.uri} does not match its checksum; it is corrupt")
         return data
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
 
 
 def open_blob_store(url: str) -> BlobStore:
