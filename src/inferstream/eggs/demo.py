@@ -23,11 +23,11 @@ from pathlib import Path
 
 from inferstream.bus import open_bus
 from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool
-from inferstream.envelope import new_id
+from inferstream.envelope import new_id, now_us
 from inferstream.examples import example_path
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
-from inferstream.store import ResultsStore
+from inferstream.store import ResultFilter, ResultsStore
 
 #: Give up waiting for the last results after this long without progress.
 STALL_TIMEOUT_S = 60.0
@@ -73,11 +73,17 @@ def _spec(settings: DemoSettings) -> PipelineSpec:
     )
 
 
+#: What the demo keeps in its workdir; a new run deletes these and nothing else.
+WORKDIR_FILES = ("bus.db", "bus.db-wal", "bus.db-shm", "results.db", "results.db-wal",
+                 "results.db-shm", "results.db.migrate-lock")  # fmt: skip
+
+
 def _fresh_workdir(settings: DemoSettings) -> None:
     """Each run starts from an empty embedded bus and store, so its figures are its own."""
-    if settings.workdir.exists():
-        shutil.rmtree(settings.workdir)
-    settings.workdir.mkdir(parents=True)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    for name in WORKDIR_FILES:
+        (settings.workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(settings.workdir / "blobs", ignore_errors=True)
 
 
 def _start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[bytes]:
@@ -88,24 +94,27 @@ def _start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[b
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
 
 
-def _dashboard_login(store: ResultsStore, tenant: str) -> tuple[str, str]:
-    """A viewer account for the dashboard: (username, fresh random password)."""
+def _dashboard_login(store: ResultsStore, tenant: str, run: str) -> tuple[str, str]:
+    """A viewer account of this run for the dashboard: (username, random password)."""
     from inferstream.api.accounts import Accounts
     from inferstream.api.auth import hash_password
 
     accounts = Accounts(store)
     password = secrets.token_urlsafe(12)
-    accounts.create_tenant(tenant)
-    accounts.create_user(tenant, "viewer", hash_password(password), "viewer")
-    return f"{tenant}/viewer", password
+    if not accounts.tenant_exists(tenant):
+        accounts.create_tenant(tenant)
+    name = f"viewer-{run[:6]}"
+    accounts.create_user(tenant, name, hash_password(password), "viewer")
+    return f"{tenant}/{name}", password
 
 
 def _wait_ready(sim: ScannerSimulator, store: ResultsStore, proc: subprocess.Popen[bytes]) -> None:
     """Send one warm-up scan (its own tenant) and wait for its result."""
     warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm")
+    since = ResultFilter(since_us=now_us())
     warm.emit(1)
     deadline = time.monotonic() + 120
-    while store.count_results("warm-up") < 1:
+    while store.count_results("warm-up", since) < 1:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("the pipeline did not start; run 'inferstream up' on it to see why")
         time.sleep(0.1)
@@ -119,16 +128,26 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float) -> Summary:
+    """Score this run's results (those of the emitted scans) against the ground truth.
+
+    ``duplicates`` counts eggs with more than one stored result: the store keys results
+    by scan id, so a double would mean a scan ingested twice under two ids.
+    """
     latencies: list[float] = []
     correct = rows = 0
     seen: set[str] = set()
+    eggs: set[str | None] = set()
     first_created, last_stored = float("inf"), 0
     cursor: str | None = None
+    this_run = ResultFilter(since_us=min(emission.created_us.values(), default=0))
     while True:
-        page = store.list_results(tenant, cursor=cursor, limit=1000)
+        page = store.list_results(tenant, this_run, cursor=cursor, limit=1000)
         for row in page.items:
+            if row.id not in emission.truth:
+                continue
             rows += 1
             seen.add(row.id)
+            eggs.add(row.egg_id)
             latencies.append(row.latency_ms)
             correct += emission.truth.get(row.id) == row.label
             first_created = min(first_created, row.created_at_us)
@@ -142,7 +161,7 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
         scans_sent=sent,
         results_stored=len(seen & emission.truth.keys()),
         lost=len(emission.truth.keys() - seen),
-        duplicates=rows - len(seen),
+        duplicates=rows - len(eggs),
         accuracy=correct / sent if sent else float("nan"),
         throughput_per_s=rows / span_s,
         latency_p50_ms=_percentile(latencies, 0.50),
@@ -158,10 +177,12 @@ class Progress:
         self.store, self.tenant, self.total = store, tenant, total
         self.sent = 0
         self.started = time.monotonic()
+        # Results of scans created from now on: a store may hold earlier runs.
+        self.since = ResultFilter(since_us=now_us())
         self.stop = threading.Event()
 
     def line(self) -> tuple[int, str]:
-        stored = self.store.count_results(self.tenant)
+        stored = self.store.count_results(self.tenant, self.since)
         elapsed = max(time.monotonic() - self.started, 1e-9)
         text = (
             f"  scans sent {self.sent:>7}/{self.total} | results stored {stored:>7} | "
@@ -196,11 +217,12 @@ def run_demo(settings: DemoSettings) -> Summary:
     store = ResultsStore(spec.store)
     print(f"rendering {settings.pool} distinct MRI scans as DICOM (done once, up front)...")
     pool = ScanPool.build(settings.pool, progress=lambda d, t: print(f"  {d}/{t} scans rendered"))
-    login = _dashboard_login(store, settings.tenant) if settings.serve else None
+    run = new_id()
+    login = _dashboard_login(store, settings.tenant, run) if settings.serve else None
     proc = _start_pipeline(spec, settings.serve)
     try:
         sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
-                               tenant=settings.tenant, run=new_id(),
+                               tenant=settings.tenant, run=run,
                                scanners=settings.scanners)  # fmt: skip
         print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
         _wait_ready(sim, store, proc)

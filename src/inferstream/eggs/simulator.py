@@ -112,6 +112,8 @@ class ScannerSimulator:
         run: str,
         scanners: int = 8,
     ) -> None:
+        if rate <= 0:
+            raise ConfigError(f"rate must be a positive number of scans per second, got {rate}")
         if not 1 <= scanners <= 99:
             raise ConfigError(f"scanners must be 1..99, got {scanners}")
         self.scanners = scanners
