@@ -73,6 +73,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.limiter = RateLimiter(settings.rate_per_s, settings.burst)
+    app.state.publisher = ingest.GroupCommit(app.state)
     for module in (ingest, queries, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(ops.router)
