@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from processes import wait_until, worker_pids
 
 from inferstream.bus import Record, open_bus
 from inferstream.envelope import new_envelope
@@ -61,20 +62,6 @@ stages:
     return path
 
 
-def _worker_pids(pipeline: Path) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"worker" in cmdline and str(pipeline).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def _count_results(db: Path) -> tuple[int, int]:
     """(rows, distinct ids) in the results table."""
     if not db.exists():
@@ -88,15 +75,6 @@ def _count_results(db: Path) -> tuple[int, int]:
     finally:
         engine.dispose()
     return int(rows[0]), int(rows[1])
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)
-    return condition()
 
 
 @pytest.mark.slow
@@ -129,18 +107,18 @@ def test_sigkill_of_workers_loses_and_doubles_nothing(
 
         feeder = threading.Thread(target=feed)
         feeder.start()
-        assert _wait(lambda: len(_worker_pids(pipeline)) == 4, 60), "workers did not start"
+        assert wait_until(lambda: len(worker_pids(pipeline)) == 4, 60), "workers did not start"
         rng = random.Random(1)
         kills = 0
         while kills < KILLS:
             time.sleep(rng.uniform(0.3, 0.9))
-            pids = _worker_pids(pipeline)
+            pids = worker_pids(pipeline)
             if pids:
                 os.kill(rng.choice(pids), signal.SIGKILL)
                 kills += 1
         feeder.join()
         db = tmp_path / "results.db"
-        _wait(lambda: _count_results(db)[1] >= MESSAGES, 180)
+        wait_until(lambda: _count_results(db)[1] >= MESSAGES, 180)
         rows, distinct = _count_results(db)
         engine = sa.create_engine(f"sqlite:///{db}")
         with engine.connect() as conn:

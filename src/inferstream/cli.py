@@ -67,7 +67,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"running pipeline {spec.name!r}: {total} worker processes on {spec.bus}; Ctrl-C drains")
     supervisor.run()
     print("all workers drained and stopped")
-    return 0
+    return supervisor.exit_code
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

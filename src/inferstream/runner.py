@@ -87,9 +87,27 @@ def drain_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def watch_parent(stop: threading.Event) -> None:
+    """Set ``stop`` if the supervisor that started this process dies (its pid is in the env)."""
+    from inferstream.supervisor import SUPERVISOR_PID_ENV
+
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if not supervisor:
+        return
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != int(supervisor):
+                log.warning("supervisor %s is gone: draining", supervisor)
+                stop.set()
+
+    threading.Thread(target=watch, name="watch-supervisor", daemon=True).start()
+
+
 def run_stage(spec: PipelineSpec, stage_name: str, replica: int = 0) -> None:
     """Run ``stage_name`` until SIGTERM/SIGINT; drains cleanly."""
     stop = threading.Event()
+    watch_parent(stop)
     bus = open_bus(spec.bus)
     try:
         ensure_topics(bus, spec)

@@ -1,10 +1,13 @@
 """``inferstream up``: every stage of a pipeline as supervised processes on one machine.
 
 Each replica of each stage is an ``inferstream worker`` child process. A child that
-crashes is restarted (with backoff, so a stage that cannot start does not spin);
-SIGINT (Ctrl-C) or SIGTERM sends SIGTERM to every child, which drains its batch
-in hand and commits, then waits up to ``drain_timeout_s`` before killing stragglers.
-Extra processes (the API server) are supervised the same way.
+crashes is restarted (with backoff, so a stage that cannot start does not spin); one
+that exits with status 2, the CLI's "your configuration is wrong", is not, since a
+restart cannot fix it. SIGINT (Ctrl-C) or SIGTERM sends SIGTERM to every child, which
+drains its batch in hand and commits, then waits up to ``drain_timeout_s`` before
+killing stragglers; a second Ctrl-C kills them at once. A worker whose supervisor
+died (kill -9) notices and drains, so none is left orphaned. Extra processes
+(the API server) are supervised the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from inferstream.pipeline import PipelineSpec
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+#: Exit status of ``inferstream`` commands for a configuration error.
+CONFIG_ERROR_EXIT = 2
+#: Set for children: the supervisor's pid, so a worker drains when its parent is gone.
+SUPERVISOR_PID_ENV = "INFERSTREAM_SUPERVISOR_PID"
 
 
 @dataclass
@@ -39,6 +46,8 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    #: Exited with a configuration error: not restarted.
+    failed: bool = False
 
 
 def worker_argv(spec: PipelineSpec, stage: str, replica: int) -> list[str]:
@@ -91,8 +100,13 @@ class Supervisor:
         self.housekeeping_interval_s = housekeeping_interval_s
         self._next_housekeeping = 0.0
         self.stop = threading.Event()
+        self.exit_code = 0
         self._metrics_dir = tempfile.TemporaryDirectory(prefix="inferstream-metrics-")
-        self.env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=self._metrics_dir.name)
+        self.env = dict(
+            os.environ,
+            PROMETHEUS_MULTIPROC_DIR=self._metrics_dir.name,
+            **{SUPERVISOR_PID_ENV: str(os.getpid())},
+        )
 
     @property
     def metrics_dir(self) -> Path:
@@ -107,6 +121,8 @@ class Supervisor:
         """Start children that are due, and schedule a restart for those that exited."""
         now = time.monotonic()
         for child in self.children:
+            if child.failed:
+                continue
             if child.proc is None:
                 if now >= child.next_start:
                     self._start(child)
@@ -116,17 +132,37 @@ class Supervisor:
                 if now - child.started_at > 60:
                     child.restarts = 0  # it ran for a while: forget old crashes
                 continue
-            delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
-            log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
-            child.proc = None
-            child.restarts += 1
-            child.next_start = now + delay
+            self._exited(child, code, now)
+        if all(child.failed for child in self.children):
+            log.error("no process could start; fix the errors above and run again")
+            self.exit_code = CONFIG_ERROR_EXIT
+            self.stop.set()
+
+    def _exited(self, child: Child, code: int, now: float) -> None:
+        child.proc = None
+        if code == CONFIG_ERROR_EXIT:
+            log.error(
+                "%s stopped on a configuration error (see above); not restarting it", child.name
+            )
+            child.failed = True
+            return
+        delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+        log.warning("%s exited with code %s; restarting in %.1fs", child.name, code, delay)
+        child.restarts += 1
+        child.next_start = now + delay
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        if self.stop.is_set():  # a second Ctrl-C: stop waiting for the drain
+            log.warning("second interrupt: killing the workers without draining")
+            for child in self.children:
+                if child.proc is not None and child.proc.poll() is None:
+                    child.proc.kill()
+        self.stop.set()
 
     def run(self) -> None:
         """Supervise until SIGINT/SIGTERM, then drain every child."""
         previous = {
-            sig: signal.signal(sig, lambda *_: self.stop.set())
-            for sig in (signal.SIGINT, signal.SIGTERM)
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
             while not self.stop.is_set():
