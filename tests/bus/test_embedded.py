@@ -276,6 +276,19 @@ def test_retention_by_count_keeps_the_newest(bus: Bus) -> None:
     consumer.close()
 
 
+def test_retention_deletes_a_large_prefix_in_chunks(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferstream.bus import embedded
+
+    monkeypatch.setattr(embedded, "RETENTION_CHUNK", 7)
+    bus.create_topic("t")
+    bus.produce("t", [Record(None, b"m%d" % i) for i in range(50)])
+    assert bus.apply_retention("t", RetentionPolicy(max_messages=10)) == 40
+    (info,) = bus.partitions("t")
+    assert (info.low, info.high) == (40, 50)
+
+
 def test_retention_by_age_drops_old_messages(bus: Bus) -> None:
     bus.create_topic("t")
     old = int(time.time() * 1000) - 3_600_000

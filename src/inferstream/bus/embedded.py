@@ -42,6 +42,9 @@ from inferstream.errors import BusError, ConfigError, UnknownTopicError
 
 T = TypeVar("T")
 
+#: Messages deleted per retention transaction.
+RETENTION_CHUNK = 10_000
+
 
 class EmbeddedBus:
     """A connection to the embedded log named by ``url`` (thread-safe)."""
@@ -180,7 +183,8 @@ class EmbeddedBus:
 
         Only a prefix of a partition is dropped, so offsets stay dense: by age, the
         messages before the first one newer than ``max_age_s``; by count, all but
-        the newest ``max_messages``. One short transaction per partition.
+        the newest ``max_messages``. Deletes at most ``RETENTION_CHUNK`` messages per
+        transaction, so a large backlog never holds the write lock for long.
         """
         topic_id, count = self._topic(topic)
         cutoff = None if policy.max_age_s is None else now_ms() - int(policy.max_age_s * 1000)
@@ -190,7 +194,8 @@ class EmbeddedBus:
             def work(conn: sqlite3.Connection, part: int = part) -> int:
                 return _trim(conn, topic_id, part, cutoff, policy.max_messages)
 
-            dropped += self._write(work)
+            while (chunk := self._write(work)) > 0:
+                dropped += chunk
         return dropped
 
     def close(self) -> None:
@@ -264,6 +269,7 @@ def _trim(
             (topic_id, part, cutoff),
         ).fetchone()
         new_low = max(new_low, high if row[0] is None else int(row[0]))
+    new_low = min(new_low, low + RETENTION_CHUNK)
     if new_low <= low:
         return 0
     dropped = conn.execute(
