@@ -1,8 +1,9 @@
 """The ``inferstream`` command: validate, run and operate pipelines.
 
 Every sub-command takes the pipeline file first; ``--bus``/``--store``/``--blobs``
-override the URLs in it (or set ``${VARS}`` the file refers to). Errors print one
-clear line and exit with status 2; ``--help`` on any sub-command explains it.
+override the URLs in it (environment variables the file refers to as ``${NAME}`` do
+the same without flags). Errors print one clear line and exit with status 2;
+``--help`` on any sub-command explains it.
 """
 
 from __future__ import annotations
