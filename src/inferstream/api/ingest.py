@@ -78,17 +78,14 @@ async def ingest_scans(
             "application/dicom or application/x-protobuf"
         )
     body = await read_body(request, state.settings.max_body_bytes)
-    limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
     if media == "application/x-protobuf":
         envelopes = await run_in_threadpool(_from_protobuf, body, principal, state)
+        await run_in_threadpool(_check_adopted, state, envelopes)
     elif media == "application/dicom":
-        checked = await run_in_threadpool(check_scan, body, limits)
-        envelopes = [_envelope(checked, principal, {}, state)]
+        envelopes = await run_in_threadpool(_accept, [body], principal, {}, state)
     else:
         files, fields = await _parse_form(request, body, state.settings.max_batch)
-        checked_all = [await run_in_threadpool(check_scan, data, limits) for data in files]
-        envelopes = [_envelope(c, principal, fields, state) for c in checked_all]
-    await run_in_threadpool(_check_adopted, state, envelopes)
+        envelopes = await run_in_threadpool(_accept, files, principal, fields, state)
     await state.publisher.publish(principal.tenant, envelopes)
     for env in envelopes:
         log.info("scan accepted", extra={"scan_id": env.id, "trace_id": env.trace_id})
@@ -142,6 +139,19 @@ def _plain(name: str, value: str) -> str:
     if not _FIELD_RE.fullmatch(value):
         raise BadRequest(f"field {name} {value[:64]!r} must be 1-64 letters, digits or ._:^+-")
     return value
+
+
+def _accept(
+    files: list[bytes], principal: Principal, fields: dict[str, str], state: Any
+) -> list[Envelope]:
+    """Check every file, then keep each one's bytes and wrap it in an envelope.
+
+    Runs in a worker thread: keeping a blob means two fsyncs, which on the event loop
+    stalled every other request (reads too) for their duration.
+    """
+    limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
+    checked_all = [check_scan(data, limits) for data in files]
+    return [_envelope(checked, principal, fields, state) for checked in checked_all]
 
 
 def _envelope(
