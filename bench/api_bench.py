@@ -221,7 +221,7 @@ async def post_scans(load: Load, keys: list[str], shared: Shared) -> None:
                     )
 
     # Enough requests in flight that one slow answer does not stall the schedule.
-    await asyncio.gather(*(poster(keys[i % len(keys)]) for i in range(32)))
+    await asyncio.gather(*(poster(keys[i % len(keys)]) for i in range(64)))
 
 
 # -- readers ------------------------------------------------------------------------------
