@@ -1,0 +1,132 @@
+"""The ceiling of the flagship benchmark: its step functions in a tight loop, no bus.
+
+The same pre-encoded scans as the pipeline gets, as the envelopes the simulator
+would send (fresh ids every batch, so the store really inserts), go through the
+flagship's own steps — ``decode_dicom``, ``preprocess_scan``, ``classify`` (the
+shipped ONNX model, serving session options) and ``store_results`` (SQLite upsert) —
+64 scans at a time, timed step by step. Parsing the envelope bytes, which a worker
+must also do, is timed beside them but is not one of the four steps.
+
+:func:`run_ceiling` runs it in one process, then in ``processes`` at once (one per
+core, each with its own SQLite file: the best the hardware allows).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+from typing import Any
+
+from inferstream.classify import ClassifyStep, load_model
+from inferstream.eggs.dicom import DEFAULT_LIMITS, DecodeDicomStep
+from inferstream.eggs.preprocess import PreprocessStep
+from inferstream.eggs.simulator import ScanPool, stamp
+from inferstream.envelope import Envelope, ModelRole, new_envelope, parse
+from inferstream.steps import Step
+from inferstream.store import ResultsStore
+from inferstream.store.step import StoreStep
+
+BATCH = 64
+SCANNERS = 8  # as the simulator's default fleet
+STEPS = ("decode", "preprocess", "classify", "store")
+
+
+@dataclass(frozen=True)
+class CeilingRun:
+    scans: int
+    seconds: float
+    step_us: dict[str, float]  # per scan, including "parse"
+
+    @property
+    def rate(self) -> float:
+        return self.scans / self.seconds
+
+
+def _messages(pool: ScanPool, count: int, tag: str) -> list[bytes]:
+    """Serialized envelopes as the simulator produces them, unique egg ids."""
+    out = []
+    for number in range(count):
+        scan, scanner = pool.pick(number, SCANNERS)
+        data, egg_id, tray = stamp(scan, number, tag, scanner)
+        env = new_envelope(
+            data,
+            "application/dicom",
+            tenant="ceiling",
+            key=egg_id,
+            source=f"scanner/{scanner}",
+            attributes={"egg_id": egg_id, "tray": tray, "scanner": scanner},
+        )
+        out.append(env.SerializeToString())
+    return out
+
+
+def _steps(db: Path) -> list[tuple[str, Step]]:
+    return [
+        ("decode", DecodeDicomStep(None, DEFAULT_LIMITS, "egg_id")),
+        ("preprocess", PreprocessStep()),
+        ("classify", ClassifyStep(load_model("egg_sexing"), ModelRole.MODEL_ROLE_CHAMPION)),
+        ("store", StoreStep(ResultsStore(f"sqlite:///{db}"))),
+    ]
+
+
+def _loop(pool: ScanPool, count: int, tag: str, db: Path, barrier: Any) -> CeilingRun:
+    messages = _messages(pool, count, tag)
+    steps = _steps(db)
+    warm = [parse(m) for m in _messages(pool, BATCH, tag + "w")]
+    for _, step in steps:  # warm-up: first ONNX run, SQLite pages, imports
+        warm = [o for o in step.process(warm) if isinstance(o, Envelope)]
+    spent = dict.fromkeys(("parse", *STEPS), 0.0)
+    if barrier is not None:
+        barrier.wait()
+    started = time.perf_counter()
+    for first in range(0, count, BATCH):
+        at = time.perf_counter()
+        batch: list[Any] = [parse(m) for m in messages[first : first + BATCH]]
+        spent["parse"] += time.perf_counter() - at
+        for name, step in steps:
+            at = time.perf_counter()
+            batch = step.process(batch)
+            spent[name] += time.perf_counter() - at
+    seconds = time.perf_counter() - started
+    for _, step in steps:
+        step.close()
+    return CeilingRun(count, seconds, {k: v / count * 1e6 for k, v in spent.items()})
+
+
+def _child(pool: ScanPool, count: int, tag: str, db: str, sync: tuple[Barrier, Any]) -> None:
+    barrier, out = sync
+    out.put(_loop(pool, count, tag, Path(db), barrier))
+
+
+def run_ceiling(pool: ScanPool, count: int, processes: int = 2) -> dict[str, Any]:
+    """One process, then ``processes`` at once; figures per scan and scans/s."""
+    with tempfile.TemporaryDirectory(prefix="flagship-ceiling-") as tmp:
+        single = _loop(pool, count, "c1", Path(tmp) / "one.db", None)
+        ctx = mp.get_context("spawn")
+        barrier, out = ctx.Barrier(processes), ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_child, args=(pool, count, f"p{i}", f"{tmp}/p{i}.db", (barrier, out))
+            )
+            for i in range(processes)
+        ]
+        for proc in procs:
+            proc.start()
+        runs: list[CeilingRun] = [out.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join()
+    total_us = sum(single.step_us[name] for name in STEPS)
+    return {
+        "batch": BATCH,
+        "scans_per_process": count,
+        "step_us_per_scan": single.step_us,
+        "sum_of_steps_us": total_us,
+        "one_process_per_s": single.rate,
+        "processes": processes,
+        "all_processes_per_s": sum(run.scans for run in runs) / max(r.seconds for r in runs),
+        "per_process_step_us": [run.step_us for run in runs],
+    }
