@@ -272,6 +272,9 @@ async def read_loop(load: Load, token: str, shared: Shared, seed: int) -> None:
     reader = Reader()
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=load.base, headers=headers, timeout=30) as client:
+        # Readers do not start in step: 100 first requests at one instant are a burst
+        # no real audience makes, and it alone set the p99.
+        await asyncio.sleep(rng.uniform(0, load.think_s))
         while time.monotonic() < load.until:
             route, path, params = next_request(reader, shared, rng)
             began = time.perf_counter()
