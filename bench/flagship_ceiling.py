@@ -102,10 +102,38 @@ def _child(pool: ScanPool, count: int, tag: str, db: str, sync: tuple[Barrier, A
     out.put(_loop(pool, count, tag, Path(db), barrier))
 
 
-def run_ceiling(pool: ScanPool, count: int, processes: int = 2) -> dict[str, Any]:
+def run_ceiling(pool: ScanPool, count: int, processes: int = 2, repeats: int = 2) -> dict[str, Any]:
     """One process, then ``processes`` at once; figures per scan and scans/s."""
+    # Best of ``repeats``: a ceiling is what the hardware allows, and other work on a
+    # shared machine only ever lowers it.
+    singles = [_single(pool, count) for _ in range(repeats)]
+    single = max(singles, key=lambda run: run.rate)
+    runs = max((_parallel(pool, count, processes) for _ in range(repeats)), key=_total_rate)
+    total_us = sum(single.step_us[name] for name in STEPS)
+    return {
+        "batch": BATCH,
+        "scans_per_process": count,
+        "repeats": repeats,
+        "step_us_per_scan": single.step_us,
+        "sum_of_steps_us": total_us,
+        "one_process_per_s": single.rate,
+        "processes": processes,
+        "all_processes_per_s": _total_rate(runs),
+        "per_process_step_us": [run.step_us for run in runs],
+    }
+
+
+def _total_rate(runs: list[CeilingRun]) -> float:
+    return sum(run.scans for run in runs) / max(r.seconds for r in runs)
+
+
+def _single(pool: ScanPool, count: int) -> CeilingRun:
     with tempfile.TemporaryDirectory(prefix="flagship-ceiling-") as tmp:
-        single = _loop(pool, count, "c1", Path(tmp) / "one.db", None)
+        return _loop(pool, count, "c1", Path(tmp) / "one.db", None)
+
+
+def _parallel(pool: ScanPool, count: int, processes: int) -> list[CeilingRun]:
+    with tempfile.TemporaryDirectory(prefix="flagship-ceiling-") as tmp:
         ctx = mp.get_context("spawn")
         barrier, out = ctx.Barrier(processes), ctx.Queue()
         procs = [
@@ -119,14 +147,4 @@ def run_ceiling(pool: ScanPool, count: int, processes: int = 2) -> dict[str, Any
         runs: list[CeilingRun] = [out.get(timeout=600) for _ in procs]
         for proc in procs:
             proc.join()
-    total_us = sum(single.step_us[name] for name in STEPS)
-    return {
-        "batch": BATCH,
-        "scans_per_process": count,
-        "step_us_per_scan": single.step_us,
-        "sum_of_steps_us": total_us,
-        "one_process_per_s": single.rate,
-        "processes": processes,
-        "all_processes_per_s": sum(run.scans for run in runs) / max(r.seconds for r in runs),
-        "per_process_step_us": [run.step_us for run in runs],
-    }
+    return runs

@@ -142,17 +142,27 @@ class ProcMonitor:
 
 
 def paced(
-    rate: float, total: int, send: Callable[[int, int], None], tick_s: float = 0.005
+    rate: float,
+    total: int,
+    send: Callable[[int, int], None],
+    tick_s: float = 0.005,
+    max_batch: int = 1000,
 ) -> float:
-    """Call ``send(first, end)`` for ``total`` items at ``rate``/s; return seconds taken."""
+    """Call ``send(first, end)`` for ``total`` items at ``rate``/s; return seconds taken.
+
+    At most ``max_batch`` items per call: when the sender falls behind it catches up
+    in many calls of that size, as a fleet of scanners would, not in one huge one.
+    """
     started = time.monotonic()
     sent = 0
     while sent < total:
-        due = min(total, int((time.monotonic() - started) * rate) + 1, sent + 1000)
+        due = min(total, int((time.monotonic() - started) * rate) + 1)
         if due > sent:
-            send(sent, due)
-            sent = due
-        time.sleep(tick_s)
+            end = min(due, sent + max_batch)
+            send(sent, end)
+            sent = end
+        if sent >= due:
+            time.sleep(tick_s)
     return time.monotonic() - started
 
 

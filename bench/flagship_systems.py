@@ -29,7 +29,7 @@ from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
 from inferstream.bus import Bus, open_bus
 from inferstream.eggs.demo import DemoSettings, _fresh_workdir, _spec, _start_pipeline
-from inferstream.eggs.simulator import ScannerSimulator, ScanPool, stamp
+from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool, stamp
 from inferstream.envelope import new_id, now_us
 from inferstream.runner import ensure_topics
 from inferstream.store import ResultsStore
@@ -38,6 +38,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REDIS_URL = "redis://127.0.0.1:6379/5"  # a db of its own, flushed before and after
 SCANNERS = 8
 START_TIMEOUT_S = 120.0
+#: Scans per bus produce when the pipeline is offered scans (5 ms ticks).
+OFFER_BATCH = 64
 
 
 def free_port() -> int:
@@ -130,7 +132,12 @@ class BusPipeline(System):
     def offer(self, tenant: str, rate: float, count: int) -> None:
         sim = ScannerSimulator(self.bus, "scans.raw", self.pool, rate=rate, tenant=tenant,
                                run=new_id(), scanners=SCANNERS)  # fmt: skip
-        sim.emit(count)
+        # The simulator's own emit() catches up in batches of up to 1,000 scans (33 MB in
+        # one bus transaction), which under overload holds the embedded bus's write lock
+        # long enough to starve the workers; a fleet of scanners sends small batches.
+        emission = Emission(started=time.monotonic())
+        paced(rate, count, lambda first, end: sim._send_batch(emission, first, end),
+              max_batch=OFFER_BATCH)  # fmt: skip
 
     def settle(self) -> None:
         pass  # the backlog of an overload phase drains while the caller waits for it
