@@ -85,7 +85,7 @@ celery_app.conf.update(
 )
 
 
-@celery_app.task(name="classify_scan")
+@celery_app.task(name="classify_scan")  # type: ignore[untyped-decorator]
 def classify_scan(dicom: bytes, scan_id: str, tenant: str, created_us: int) -> None:
     handle_scan(dicom, scan_id, tenant, created_us)
 
