@@ -146,8 +146,8 @@ def _accept(
 ) -> list[Envelope]:
     """Check every file, then keep each one's bytes and wrap it in an envelope.
 
-    Runs in a worker thread: keeping a blob means two fsyncs, which on the event loop
-    stalled every other request (reads too) for their duration.
+    Runs in a worker thread: checking and keeping scans is blocking work that on the
+    event loop stalled every other request (reads too).
     """
     limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
     checked_all = [check_scan(data, limits) for data in files]
@@ -259,7 +259,7 @@ def _check_adopted(state: Any, envelopes: list[Envelope]) -> None:
             env.attributes.update(checked.attributes)
             env.attributes["blob_sha256"] = state.blobs.put(checked.data).sha256
             env.payload.content_type = checked.content_type
-            check_in(env, state.blobs)
+            check_in(env, state.blobs, state.settings.pipeline.claim_check_bytes)
 
 
 def _record_and_produce(state: Any, envelopes: list[Envelope]) -> None:
