@@ -47,6 +47,9 @@ class RejectedWrite(InferstreamError):
     retries message by message and dead-letters the one that is refused.
     """
 
+#: Rows sampled per index by ANALYZE (SQLite's analysis_limit).
+ANALYSIS_LIMIT = 1000
+
 
 class ResultsStore:
     """Results of a pipeline in SQLite (default) or PostgreSQL, chosen by URL.
@@ -73,11 +76,15 @@ class ResultsStore:
         Every index starts with ``tenant``: without statistics SQLite cannot tell that
         ``tray = ?`` is selective and ``tenant = ?`` is not, so it walks the whole time
         index for one tray (measured: 12 ms instead of 1.4 ms for a page at 60k rows,
-        46 ms instead of 0.6 ms for a tray summary). Costs ~1.3 ms per 1,000 rows.
+        46 ms instead of 0.6 ms for a tray summary). Statistics taken while the table
+        was nearly empty are as bad as none, so callers refresh regularly; sampling at
+        most ``ANALYSIS_LIMIT`` rows per index keeps each refresh at a few milliseconds
+        whatever the table's size (measured: 2.3 ms at 60k rows, against 45 ms in full).
         """
         if self.engine.dialect.name != "sqlite":
             return
         with self._errors("refresh the planner statistics of"), self.engine.begin() as conn:
+            conn.exec_driver_sql(f"PRAGMA analysis_limit={ANALYSIS_LIMIT}")
             conn.execute(text("ANALYZE"))
 
     def close(self) -> None:
