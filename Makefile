@@ -50,8 +50,11 @@ test: system-deps check ## Set up, lint, type-check and run the whole test suite
 proto: $(STAMP) ## Regenerate the committed protobuf code from proto/
 	$(BIN)/python -m inferstream.protogen .
 
-bench: $(STAMP) ## Run the benchmarks (prints figures; not part of the tests)
+bench: $(STAMP) ## Run the main benchmarks (figures in docs/benchmarks.md; not tests)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/bus_bench.py
+	$(BIN)/python bench/flagship_bench.py
+	$(BIN)/python bench/api_bench.py
 
 clean: ## Remove the virtualenv and local run data
 	rm -rf $(VENV) .inferstream .pytest_cache .mypy_cache .ruff_cache
