@@ -159,8 +159,9 @@ class KafkaBus:
             self._produce_one(producer, topic, record, partition, on_delivery)
         # flush() returns how many are still in flight; librdkafka fails each one after
         # message.timeout.ms, so this loop ends and every record has a delivery report.
-        while producer.flush(1.0) > 0:
-            pass
+        in_flight = producer.flush(1.0)
+        while in_flight > 0:
+            in_flight = producer.flush(1.0)
         if failures:
             if any(error.fatal() for error in failures):
                 # An idempotent producer that hit a fatal error refuses everything after;
@@ -372,8 +373,9 @@ class KafkaBus:
 
     def close(self) -> None:
         if self._producer is not None:
-            while self._producer.flush(1.0) > 0:
-                pass
+            in_flight = self._producer.flush(1.0)
+            while in_flight > 0:
+                in_flight = self._producer.flush(1.0)
             self._producer = None
         if self._reader is not None:
             self._reader.close()
