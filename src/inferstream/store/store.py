@@ -47,6 +47,7 @@ class RejectedWrite(InferstreamError):
     retries message by message and dead-letters the one that is refused.
     """
 
+
 #: Rows sampled per index by ANALYZE (SQLite's analysis_limit).
 ANALYSIS_LIMIT = 1000
 
