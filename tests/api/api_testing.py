@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from dicom_builder import make_dataset, to_bytes
 from fastapi.testclient import TestClient
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from inferstream.api import ApiSettings, create_app
 from inferstream.api.permissions import ROLES
@@ -22,41 +18,8 @@ JWT_SECRET = "test-secret-" + "0123456789abcdef" * 3
 
 def dicom_bytes(seed: int = 0, preamble: bytes = b"", **overrides: Any) -> bytes:
     """An MR slice as the flagship contract describes it (64x64 keeps tests light)."""
-    rng = np.random.default_rng(seed)
-    ds = Dataset()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(seed)])
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"study{seed}"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"series{seed}"])
-    ds.Modality = "MR"
-    ds.Manufacturer = "inferstream-sim"
-    ds.AccessionNumber = "TRAY-0042"
-    ds.StationName = "SCANNER-03"
-    ds.AcquisitionDateTime = "20261122014944.123456"
-    ds.PatientName = f"EGG^EGG-{seed:06d}"
-    ds.PatientID = f"EGG-{seed:06d}"
-    ds.ClinicalTrialTimePointID = "12"
-    ds.MagneticFieldStrength = 9.4
-    ds.RepetitionTime = 500.0
-    ds.EchoTime = 12.0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = 64, 64
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = rng.integers(0, 65536, (64, 64), dtype=np.uint16).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for keyword, value in overrides.items():
-            setattr(ds, keyword, value)
-        if preamble:
-            ds.preamble = preamble.ljust(128, b"\x00")
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    fixed = {"AccessionNumber": "TRAY-0042", "ClinicalTrialTimePointID": "12"}
+    return to_bytes(make_dataset(64, 64, seed, **{**fixed, **overrides}), preamble=preamble)
 
 
 @dataclass

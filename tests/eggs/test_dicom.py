@@ -9,24 +9,21 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from dicom_builder import make_dataset, to_bytes
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
-    MRImageStorage,
     RLELossless,
-    generate_uid,
 )
 
 from inferstream.blobs import LocalBlobStore, check_in
@@ -44,60 +41,6 @@ from inferstream.steps import StepContext, build_step
 
 Decoder = Callable[[bytes], DecodedScan]
 BOTH: list[Decoder] = [decode, decode_with_pydicom]
-
-
-def make_dataset(rows: int = 128, cols: int = 128, seed: int = 0, **overrides: Any) -> Dataset:
-    """An MR slice as the flagship contract describes it; ``overrides`` set or drop tags."""
-    rng = np.random.default_rng(seed)
-    ds = Dataset()
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(seed)])
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"study{seed}"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"series{seed}"])
-    ds.Modality = "MR"
-    ds.Manufacturer = "inferstream-sim"
-    ds.AccessionNumber = f"TRAY-{seed % 100:04d}"
-    ds.StationName = "SCANNER-03"
-    ds.AcquisitionDateTime = "20261122014944.123456"
-    ds.PatientName = f"EGG^EGG-{seed:06d}"
-    ds.PatientID = f"EGG-{seed:06d}"
-    ds.ClinicalTrialTimePointID = str(4 + seed % 10)
-    ds.MagneticFieldStrength = 9.4
-    ds.RepetitionTime = 500.0
-    ds.EchoTime = 12.0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = rows, cols
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = rng.integers(0, 65536, (rows, cols), dtype=np.uint16).tobytes()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    with warnings.catch_warnings():  # some overrides are invalid on purpose
-        warnings.simplefilter("ignore")
-        for keyword, value in overrides.items():
-            if value is None:
-                delattr(ds, keyword)
-            else:
-                setattr(ds, keyword, value)
-    return ds
-
-
-def to_bytes(ds: Dataset, syntax: str = ExplicitVRLittleEndian, preamble: bytes = b"") -> bytes:
-    if syntax == ds.file_meta.TransferSyntaxUID:
-        pass
-    elif syntax in (RLELossless, JPEG2000Lossless):
-        ds.compress(syntax)
-    else:
-        ds.file_meta.TransferSyntaxUID = UID(syntax)
-    if preamble:
-        ds.preamble = preamble.ljust(128, b"\x00")
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def scan_bytes(syntax: str = ExplicitVRLittleEndian, **overrides: Any) -> bytes:
