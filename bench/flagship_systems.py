@@ -28,7 +28,7 @@ from flagship_load import ProcMonitor, http_load, paced, wait_stored
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
 from inferstream.bus import Bus, open_bus
-from inferstream.eggs.demo import DemoSettings, _fresh_workdir, _spec, _start_pipeline
+from inferstream.eggs.demo import DemoSettings, fresh_workdir, pipeline_spec, start_pipeline
 from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool, stamp
 from inferstream.envelope import new_id, now_us
 from inferstream.runner import ensure_topics
@@ -115,13 +115,13 @@ class BusPipeline(System):
 
     def start(self) -> None:
         settings = DemoSettings(workdir=self.workdir / self.name, serve=self.serve)
-        _fresh_workdir(settings)
-        spec = _spec(settings)
+        fresh_workdir(settings)
+        spec = pipeline_spec(settings)
         self.bus: Bus = open_bus(spec.bus)
         ensure_topics(self.bus, spec)
         self.store = ResultsStore(spec.store)
         self.prepare()
-        proc = _start_pipeline(spec, self.serve)
+        proc = start_pipeline(spec, self.serve)
         self.procs.append(proc)
         self.monitor.watch(self.name, proc.pid)
         self.warm_up()
@@ -136,7 +136,7 @@ class BusPipeline(System):
         # one bus transaction), which under overload holds the embedded bus's write lock
         # long enough to starve the workers; a fleet of scanners sends small batches.
         emission = Emission(started=time.monotonic())
-        paced(rate, count, lambda first, end: sim._send_batch(emission, first, end),
+        paced(rate, count, lambda first, end: sim.send_batch(emission, first, end),
               max_batch=OFFER_BATCH)  # fmt: skip
 
     def settle(self) -> None:

@@ -63,7 +63,7 @@ class Summary:
     offered_rate_per_s: float
 
 
-def _spec(settings: DemoSettings) -> PipelineSpec:
+def pipeline_spec(settings: DemoSettings) -> PipelineSpec:
     work = settings.workdir.resolve()
     spec = load_pipeline(example_path("eggs"))
     return spec.with_urls(
@@ -78,7 +78,7 @@ WORKDIR_FILES = ("bus.db", "bus.db-wal", "bus.db-shm", "results.db", "results.db
                  "results.db-shm", "results.db.migrate-lock")  # fmt: skip
 
 
-def _fresh_workdir(settings: DemoSettings) -> None:
+def fresh_workdir(settings: DemoSettings) -> None:
     """Each run starts from an empty embedded bus and store, so its figures are its own."""
     settings.workdir.mkdir(parents=True, exist_ok=True)
     for name in WORKDIR_FILES:
@@ -86,7 +86,7 @@ def _fresh_workdir(settings: DemoSettings) -> None:
     shutil.rmtree(settings.workdir / "blobs", ignore_errors=True)
 
 
-def _start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[bytes]:
+def start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "inferstream", "up", str(spec.source)]
     argv += ["--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs]
     argv += ["--serve", serve] if serve else []
@@ -210,8 +210,8 @@ def _wait_for_results(progress: Progress, expected: int) -> None:
 
 
 def run_demo(settings: DemoSettings) -> Summary:
-    _fresh_workdir(settings)
-    spec = _spec(settings)
+    fresh_workdir(settings)
+    spec = pipeline_spec(settings)
     bus = open_bus(spec.bus)
     ensure_topics(bus, spec)
     store = ResultsStore(spec.store)
@@ -219,7 +219,7 @@ def run_demo(settings: DemoSettings) -> Summary:
     pool = ScanPool.build(settings.pool, progress=lambda d, t: print(f"  {d}/{t} scans rendered"))
     run = new_id()
     login = _dashboard_login(store, settings.tenant, run) if settings.serve else None
-    proc = _start_pipeline(spec, settings.serve)
+    proc = start_pipeline(spec, settings.serve)
     try:
         sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
                                tenant=settings.tenant, run=run,

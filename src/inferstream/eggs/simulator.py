@@ -131,7 +131,7 @@ class ScannerSimulator:
         while sent < total:
             due = min(total, int((time.monotonic() - out.started) * self.rate) + 1)
             if due > sent:
-                self._send_batch(out, sent, min(due, sent + 1000))
+                self.send_batch(out, sent, min(due, sent + 1000))
                 sent = min(due, sent + 1000)
                 if progress:
                     progress(out)
@@ -139,7 +139,8 @@ class ScannerSimulator:
         out.finished = time.monotonic()
         return out
 
-    def _send_batch(self, out: Emission, first: int, end: int) -> None:
+    def send_batch(self, out: Emission, first: int, end: int) -> None:
+        """Send emissions ``first`` to ``end`` in one bus write (benchmarks pace these)."""
         records = []
         for number in range(first, end):
             scan, scanner = self.pool.pick(number, self.scanners)
