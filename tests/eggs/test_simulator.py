@@ -51,3 +51,18 @@ def test_scanner_count_is_checked(pool: ScanPool, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"scanners must be 1\.\.99"):
         ScannerSimulator(bus, "scans.raw", pool, rate=1, tenant="t", run="r", scanners=0)
     bus.close()
+
+
+def test_the_demo_refuses_a_taken_dashboard_address_with_what_to_do() -> None:
+    import socket
+
+    from inferstream.eggs.demo import check_port_free
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match="--no-serve"):
+            check_port_free(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="--serve HOST:PORT"):
+        check_port_free("127.0.0.1:notaport")

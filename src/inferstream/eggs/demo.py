@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from pathlib import Path
 from inferstream.bus import open_bus
 from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool
 from inferstream.envelope import new_id, now_us
+from inferstream.errors import ConfigError
 from inferstream.examples import example_path
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
@@ -209,7 +211,22 @@ def _wait_for_results(progress: Progress, expected: int) -> None:
         time.sleep(0.2)
 
 
+def check_port_free(serve: str) -> None:
+    """Fail before anything starts when the API's address is taken, with what to do."""
+    host, _, port = serve.rpartition(":")
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, int(port)))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot serve the dashboard on {serve} ({exc}); pick another address with "
+                "--serve HOST:PORT, or run without it using --no-serve"
+            ) from exc
+
+
 def run_demo(settings: DemoSettings) -> Summary:
+    if settings.serve:
+        check_port_free(settings.serve)
     fresh_workdir(settings)
     spec = pipeline_spec(settings)
     bus = open_bus(spec.bus)
