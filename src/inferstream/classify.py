@@ -13,6 +13,7 @@ payload (keeping its content type) so the results travelling on the bus stay sma
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -116,6 +117,17 @@ def _model_paths(name_or_path: str | Path) -> tuple[Path, Path]:
     return base.with_suffix(".onnx"), base.with_suffix(".json")
 
 
+def read_model_info(name_or_path: str | Path) -> tuple[ModelInfo, str]:
+    """A model's metadata and the SHA-256 of its ONNX file, without loading the graph."""
+    onnx_path, json_path = _model_paths(name_or_path)
+    try:
+        info = ModelInfo.from_json(json.loads(json_path.read_text()), json_path)
+        digest = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model {name_or_path!r}: cannot read its files: {exc}") from exc
+    return info, digest
+
+
 def load_model(name_or_path: str | Path) -> Model:
     """Load ``<name>.onnx`` + ``<name>.json`` from the package models or a path."""
     onnx_path, json_path = _model_paths(name_or_path)
@@ -212,4 +224,12 @@ def classify_step(
     return ClassifyStep(load_model(model), ROLES[role])
 
 
-__all__ = ["ClassifyStep", "Model", "ModelInfo", "classify_step", "load_model", "softmax"]
+__all__ = [
+    "ClassifyStep",
+    "Model",
+    "ModelInfo",
+    "classify_step",
+    "load_model",
+    "read_model_info",
+    "softmax",
+]

@@ -103,6 +103,34 @@ def test_admin_commands_then_serve_over_tls(
     assert b'"route": "/v1/whoami"' in stderr  # JSON access lines by route template
 
 
+def test_revoke_key_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inferstream.api.accounts import Accounts
+    from inferstream.api.auth import principal_from_key
+    from inferstream.api.errors import Unauthorized
+    from inferstream.store import ResultsStore
+
+    pipeline = str(example_path("eggs"))
+    assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
+    args = ["--tenant", "acme", "--name", "scanner-03", "--role", "scanner"]
+    assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *args]) == 0
+    key = capsys.readouterr().out.strip()
+    key_id = key.split(".")[2]
+
+    revoke = ["admin", "revoke-key", pipeline, *_urls(tmp_path), "--tenant", "acme"]
+    assert main([*revoke, key_id]) == 0
+    assert main([*revoke, "0123456789ab"]) == 2  # no such key: says so, exit code 2
+    assert "has no key" in capsys.readouterr().err
+
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    try:
+        with pytest.raises(Unauthorized, match="revoked"):
+            principal_from_key(Accounts(store), key)
+    finally:
+        store.close()
+
+
 def test_up_serve_child_runs_the_api_with_the_pipelines_urls() -> None:
     spec = load_pipeline(example_path("eggs"))
     child = api_child(spec, "127.0.0.1:8123")

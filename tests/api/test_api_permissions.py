@@ -25,10 +25,12 @@ TRAY = "TRAY-0042"
 
 @dataclass(frozen=True)
 class Seeded:
-    """A scan (ingested and processed) that belongs to the world's first tenant."""
+    """A scan (ingested and processed), a user and a key of the world's first tenant."""
 
     scan_id: str
     egg_id: str
+    username: str = "victim"
+    key_id: str = ""
 
 
 Call = Callable[[Seeded], tuple[str, dict[str, Any]]]
@@ -59,8 +61,13 @@ CALLS: dict[str, Call] = {
     "GET /v1/models/accuracy": lambda s: ("/v1/models/accuracy", {}),
     "POST /v1/feedback": lambda s: ("/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "m"}}),
     "POST /v1/admin/replay": lambda s: ("/v1/admin/replay", {"json": REPLAY}),
+    "GET /v1/models": lambda s: ("/v1/models", {}),
+    "GET /v1/admin/users": lambda s: ("/v1/admin/users", {}),
     "POST /v1/admin/users": lambda s: ("/v1/admin/users", {"json": _new_user()}),
+    "DELETE /v1/admin/users/{username}": lambda s: (f"/v1/admin/users/{s.username}", {}),
+    "GET /v1/admin/keys": lambda s: ("/v1/admin/keys", {}),
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "scanner"}}),
+    "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
     "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
 }  # fmt: skip
 
@@ -74,15 +81,22 @@ def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
         assert answer.json()["count"] == 1
     if route == "GET /v1/trays/{tray}/export.csv":
         assert seeded.scan_id in answer.text
+    if route == "GET /v1/admin/users":
+        assert seeded.username in [user["username"] for user in answer.json()]
+    if route == "GET /v1/admin/keys":
+        assert seeded.key_id in [key["key_id"] for key in answer.json()]
 
 
 def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     """What an allowed caller of another tenant gets: nothing of the first tenant's."""
-    if "{scan_id}" in route:
+    if any(name in route for name in ("{scan_id}", "{username}", "{key_id}")):
         assert answer.status_code == 404, (route, answer.text)
         return
     assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
     assert seeded.scan_id not in answer.text
+    assert seeded.key_id not in answer.text
+    if route not in ("POST /v1/admin/users", "GET /v1/whoami"):  # any name may recur
+        assert seeded.username not in answer.text
     if route != "POST /v1/feedback":  # which echoes the egg id it was sent
         assert seeded.egg_id not in answer.text
     if route == "GET /v1/trays/{tray}/summary":
@@ -93,6 +107,7 @@ def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
 def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Seeded]]:
     from api_testing import JWT_SECRET
 
+    from inferstream.api.auth import hash_password, issue_key
     from inferstream.examples import example_path
     from inferstream.pipeline import load_pipeline
 
@@ -110,7 +125,10 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
             headers={**world.headers(world.own, "scanner"), "Content-Type": "application/dicom"},
         )
         (scan_id,) = answer.json()["ids"]
-        seeded = Seeded(scan_id, "EGG-000001")
+        accounts = world.client.app.state.accounts  # type: ignore[attr-defined]
+        accounts.create_user(world.own, "victim", hash_password("correct horse battery"), "viewer")
+        key = issue_key(accounts, world.own, "victim key", "scanner")
+        seeded = Seeded(scan_id, "EGG-000001", "victim", key.key_id)
         world.client.app.state.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
         yield world, seeded
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inferstream.api.errors import BadRequest, Conflict
@@ -35,6 +35,17 @@ class StoredKey:
     secret_sha256: str
     role: str
     revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """An API key as an admin sees it: never its secret or the secret's hash."""
+
+    key_id: str
+    name: str
+    role: str
+    created_at_us: int
+    revoked_at_us: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +127,23 @@ class Accounts:
             return None
         return StoredUser(row["tenant"], row["username"], row["password_hash"], row["role"])
 
+    def list_users(self, tenant: str) -> list[tuple[str, str]]:
+        """(username, role) of every user of ``tenant``, by name."""
+        stmt = (
+            select(users.c.username, users.c.role)
+            .where(users.c.tenant == tenant)
+            .order_by(users.c.username)
+        )
+        with self._tenant(tenant, "read users from") as conn:
+            return [(row.username, row.role) for row in conn.execute(stmt)]
+
+    def delete_user(self, tenant: str, username: str) -> bool:
+        """Remove a user; False when there was none. Tokens already issued live on
+        until they expire (minutes), since tokens are checked without a lookup."""
+        stmt = delete(users).where(users.c.tenant == tenant, users.c.username == username)
+        with self._tenant(tenant, "delete users from") as conn:
+            return conn.execute(stmt).rowcount > 0
+
     def create_key(self, key: StoredKey) -> None:
         values = {
             "tenant": key.tenant,
@@ -140,6 +168,30 @@ class Accounts:
             row["role"],
             row["revoked_at_us"] is not None,
         )
+
+    def list_keys(self, tenant: str) -> list[KeyListing]:
+        """Every key of ``tenant``, revoked ones included, oldest first."""
+        columns = (api_keys.c[name] for name in KeyListing.__slots__)
+        stmt = (
+            select(*columns)
+            .where(api_keys.c.tenant == tenant)
+            .order_by(api_keys.c.created_at_us, api_keys.c.key_id)
+        )
+        with self._tenant(tenant, "read API keys from") as conn:
+            return [KeyListing(*row) for row in conn.execute(stmt)]
+
+    def revoke_key(self, tenant: str, key_id: str) -> bool:
+        """Revoke a key from its next request on; False when ``tenant`` has no such key.
+
+        Revoking twice keeps the first revocation time.
+        """
+        where = (api_keys.c.tenant == tenant, api_keys.c.key_id == key_id)
+        with self._tenant(tenant, "revoke API keys in") as conn:
+            if conn.execute(select(api_keys.c.key_id).where(*where)).first() is None:
+                return False
+            stmt = update(api_keys).where(*where, api_keys.c.revoked_at_us.is_(None))
+            conn.execute(stmt.values(revoked_at_us=now_us()))
+        return True
 
     # -- scans ----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Login, and the routes that manage a tenant: users, API keys and replay."""
+"""Login, and the routes that manage a tenant: users, API keys, models and replay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field
@@ -19,10 +19,12 @@ from inferstream.api.auth import (
     login,
     require,
 )
-from inferstream.api.errors import BadRequest
+from inferstream.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from inferstream.api.permissions import Role, roles_for
 from inferstream.bus import SeekToTimestamp
-from inferstream.errors import ConfigError
+from inferstream.classify import read_model_info
+from inferstream.errors import ConfigError, ModelError
+from inferstream.pipeline import PipelineSpec
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin"])
@@ -63,6 +65,26 @@ class KeyOut(BaseModel):
     name: str
     role: Role
     key: str = Field(description="the secret, shown this once; store it now")
+
+
+class KeyInfo(BaseModel):
+    key_id: str
+    name: str
+    role: Role
+    created_at_us: int
+    revoked_at_us: int | None = Field(description="when it was revoked; null while it works")
+
+
+class ServedModel(BaseModel):
+    stage: str
+    step: int = Field(description="position of the classify step in the stage, from 0")
+    name: str
+    version: str
+    role: str = Field(description="champion (its predictions count) or shadow")
+    labels: list[str]
+    input_shape: list[int]
+    macs: int
+    sha256: str = Field(description="SHA-256 of the ONNX file the workers load")
 
 
 class Replay(BaseModel):
@@ -126,6 +148,85 @@ def create_key(
         role=issued.role,
         key=issued.secret,
     )
+
+
+@router.get("/v1/admin/users", response_model=list[UserOut])
+def list_users(
+    request: Request,
+    principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/admin/users")))],
+) -> list[UserOut]:
+    """The users of your tenant, by name."""
+    found = request.app.state.accounts.list_users(principal.tenant)
+    return [UserOut(username=name, tenant=principal.tenant, role=role) for name, role in found]
+
+
+@router.delete("/v1/admin/users/{username}", status_code=204, response_class=Response)
+def delete_user(
+    username: str,
+    request: Request,
+    principal: Annotated[
+        Principal, Depends(require(*roles_for("DELETE /v1/admin/users/{username}")))
+    ],
+) -> Response:
+    """Delete a user of your tenant. Tokens it holds stop working when they expire."""
+    if username == principal.subject:
+        raise Conflict("you cannot delete the user you are logged in as; ask another admin")
+    if not request.app.state.accounts.delete_user(principal.tenant, username):
+        raise NotFound(f"no user {username[:128]!r} in your tenant")
+    log.info("user deleted", extra={"username": username, "subject": principal.subject})
+    return Response(status_code=204)
+
+
+@router.get("/v1/admin/keys", response_model=list[KeyInfo])
+def list_keys(
+    request: Request,
+    principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/admin/keys")))],
+) -> list[KeyInfo]:
+    """Your tenant's API keys, revoked ones included; secrets are never shown again."""
+    found = request.app.state.accounts.list_keys(principal.tenant)
+    return [KeyInfo.model_validate(key, from_attributes=True) for key in found]
+
+
+@router.delete("/v1/admin/keys/{key_id}", status_code=204, response_class=Response)
+def revoke_key(
+    key_id: str,
+    request: Request,
+    principal: Annotated[Principal, Depends(require(*roles_for("DELETE /v1/admin/keys/{key_id}")))],
+) -> Response:
+    """Revoke an API key: its next request answers 401. Revoking twice is harmless."""
+    if not request.app.state.accounts.revoke_key(principal.tenant, key_id):
+        raise NotFound(f"no API key {key_id[:64]!r} in your tenant")
+    log.info("key revoked", extra={"key_id": key_id, "subject": principal.subject})
+    return Response(status_code=204)
+
+
+@router.get("/v1/models", response_model=list[ServedModel])
+def served_models(
+    request: Request,
+    principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/models")))],
+) -> list[ServedModel]:
+    """The models this pipeline's stages serve: version, role and the file's checksum."""
+    return describe_models(request.app.state.settings.pipeline)
+
+
+def describe_models(spec: PipelineSpec) -> list[ServedModel]:
+    served = []
+    for stage in spec.stages:
+        for index, step in enumerate(stage.steps):
+            if step.ref != "classify":
+                continue
+            try:
+                info, digest = read_model_info(str(step.params.get("model", "egg_sexing")))
+            except ModelError as exc:
+                raise Unavailable(f"stage {stage.name!r}: {exc}") from exc
+            served.append(
+                ServedModel(
+                    stage=stage.name, step=index, name=info.name, version=info.version,
+                    role=str(step.params.get("role", "champion")), labels=list(info.labels),
+                    input_shape=list(info.input_shape), macs=info.macs, sha256=digest,
+                )
+            )  # fmt: skip
+    return served
 
 
 @router.post("/v1/admin/replay", response_model=ReplayOut, status_code=202)

@@ -157,6 +157,21 @@ def cmd_create_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revoke_key(args: argparse.Namespace) -> int:
+    accounts = _accounts(args)
+    try:
+        _require_tenant(accounts, args.tenant)
+        if not accounts.revoke_key(args.tenant, args.key_id):
+            raise ConfigError(
+                f"tenant {args.tenant!r} has no key {args.key_id!r}; the key id is the "
+                "third part of isk.<tenant>.<key id>.<secret>"
+            )
+    finally:
+        accounts.store.close()
+    print(f"key {args.key_id} of tenant {args.tenant} revoked; its next request answers 401")
+    return 0
+
+
 def _require_tenant(accounts: Any, tenant: str) -> None:
     if not accounts.tenant_exists(tenant):
         raise ConfigError(
@@ -185,7 +200,7 @@ def add_api_commands(sub: Any) -> None:
         "dashboard feed, so a credential may get up to N x --rate",
     )
 
-    admin = sub.add_parser("admin", help="Create tenants, users and API keys.")
+    admin = sub.add_parser("admin", help="Create tenants, users and API keys; revoke keys.")
     commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
     tenant = commands.add_parser("create-tenant", help="Create a tenant (a hatchery company).")
     tenant.set_defaults(handler=cmd_create_tenant)
@@ -203,3 +218,8 @@ def add_api_commands(sub: Any) -> None:
     key.add_argument("--tenant", required=True)
     key.add_argument("--name", required=True, help="what the key is for, e.g. scanner-03")
     key.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "scanner"])
+    revoke = commands.add_parser("revoke-key", help="Revoke an API key (works with the API down).")
+    revoke.set_defaults(handler=cmd_revoke_key)
+    _pipeline_args(revoke)
+    revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("key_id", help="the key id: third part of isk.<tenant>.<key id>.<secret>")

@@ -25,11 +25,16 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "GET /v1/results": _READ,
     "GET /v1/trays/{tray}/summary": _READ,
     "GET /v1/trays/{tray}/export.csv": _READ,
+    "GET /v1/models": _READ,
     "GET /v1/models/accuracy": _READ,
     "POST /v1/feedback": _OPERATE,
     "POST /v1/admin/replay": _OPERATE,
+    "GET /v1/admin/users": _ADMIN,
     "POST /v1/admin/users": _ADMIN,
+    "DELETE /v1/admin/users/{username}": _ADMIN,
+    "GET /v1/admin/keys": _ADMIN,
     "POST /v1/admin/keys": _ADMIN,
+    "DELETE /v1/admin/keys/{key_id}": _ADMIN,
     "GET /v1/whoami": frozenset(ROLES),
 }
 
