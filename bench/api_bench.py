@@ -10,10 +10,14 @@ the same read mix in three phases of ``--phase-s`` seconds each:
   flagship's path;
 * ``api``: ``--rate`` scans/s are POSTed to ``/v1/scans`` (raw ``application/dicom``,
   one scan per request, with the scanner keys), to see whether the API's own ingest
-  keeps up.
+  keeps up;
+* ``batch``: ``--rate`` scans/s are POSTed as ``application/x-protobuf``
+  ``EnvelopeBatch`` bodies of ``--batch`` scans (the edge agents' path), spread over
+  the scanner keys.
 
-Each reader is one asyncio task with its own keep-alive ``httpx.AsyncClient`` and
-its own login (the rate limit is per credential, as for 100 people), and loops:
+Each reader is one asyncio task with its own keep-alive connection (``http_lite``: a
+cheap client, so the load generator does not starve the API of CPU) and its own login
+(the rate limit is per credential, as for 100 people), and loops:
 ``GET /v1/results`` with filters and cursor paging (50 %), ``GET /v1/scans/{id}`` of
 a recently listed scan (30 %), ``GET /v1/trays/{tray}/summary`` (20 %), then thinks
 for an exponentially distributed ``--think-ms`` (0 = closed loop, each reader fires
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import random
@@ -36,20 +41,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil  # type: ignore[import-untyped]
+from http_lite import Connection
 
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import Principal, hash_password, issue_key, issue_token
 from inferstream.api.settings import JWT_SECRET_ENV, ApiSettings
 from inferstream.bus import open_bus
 from inferstream.eggs.simulator import ScannerSimulator, ScanPool, stamp
+from inferstream.envelope import EnvelopeBatch, now_us
 from inferstream.examples import example_path
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
@@ -59,6 +66,7 @@ TENANT = "bench-hatchery"
 ROUTES = ("GET /v1/results", "GET /v1/scans/{id}", "GET /v1/trays/{tray}/summary")
 LABELS = ("female", "male", "not_developing")
 DICOM = {"Content-Type": "application/dicom"}
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
 
 @dataclass
@@ -151,8 +159,9 @@ def wait_until(
 
 def api_up(base: str) -> bool:
     try:
-        return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except OSError:
         return False
 
 
@@ -204,26 +213,59 @@ async def post_scans(load: Load, keys: list[str], shared: Shared) -> None:
     pool = load.pool
 
     async def poster(key: str) -> None:
-        headers = {"X-API-Key": key}
-        async with httpx.AsyncClient(base_url=load.base, headers=headers, timeout=30) as c:
-            while (now := time.monotonic()) < load.until:
-                n = next(slots)
-                await asyncio.sleep(max(0.0, started + n / load.rate - now))
-                scan = pool.scans[n % len(pool.scans)]
-                data, _, _ = stamp(scan, n, "apib", f"SCANNER-{n % 8 + 1:02d}")
-                try:
-                    answer = await c.post("/v1/scans", content=data, headers=DICOM)
-                    status = answer.status_code
-                except httpx.TransportError:
-                    status = 0
-                if status == 202:
-                    shared.posted += 1
-                else:
-                    shared.post_errors += 1
-                    shared.statuses[status] = shared.statuses.get(status, 0) + 1
+        conn = Connection(load.base, {"X-API-Key": key})
+        while (now := time.monotonic()) < load.until:
+            n = next(slots)
+            await asyncio.sleep(max(0.0, started + n / load.rate - now))
+            scan = pool.scans[n % len(pool.scans)]
+            data, _, _ = stamp(scan, n, "apib", f"SCANNER-{n % 8 + 1:02d}")
+            try:
+                status = (await conn.request("POST", "/v1/scans", body=data, headers=DICOM)).status
+            except (OSError, asyncio.IncompleteReadError):
+                status = 0
+            if status == 202:
+                shared.posted += 1
+            else:
+                shared.post_errors += 1
+                shared.statuses[status] = shared.statuses.get(status, 0) + 1
+        await conn.close()
 
     # Enough requests in flight that one slow answer does not stall the schedule.
     await asyncio.gather(*(poster(keys[i % len(keys)]) for i in range(64)))
+
+
+async def post_batches(load: Load, keys: list[str], shared: Shared, size: int) -> None:
+    """POST ``EnvelopeBatch`` bodies of ``size`` scans, ``load.rate`` scans/s in all."""
+    started, pool = time.monotonic(), load.pool
+
+    async def agent(lane: int, key: str) -> None:
+        conn = Connection(load.base, {"X-API-Key": key})
+        number = lane  # request numbers: lane, lane + lanes, ...
+        while (now := time.monotonic()) < load.until:
+            await asyncio.sleep(max(0.0, started + number * size / load.rate - now))
+            batch = EnvelopeBatch()
+            for n in range(number * size, (number + 1) * size):
+                scanner = f"SCANNER-{n % 8 + 1:02d}"
+                data, egg_id, _ = stamp(pool.scans[n % len(pool.scans)], n, "apib", scanner)
+                env = batch.envelopes.add(partition_key=egg_id, created_at_us=now_us())
+                env.payload.content_type = "application/dicom"
+                env.payload.inline = data
+            body = batch.SerializeToString()
+            try:
+                status = (
+                    await conn.request("POST", "/v1/scans", body=body, headers=PROTOBUF)
+                ).status
+            except (OSError, asyncio.IncompleteReadError):
+                status = 0
+            if status == 202:
+                shared.posted += size
+            else:
+                shared.post_errors += 1
+                shared.statuses[status] = shared.statuses.get(status, 0) + 1
+            number += len(keys)
+        await conn.close()
+
+    await asyncio.gather(*(agent(lane, key) for lane, key in enumerate(keys)))
 
 
 # -- readers ------------------------------------------------------------------------------
@@ -266,11 +308,11 @@ def learn(route: str, reader: Reader, body: dict[str, Any], shared: Shared) -> N
             shared.trays.append(item["tray"])
 
 
-async def read_loop(load: Load, client: httpx.AsyncClient, shared: Shared, seed: int) -> None:
+async def read_loop(load: Load, client: Connection, shared: Shared, seed: int) -> None:
     """One reader: its own login and keep-alive connection, requests until the phase ends."""
     rng = random.Random(seed)
     reader = Reader()
-    async with client:
+    try:
         # Readers do not start in step: 100 first requests at one instant are a burst
         # no real audience makes, and it alone set the p99.
         await asyncio.sleep(rng.uniform(0, load.think_s))
@@ -278,13 +320,13 @@ async def read_loop(load: Load, client: httpx.AsyncClient, shared: Shared, seed:
             route, path, params = next_request(reader, shared, rng)
             began = time.perf_counter()
             try:
-                answer = await client.get(path, params=params)
-                status = answer.status_code
-            except httpx.TransportError:
-                status = 0  # connection reset or closed: counted as an error, never hidden
+                answer = await client.request("GET", path, params=params)
+                status, body = answer.status, answer.body
+            except (OSError, asyncio.IncompleteReadError):
+                status, body = 0, b""  # reset or closed: counted as an error, never hidden
             shared.latencies[route].append(time.perf_counter() - began)
             if 200 <= status < 300:
-                learn(route, reader, answer.json(), shared)
+                learn(route, reader, json.loads(body), shared)
             else:
                 shared.errors[route] += 1
                 shared.statuses[status] = shared.statuses.get(status, 0) + 1
@@ -292,6 +334,8 @@ async def read_loop(load: Load, client: httpx.AsyncClient, shared: Shared, seed:
             if load.think_s:
                 # Capped below uvicorn's 5 s keep-alive, so readers keep their connection.
                 await asyncio.sleep(min(rng.expovariate(1 / load.think_s), 4.0))
+    finally:
+        await client.close()
 
 
 # -- phases -------------------------------------------------------------------------------
@@ -324,20 +368,16 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 async def run_readers(
     args: argparse.Namespace, ctx: dict[str, Any], shared: Shared, ingest: str
 ) -> None:
-    # Clients are made before the phase: each builds an SSL context (~15 ms of CPU), and
-    # 100 of them built on the running loop stalled the first responses by ~1.5 s,
-    # which the p99 then showed as if the API had been slow.
     clients = [
-        httpx.AsyncClient(
-            base_url=ctx["base"], headers={"Authorization": f"Bearer {token}"}, timeout=30
-        )
-        for token in ctx["tokens"]
+        Connection(ctx["base"], {"Authorization": f"Bearer {token}"}) for token in ctx["tokens"]
     ]
     until = time.monotonic() + args.phase_s
     load = Load(ctx["base"], until, args.think_ms / 1000, args.rate, ctx["pool"])
     tasks = [read_loop(load, client, shared, i) for i, client in enumerate(clients)]
     if ingest == "api":
         tasks.append(post_scans(load, ctx["keys"], shared))
+    if ingest == "batch":
+        tasks.append(post_batches(load, ctx["keys"], shared, args.batch))
     await asyncio.gather(*tasks)
 
 
@@ -358,7 +398,7 @@ def run_phase(
         sim.join()
     wall = time.perf_counter() - before[1]
     stored = store.count_results(TENANT) - before[0]
-    offered = {"idle": 0.0, "bus": args.rate, "api": shared.posted / wall}[name]
+    offered = {"idle": 0.0, "bus": args.rate}.get(name, shared.posted / wall)
     return PhaseResult(
         name, wall, shared, stored / wall, offered,
         loadgen_cpu=(time.process_time() - before[2]) / wall,
@@ -403,7 +443,7 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> None:
             print(_row(res, route, res.shared.latencies[route], res.shared.errors[route]))
         print(_row(res, "**all reads**", everything, sum(res.shared.errors.values())))
     print(
-        "\n| phase | ingest offered/s | results stored/s | API POST 202/s | POST non-2xx | "
+        "\n| phase | ingest offered/s | results stored/s | API accepted scans/s | POST non-2xx | "
         "load-gen CPU | API CPU | pipeline CPU | load avg (1/5/15) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -430,7 +470,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prefill-s", type=float, default=10.0, help="seconds of scans first")
     parser.add_argument("--scanners", type=int, default=10, help="scanner keys for API ingest")
     parser.add_argument("--pool", type=int, default=128, help="distinct scans rendered")
-    parser.add_argument("--phases", default="idle,bus,api")
+    parser.add_argument("--phases", default="idle,bus,api,batch")
+    parser.add_argument("--batch", type=int, default=50, help="scans per protobuf request")
     parser.add_argument("--api-workers", type=int, default=1, help="serve --workers N")
     parser.add_argument("--workdir", type=Path, help="keep bus and store here (default: temp)")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for a quieter machine")

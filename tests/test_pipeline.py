@@ -57,6 +57,8 @@ def test_a_good_file_loads_with_every_setting(tmp_path: Path) -> None:
         (("steps: [passthrough]", "steps: [pasthrough]"), "unknown step 'pasthrough'"),
         (("input: mid", "input: midd"), "reads topic 'midd' that no stage writes"),
         (("replicas: 2", "replicas: 0"), "replicas must be a whole number of at least 1"),
+        (("replicas: 2", "replicas: 2\n    nice: 20"), "nice must be a whole number from 0"),
+        (("replicas: 2", "replicas: 2\n    nice: -5"), "nice must be a whole number from 0"),
         (
             ("max_size: 8", "max_sise: 8"),
             "unknown batch setting 'max_sise' (did you mean 'max_size'?)",

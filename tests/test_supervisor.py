@@ -24,6 +24,7 @@ stages:
     output: copied
     steps: [passthrough]
     replicas: 2
+    nice: 7
   - name: sink
     input: copied
     steps: [{{step: store_results, on_conflict: {conflict}}}]
@@ -63,3 +64,26 @@ def test_workers_drain_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     os.kill(up.pid, signal.SIGKILL)
     up.wait()
     assert wait_until(lambda: not worker_pids(pipeline), 30), "orphaned workers kept running"
+
+
+def test_a_stage_runs_at_its_nice_value(tmp_path: Path) -> None:
+    """``nice: 7`` on a stage: its workers yield the CPU; the other stage keeps 0."""
+    pipeline = _file(tmp_path, "ignore")
+    up = subprocess.Popen([sys.executable, "-m", "inferstream", "up", str(pipeline)])
+    try:
+        assert wait_until(lambda: len(worker_pids(pipeline)) == 3, 60), "workers did not start"
+
+        def niceness() -> dict[str, list[int]]:
+            seen: dict[str, list[int]] = {}
+            for pid in worker_pids(pipeline):
+                stage = b"sink" if b"sink" in Path(f"/proc/{pid}/cmdline").read_bytes() else b"copy"
+                seen.setdefault(stage.decode(), []).append(os.getpriority(os.PRIO_PROCESS, pid))
+            return seen
+
+        # The worker lowers its priority as it starts: wait for both replicas to have.
+        assert wait_until(lambda: niceness().get("copy") == [7, 7], 30), niceness()
+        assert niceness()["sink"] == [0]
+        assert os.getpriority(os.PRIO_PROCESS, up.pid) == 0  # the supervisor keeps its own
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=60)

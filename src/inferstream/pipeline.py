@@ -77,6 +77,9 @@ class StageSpec:
     replicas: int = 1
     #: Attempts per message before it goes to ``<input>.dlq``.
     max_attempts: int = 3
+    #: CPU priority of the stage's worker processes (0-19; higher yields the CPU to
+    #: others first), so an API on the same machine answers before batch work runs.
+    nice: int = 0
     line: int | None = None
 
     def group(self, pipeline: str) -> str:

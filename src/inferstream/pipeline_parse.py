@@ -25,7 +25,7 @@ from inferstream.pipeline import (
 )
 
 PIPELINE_KEYS = {"name", "bus", "store", "blobs", "claim_check_kb", "topics", "stages"}
-STAGE_KEYS = {"name", "input", "output", "steps", "batch", "replicas", "max_attempts"}
+STAGE_KEYS = {"name", "input", "output", "steps", "batch", "replicas", "max_attempts", "nice"}
 BATCH_KEYS = {"max_size", "max_wait_ms"}
 TOPIC_KEYS = {"partitions", "retention_hours", "max_messages"}
 
@@ -109,8 +109,18 @@ def _parse_stage(raw: Any, file: Path) -> StageSpec:
         batch=_parse_batch(raw.get("batch"), where),
         replicas=_positive_int(raw, "replicas", 1, where),
         max_attempts=_positive_int(raw, "max_attempts", 3, where),
+        nice=_nice(raw.get("nice", 0), where),
         line=raw.get("__line__"),
     )
+
+
+def _nice(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
+        raise ConfigError(
+            f"{where}: nice must be a whole number from 0 (normal) to 19 (yields most), "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _parse_retention(settings: Mapping[str, Any], where: str) -> RetentionPolicy | None:

@@ -104,10 +104,19 @@ def watch_parent(stop: threading.Event) -> None:
     threading.Thread(target=watch, name="watch-supervisor", daemon=True).start()
 
 
+def lower_priority(nice: int) -> None:
+    """Run this process at ``nice`` (never raising its priority, which needs privileges)."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if nice > current:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        log.info("running at nice %d", nice)
+
+
 def run_stage(spec: PipelineSpec, stage_name: str, replica: int = 0) -> None:
     """Run ``stage_name`` until SIGTERM/SIGINT; drains cleanly."""
     stop = threading.Event()
     watch_parent(stop)
+    lower_priority(spec.stage(stage_name).nice)
     bus = open_bus(spec.bus)
     try:
         ensure_topics(bus, spec)

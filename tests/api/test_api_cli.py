@@ -115,7 +115,7 @@ def test_revoke_key_from_the_command_line(
     assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
     args = ["--tenant", "acme", "--name", "scanner-03", "--role", "scanner"]
     assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *args]) == 0
-    key = capsys.readouterr().out.strip()
+    key = capsys.readouterr().out.strip().splitlines()[-1]
     key_id = key.split(".")[2]
 
     revoke = ["admin", "revoke-key", pipeline, *_urls(tmp_path), "--tenant", "acme"]

@@ -29,7 +29,8 @@ class Seeded:
 
     scan_id: str
     egg_id: str
-    username: str = "victim"
+    username: str = "victim"  # listed, never deleted
+    doomed: str = "doomed"  # the user the DELETE route removes
     key_id: str = ""
 
 
@@ -64,7 +65,7 @@ CALLS: dict[str, Call] = {
     "GET /v1/models": lambda s: ("/v1/models", {}),
     "GET /v1/admin/users": lambda s: ("/v1/admin/users", {}),
     "POST /v1/admin/users": lambda s: ("/v1/admin/users", {"json": _new_user()}),
-    "DELETE /v1/admin/users/{username}": lambda s: (f"/v1/admin/users/{s.username}", {}),
+    "DELETE /v1/admin/users/{username}": lambda s: (f"/v1/admin/users/{s.doomed}", {}),
     "GET /v1/admin/keys": lambda s: ("/v1/admin/keys", {}),
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "scanner"}}),
     "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
@@ -97,6 +98,7 @@ def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     assert seeded.key_id not in answer.text
     if route not in ("POST /v1/admin/users", "GET /v1/whoami"):  # any name may recur
         assert seeded.username not in answer.text
+        assert seeded.doomed not in answer.text
     if route != "POST /v1/feedback":  # which echoes the egg id it was sent
         assert seeded.egg_id not in answer.text
     if route == "GET /v1/trays/{tray}/summary":
@@ -126,9 +128,10 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
         )
         (scan_id,) = answer.json()["ids"]
         accounts = world.client.app.state.accounts  # type: ignore[attr-defined]
-        accounts.create_user(world.own, "victim", hash_password("correct horse battery"), "viewer")
+        for name in ("victim", "doomed"):
+            accounts.create_user(world.own, name, hash_password("correct horse battery"), "viewer")
         key = issue_key(accounts, world.own, "victim key", "scanner")
-        seeded = Seeded(scan_id, "EGG-000001", "victim", key.key_id)
+        seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id)
         world.client.app.state.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
         yield world, seeded
 
