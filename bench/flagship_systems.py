@@ -121,13 +121,24 @@ class BusPipeline(System):
         ensure_topics(self.bus, spec)
         self.store = ResultsStore(spec.store)
         self.prepare()
-        proc = start_pipeline(spec, self.serve)
-        self.procs.append(proc)
-        self.monitor.watch(self.name, proc.pid)
+        self.spec = spec
+        self.resume()
         self.warm_up()
 
     def prepare(self) -> None:
         """Hook before the processes start."""
+
+    def pause(self) -> None:
+        """Stop ``inferstream up`` (its workers drain and exit); the bus keeps what comes."""
+        up = self.procs[-1]
+        up.terminate()
+        up.wait(timeout=60)
+
+    def resume(self) -> None:
+        """Start ``inferstream up`` on the same bus and store; no warm-up."""
+        proc = start_pipeline(self.spec, self.serve)
+        self.procs.append(proc)
+        self.monitor.watch(self.name, proc.pid)
 
     def offer(self, tenant: str, rate: float, count: int) -> None:
         sim = ScannerSimulator(self.bus, "scans.raw", self.pool, rate=rate, tenant=tenant,
