@@ -8,12 +8,14 @@ One command, one run on this machine::
    batch 64, in 1 process and in 2 at once (``flagship_ceiling``);
 2. peers: Celery + Redis (one task per scan) and a synchronous FastAPI endpoint
    (uvicorn, 2 workers), same scans, same model, same store (``flagship_peers``);
-3. the pipeline (``inferstream up``) fed through the bus by the scanner simulator:
-   maximum sustained throughput (offered more than it takes), latency p50/p99 at 25%,
-   50% and 90% of that maximum, at 1000/s and at the Celery peer's 90% point; CPU time
-   per scan over all its processes; a backlog of 10x its maximum for a few seconds,
-   drained, with RSS start/peak/end per process;
-4. the pipeline fed through its API (``POST /v1/scans``, raw DICOM, async httpx).
+3. the pipeline (``inferstream up``): a backlog of 10x the ceiling's rate for
+   ``backlog_s`` seconds, written with the workers stopped and drained by the
+   pipeline alone (its throughput without a generator beside it; RSS start/peak/end
+   per process); then fed through the bus by the scanner simulator: the highest
+   offered rate it keeps up with (rising 10 % a step), latency p50/p99 at 25%, 50% and
+   90% of that maximum, at 1000/s and at the Celery peer's 90% point; CPU time per scan
+   over all its processes;
+4. the pipeline fed through its API (``POST /v1/scans``, raw DICOM, ``http_lite`` client).
 
 Every process's RSS is sampled every 0.5 s throughout. Prints a table with the goal
 ratios, writes ``bench/results/flagship.json`` and ``docs/flagship-latency.png``
@@ -55,10 +57,11 @@ class Plan:
     max_s: float
     rate_s: float
     backlog_s: float
+    search_s: float
 
 
-QUICK = Plan(True, pool=128, ceiling_scans=640, max_s=3, rate_s=1.5, backlog_s=0.3)
-FULL = Plan(False, pool=512, ceiling_scans=3840, max_s=15, rate_s=10, backlog_s=2)
+QUICK = Plan(True, pool=128, ceiling_scans=640, max_s=3, rate_s=1.5, backlog_s=0.3, search_s=1.5)
+FULL = Plan(False, pool=512, ceiling_scans=3840, max_s=15, rate_s=10, backlog_s=1.2, search_s=4)
 
 
 class Bench:
@@ -128,16 +131,16 @@ class Bench:
               f"  cpu {point['cpu_ms_per_scan']:.2f} ms/scan")  # fmt: skip
         return point
 
-    def backlog(self, system: BusPipeline, max_rate: float) -> dict[str, Any]:
-        """10x the maximum for ``backlog_s`` seconds' worth waiting on the bus, drained
-        by the pipeline alone; RSS per process while it drains.
+    def backlog(self, system: BusPipeline, rate: float) -> dict[str, Any]:
+        """10x ``rate`` for ``backlog_s`` seconds' worth waiting on the bus, drained by
+        the pipeline alone; RSS per process while it drains.
 
         The workers are stopped while the backlog is written: offered to running workers
         on the same 2 cores, the generator only outpaces them a little and the "backlog"
         stays small. Started again, they drain it with no generator beside them.
         """
         assert system.store is not None
-        tenant, count = "pipeline-backlog", int(10 * max_rate * self.plan.backlog_s)
+        tenant, count = "pipeline-backlog", int(10 * rate * self.plan.backlog_s)
         system.pause()
         started = time.monotonic()
         system.offer(tenant, 1e6, count)
@@ -155,6 +158,45 @@ class Bench:
             "stored": drain[-1][1], "drain_per_s": steady_rate(drain, skip=0.1),
             "rss_flat": flat, "rss_mib": [asdict(t) for t in tracks],
         }  # fmt: skip
+
+    def fed_max(self, system: BusPipeline, start: float) -> tuple[dict[str, Any], list[Any]]:
+        """The highest offered rate the pipeline keeps up with while the generator runs.
+
+        From ``start`` the offered rate rises by 10 % a step (``search_s`` each) while the
+        pipeline keeps up: when the offer ends, at most a quarter second's worth of its
+        scans is still unstored. Offering far more than it takes measures the generator
+        crowding the workers out of the 2 cores, not the pipeline.
+        """
+        assert system.store is not None
+        steps: list[dict[str, Any]] = []
+        rate = start
+        while True:
+            tenant, count = f"pipeline-search-{rate:.0f}", int(rate * self.plan.search_s)
+            before = self._cpu(system)
+            system.offer(tenant, rate, count)
+            behind = count - system.store.count_results(tenant)
+            stored = wait_stored(system.store, tenant, count, stall_s=5)
+            rows = phase_rows(system.store, tenant)
+            step = {
+                "label": "max", "offered_per_s": rate, "sent": count, "stored": stored,
+                "behind_at_end": behind, "throughput_per_s": rows.throughput,
+                "p50_ms": rows.pct(0.5), "p99_ms": rows.pct(0.99),
+                **self._costs(system, before, stored),
+            }  # fmt: skip
+            kept_up = behind <= 0.25 * rate and stored >= count
+            print(
+                f"  search {rate:7.0f}/s: {behind:6d} behind at the end, "
+                f"p99 {step['p99_ms']:7.1f} ms -> {'kept up' if kept_up else 'fell behind'}"
+            )
+            if not kept_up:
+                break
+            steps.append(step)
+            rate *= 1.1
+        if not steps:
+            raise SystemExit(
+                f"the pipeline did not keep up with {start:.0f}/s; is the machine busy?"
+            )
+        return steps[-1], steps
 
 
 def _until_count(system: System, tenant: str, count: int, stall_s: float = 30.0) -> Any:
@@ -244,27 +286,21 @@ def main() -> None:
 def run_pipeline(
     bench: Bench, pipe: BusPipeline, extra: list[tuple[str, float]], ceiling_rate: float
 ) -> dict[str, Any]:
-    """The bus-fed pipeline: the max first, then 25/50/90% of it and the extra rates."""
+    """The bus-fed pipeline: its drain rate alone, its fed maximum, then fixed rates."""
     print(f"\n{pipe.name}: starting")
     try:
         pipe.start()
-        # Offer more than it can take (the ceiling is about 1,500/s here), without the
-        # generator (about 0.2 CPU-ms per scan) eating more of the cores than it must.
-        top = bench.max_phase(pipe, max(2000.0, 1.25 * ceiling_rate))
-        print(f"  {pipe.name:14} {'max':>10} offered {top['offered_per_s']:7.0f}/s -> "
-              f"{top['throughput_per_s']:7.0f}/s sustained")  # fmt: skip
-        backlog = bench.backlog(pipe, top["throughput_per_s"])
+        backlog = bench.backlog(pipe, ceiling_rate)
         print(f"  backlog: {backlog['scans']} scans, drained at {backlog['drain_per_s']:.0f}/s, "
               f"RSS flat: {backlog['rss_flat']}")  # fmt: skip
-        # A producer writing flat out starves the workers of the embedded bus's write
-        # lock, so the fed maximum can sit below what the pipeline drains on its own;
-        # the fixed rates are shares of the better of the two.
-        best = max(top["throughput_per_s"], backlog["drain_per_s"])
-        rates = [(f"{q:.0%}", q * best) for q in (0.25, 0.5, 0.9)] + extra
+        top, steps = bench.fed_max(pipe, 0.6 * backlog["drain_per_s"])
+        print(f"  {pipe.name:14} {'max':>10} offered {top['offered_per_s']:7.0f}/s -> "
+              f"{top['throughput_per_s']:7.0f}/s sustained")  # fmt: skip
+        rates = [(f"{q:.0%}", q * top["offered_per_s"]) for q in (0.25, 0.5, 0.9)] + extra
         points = [bench.rate_phase(pipe, label, rate) for label, rate in rates]
     finally:
         pipe.stop()
-    return {"max": top, "points": points, "backlog": backlog,
+    return {"max": top, "search": steps, "points": points, "backlog": backlog,
             "peak_rss_mib": bench.monitor.peak_mib(pipe.name)}  # fmt: skip
 
 

@@ -3,23 +3,24 @@
 - :class:`ProcMonitor` samples every watched process tree every 0.5 s (RSS per process,
   peak kept) and sums CPU time (user + system) over a tree, for CPU per scan.
 - :func:`paced` calls a send function at an offered rate, in ticks, as a scanner fleet
-  would; :func:`http_load` does the same over HTTP with an async httpx client and a
-  bounded number of connections (open loop at a rate, or closed loop when rate is None).
+  would; :func:`http_load` does the same over HTTP with the cheap ``http_lite`` client
+  and a bounded pool of keep-alive connections (open loop at a rate, or closed loop
+  when rate is None).
 - :func:`phase_rows` reads what a phase stored (latency, times) straight from SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import psutil
+from http_lite import Connection
 from sqlalchemy import select
 
 from inferstream.envelope import now_us
@@ -183,52 +184,63 @@ async def _http(
     connections: int,
 ) -> HttpStats:
     stats = HttpStats()
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    gate = asyncio.Semaphore(connections)
+    parts = urlsplit(url)
+    base, path = f"{parts.scheme}://{parts.netloc}", parts.path
+    # A pool of keep-alive connections: a request waits for a free one.
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(connections):
+        idle.put_nowait(Connection(base))
 
-    # TCP_NODELAY: without it, a body sent after its headers waits for a delayed ACK
-    # (40 ms on Linux) and every request looks that slow.
-    nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-    transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=nodelay)
-    async with httpx.AsyncClient(transport=transport, timeout=60) as client:
-
-        async def one(number: int) -> None:
-            created = now_us()  # scheduled now: client-side queueing counts as latency
-            async with gate:
-                body, headers = request(number, created)
-                try:
-                    response = await client.post(url, content=body, headers=headers)
-                except httpx.HTTPError as exc:
-                    stats.errors += 1
-                    stats.first_error = stats.first_error or repr(exc)
-                    return
-            if response.status_code < 300:
-                stats.ok += 1
-            else:
-                stats.errors += 1
-                stats.first_error = stats.first_error or f"{response.status_code} {response.text}"
-
-        started = time.monotonic()
-        tasks: list[asyncio.Task[None]] = []
-        if rate is None:  # closed loop: every connection busy all the time
-
-            async def loop(lane: int) -> None:
-                number = lane
-                while time.monotonic() - started < seconds:
-                    await one(number)
-                    number += connections
-
-            tasks = [asyncio.create_task(loop(lane)) for lane in range(connections)]
+    async def one(number: int) -> None:
+        created = now_us()  # scheduled now: client-side queueing counts as latency
+        conn = await idle.get()
+        try:
+            body, headers = request(number, created)
+            response = await conn.request("POST", path, body=body, headers=headers)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            stats.errors += 1
+            stats.first_error = stats.first_error or repr(exc)
+            return
+        finally:
+            idle.put_nowait(conn)
+        if response.status < 300:
+            stats.ok += 1
         else:
-            for number in range(int(rate * seconds)):
-                delay = started + number / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(number)))
-        await asyncio.gather(*tasks)
-        stats.seconds = time.monotonic() - started
-        stats.sent = stats.ok + stats.errors
+            stats.errors += 1
+            stats.first_error = stats.first_error or f"{response.status} {response.body[:200]!r}"
+
+    started = time.monotonic()
+    await _schedule(one, rate, seconds, connections)
+    stats.seconds = time.monotonic() - started
+    stats.sent = stats.ok + stats.errors
+    while not idle.empty():
+        await idle.get_nowait().close()
     return stats
+
+
+async def _schedule(
+    one: Callable[[int], Any], rate: float | None, seconds: float, connections: int
+) -> None:
+    """Open loop: request n starts at n / rate. Closed loop (no rate): every connection
+    sends its next request as soon as its answer is in."""
+    started = time.monotonic()
+    if rate is None:
+
+        async def loop(lane: int) -> None:
+            number = lane
+            while time.monotonic() - started < seconds:
+                await one(number)
+                number += connections
+
+        await asyncio.gather(*(loop(lane) for lane in range(connections)))
+        return
+    tasks = []
+    for number in range(int(rate * seconds)):
+        delay = started + number / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(number)))
+    await asyncio.gather(*tasks)
 
 
 def http_load(
