@@ -15,7 +15,8 @@ of any process; a power loss may lose the last transactions; ``full`` survives t
 
 Reading guide: :mod:`~inferstream.bus.embedded_db` (connections, schema,
 transactions), :mod:`~inferstream.bus.embedded_groups` (membership, assignment,
-fencing), :mod:`~inferstream.bus.embedded_consumer` (polling).
+fencing), :mod:`~inferstream.bus.embedded_consumer` (polling),
+:mod:`~inferstream.bus.embedded_wake` (waking idle consumers).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from inferstream.bus.base import (
 )
 from inferstream.bus.embedded_consumer import EmbeddedConsumer
 from inferstream.bus.embedded_db import EmbeddedSettings, connect, now_ms, run
+from inferstream.bus.embedded_wake import Bells
 from inferstream.errors import BusError, ConfigError, UnknownTopicError
 
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class EmbeddedBus:
         self.url = url
         self.settings = EmbeddedSettings.from_url(url)
         self._conn = connect(self.settings)
+        self._bells = Bells(self.settings.path)
         self._lock = threading.Lock()
         self._round_robin = itertools.count()
         # Topics are never deleted or resized, so a looked-up topic stays valid.
@@ -112,7 +115,9 @@ class EmbeddedBus:
                 [(high[part], topic_id, part) for part in touched],
             )
 
-        self._write(work)
+        with self._lock:
+            run(self._conn, work)
+            self._bells.ring(topic_id)  # committed: wake the topic's idle consumers
 
     def consumer(
         self,
@@ -200,6 +205,7 @@ class EmbeddedBus:
 
     def close(self) -> None:
         with self._lock:
+            self._bells.close()
             self._conn.close()
 
     def _topic(self, name: str) -> tuple[int, int]:

@@ -5,7 +5,10 @@ transactions never interleave with the producer's. It keeps an in-memory positio
 per owned partition: messages handed out once in this session are not handed out
 again unless a rebalance moved the partition (then it resumes from the committed
 offset). Polling is a cheap read of the group generation and the partitions'
-watermarks, repeated with a 2-10 ms backoff until something arrives.
+watermarks; between empty polls the consumer waits on a
+:class:`~inferstream.bus.embedded_wake.Doorbell`, which wakes it as soon as a batch is
+committed to one of its topics, for at most 2-50 ms (backing off), so a change it has
+no bell for (a rebalance, a seek) is still seen soon.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from typing import Literal
 from inferstream.bus import embedded_groups as groups
 from inferstream.bus.base import Message, TopicPartition
 from inferstream.bus.embedded_db import EmbeddedSettings, connect, now_ms, run
+from inferstream.bus.embedded_wake import Doorbell
 from inferstream.errors import BusError, FencedError
 
 _MIN_SLEEP_S = 0.002
-_MAX_SLEEP_S = 0.010
+#: Longest wait between polls of an idle consumer; commits normally wake it sooner.
+_MAX_SLEEP_S = 0.050
 
 
 class EmbeddedConsumer:
@@ -46,6 +51,7 @@ class EmbeddedConsumer:
         # Heartbeat well inside the session timeout so a busy member never expires.
         self._heartbeat_every_s = settings.session_timeout_s / 4
         self._conn = connect(settings)
+        self._doorbell = Doorbell.open(settings.path, topics.values())
         self._lock = threading.Lock()
         self._generation = -1
         self._owned: groups.Owned = {}
@@ -78,8 +84,8 @@ class EmbeddedConsumer:
                 left = deadline - time.monotonic()
                 if batch or left <= 0:
                     return batch
-                time.sleep(min(sleep, left))
-                sleep = min(sleep * 2, _MAX_SLEEP_S)
+                woken = self._doorbell.wait(min(sleep, left))
+                sleep = _MIN_SLEEP_S if woken else min(sleep * 2, _MAX_SLEEP_S)
 
     def commit(self, messages: Sequence[Message]) -> None:
         """Commit per partition; partitions this member lost are refused with FencedError.
@@ -127,6 +133,7 @@ class EmbeddedConsumer:
             try:
                 run(self._conn, lambda conn: groups.leave(conn, self._member))
             finally:
+                self._doorbell.close()
                 self._conn.close()
 
     def _check_open(self) -> None:

@@ -1,0 +1,42 @@
+"""Bells of the embedded bus: a produce wakes the consumers of that topic, and only them."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from inferstream.bus import Record, open_bus
+from inferstream.bus.embedded_wake import Bells, Doorbell
+
+
+def test_a_produce_rings_the_topics_bell(tmp_path: Path) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    try:
+        bus.create_topic("scans", 2)  # topic ids are SQLite rowids: 1, then 2
+        bus.create_topic("other", 1)
+        doorbell = Doorbell.open(tmp_path / "bus.db", [1])
+        assert isinstance(doorbell, Doorbell)  # Linux: inotify is there
+        try:
+            bus.produce("other", [Record(b"k", b"v")])
+            assert doorbell.wait(0.2) is False  # another topic's batch does not wake it
+            bus.produce("scans", [Record(b"k", b"v")])
+            assert doorbell.wait(30) is True
+            assert doorbell.wait(0.05) is False  # one ring, one wake
+        finally:
+            doorbell.close()
+    finally:
+        bus.close()
+
+
+def test_a_waiting_consumer_is_woken_by_a_ring_from_another_thread(tmp_path: Path) -> None:
+    database = tmp_path / "bus.db"
+    doorbell = Doorbell.open(database, [7])
+    bells = Bells(database)
+    ringer = threading.Timer(0.1, bells.ring, args=(7,))
+    try:
+        ringer.start()
+        assert doorbell.wait(30) is True
+    finally:
+        ringer.cancel()
+        bells.close()
+        doorbell.close()
