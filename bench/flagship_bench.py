@@ -146,10 +146,16 @@ class Bench:
         system.offer(tenant, 1e6, count)
         emitted_s = time.monotonic() - started
         system.resume()
-        # Imports and model loading come first: RSS is tracked from the first result on.
+        # Imports and model loading come first: RSS is tracked once every worker is busy,
+        # 2 s after the first result and at least a tenth of the backlog in.
         first = sample_counts(system.store, tenant, lambda: system.store.count_results(tenant) > 0)
+        warm = time.monotonic() + 2.0
+        sample_counts(system.store, tenant, lambda: time.monotonic() > warm
+                      and system.store.count_results(tenant) >= count // 10)  # fmt: skip
         self.monitor.open_window(system.name)
+        before, stored_before = self._cpu(system), system.store.count_results(tenant)
         drain = sample_counts(system.store, tenant, _until_count(system, tenant, count))
+        costs = self._costs(system, before, drain[-1][1] - stored_before)
         tracks = self.monitor.close_window()
         flat = all(t.peak <= t.start + max(32.0, 0.15 * t.start) for t in tracks)
         return {
@@ -157,6 +163,7 @@ class Bench:
             "backlog_at_end_of_offer": count, "start_s": first[-1][0] - first[0][0],
             "stored": drain[-1][1], "drain_per_s": steady_rate(drain, skip=0.1),
             "rss_flat": flat, "rss_mib": [asdict(t) for t in tracks],
+            "cpu_ms_per_scan": costs["cpu_ms_per_scan"],
         }  # fmt: skip
 
     def fed_max(self, system: BusPipeline, start: float) -> tuple[dict[str, Any], list[Any]]:

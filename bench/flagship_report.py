@@ -14,14 +14,17 @@ def _point(result: dict[str, Any], label: str) -> dict[str, Any] | None:
     return next((p for p in result.get("points", []) if p["label"] == label), None)
 
 
-def goals(out: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    """(goal, measured, target, met) for every goal of the issue."""
+def goals(out: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(goal, measured, target, met) for every goal of the issue; met None: reported."""
     ceiling, pipe, celery = out["ceiling"], out["pipeline"], out["celery"]
     fed = pipe["max"]["throughput_per_s"]
     drain = pipe["backlog"]["drain_per_s"]
     ceil = ceiling["all_processes_per_s"]
     steps_ms = ceiling["sum_of_steps_us"] / 1e3
-    cpu = pipe["max"]["cpu_ms_per_scan"]
+    # Framework overhead against the steps: both saturated and alone, as the ceiling is
+    # (the drain); the fed maximum's figure, beside it, also pays for smaller batches
+    # and for sharing the bus file with the generator.
+    cpu, cpu_fed = pipe["backlog"]["cpu_ms_per_scan"], pipe["max"]["cpu_ms_per_scan"]
     celery_max = celery["max"]["throughput_per_s"]
     same_pipe, same_celery = _point(pipe, "celery 90%"), _point(celery, "90% own")
     at_1000 = _point(pipe, "1000/s")
@@ -31,8 +34,10 @@ def goals(out: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
          ">= 0.8", fed / ceil >= 0.8),
         ("pipeline / ceiling (backlog drain)", f"{drain / ceil:.2f}  ({drain:.0f} / {ceil:.0f})",
          ">= 0.8", drain / ceil >= 0.8),
-        ("CPU per scan / sum of steps", f"{cpu / steps_ms:.2f}  ({cpu:.2f} / {steps_ms:.2f} ms)",
-         "<= 1.2", cpu / steps_ms <= 1.2),
+        ("CPU per scan / sum of steps (drain)",
+         f"{cpu / steps_ms:.2f}  ({cpu:.2f} / {steps_ms:.2f} ms)", "<= 1.2", cpu / steps_ms <= 1.2),
+        ("CPU per scan / sum of steps (fed max)",
+         f"{cpu_fed / steps_ms:.2f}  ({cpu_fed:.2f} / {steps_ms:.2f} ms)", "", None),
         ("pipeline sustained, bus-fed", f"{fed:.0f}/s", ">= 1000/s", fed >= 1000),
         ("pipeline / Celery throughput", f"{fed / celery_max:.1f}x  ({celery_max:.0f}/s)",
          ">= 3x", fed / celery_max >= 3),
@@ -82,7 +87,8 @@ def _memory_lines(out: dict[str, Any]) -> list[str]:
     lines = [
         f"backlog: {backlog['scans']} scans offered at {backlog['emitted_per_s']:.0f}/s, "
         f"{backlog['backlog_at_end_of_offer']} waiting when the offer ended, drained at "
-        f"{backlog['drain_per_s']:.0f}/s; RSS MiB start/peak/end:"
+        f"{backlog['drain_per_s']:.0f}/s ({backlog['cpu_ms_per_scan']:.2f} CPU-ms per scan); "
+        "RSS MiB start/peak/end:"
     ]
     lines += [f"  {t['label']:32} {t['start']:6.0f} {t['peak']:6.0f} {t['end']:6.0f}"
               for t in backlog["rss_mib"]]  # fmt: skip
@@ -100,7 +106,8 @@ def table(out: dict[str, Any]) -> str:
     lines = [*_ceiling_lines(out["ceiling"]), "", *_system_lines(out), ""]
     lines.append(f"{'goal':42} {'measured':34} {'target':>10}  met")
     for goal, measured, target, met in goals(out):
-        lines.append(f"{goal:42} {measured:34} {target:>10}  {'yes' if met else 'NO'}")
+        shown = "-" if met is None else "yes" if met else "NO"
+        lines.append(f"{goal:42} {measured:34} {target:>10}  {shown}")
     return "\n".join([*lines, "", *_memory_lines(out)])
 
 
