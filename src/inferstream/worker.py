@@ -57,6 +57,10 @@ class _Abandoned(Exception):
     """Stop was requested while a dependency was down: leave the batch uncommitted."""
 
 
+#: How long a poll waits once the input ran dry; a stop request waits at most this.
+IDLE_POLL_S = 0.25
+
+
 class StageWorker:
     """Runs one stage of a pipeline against a bus; one instance per process or thread."""
 
@@ -87,6 +91,7 @@ class StageWorker:
         self.worker_id = worker_id or stage
         self.metrics = StageMetrics.for_stage(pipeline, stage)
         self._stop = threading.Event()
+        self._poll_wait_s = max_wait_s
 
     @property
     def group(self) -> str:
@@ -109,7 +114,10 @@ class StageWorker:
     def run_once(self, consumer: Consumer) -> int:
         """Consume, process, produce and commit one batch; return its size."""
         try:
-            messages = self._retry(lambda: consumer.poll_batch(self.max_batch, self.max_wait_s))
+            messages = self._retry(lambda: consumer.poll_batch(self.max_batch, self._poll_wait_s))
+            # Both buses return as soon as a message arrives, so an idle worker can wait
+            # long between polls (cheap when nothing comes) at no cost in latency.
+            self._poll_wait_s = self.max_wait_s if messages else IDLE_POLL_S
             if not messages:
                 return 0
             started = time.monotonic()
