@@ -40,3 +40,17 @@ def test_a_waiting_consumer_is_woken_by_a_ring_from_another_thread(tmp_path: Pat
         ringer.cancel()
         bells.close()
         doorbell.close()
+
+
+def test_without_bells_messages_still_flow_by_polling(tmp_path: Path) -> None:
+    """A bell folder that cannot be made (here a file is in its way) costs only speed."""
+    (tmp_path / "bus.db-bells").write_text("in the way")
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    try:
+        bus.create_topic("scans", 1)
+        consumer = bus.consumer("g", ["scans"])
+        bus.produce("scans", [Record(b"k", b"v")])  # committed although the bell fails
+        assert [m.value for m in consumer.poll_batch(10, 30)] == [b"v"]
+        consumer.close()
+    finally:
+        bus.close()

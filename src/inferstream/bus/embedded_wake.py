@@ -14,8 +14,10 @@ keeps timed polling (:class:`Sleeper`): the same behaviour, slower to react.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import select
 import sys
@@ -24,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _IN_MODIFY = 0x00000002
+log = logging.getLogger(__name__)
 
 
 def bell_path(database: Path, topic_id: int) -> Path:
@@ -38,10 +41,16 @@ class Bells:
         self._fds: dict[int, int] = {}
 
     def ring(self, topic_id: int) -> None:
-        fd = self._fds.get(topic_id)
-        if fd is None:
-            fd = self._fds[topic_id] = _open_bell(bell_path(self.database, topic_id), os.O_WRONLY)
-        os.pwrite(fd, b"\x01", 0)  # the file stays one byte; watchers see IN_MODIFY
+        """Never raises: the batch is committed already, and a producer that saw an
+        error would send it again. Unrung, consumers still find it on their next poll."""
+        try:
+            fd = self._fds.get(topic_id)
+            if fd is None:
+                path = bell_path(self.database, topic_id)
+                fd = self._fds[topic_id] = _open_bell(path, os.O_WRONLY)
+            os.pwrite(fd, b"\x01", 0)  # the file stays one byte; watchers see IN_MODIFY
+        except OSError as exc:
+            log.warning("cannot ring the bell of topic %s (%s); its consumers poll", topic_id, exc)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -76,12 +85,16 @@ class Doorbell:
         fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if fd < 0:
             return Sleeper()
-        for topic_id in topic_ids:
-            path = bell_path(database, topic_id)
-            os.close(_open_bell(path, os.O_RDONLY))
-            if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
-                os.close(fd)
-                return Sleeper()
+        try:
+            for topic_id in topic_ids:
+                path = bell_path(database, topic_id)
+                os.close(_open_bell(path, os.O_RDONLY))
+                if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
+                    raise OSError(ctypes.get_errno(), f"inotify cannot watch {path}")
+        except OSError as exc:
+            os.close(fd)
+            log.warning("consumers of %s poll on a timer: %s", database, exc)
+            return Sleeper()
         return cls(fd)
 
     def wait(self, timeout_s: float) -> bool:
@@ -89,11 +102,9 @@ class Doorbell:
         ready, _, _ = select.select([self._fd], [], [], timeout_s)
         if not ready:
             return False
-        try:
+        with contextlib.suppress(BlockingIOError):  # raised once every event is read
             while os.read(self._fd, 4096):
-                pass
-        except BlockingIOError:
-            pass
+                continue
         return True
 
     def close(self) -> None:
