@@ -200,7 +200,30 @@ def test_a_member_that_lost_a_partition_is_fenced_on_commit(bus: Bus) -> None:
     second.close()
 
 
-def test_a_stalled_member_expires_and_is_fenced(bus: Bus) -> None:
+def test_a_slow_batch_keeps_its_partitions(bus: Bus) -> None:
+    """A member working on one batch for 3x the session timeout still owns its partitions:
+    a background thread heartbeats for it, so the other member takes nothing over."""
+    bus.create_topic("t", partitions=2)
+    bus.produce("t", [Record(None, b"m%d" % i) for i in range(10)])
+    slow = bus.consumer("g", ["t"])
+    other = bus.consumer("g", ["t"])
+    batch = slow.poll_batch(100, 1.0)  # after the split: its one partition's messages
+    assert batch and len(slow.assignment()) == 1
+    got: list[Message] = []
+    until = time.monotonic() + 3.0  # the "work": 3 x the url fixture's 1 s timeout
+    while time.monotonic() < until:
+        got.extend(other.poll_batch(100, 0.05))
+    assert len(other.assignment()) == 1
+    assert {m.partition for m in got}.isdisjoint({m.partition for m in batch})
+    slow.commit(batch)  # not fenced
+    slow.close()
+    other.close()
+
+
+@pytest.mark.parametrize("url_options", ["session_timeout_s=1&max_poll_interval_s=1"])
+def test_a_stalled_member_expires_and_is_fenced(tmp_path: Path, url_options: str) -> None:
+    """A member that stops polling for longer than max_poll_interval_s stops heartbeating."""
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}?{url_options}")
     bus.create_topic("t", partitions=2)
     bus.produce("t", [Record(None, b"m%d" % i) for i in range(10)])
     stalling = bus.consumer("g", ["t"])
@@ -221,6 +244,7 @@ def test_a_stalled_member_expires_and_is_fenced(bus: Bus) -> None:
     assert sorted(m.value for m in got) == sorted(b"m%d" % i for i in range(10))
     stalling.close()
     other.close()
+    bus.close()
 
 
 def test_a_late_member_that_nobody_replaced_keeps_its_partitions(bus: Bus) -> None:
@@ -313,5 +337,7 @@ def test_url_creates_folders_and_rejects_bad_options(tmp_path: Path) -> None:
     assert nested.exists()
     with pytest.raises(ConfigError, match="session_timeout_s"):
         open_bus(f"sqlite:///{nested}?session_timout_s=1")
+    with pytest.raises(ConfigError, match="max_poll_interval_s must be > 0"):
+        open_bus(f"sqlite:///{nested}?max_poll_interval_s=0")
     with pytest.raises(UnknownTopicError, match="create_topic"):
         open_bus(f"sqlite:///{nested}").consumer("g", ["missing"])

@@ -8,7 +8,10 @@ milliseconds since the epoch. Producing a batch is one transaction, so a batch i
 either wholly in the log or not at all.
 
 URL options: ``session_timeout_s`` (default 10) — a consumer-group member whose
-heartbeat is older than this is dead and its partitions move to the others;
+heartbeat is older than this is dead and its partitions move to the others (a
+background thread heartbeats while the member works on a long batch);
+``max_poll_interval_s`` (default 300) — a member that has not polled for this long
+is taken as stuck: its heartbeats stop and the group replaces it;
 ``synchronous`` (default ``normal``) — see :mod:`inferstream.bus.embedded_db` for
 what survives a crash (with ``normal``: everything committed survives ``kill -9``
 of any process; a power loss may lose the last transactions; ``full`` survives that).

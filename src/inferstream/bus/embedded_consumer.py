@@ -13,6 +13,7 @@ no bell for (a rebalance, a seek) is still seen soon.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sqlite3
@@ -27,6 +28,8 @@ from inferstream.bus.base import Message, TopicPartition
 from inferstream.bus.embedded_db import EmbeddedSettings, connect, now_ms, run
 from inferstream.bus.embedded_wake import Doorbell
 from inferstream.errors import BusError, FencedError
+
+log = logging.getLogger(__name__)
 
 _MIN_SLEEP_S = 0.002
 #: Longest wait between polls of an idle consumer; commits normally wake it sooner.
@@ -50,6 +53,8 @@ class EmbeddedConsumer:
         self._start = start
         # Heartbeat well inside the session timeout so a busy member never expires.
         self._heartbeat_every_s = settings.session_timeout_s / 4
+        self._max_poll_interval_s = settings.max_poll_interval_s
+        self._last_poll = time.monotonic()
         self._conn = connect(settings)
         self._doorbell = Doorbell.open(settings.path, topics.values())
         self._lock = threading.Lock()
@@ -61,6 +66,10 @@ class EmbeddedConsumer:
         self._closed = False
         with self._lock:
             self._sync()
+        # Keeps the membership alive while the caller works on a batch longer than the
+        # session timeout (a slow model); polls and commits heartbeat as well.
+        self._stop_beating = threading.Event()
+        threading.Thread(target=self._beat, name=f"heartbeat-{group}", daemon=True).start()
 
     @property
     def member_id(self) -> str:
@@ -74,6 +83,7 @@ class EmbeddedConsumer:
         sleep = _MIN_SLEEP_S
         with self._lock:
             self._check_open()
+            self._last_poll = time.monotonic()
             while True:
                 if time.monotonic() >= self._next_heartbeat:
                     self._sync()
@@ -126,6 +136,7 @@ class EmbeddedConsumer:
             )
 
     def close(self) -> None:
+        self._stop_beating.set()
         with self._lock:
             if self._closed:
                 return
@@ -139,6 +150,29 @@ class EmbeddedConsumer:
     def _check_open(self) -> None:
         if self._closed:
             raise BusError(f"consumer {self.member_id} is closed; create a new one")
+
+    def _beat(self) -> None:
+        """Heartbeat when the owner has not for a while, unless it stopped polling for
+        longer than ``max_poll_interval_s`` (a stuck worker): then the group replaces it.
+
+        Never adopts a new assignment: the next poll does, and a commit for a partition
+        lost meanwhile is fenced.
+        """
+        while not self._stop_beating.wait(self._heartbeat_every_s / 2):
+            with self._lock:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                if now < self._next_heartbeat:
+                    continue
+                if now - self._last_poll > self._max_poll_interval_s:
+                    continue
+                try:
+                    run(self._conn, lambda conn: groups.heartbeat(conn, self._member, now_ms()))
+                except BusError as exc:  # the next poll or commit meets it and says so
+                    log.warning("heartbeat of %s failed: %s", self.member_id, exc)
+                    continue
+                self._next_heartbeat = time.monotonic() + self._heartbeat_every_s
 
     def _sync(self) -> None:
         """Heartbeat (rebalancing if membership changed) and adopt the current assignment."""

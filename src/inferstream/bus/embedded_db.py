@@ -93,6 +93,8 @@ class EmbeddedSettings:
     path: Path
     session_timeout_s: float = 10.0
     synchronous: str = "normal"
+    #: A member that has not polled for this long stops heartbeating and is replaced.
+    max_poll_interval_s: float = 300.0
 
     @classmethod
     def from_url(cls, url: str) -> EmbeddedSettings:
@@ -102,23 +104,26 @@ class EmbeddedSettings:
         if not path_part:
             raise ConfigError(f"embedded bus URL {url!r} names no file; add a path after ///")
         params = dict(parse_qsl(query, strict_parsing=bool(query)))
-        unknown = set(params) - {"session_timeout_s", "synchronous"}
+        unknown = set(params) - {"session_timeout_s", "synchronous", "max_poll_interval_s"}
         if unknown:
             raise ConfigError(
                 f"unknown option(s) {sorted(unknown)} in bus URL {url!r}; "
-                "known: session_timeout_s, synchronous"
+                "known: session_timeout_s, synchronous, max_poll_interval_s"
             )
         try:
             timeout = float(params.get("session_timeout_s", 10.0))
+            max_poll = float(params.get("max_poll_interval_s", 300.0))
         except ValueError as exc:
-            raise ConfigError(f"session_timeout_s in {url!r} must be a number") from exc
-        synchronous = params.get("synchronous", "normal").lower()
-        if timeout <= 0 or synchronous not in _SYNCHRONOUS:
             raise ConfigError(
-                f"bad option in {url!r}: session_timeout_s must be > 0 and synchronous "
-                f"one of {', '.join(_SYNCHRONOUS)}"
+                f"session_timeout_s and max_poll_interval_s in {url!r} must be numbers"
+            ) from exc
+        synchronous = params.get("synchronous", "normal").lower()
+        if timeout <= 0 or max_poll <= 0 or synchronous not in _SYNCHRONOUS:
+            raise ConfigError(
+                f"bad option in {url!r}: session_timeout_s and max_poll_interval_s must be "
+                f"> 0 and synchronous one of {', '.join(_SYNCHRONOUS)}"
             )
-        return cls(Path(path_part), timeout, synchronous)
+        return cls(Path(path_part), timeout, synchronous, max_poll)
 
 
 def now_ms() -> int:
