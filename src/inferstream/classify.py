@@ -32,6 +32,9 @@ F32 = NDArray[np.float32]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 ROLES = {"champion": ModelRole.MODEL_ROLE_CHAMPION, "shadow": ModelRole.MODEL_ROLE_SHADOW}
+#: What a ``classify`` step in a pipeline file serves when it names no model or role.
+DEFAULT_MODEL = "egg_sexing"
+DEFAULT_ROLE = "champion"
 _REQUIRED = ("name", "version", "labels", "input", "output", "input_shape")
 
 
@@ -213,7 +216,7 @@ class ClassifyStep(Step):
 
 
 def classify_step(
-    context: StepContext, model: str = "egg_sexing", role: str = "champion"
+    context: StepContext, model: str = DEFAULT_MODEL, role: str = DEFAULT_ROLE
 ) -> ClassifyStep:
     """Step factory (``classify`` in a pipeline file)."""
     if role not in ROLES:

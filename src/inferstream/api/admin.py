@@ -22,7 +22,7 @@ from inferstream.api.auth import (
 from inferstream.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from inferstream.api.permissions import Role, roles_for
 from inferstream.bus import SeekToTimestamp
-from inferstream.classify import read_model_info
+from inferstream.classify import DEFAULT_MODEL, DEFAULT_ROLE, read_model_info
 from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
 
@@ -216,13 +216,13 @@ def describe_models(spec: PipelineSpec) -> list[ServedModel]:
             if step.ref != "classify":
                 continue
             try:
-                info, digest = read_model_info(str(step.params.get("model", "egg_sexing")))
+                info, digest = read_model_info(str(step.params.get("model", DEFAULT_MODEL)))
             except ModelError as exc:
                 raise Unavailable(f"stage {stage.name!r}: {exc}") from exc
             served.append(
                 ServedModel(
                     stage=stage.name, step=index, name=info.name, version=info.version,
-                    role=str(step.params.get("role", "champion")), labels=list(info.labels),
+                    role=str(step.params.get("role", DEFAULT_ROLE)), labels=list(info.labels),
                     input_shape=list(info.input_shape), macs=info.macs, sha256=digest,
                 )
             )  # fmt: skip
