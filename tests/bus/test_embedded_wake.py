@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
+
+import pytest
 
 from inferstream.bus import Record, open_bus
 from inferstream.bus.embedded_wake import Bells, Doorbell
@@ -52,5 +55,20 @@ def test_without_bells_messages_still_flow_by_polling(tmp_path: Path) -> None:
         bus.produce("scans", [Record(b"k", b"v")])  # committed although the bell fails
         assert [m.value for m in consumer.poll_batch(10, 30)] == [b"v"]
         consumer.close()
+    finally:
+        bus.close()
+
+
+def test_a_bell_that_cannot_be_rung_is_reported_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "bus.db-bells").write_text("in the way")
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    try:
+        bus.create_topic("scans", 1)
+        with caplog.at_level(logging.WARNING, logger="inferstream.bus.embedded_wake"):
+            for _ in range(3):
+                bus.produce("scans", [Record(b"k", b"v")])
+        assert [r.getMessage().count("cannot ring") for r in caplog.records] == [1]
     finally:
         bus.close()

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 _IN_MODIFY = 0x00000002
+_BROKEN = -1  # a bell this producer could not ring
 log = logging.getLogger(__name__)
 
 
@@ -42,19 +43,30 @@ class Bells:
 
     def ring(self, topic_id: int) -> None:
         """Never raises: the batch is committed already, and a producer that saw an
-        error would send it again. Unrung, consumers still find it on their next poll."""
+        error would send it again. Unrung, consumers still find it on their next poll.
+        A bell that failed once is not tried again (nor logged again) by this producer."""
+        fd = self._fds.get(topic_id)
+        if fd == _BROKEN:
+            return
         try:
-            fd = self._fds.get(topic_id)
             if fd is None:
                 path = bell_path(self.database, topic_id)
                 fd = self._fds[topic_id] = _open_bell(path, os.O_WRONLY)
             os.pwrite(fd, b"\x01", 0)  # the file stays one byte; watchers see IN_MODIFY
         except OSError as exc:
-            log.warning("cannot ring the bell of topic %s (%s); its consumers poll", topic_id, exc)
+            if fd is not None:
+                os.close(fd)
+            self._fds[topic_id] = _BROKEN
+            log.warning(
+                "cannot ring the bell of topic %s (%s); its consumers fall back to polling",
+                topic_id,
+                exc,
+            )
 
     def close(self) -> None:
         for fd in self._fds.values():
-            os.close(fd)
+            if fd != _BROKEN:
+                os.close(fd)
         self._fds.clear()
 
 
