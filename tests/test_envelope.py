@@ -85,9 +85,23 @@ def test_blob_references_cannot_name_paths_and_torn_blobs_are_rewritten(tmp_path
     store = LocalBlobStore(tmp_path / "blobs")
     (tmp_path / "secret").write_bytes(b"do not read")
     with pytest.raises(BlobError, match="not a SHA-256"):
-        store.get(BlobRef(uri="x", sha256="../../secret", size=1))
-    ref = store.put(b"payload")
+        store.get(BlobRef(uri="x", sha256="../../secret", size=1), "default")
+    ref = store.put(b"payload", "default")
+    with pytest.raises(BlobError, match="not a plain name"):
+        store.get(ref, "../default")
     path = next((tmp_path / "blobs").rglob(ref.sha256))
     path.write_bytes(b"")  # as a crash mid-write on a filesystem without ordering would leave
-    store.put(b"payload")
+    store.put(b"payload", "default")
     assert path.read_bytes() == b"payload"
+
+
+def test_a_blob_reference_never_reaches_another_tenants_bytes(tmp_path: Path) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    ref = store.put(b"tenant b's scan", "tenant-b")
+    assert store.get(ref, "tenant-b") == b"tenant b's scan"
+    with pytest.raises(BlobError, match="missing"):
+        store.get(ref, "tenant-a")  # the same digest, asked for by another tenant
+    stolen = new_envelope(b"", "application/dicom", tenant="tenant-a")
+    stolen.payload.blob.CopyFrom(ref)
+    with pytest.raises(BlobError, match="missing"):
+        payload_bytes(stolen, store)

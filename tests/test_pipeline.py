@@ -192,3 +192,48 @@ def test_nested_step_parameters_carry_no_loader_markers(tmp_path: Path) -> None:
     text = GOOD.replace("{{step: tag, color: blue}}", "{{step: tag, color: blue, extra: {{a: 1}}}}")
     spec = load_pipeline(write(tmp_path, text))
     assert spec.stage("first").steps[1].params == {"color": "blue", "extra": {"a": 1}}
+
+
+QUOTED = """
+name: demo
+topics:
+  raw: 1
+stages:
+  - name: first
+    input: raw
+    replicas: ${REPLICAS:-2}
+    steps:
+      - step: tag
+        version: "${V:-1.0}"
+        build: '${V:-7}'
+        level: ${V:-3}
+"""
+
+
+def test_a_quoted_environment_reference_stays_a_string(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("V", raising=False)
+    monkeypatch.delenv("REPLICAS", raising=False)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(QUOTED)
+    first = load_pipeline(path).stage("first")
+    assert first.replicas == 2
+    assert first.steps[0].params == {"version": "1.0", "build": "7", "level": 3}
+    monkeypatch.setenv("V", "2.5")
+    params = load_pipeline(path).stage("first").steps[0].params
+    assert params == {"version": "2.5", "build": "2.5", "level": 2.5}
+
+
+def test_validate_warns_of_a_dead_letter_topic_no_stage_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from inferstream.pipeline import wiring_warnings
+
+    text = GOOD + "  - name: letters\n    input: raw.dlq\n    steps: [passthrough]\n"
+    path = write(tmp_path, text)
+    [warning] = wiring_warnings(load_pipeline(path))
+    assert "stage 'second'" in warning and "'mid.dlq', which no stage reads" in warning
+    assert "add a stage reading it" in warning
+    assert main(["validate", str(path)]) == 0
+    assert capsys.readouterr().err.strip() == f"inferstream validate: warning: {warning}"

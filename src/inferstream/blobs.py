@@ -5,6 +5,11 @@ SHA-256 (content addressed, so a redelivery writes nothing new) and the envelope
 carries a :class:`BlobRef` with the URI and checksum instead of the bytes.
 ``file:///path`` is a local folder, the default; other schemes can be added to
 ``open_blob_store``.
+
+Every blob belongs to one tenant: it is written and read under that tenant's
+prefix, and a read names the tenant. A digest alone never reaches another
+tenant's bytes, even when a client learns it (content addressing across tenants
+would otherwise let a digest stand for a read permission).
 """
 
 from __future__ import annotations
@@ -22,36 +27,41 @@ from inferstream.errors import BlobError, ConfigError
 
 DEFAULT_THRESHOLD = 256 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: Tenants become folder names: no dots or slashes, so never a path outside the root.
+_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 class BlobStore(Protocol):
     url: str
 
-    def put(self, data: bytes) -> BlobRef: ...
+    def put(self, data: bytes, tenant: str) -> BlobRef: ...
 
-    def get(self, ref: BlobRef) -> bytes: ...
+    def get(self, ref: BlobRef, tenant: str) -> bytes: ...
 
 
 class LocalBlobStore:
-    """Blobs as files in a folder, two-level fan-out by hash prefix."""
+    """Blobs as files in a folder: one folder per tenant, then fan-out by hash prefix."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = root.resolve().as_uri()
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, digest: str) -> Path:
-        # The digest comes from messages: only 64 hex digits may become a file name.
+    def _path(self, digest: str, tenant: str) -> Path:
+        # Digest and tenant come from messages: only safe names may become a path.
         if not _SHA256.fullmatch(digest):
             raise BlobError(f"blob reference {digest[:80]!r} is not a SHA-256 hex digest")
-        return self.root / digest[:2] / digest
+        if not _TENANT.fullmatch(tenant):
+            raise BlobError(f"tenant {tenant[:80]!r} cannot own blobs; it is not a plain name")
+        return self.root / tenant / digest[:2] / digest
 
-    def put(self, data: bytes) -> BlobRef:
+    def put(self, data: bytes, tenant: str) -> BlobRef:
         digest = hashlib.sha256(data).hexdigest()
-        path = self._path(digest)
+        path = self._path(digest, tenant)
         if not _has_size(path, len(data)):
             self._write(path, data)
-        return BlobRef(uri=f"{self.url}/{digest[:2]}/{digest}", sha256=digest, size=len(data))
+        uri = f"{self.url}/{tenant}/{digest[:2]}/{digest}"
+        return BlobRef(uri=uri, sha256=digest, size=len(data))
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
@@ -72,8 +82,9 @@ class LocalBlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise BlobError(f"could not write blob to {path}: {exc}") from exc
 
-    def get(self, ref: BlobRef) -> bytes:
-        path = self._path(ref.sha256)
+    def get(self, ref: BlobRef, tenant: str) -> bytes:
+        """``tenant``'s blob ``ref``; the path comes from the digest, never the URI."""
+        path = self._path(ref.sha256, tenant)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -101,7 +112,7 @@ def open_blob_store(url: str) -> BlobStore:
 def check_in(env: Envelope, store: BlobStore, threshold: int = DEFAULT_THRESHOLD) -> Envelope:
     """Move an inline payload above ``threshold`` bytes into ``store`` (in place)."""
     if env.payload.WhichOneof("body") == "inline" and len(env.payload.inline) > threshold:
-        env.payload.blob.CopyFrom(store.put(env.payload.inline))
+        env.payload.blob.CopyFrom(store.put(env.payload.inline, env.tenant))
     return env
 
 
@@ -116,5 +127,5 @@ def payload_bytes(env: Envelope, store: BlobStore | None) -> bytes:
                 f"envelope {env.id} carries blob {env.payload.blob.uri} but no blob store "
                 "is configured; set 'blobs:' in the pipeline file"
             )
-        return store.get(env.payload.blob)
+        return store.get(env.payload.blob, env.tenant)
     raise BlobError(f"envelope {env.id} has a {body or 'missing'} payload, expected bytes")

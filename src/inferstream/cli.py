@@ -13,10 +13,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
 
-from inferstream.errors import ConfigError, InferstreamError
-from inferstream.pipeline import PipelineSpec, load_pipeline
+from inferstream.errors import InferstreamError
+from inferstream.pipeline import PipelineSpec, load_pipeline, wiring_warnings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,6 +32,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         steps = " -> ".join(s.ref for s in stage.steps)
         print(f"  {stage.name}: {stage.input} -> [{steps}] -> {stage.output or '(sink)'}"
               f"  x{stage.replicas}")  # fmt: skip
+    for warning in wiring_warnings(spec):
+        print(f"inferstream validate: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -89,36 +90,16 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_target(text: str) -> object:
-    """``earliest``, ``latest``, an offset, or an ISO 8601 time (replay from that moment)."""
-    from inferstream.bus import SeekToTimestamp
-
-    if text in ("earliest", "latest"):
-        return text
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ConfigError(
-            f"--to {text!r}: use earliest, latest, an offset (e.g. 1200) or a time "
-            "(e.g. 2026-11-22T10:00:00+00:00)"
-        ) from exc
-    if moment.tzinfo is None:
-        raise ConfigError(f"--to {text!r}: add a time zone, e.g. {text}+00:00")
-    return SeekToTimestamp(int(moment.timestamp() * 1000))
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
-    from inferstream.bus import open_bus
+    from inferstream.bus import open_bus, seek_target
 
     spec = _load(args)
     stage = spec.stage(args.stage)
     topic = args.topic or stage.input
-    target = parse_target(args.to)
+    target = seek_target(args.to)
     bus = open_bus(spec.bus)
     try:
-        bus.seek_group(stage.group(spec.name), topic, target)  # type: ignore[arg-type]
+        bus.seek_group(stage.group(spec.name), topic, target)
     finally:
         bus.close()
     print(f"group {stage.group(spec.name)} on {topic} moved to {args.to}; "

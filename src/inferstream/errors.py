@@ -38,6 +38,14 @@ class BusError(TransientError):
     """The message bus failed to produce, consume, commit or seek."""
 
 
+class BusFullError(BusError):
+    """The bus has no room for more messages: its disk is full.
+
+    Still a :class:`BusError`, so a worker retries until space is freed and loses
+    nothing; a producer with nobody to wait for it (the demo's scanners) stops instead.
+    """
+
+
 class UnknownTopicError(BusError):
     """A topic was used before it was created."""
 

@@ -24,8 +24,11 @@ a consumer group, runs its steps fused on every micro-batch, and writes one topi
         steps: [store_results]
 
 ``${NAME}`` and ``${NAME:-default}`` in a value are replaced from the environment,
-so one file runs on one machine or on a cluster by changing variables only.
-Validation (:func:`validate`) reports the file and line of each problem.
+so one file runs on one machine or on a cluster by changing variables only. A value
+that is only a reference takes the type of what it expands to (``replicas: ${R:-2}``
+is the number 2) unless it is quoted (``version: "${V:-1.0}"`` stays a string).
+Validation (:func:`validate`) reports the file and line of each problem;
+:func:`wiring_warnings` what runs but is likely a mistake (unread dead letters).
 """
 
 from __future__ import annotations
@@ -128,7 +131,11 @@ def _suggest(word: str, candidates: Sequence[str]) -> str:
 
 
 class _LineLoader(yaml.SafeLoader):
-    """A safe YAML loader that remembers the line of every mapping."""
+    """A safe YAML loader noting each mapping's line and which strings were quoted."""
+
+
+class _QuotedStr(str):
+    """A string the file wrote quoted (or as a block): ``${...}`` in it stays a string."""
 
 
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str, Any]:
@@ -139,7 +146,15 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[str,
     return mapping
 
 
+def _construct_string(loader: _LineLoader, node: yaml.ScalarNode) -> str:
+    value = loader.construct_scalar(node)
+    # Only a plain scalar's type comes from how it reads; any other style is a string
+    # by the author's choice, which expanding a reference in it must keep.
+    return value if node.style is None else _QuotedStr(value)
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG, _construct_string)
 
 
 def _env_value(match: re.Match[str], file: Path) -> str:
@@ -157,10 +172,10 @@ def _env_value(match: re.Match[str], file: Path) -> str:
 
 
 def _expand_env(value: Any, file: Path) -> Any:
-    """Replace ``${NAME}``/``${NAME:-default}``; a value that is only a reference is retyped."""
+    """Replace ``${NAME}``/``${NAME:-default}``; an unquoted lone reference is retyped."""
     if isinstance(value, str):
-        expanded = _ENV_PATTERN.sub(lambda m: _env_value(m, file), value)
-        if expanded != value and _ENV_PATTERN.fullmatch(value):
+        expanded = str(_ENV_PATTERN.sub(lambda m: _env_value(m, file), value))
+        if _retyped(value) and expanded != value:
             # `replicas: ${REPLICAS:-2}` should be the number 2, as if written so.
             return yaml.safe_load(expanded) if expanded else expanded
         return expanded
@@ -169,6 +184,11 @@ def _expand_env(value: Any, file: Path) -> Any:
     if isinstance(value, list):
         return [_expand_env(v, file) for v in value]
     return value
+
+
+def _retyped(value: str) -> bool:
+    """Whether ``value`` takes the type of what it expands to: an unquoted lone reference."""
+    return not isinstance(value, _QuotedStr) and _ENV_PATTERN.fullmatch(value) is not None
 
 
 def load_pipeline(path: str | Path) -> PipelineSpec:
@@ -199,3 +219,11 @@ def validate(spec: PipelineSpec) -> None:
     if problems:
         where = f"{spec.source}: " if spec.source else ""
         raise ConfigError(where + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems))
+
+
+def wiring_warnings(spec: PipelineSpec) -> list[str]:
+    """What in a valid pipeline is likely a mistake (it runs as it is), one line each."""
+    from inferstream.pipeline_parse import unread_dead_letters
+
+    where = f"{spec.source}: " if spec.source else ""
+    return [where + warning for warning in unread_dead_letters(spec)]

@@ -247,3 +247,24 @@ def wiring_problems(spec: PipelineSpec) -> list[str]:
     if cycle:
         problems.append("topics form a cycle: " + " -> ".join(cycle))
     return problems
+
+
+def unread_dead_letters(spec: PipelineSpec) -> list[str]:
+    """A warning for each stage whose dead-letter topic no stage of the pipeline reads.
+
+    Such dead letters pile up on the bus where nobody looks. Stages that themselves
+    read a dead-letter topic are left out: a reader of their ``.dlq.dlq`` would need
+    one of its own, without end.
+    """
+    read = {stage.input for stage in spec.stages}
+    warnings = []
+    for stage in spec.stages:
+        dlq = f"{stage.input}.dlq"
+        if stage.input.endswith(".dlq") or dlq in read:
+            continue
+        warnings.append(
+            f"{_stage_where(stage)}stage {stage.name!r} dead-letters failing messages to "
+            f"{dlq!r}, which no stage reads; add a stage reading it (input: {dlq}), e.g. "
+            "with steps: [store_results] to keep them and their errors in the results store"
+        )
+    return warnings

@@ -121,10 +121,10 @@ def test_principal_for_serves_websockets_with_keys_and_tokens(world: World) -> N
     from inferstream.api.errors import Unauthorized
 
     state = world.client.app.state  # type: ignore[attr-defined]
-    by_key = principal_for(state, world.keys[(world.other, "viewer")])
+    by_key = principal_for(state, world.keys[(world.other, "viewer")], "127.0.0.1")
     assert (by_key.tenant, by_key.role) == (world.other, "viewer")
     token = _token(tenant=world.own, role="operator")
-    by_token = principal_for(state, token)
+    by_token = principal_for(state, token, "127.0.0.1")
     assert (by_token.subject, by_token.tenant, by_token.role) == ("mallory", world.own, "operator")
     with pytest.raises(Unauthorized):
-        principal_for(state, token + "x")
+        principal_for(state, token + "x", "127.0.0.1")

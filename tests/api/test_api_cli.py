@@ -170,3 +170,52 @@ def test_serve_workers_accept_each_others_tokens(
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.fixture
+def fresh_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with nothing in it, where the eggs file's default URLs apply."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("INFERSTREAM_BUS", "INFERSTREAM_STORE", "INFERSTREAM_BLOBS"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_create_tenant_in_a_fresh_directory_makes_the_stores_folder(
+    fresh_directory: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["admin", "create-tenant", str(example_path("eggs")), "acme"]) == 0
+    assert "tenant 'acme' created" in capsys.readouterr().out
+    assert (fresh_directory / ".inferstream" / "eggs" / "results.db").is_file()
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["create-user", "--tenant", "acme", "--username", "bob", "--role", "viewer"],
+        ["create-key", "--tenant", "acme", "--name", "scanner-03", "--role", "scanner"],
+        ["revoke-key", "--tenant", "acme", "0123456789ab"],
+    ],
+    ids=lambda action: action[0],
+)
+def test_other_admin_commands_in_a_fresh_directory_say_what_to_do(
+    fresh_directory: Path, capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    name, *args = action
+    assert main(["admin", name, str(example_path("eggs")), *args]) == 2
+    assert "tenant 'acme' does not exist; create it with" in capsys.readouterr().err
+
+
+def test_serve_makes_the_folder_of_a_new_store(fresh_directory: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferstream", "serve", str(example_path("eggs")),
+         "--store", "sqlite:///data/results.db", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/healthz", ssl.create_default_context(), proc)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert (fresh_directory / "data" / "results.db").is_file()

@@ -60,7 +60,9 @@ CALLS: dict[str, Call] = {
     "GET /v1/trays/{tray}/summary": lambda s: (f"/v1/trays/{TRAY}/summary", {}),
     "GET /v1/trays/{tray}/export.csv": lambda s: (f"/v1/trays/{TRAY}/export.csv", {}),
     "GET /v1/models/accuracy": lambda s: ("/v1/models/accuracy", {}),
-    "POST /v1/feedback": lambda s: ("/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "m"}}),
+    "POST /v1/feedback": lambda s: (
+        "/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "male"}}
+    ),
     "POST /v1/admin/replay": lambda s: ("/v1/admin/replay", {"json": REPLAY}),
     "GET /v1/models": lambda s: ("/v1/models", {}),
     "GET /v1/admin/users": lambda s: ("/v1/admin/users", {}),

@@ -416,10 +416,8 @@ def test_step_decodes_a_mixed_batch_into_outcomes(tmp_path: Path) -> None:
         threshold=0,
     )
     lost_blob = new_envelope(b"x", "application/dicom")
-    lost_blob.payload.blob.CopyFrom(blobs.put(b"gone"))
-    (
-        tmp_path / "blobs" / lost_blob.payload.blob.sha256[:2] / lost_blob.payload.blob.sha256
-    ).unlink()
+    lost_blob.payload.blob.CopyFrom(blobs.put(b"gone", lost_blob.tenant))
+    next((tmp_path / "blobs").rglob(lost_blob.payload.blob.sha256)).unlink()
     batch = [
         new_envelope(good, "application/dicom", tenant="farm-a", key="upload-1"),
         new_envelope(scan_bytes(Modality="CT"), "application/dicom"),

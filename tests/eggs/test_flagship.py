@@ -9,6 +9,7 @@ letters with reasons while the stage keeps flowing.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -132,3 +133,43 @@ def test_malformed_dicom_ends_as_dead_letters_and_good_scans_flow(tmp_path: Path
         letter = letters[env.id]
         assert letter.error_type == "InvalidScan" and letter.stage == "classify"
         assert expected_words[reason].lower() in letter.message.lower(), (reason, letter.message)
+
+
+def _retained(bus_files: Path, copy: Path, topic: str) -> int:
+    """Messages on ``topic`` of the embedded bus in ``bus_files``, read from a copy."""
+    copy.mkdir()
+    for name in ("bus.db", "bus.db-wal"):
+        if (bus_files / name).exists():
+            shutil.copy(bus_files / name, copy / name)
+    bus = open_bus(f"sqlite:///{copy / 'bus.db'}")
+    try:
+        return sum(p.high - p.low for p in bus.partitions(topic))
+    finally:
+        bus.close()
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_demo_with_its_summary_and_what_to_do(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    summary_file = tmp_path / "summary.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "inferstream", "example", "eggs",
+            "--scans", "400", "--rate", "400", "--pool", "32", "--no-serve", "--no-linger",
+            "--workdir", str(small_disk), "--summary-json", str(summary_file),
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    output = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 2, output
+    assert "\nsummary\n" in done.stdout, output
+    summary = json.loads(summary_file.read_text())
+    # Sent means accepted by the bus (the warm-up scan is the one more it holds).
+    assert 0 < summary["scans_sent"] < 400
+    assert _retained(small_disk, tmp_path / "bus", "scans.raw") == summary["scans_sent"] + 1
+    assert summary["results_stored"] + summary["lost"] == summary["scans_sent"]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("inferstream example: error: "), output
+    assert "disk is full" in last and "--workdir" in last, last
+    assert "Traceback" not in done.stderr, output

@@ -9,9 +9,9 @@ import pytest
 
 from inferstream.bus import open_bus
 from inferstream.eggs.dicom import decode
-from inferstream.eggs.simulator import ScannerSimulator, ScanPool
+from inferstream.eggs.simulator import ScannerSimulator, ScanPool, SendingStopped
 from inferstream.envelope import parse
-from inferstream.errors import ConfigError
+from inferstream.errors import BusFullError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,23 @@ def test_emitted_scans_are_valid_dicom_with_their_own_ids(pool: ScanPool, tmp_pa
     assert set(emission.truth) == {e.id for e in envs}
     assert set(emission.truth.values()) <= {"female", "male", "not_developing"}
     assert all(e.tenant == "farm" for e in envs)
+
+
+def test_a_full_bus_stops_the_scanners_with_the_truth_of_what_it_accepted(
+    pool: ScanPool, small_disk: Path
+) -> None:
+    bus = open_bus(f"sqlite:///{small_disk / 'bus.db'}")
+    try:
+        bus.create_topic("scans.raw", 2)
+        sim = ScannerSimulator(bus, "scans.raw", pool, rate=2000, tenant="farm", run="t002")
+        with pytest.raises(SendingStopped) as caught:
+            sim.emit(1000)  # ~33 MB of scans for a 4 MB disk
+        assert isinstance(caught.value.cause, BusFullError)
+        accepted = caught.value.emission.truth
+        assert 0 < len(accepted) < 1000
+        assert sum(p.high - p.low for p in bus.partitions("scans.raw")) == len(accepted)
+    finally:
+        bus.close()
 
 
 def test_scanner_count_is_checked(pool: ScanPool, tmp_path: Path) -> None:

@@ -126,8 +126,11 @@ def test_bad_cursor_and_limit_are_invalid_queries(
     store.upsert_results([make_row(acme, f"r{i}", stored_at_us=i) for i in range(3)])
     page = store.list_results(acme, limit=2)
     assert page.next_cursor is not None and len(page.items) == 2
-    with pytest.raises(InvalidQuery, match="order"):
-        store.list_results(acme, cursor=page.next_cursor, order="desc")
+    # A cursor is a position: read backwards from it, it gives the rows before it.
+    before = store.list_results(acme, cursor=page.next_cursor, order="desc")
+    assert [row.id for row in before.items] == ["r0"]
+    # Any cursor of the documented shape is a position, even one never issued.
+    assert store.list_results(acme, cursor="1." + "ff" * 3).items[0].id == "r2"
     with pytest.raises(InvalidQuery, match="cursor"):
         store.list_results(acme, cursor="not-a-cursor!")
     with pytest.raises(InvalidQuery, match="limit"):

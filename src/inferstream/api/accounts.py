@@ -8,19 +8,26 @@ on PostgreSQL row-level security backs up every WHERE clause.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, text, update
+from sqlalchemy import Connection, case, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inferstream.api.errors import BadRequest, Conflict
 from inferstream.envelope import now_us
 from inferstream.errors import StoreError
 from inferstream.store import ResultsStore
-from inferstream.store.schema import api_keys, dead_letters, scans, tenants, users
+from inferstream.store.schema import (
+    api_keys,
+    auth_failures,
+    dead_letters,
+    scans,
+    tenants,
+    users,
+)
 
 #: Tenant names: plain, and never containing "." or "/" (they delimit keys and logins).
 TENANT_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -144,15 +151,31 @@ class Accounts:
         with self._tenant(tenant, "delete users from") as conn:
             return conn.execute(stmt).rowcount > 0
 
-    def create_key(self, key: StoredKey) -> None:
+    def create_key(self, key: StoredKey, max_active: int) -> None:
+        """Store a new key; :class:`Conflict` when its tenant has ``max_active`` working ones."""
         values = {
             "tenant": key.tenant,
             "key_id": key.key_id,
             "name": key.name,
             "secret_sha256": key.secret_sha256,
             "role": key.role,
+            "created_at_us": now_us(),
         }
-        self._insert_unique(key.tenant, api_keys, values, f"key id {key.key_id!r} is taken")
+        active = (
+            select(func.count())
+            .select_from(api_keys)
+            .where(api_keys.c.tenant == key.tenant, api_keys.c.revoked_at_us.is_(None))
+        )
+        with self._tenant(key.tenant, "write API keys to") as conn:
+            if conn.execute(active).scalar_one() >= max_active:
+                raise Conflict(
+                    f"tenant {key.tenant!r} has {max_active} working API keys, the most it "
+                    "may have; revoke unused ones (DELETE /v1/admin/keys/{key_id})"
+                )
+            try:
+                conn.execute(insert(api_keys).values(**values))
+            except IntegrityError as exc:
+                raise Conflict(f"key id {key.key_id!r} is taken in {key.tenant!r}") from exc
 
     def find_key(self, tenant: str, key_id: str) -> StoredKey | None:
         stmt = select(api_keys).where(api_keys.c.tenant == tenant, api_keys.c.key_id == key_id)
@@ -195,16 +218,31 @@ class Accounts:
 
     # -- scans ----------------------------------------------------------------
 
-    def record_scans(self, records: Sequence[ScanRecord]) -> None:
-        """Remember accepted scans (a re-sent id keeps its first record)."""
+    def record_scans(self, records: Sequence[ScanRecord]) -> list[str]:
+        """Remember accepted scans of one tenant; the ids that were new.
+
+        A re-sent id keeps its first record (and is not among the ids returned).
+        """
         if not records:
-            return
+            return []
         from inferstream.store.queries import upsert
 
         stmt = upsert(scans, self.store.engine.dialect.name, "ignore")
         tenant = records[0].tenant
+        ids = [record.id for record in records]
+        known = select(scans.c.id).where(scans.c.tenant == tenant, scans.c.id.in_(ids))
         with self._tenant(tenant, "record scans in") as conn:
+            seen = set(conn.execute(known).scalars())
             conn.execute(stmt, [_fields(record) for record in records])
+        return [ident for ident in dict.fromkeys(ids) if ident not in seen]
+
+    def forget_scans(self, tenant: str, scan_ids: Sequence[str]) -> None:
+        """Drop the records of scans the bus refused after they were recorded."""
+        if not scan_ids:
+            return
+        stmt = delete(scans).where(scans.c.tenant == tenant, scans.c.id.in_(scan_ids))
+        with self._tenant(tenant, "forget scans in") as conn:
+            conn.execute(stmt)
 
     def find_scan(self, tenant: str, scan_id: str) -> ScanRecord | None:
         stmt = select(scans).where(scans.c.tenant == tenant, scans.c.id == scan_id)
@@ -223,6 +261,58 @@ class Accounts:
         with self._tenant(tenant, "read dead letters from") as conn:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else dict(row)
+
+    # -- failed sign-ins (see inferstream.api.throttle) -----------------------
+
+    def blocked_until(self, scopes: Sequence[str]) -> dict[str, int]:
+        """For each of ``scopes`` with failures on record, until when it is in back-off."""
+        stmt = select(auth_failures.c.scope, auth_failures.c.blocked_until_us).where(
+            auth_failures.c.scope.in_(scopes)
+        )
+        with self._begin("read sign-in failures from") as conn:
+            return {row.scope: row.blocked_until_us for row in conn.execute(stmt)}
+
+    def add_failure(
+        self, scope: str, at_us: int, forget_before_us: int, backoff_us: Callable[[int], int]
+    ) -> int:
+        """Count one failure of ``scope``; until when it is now in back-off.
+
+        ``backoff_us(n)`` is the back-off earned by ``n`` failures in a row. A scope
+        whose last failure is older than ``forget_before_us`` starts again from one.
+        The count is bumped in SQL, so API processes counting at once never lose one.
+        """
+        from inferstream.store.queries import upsert
+
+        table = auth_failures.c
+        fresh = {"scope": scope, "failures": 0, "last_failure_at_us": at_us}
+        insert_once = upsert(auth_failures, self.store.engine.dialect.name, "ignore")
+        restart = table.last_failure_at_us < forget_before_us
+        bump = (
+            update(auth_failures)
+            .where(table.scope == scope)
+            .values(
+                failures=case((restart, 1), else_=table.failures + 1),
+                last_failure_at_us=at_us,
+            )
+            .returning(table.failures)
+        )
+        with self._begin("count sign-in failures in") as conn:
+            conn.execute(insert_once.values(**fresh, blocked_until_us=0))
+            failures = int(conn.execute(bump).scalar_one())
+            until_us = at_us + backoff_us(failures)
+            set_until = update(auth_failures).where(table.scope == scope)
+            conn.execute(set_until.values(blocked_until_us=until_us))
+        return until_us
+
+    def clear_failures(self, scope: str) -> None:
+        with self._begin("clear sign-in failures in") as conn:
+            conn.execute(delete(auth_failures).where(auth_failures.c.scope == scope))
+
+    def purge_failures(self, before_us: int) -> int:
+        """Forget scopes whose last failure is older than ``before_us``; how many."""
+        stmt = delete(auth_failures).where(auth_failures.c.last_failure_at_us < before_us)
+        with self._begin("purge sign-in failures in") as conn:
+            return int(conn.execute(stmt).rowcount)
 
     def ping(self) -> None:
         with self._begin("reach") as conn:

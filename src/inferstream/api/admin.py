@@ -9,19 +9,21 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from inferstream.api.auth import (
     Principal,
+    client_address,
     hash_password,
     issue_key,
     issue_token,
-    login,
     require,
+    sign_in_with_password,
 )
 from inferstream.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from inferstream.api.permissions import Role, roles_for
-from inferstream.bus import SeekToTimestamp
+from inferstream.bus import InvalidSeekTarget, seek_target
+from inferstream.bus.seek import MAX_OFFSET
 from inferstream.classify import DEFAULT_MODEL, DEFAULT_ROLE, read_model_info
 from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
@@ -88,8 +90,24 @@ class ServedModel(BaseModel):
 
 
 class Replay(BaseModel):
-    stage: str = Field(min_length=1, max_length=128)
-    to: str = Field(description="earliest | latest | an offset | an ISO 8601 time with zone")
+    stage: str = Field(
+        min_length=1, max_length=128, description="a stage of the pipeline (listed in the enum)"
+    )
+    to: (
+        Literal["earliest", "latest"] | Annotated[int, Field(ge=0, le=MAX_OFFSET)] | AwareDatetime
+    ) = Field(description="earliest, latest, an offset, or an ISO 8601 time with a zone")
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _numbers_are_offsets(cls, value: object) -> object:
+        # pydantic would read a number that is no offset (-1, 1.5) as seconds since 1970.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON's 22.0 is the integer 22
+        if not (isinstance(value, int) and 0 <= value <= MAX_OFFSET):
+            raise ValueError(f"offset {value} is not one (0 to {MAX_OFFSET})")
+        return value
 
 
 class ReplayOut(BaseModel):
@@ -104,7 +122,13 @@ async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     state = request.app.state
     # Per login name, so guessing one user's password is throttled like any API call.
     state.limiter.take(f"login/{form.username[:200]}")
-    principal = await run_in_threadpool(login, state.accounts, form.username, form.password)
+    principal = await run_in_threadpool(
+        sign_in_with_password,
+        state.throttle,
+        form.username,
+        form.password,
+        client_address(request),
+    )
     log.info("login", extra={"subject": principal.subject, "tenant": principal.tenant})
     return Token(
         access_token=issue_token(state.settings, principal),
@@ -140,7 +164,10 @@ def create_key(
     principal: Annotated[Principal, Depends(require(*roles_for("POST /v1/admin/keys")))],
 ) -> KeyOut:
     """Create an API key in your tenant; the answer holds its secret, shown only once."""
-    issued = issue_key(request.app.state.accounts, principal.tenant, body.name, body.role)
+    state = request.app.state
+    issued = issue_key(
+        state.accounts, principal.tenant, body.name, body.role, state.settings.max_keys
+    )
     return KeyOut(
         key_id=issued.key_id,
         tenant=issued.tenant,
@@ -209,6 +236,11 @@ def served_models(
     return describe_models(request.app.state.settings.pipeline)
 
 
+def served_labels(spec: PipelineSpec) -> frozenset[str]:
+    """Every label some model of the pipeline predicts (what feedback may say)."""
+    return frozenset(label for model in describe_models(spec) for label in model.labels)
+
+
 def describe_models(spec: PipelineSpec) -> list[ServedModel]:
     served = []
     for stage in spec.stages:
@@ -246,23 +278,12 @@ def replay(
         stage = spec.stage(body.stage)
     except ConfigError as exc:
         raise BadRequest(str(exc)) from exc
-    group = stage.group(spec.name)
-    state.bus.seek_group(group, stage.input, seek_target(body.to))
-    log.info("replay", extra={"group": group, "to": body.to, "subject": principal.subject})
-    return ReplayOut(group=group, topic=stage.input, to=body.to)
-
-
-def seek_target(text: str) -> Literal["earliest", "latest"] | int | SeekToTimestamp:
-    if text in ("earliest", "latest"):
-        return "earliest" if text == "earliest" else "latest"
-    if text.isdigit() and len(text) <= 18:
-        return int(text)
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise BadRequest(
-            f"replay target {text[:64]!r}: use earliest, latest, an offset or an ISO 8601 time"
-        ) from exc
-    if moment.tzinfo is None:
-        raise BadRequest(f"replay target {text[:64]!r} has no time zone; add e.g. +00:00")
-    return SeekToTimestamp(int(moment.timestamp() * 1000))
+        target = seek_target(body.to)
+    except InvalidSeekTarget as exc:
+        raise BadRequest(str(exc)) from exc
+    group = stage.group(spec.name)
+    shown = body.to.isoformat() if isinstance(body.to, datetime) else str(body.to)
+    state.bus.seek_group(group, stage.input, target)
+    log.info("replay", extra={"group": group, "to": shown, "subject": principal.subject})
+    return ReplayOut(group=group, topic=stage.input, to=shown)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from typing import Any
@@ -22,12 +23,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import Scope
 
 from inferstream.api import admin, ingest, ops, queries
 from inferstream.api.accounts import Accounts
+from inferstream.api.admin import served_labels
 from inferstream.api.errors import ApiError
 from inferstream.api.ratelimit import RateLimiter
 from inferstream.api.settings import ApiSettings
+from inferstream.api.throttle import GuessThrottle
 from inferstream.blobs import open_blob_store
 from inferstream.bus import open_bus
 from inferstream.errors import BlobError, InvalidInput, StoreError, TransientError
@@ -72,6 +77,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
+    app.state.labels = served_labels(settings.pipeline)
     app.state.limiter = RateLimiter(settings.rate_per_s, settings.burst)
     app.state.publisher = ingest.GroupCommit(app.state)
     for module in (ingest, queries, admin):
@@ -81,8 +87,26 @@ def create_app(settings: ApiSettings) -> FastAPI:
     if live is not None:
         app.include_router(live)
     app.add_middleware(ops.Observe)
+    app.add_middleware(ops.HeaderLimit)  # outermost: refused before anything else runs
     _add_error_handlers(app)
+    _document_pipeline(app, settings)
     return app
+
+
+def _document_pipeline(app: FastAPI, settings: ApiSettings) -> None:
+    """Name this pipeline's stages and labels in the schema, so it admits only those."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            replay = schema["components"]["schemas"]["Replay"]["properties"]["stage"]
+            replay["enum"] = [stage.name for stage in settings.pipeline.stages]
+            feedback = schema["components"]["schemas"]["FeedbackIn"]["properties"]["label"]
+            feedback["enum"] = sorted(app.state.labels)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _optional_live_router() -> Any:
@@ -112,15 +136,17 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.bus = bus
         app.state.store = store
         app.state.accounts = Accounts(store)
+        app.state.throttle = GuessThrottle(app.state.accounts)
         app.state.blobs = open_blob_store(spec.blobs)
-        refresher = asyncio.create_task(_refresh_statistics(store))
+        refresher = asyncio.create_task(_refresh_statistics(store, app.state.throttle))
         stack.callback(refresher.cancel)
         log.info("api ready", extra={"route": f"{spec.name}: ingest into {settings.ingest_topic}"})
         yield
 
 
-async def _refresh_statistics(store: ResultsStore) -> None:
-    """Keep query plans good as the store grows (see ResultsStore.refresh_statistics).
+async def _refresh_statistics(store: ResultsStore, throttle: GuessThrottle) -> None:
+    """Keep query plans good as the store grows (see ResultsStore.refresh_statistics),
+    and forget old failed sign-ins.
 
     Statistics taken on an almost empty table (a fresh store) mislead the planner as
     much as none, so they are refreshed every 30 s; a sampled refresh costs a few ms.
@@ -130,6 +156,7 @@ async def _refresh_statistics(store: ResultsStore) -> None:
         await asyncio.sleep(wait)
         try:
             await run_in_threadpool(store.refresh_statistics)
+            await run_in_threadpool(throttle.purge)
         except StoreError as exc:
             log.warning("planner statistics not refreshed", extra={"error": str(exc)})
         wait = STATISTICS_EVERY_S
@@ -139,6 +166,35 @@ def _error(
     status: int, code: str, detail: Any, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings: JSON has no numbers for them.
+
+    The 422 answer echoes the input, and a body holding NaN or 1e999 (both parsed
+    by Python's json) made the JSON encoder fail, which answered 500.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this request's path (routes asked, not read,
+    since included routers wrap their routes)."""
+
+    def served(method: str) -> bool:
+        probe = {**scope, "method": method}
+        return any(route.matches(probe)[0] is Match.FULL for route in app.router.routes)
+
+    return [method for method in _METHODS if served(method)]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -155,11 +211,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _error(422, "invalid_request", jsonable_encoder(exc.errors()))
+        return _error(422, "invalid_request", json_safe(jsonable_encoder(exc.errors())))
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, "http_error", str(exc.detail), dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names only the first route that matched
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        return _error(exc.status_code, "http_error", str(exc.detail), headers)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(InvalidInput, invalid)

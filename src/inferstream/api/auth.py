@@ -28,11 +28,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from starlette.requests import HTTPConnection
 
 from inferstream.api.accounts import Accounts, StoredKey, check_tenant_name
 from inferstream.api.errors import BadRequest, Forbidden, Unauthorized
 from inferstream.api.permissions import ROLES, Role
-from inferstream.api.settings import ApiSettings
+from inferstream.api.settings import MAX_ACTIVE_KEYS, ApiSettings
+from inferstream.api.throttle import GuessThrottle, key_scope, source_scope, user_scope
 
 KEY_PREFIX = "isk"
 _hasher = PasswordHasher()
@@ -72,21 +74,33 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def issue_key(accounts: Accounts, tenant: str, name: str, role: str) -> IssuedKey:
-    """Create and store a key; the caller shows :attr:`IssuedKey.secret` once."""
+def issue_key(
+    accounts: Accounts, tenant: str, name: str, role: str, max_active: int = MAX_ACTIVE_KEYS
+) -> IssuedKey:
+    """Create and store a key; the caller shows :attr:`IssuedKey.secret` once.
+
+    A tenant may hold ``max_active`` working keys; past that, :class:`Conflict`.
+    """
     checked = check_role(role)
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     digest = hashlib.sha256(secret.encode()).hexdigest()
-    accounts.create_key(StoredKey(tenant, key_id, name[:128], digest, checked, False))
+    stored = StoredKey(tenant, key_id, name[:128], digest, checked, False)
+    accounts.create_key(stored, max_active)
     return IssuedKey(key_id, tenant, name, checked, f"{KEY_PREFIX}.{tenant}.{key_id}.{secret}")
 
 
-def principal_from_key(accounts: Accounts, presented: str) -> Principal:
+def _key_parts(presented: str) -> tuple[str, str, str]:
     parts = presented.split(".")
     if len(parts) != 4 or parts[0] != KEY_PREFIX:
         raise Unauthorized("API key is malformed; it looks like isk.<tenant>.<id>.<secret>")
     _, tenant, key_id, secret = parts
+    return tenant, key_id, secret
+
+
+def principal_from_key(accounts: Accounts, presented: str) -> Principal:
+    """The principal of an API key; :class:`Unauthorized` when it is wrong or revoked."""
+    tenant, key_id, secret = _key_parts(presented)
     stored = accounts.find_key(tenant, key_id) if check_tenant_ok(tenant) else None
     digest = hashlib.sha256(secret.encode()).hexdigest()
     expected = stored.secret_sha256 if stored else "0" * 64
@@ -101,6 +115,40 @@ def check_tenant_ok(tenant: str) -> bool:
     except BadRequest:
         return False
     return True
+
+
+def sign_in_with_key(throttle: GuessThrottle, presented: str, source: str) -> Principal:
+    """:func:`principal_from_key`, with failures counted and back-off answered 429."""
+    tenant, key_id, _ = _key_parts(presented)
+    scopes = (source_scope(source), key_scope(tenant, key_id))
+    standing = throttle.standing(*scopes)
+    throttle.refuse_if_blocked(standing, scopes[0])
+    try:
+        principal = principal_from_key(throttle.accounts, presented)
+    except Unauthorized:
+        throttle.failed(*scopes)
+        throttle.refuse_if_blocked(standing, scopes[1])  # guesses at a key id in back-off
+        raise
+    throttle.succeeded(scopes[1], standing)
+    return principal
+
+
+def sign_in_with_password(
+    throttle: GuessThrottle, username: str, password: str, source: str
+) -> Principal:
+    """:func:`login`, refused with 429 before any hashing while the account or source is
+    in back-off; failures are counted, a success clears the account's."""
+    tenant, _, name = username.partition("/")
+    scopes = (source_scope(source), user_scope(tenant, name))
+    standing = throttle.standing(*scopes)
+    throttle.refuse_if_blocked(standing, *scopes)
+    try:
+        principal = login(throttle.accounts, username, password)
+    except Unauthorized:
+        throttle.failed(*scopes)
+        raise
+    throttle.succeeded(scopes[1], standing)
+    return principal
 
 
 def login(accounts: Accounts, username: str, password: str) -> Principal:
@@ -162,19 +210,25 @@ def authenticate(
     presented = api_key or bearer
     if not presented:
         raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
-    principal = principal_for(request.app.state, presented)
+    principal = principal_for(request.app.state, presented, client_address(request))
     request.state.principal = principal
     return principal
 
 
-def principal_for(app_state: Any, credential: str) -> Principal:
+def client_address(connection: HTTPConnection) -> str:
+    """The peer's address (behind a proxy, run uvicorn with ``--proxy-headers``)."""
+    return connection.client.host if connection.client else "unknown"
+
+
+def principal_for(app_state: Any, credential: str, source: str) -> Principal:
     """The principal of an API key or JWT, rate limited: for callers outside routes.
 
-    The live WebSocket calls ``principal_for(websocket.app.state, token)`` and then
-    checks ``principal.role`` against its row of the permission matrix.
+    ``source`` is the caller's address, for the back-off against guessing keys. The
+    live WebSocket calls ``principal_for(websocket.app.state, token, address)`` and
+    then checks ``principal.role`` against its row of the permission matrix.
     """
     if credential.startswith(f"{KEY_PREFIX}."):
-        principal = principal_from_key(app_state.accounts, credential)
+        principal = sign_in_with_key(app_state.throttle, credential, source)
     else:
         principal = principal_from_token(credential, app_state.settings)
     app_state.limiter.take(f"{principal.tenant}/{principal.subject}")

@@ -37,6 +37,8 @@ SERVE_OPTIONS_ENV = "INFERSTREAM_SERVE_OPTIONS"
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from inferstream.api.ops import UVICORN_OPTIONS
+
     if bool(args.certfile) != bool(args.keyfile):
         raise ConfigError("TLS needs both --certfile and --keyfile (or neither)")
     if args.workers < 1:
@@ -59,11 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         ssl_certfile=args.certfile,
         ssl_keyfile=args.keyfile,
-        # uvicorn's own access log would print raw query strings; ours logs route templates.
-        access_log=False,
-        log_config=None,
-        # The sans-I/O websockets implementation; the legacy one is deprecated.
-        ws="websockets-sansio",
+        **UVICORN_OPTIONS,
     )
     return 0
 

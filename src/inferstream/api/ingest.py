@@ -3,9 +3,15 @@
 Three bodies are accepted: ``multipart/form-data`` with one or more files (DICOM,
 PNG, JPEG, ``.npy``; optional ``tray``/``scanner``/``source`` fields apply to every
 file), a raw ``application/dicom`` scan, and ``application/x-protobuf`` carrying an
-``EnvelopeBatch`` (the edge agents' path). Every scan is checked before it is
-accepted; its bytes are kept in the blob store (for ``/image``) and the accepted
-scans are recorded and produced to the bus *before* the 202 is sent.
+``EnvelopeBatch`` (the edge agents' path). All three become the same
+:class:`Submitted` items and go through one path: every scan is checked, its
+content type, attributes, digest and blob reference are derived here from its
+bytes (never taken from the client), its bytes are kept in the caller's tenant's
+blob folder, and the scans are recorded and produced to the bus *before* the 202.
+
+A client may name only what it knows better than the scan: an id (stable across
+an edge agent's retries; scoped to the caller's tenant), a partition key, a
+source, a trace id, a creation time and the ``tray``/``scanner`` fields.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -28,22 +35,32 @@ from inferstream.api.auth import Principal, require
 from inferstream.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from inferstream.api.images import CheckedScan, ImageLimits, check_scan
 from inferstream.api.permissions import roles_for
-from inferstream.blobs import check_in
 from inferstream.bus import Record
-from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope, new_id, now_us
+from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope, now_us
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
-_FIELD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}")
+FIELD_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$"
+_FIELD_RE = re.compile(FIELD_PATTERN)
+#: Attributes a client may set; every other attribute is read from the scan itself.
+CLIENT_FIELDS = ("tray", "scanner")
+#: Envelope fields an edge agent may send; tenant and bookkeeping are overwritten.
+_ENVELOPE_FIELDS = frozenset(
+    {"schema_version", "id", "root_id", "tenant", "partition_key", "source", "created_at_us",
+     "ingested_at_us", "attributes", "payload", "trace_id"}
+)  # fmt: skip
+#: How far in the future a client's clock may put a scan's creation time.
+MAX_CLOCK_SKEW_US = 24 * 3600 * 1_000_000
+_FIELD_SCHEMA = {"type": "string", "pattern": FIELD_PATTERN}
 _BODY_TYPES = {
     "multipart/form-data": {
         "schema": {
             "type": "object",
             "properties": {
                 "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                "tray": {"type": "string"},
-                "scanner": {"type": "string"},
-                "source": {"type": "string"},
+                "tray": _FIELD_SCHEMA,
+                "scanner": _FIELD_SCHEMA,
+                "source": _FIELD_SCHEMA,
             },
             "required": ["files"],
         }
@@ -56,6 +73,19 @@ _BODY_TYPES = {
 class Accepted(BaseModel):
     ids: list[str]
     topic: str
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """One scan as a client sent it: its bytes and what a client may say of it (checked)."""
+
+    data: bytes
+    fields: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+    envelope_id: str = ""
+    key: str = ""
+    trace_id: str = ""
+    created_at_us: int = 0
 
 
 @router.post(
@@ -79,13 +109,12 @@ async def ingest_scans(
         )
     body = await read_body(request, state.settings.max_body_bytes)
     if media == "application/x-protobuf":
-        envelopes = await run_in_threadpool(_from_protobuf, body, principal, state)
-        await run_in_threadpool(_check_adopted, state, envelopes)
+        items = await run_in_threadpool(_from_protobuf, body, state.settings.max_batch)
     elif media == "application/dicom":
-        envelopes = await run_in_threadpool(_accept, [body], principal, {}, state)
+        items = [Submitted(body)]
     else:
-        files, fields = await _parse_form(request, body, state.settings.max_batch)
-        envelopes = await run_in_threadpool(_accept, files, principal, fields, state)
+        items = await _parse_form(request, body, state.settings.max_batch)
+    envelopes = await run_in_threadpool(_accept, items, principal, state)
     await state.publisher.publish(principal.tenant, envelopes)
     for env in envelopes:
         log.info("scan accepted", extra={"scan_id": env.id, "trace_id": env.trace_id})
@@ -109,9 +138,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parse_form(
-    request: Request, body: bytes, max_files: int
-) -> tuple[list[bytes], dict[str, str]]:
+async def _parse_form(request: Request, body: bytes, max_files: int) -> list[Submitted]:
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
@@ -119,6 +146,11 @@ async def _parse_form(
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith(("Too many files", "Too many fields")):
+            raise PayloadTooLarge(
+                f"multipart body has too many parts: at most {max_files} files and 16 "
+                "fields per request; split it"
+            ) from exc
         raise BadRequest(f"multipart body is malformed: {exc.message}") from exc
     files: list[bytes] = []
     fields: dict[str, str] = {}
@@ -126,53 +158,23 @@ async def _parse_form(
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 files.append(await value.read())
-            elif name in ("tray", "scanner", "source"):
+            elif name in (*CLIENT_FIELDS, "source"):
                 fields[name] = _plain(name, value)
     finally:
         await form.close()  # spooled temporary files, even when a field is refused
     if not files:
         raise BadRequest("multipart body has no file parts; attach scans as files")
-    return files, fields
+    source = fields.pop("source", "")
+    return [Submitted(data, fields, source) for data in files]
 
 
 def _plain(name: str, value: str) -> str:
     if not _FIELD_RE.fullmatch(value):
-        raise BadRequest(f"field {name} {value[:64]!r} must be 1-64 letters, digits or ._:^+-")
+        raise BadRequest(f"{name} {value[:64]!r} must be 1-64 letters, digits or ._:^+-")
     return value
 
 
-def _accept(
-    files: list[bytes], principal: Principal, fields: dict[str, str], state: Any
-) -> list[Envelope]:
-    """Check every file, then keep each one's bytes and wrap it in an envelope.
-
-    Runs in a worker thread: checking and keeping scans is blocking work that on the
-    event loop stalled every other request (reads too).
-    """
-    limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
-    checked_all = [check_scan(data, limits) for data in files]
-    return [_envelope(checked, principal, fields, state) for checked in checked_all]
-
-
-def _envelope(
-    checked: CheckedScan, principal: Principal, fields: dict[str, str], state: Any
-) -> Envelope:
-    blob = state.blobs.put(checked.data)
-    attributes = {**fields, **checked.attributes, "blob_sha256": blob.sha256}
-    attributes.pop("source", None)
-    source = fields.get("source") or principal.subject
-    env = new_envelope(
-        checked.data,
-        checked.content_type,
-        tenant=principal.tenant,
-        key=checked.key,
-        source=source,
-        attributes=attributes,
-    )
-    return check_in(env, state.blobs, state.settings.pipeline.claim_check_bytes)
-
-
-def _from_protobuf(body: bytes, principal: Principal, state: Any) -> list[Envelope]:
+def _from_protobuf(body: bytes, max_batch: int) -> list[Submitted]:
     batch = EnvelopeBatch()
     try:
         batch.ParseFromString(body)
@@ -180,31 +182,82 @@ def _from_protobuf(body: bytes, principal: Principal, state: Any) -> list[Envelo
         raise BadRequest(f"body is not an inferstream EnvelopeBatch: {exc}") from exc
     if not batch.envelopes:
         raise BadRequest("EnvelopeBatch holds no envelopes")
-    if len(batch.envelopes) > state.settings.max_batch:
+    if len(batch.envelopes) > max_batch:
         raise PayloadTooLarge(
             f"EnvelopeBatch holds {len(batch.envelopes)} envelopes, over the limit of "
-            f"{state.settings.max_batch}; split it"
+            f"{max_batch}; split it"
         )
-    return [_adopt(env, principal) for env in batch.envelopes]
+    return [_submitted(env) for env in batch.envelopes]
 
 
-def _adopt(env: Envelope, principal: Principal) -> Envelope:
-    """Take an edge agent's envelope into the caller's tenant with fresh bookkeeping."""
+def _submitted(env: Envelope) -> Submitted:
+    """What an edge agent's envelope may say, checked; the rest is derived or refused."""
+    name = repr(env.id[:64]) if env.id else "without an id"
+    extra = sorted(fd.name for fd, _ in env.ListFields() if fd.name not in _ENVELOPE_FIELDS)
+    if extra:
+        raise BadRequest(
+            f"envelope {name} sets {', '.join(extra)}; a client may not (predictions, "
+            "lineage and errors are the pipeline's to write)"
+        )
     if env.payload.WhichOneof("body") != "inline" or not env.payload.inline:
         raise BadRequest(
-            f"envelope {env.id[:64]!r} must carry its scan inline; blob references "
-            "from outside are not accepted"
+            f"envelope {name} must carry its scan inline; blob references from outside "
+            "are not accepted"
         )
-    if env.id and not _FIELD_RE.fullmatch(env.id):
-        raise BadRequest(f"envelope id {env.id[:64]!r} must be 1-64 letters or digits")
-    env.tenant = principal.tenant  # never trust the tenant a client claims
-    env.id = env.id or new_id()
-    env.root_id = env.id
-    env.partition_key = env.partition_key or env.id
-    env.trace_id = env.trace_id or new_id()
-    env.ingested_at_us = now_us()
-    env.created_at_us = env.created_at_us or env.ingested_at_us
-    env.source = env.source or principal.subject
+    unknown = sorted(set(env.attributes) - set(CLIENT_FIELDS))
+    if unknown:
+        raise BadRequest(
+            f"envelope {name} sets attribute(s) {', '.join(a[:64] for a in unknown)}; a client "
+            f"may set only {', '.join(CLIENT_FIELDS)} (the rest is read from the scan)"
+        )
+    if not 0 <= env.created_at_us <= now_us() + MAX_CLOCK_SKEW_US:
+        raise BadRequest(f"envelope {name} has created_at_us {env.created_at_us} out of range")
+    return Submitted(
+        data=env.payload.inline,
+        fields={key: _plain(key, value) for key, value in env.attributes.items()},
+        source=_optional("envelope source", env.source),
+        envelope_id=_optional("envelope id", env.id),
+        key=_optional("envelope partition_key", env.partition_key),
+        trace_id=_optional("envelope trace_id", env.trace_id),
+        created_at_us=env.created_at_us,
+    )
+
+
+def _optional(name: str, value: str) -> str:
+    return _plain(name, value) if value else ""
+
+
+def _accept(items: Sequence[Submitted], principal: Principal, state: Any) -> list[Envelope]:
+    """Check every scan, then keep each one's bytes and wrap it in an envelope.
+
+    Runs in a worker thread: checking and keeping scans is blocking work that on the
+    event loop stalled every other request (reads too).
+    """
+    limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
+    checked_all = [check_scan(item.data, limits) for item in items]
+    return [
+        _envelope(checked, item, principal, state)
+        for checked, item in zip(checked_all, items, strict=True)
+    ]
+
+
+def _envelope(checked: CheckedScan, item: Submitted, principal: Principal, state: Any) -> Envelope:
+    """The ingest envelope: everything but the client's few fields derived from the scan."""
+    blob = state.blobs.put(checked.data, principal.tenant)
+    env = new_envelope(
+        checked.data,
+        checked.content_type,
+        tenant=principal.tenant,
+        key=checked.key or item.key,
+        source=item.source or principal.subject,
+        attributes={**item.fields, **checked.attributes, "blob_sha256": blob.sha256},
+        envelope_id=item.envelope_id or None,
+        created_at_us=item.created_at_us or None,
+    )
+    if item.trace_id:
+        env.trace_id = item.trace_id
+    if len(checked.data) > state.settings.pipeline.claim_check_bytes:
+        env.payload.blob.CopyFrom(blob)  # the claim check: the bus carries the reference
     return env
 
 
@@ -249,26 +302,28 @@ class GroupCommit:
             del self._flushers[tenant]
 
 
-def _check_adopted(state: Any, envelopes: list[Envelope]) -> None:
-    """Check and keep the scans of adopted (protobuf) envelopes, like uploaded ones."""
-    limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
-    for env in envelopes:
-        if "blob_sha256" not in env.attributes:
-            checked = check_scan(env.payload.inline, limits)
-            env.payload.inline = checked.data
-            env.attributes.update(checked.attributes)
-            env.attributes["blob_sha256"] = state.blobs.put(checked.data).sha256
-            env.payload.content_type = checked.content_type
-            check_in(env, state.blobs, state.settings.pipeline.claim_check_bytes)
-
-
 def _record_and_produce(state: Any, envelopes: list[Envelope]) -> None:
-    """Record the scans, then produce them; returns once the bus has them durably."""
-    state.accounts.record_scans([_record(env) for env in envelopes])
-    state.bus.produce(
-        state.settings.ingest_topic,
-        [Record(env.partition_key.encode(), env.SerializeToString()) for env in envelopes],
-    )
+    """Record the scans, then produce them; returns once the bus has them durably.
+
+    When the bus refuses them (down, disk full) the scans this call recorded are
+    forgotten again, so a scan answered 503 never shows as queued forever.
+    """
+    recorded = state.accounts.record_scans([_record(env) for env in envelopes])
+    try:
+        state.bus.produce(
+            state.settings.ingest_topic,
+            [Record(env.partition_key.encode(), env.SerializeToString()) for env in envelopes],
+        )
+    except Exception:
+        _forget(state, envelopes[0].tenant, recorded)
+        raise
+
+
+def _forget(state: Any, tenant: str, scan_ids: list[str]) -> None:
+    try:
+        state.accounts.forget_scans(tenant, scan_ids)
+    except Exception as exc:  # the store may be what failed; the 503 stands either way
+        log.warning("refused scans stay recorded", extra={"error": str(exc)})
 
 
 def _record(env: Envelope) -> ScanRecord:

@@ -28,7 +28,7 @@ from fastapi import APIRouter, FastAPI, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from starlette.datastructures import State
 
-from inferstream.api.auth import Principal, principal_for
+from inferstream.api.auth import Principal, client_address, principal_for
 from inferstream.api.errors import ApiError, NotFound
 from inferstream.api.live_aggregate import TenantWindow
 from inferstream.api.live_source import StageMeters, TenantFeed, tenant_snapshot
@@ -187,7 +187,7 @@ async def _principal(websocket: WebSocket, token: str | None) -> Principal:
         except (ValueError, KeyError, TypeError):
             token = ""
     # JWTs for people, API keys for wall-screen kiosks; rate limited like every route.
-    return principal_for(websocket.app.state, token)
+    return principal_for(websocket.app.state, token, client_address(websocket))
 
 
 @router.websocket("/v1/live")

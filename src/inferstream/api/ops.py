@@ -137,6 +137,52 @@ def _record(scope: Scope, status: int, elapsed: float, request_id: str) -> None:
         )
 
 
+#: Request header bytes the API reads (names and values, all headers together).
+MAX_HEADER_BYTES = 32 * 1024
+#: What uvicorn is told to buffer before it gives up on a request's head: far above
+#: MAX_HEADER_BYTES, so a too-large head is read whole and answered 431 by
+#: :class:`HeaderLimit`, instead of h11 closing on a client still sending (a reset).
+SERVER_HEAD_BYTES = 1024 * 1024
+#: uvicorn settings every way of serving the API shares (``serve`` and the tests).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "http": "h11",
+    "h11_max_incomplete_event_size": SERVER_HEAD_BYTES,
+    # uvicorn's own access log would print raw query strings; ours logs route templates.
+    "access_log": False,
+    "log_config": None,
+    # The sans-I/O websockets implementation; the legacy one is deprecated.
+    "ws": "websockets-sansio",
+}
+
+
+class HeaderLimit:
+    """ASGI middleware: a request whose headers exceed ``limit`` bytes gets 431."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+        if scope["type"] != "http" or size <= self.limit:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(
+            {
+                "error": "request_header_fields_too_large",
+                "detail": f"request headers are {size} bytes, over the limit of {self.limit}",
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 431,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message and the known extra fields."""
 

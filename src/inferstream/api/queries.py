@@ -34,6 +34,7 @@ from inferstream.api.render import to_png
 from inferstream.envelope import BlobRef
 from inferstream.errors import BlobError
 from inferstream.store import ResultFilter
+from inferstream.store.queries import CURSOR_PATTERN
 
 router = APIRouter(tags=["queries"])
 TrayPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
@@ -101,7 +102,8 @@ def get_scan_image(
     if record is None or not record.blob_sha256:
         raise NotFound(f"no image of scan {scan_id!r} in your tenant")
     try:
-        data = state.blobs.get(BlobRef(uri="", sha256=record.blob_sha256, size=record.size))
+        ref = BlobRef(uri="", sha256=record.blob_sha256, size=record.size)
+        data = state.blobs.get(ref, principal.tenant)  # never another tenant's bytes
     except BlobError as exc:
         raise NotFound(f"the bytes of scan {scan_id!r} are gone from the blob store") from exc
     return Response(to_png(data, record.content_type), media_type="image/png")
@@ -121,7 +123,11 @@ class ResultQuery(BaseModel):
     max_confidence: float | None = Field(default=None, ge=0, le=1)
     since: datetime | None = None
     until: datetime | None = None
-    cursor: str | None = Field(default=None, max_length=512)
+    cursor: str | None = Field(
+        default=None,
+        pattern=CURSOR_PATTERN,
+        description="next_cursor of the previous page: <store time>.<hex of the last id>",
+    )
     limit: int = Field(default=100, ge=1, le=1000)
     order: Literal["asc", "desc"] = "asc"
 
@@ -227,7 +233,16 @@ def post_feedback(
     request: Request,
     principal: Annotated[Principal, guard("POST /v1/feedback")],
 ) -> FeedbackOut:
-    """Record the ground truth of one egg (e.g. the hatch result); a later post corrects it."""
+    """Record the ground truth of one egg (e.g. the hatch result); a later post corrects it.
+
+    The label must be one the pipeline's models predict; anything else is a 400.
+    """
+    labels: frozenset[str] = request.app.state.labels
+    if body.label not in labels:
+        raise BadRequest(
+            f"label {body.label!r} is not one the models predict; use one of "
+            f"{', '.join(sorted(labels)) or '(none: this pipeline serves no model)'}"
+        )
     entry = request.app.state.store.add_feedback(
         principal.tenant, body.egg_id, body.label, source=body.source
     )

@@ -14,6 +14,9 @@ from inferstream.pipeline import PipelineSpec
 
 #: Environment variable holding the JWT signing secret (shared by every API replica).
 JWT_SECRET_ENV = "INFERSTREAM_JWT_SECRET"
+#: Working (unrevoked) API keys one tenant may hold: enough for every scanner of a
+#: site, few enough that a leaked admin credential cannot fill the table.
+MAX_ACTIVE_KEYS = 1000
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,8 @@ class ApiSettings:
 
     ``rate_per_s``/``burst`` are the token bucket of each caller (API key or user).
     ``max_body_bytes`` bounds every request body; ``max_batch`` the envelopes of one
-    protobuf batch and the files of one multipart upload.
+    protobuf batch and the files of one multipart upload; ``max_keys`` the working
+    API keys of one tenant.
     """
 
     pipeline: PipelineSpec
@@ -36,6 +40,7 @@ class ApiSettings:
     burst: int = 400
     max_image_side: int = 4096
     max_image_pixels: int = 50_000_000
+    max_keys: int = MAX_ACTIVE_KEYS
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret) < 32:

@@ -24,6 +24,7 @@ from inferstream.bus.base import (
     TopicPartition,
     partition_for,
 )
+from inferstream.bus.seek import InvalidSeekTarget, seek_target
 from inferstream.errors import ConfigError
 
 #: scheme -> "module:factory"; each factory takes the URL and returns a Bus.
@@ -50,6 +51,7 @@ __all__ = [
     "BACKENDS",
     "Bus",
     "Consumer",
+    "InvalidSeekTarget",
     "Message",
     "PartitionInfo",
     "Record",
@@ -59,4 +61,5 @@ __all__ = [
     "TopicPartition",
     "open_bus",
     "partition_for",
+    "seek_target",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
-from inferstream.errors import BusError, ConfigError
+from inferstream.errors import BusError, BusFullError, ConfigError
 
 T = TypeVar("T")
 
@@ -178,10 +178,7 @@ def run(
         except sqlite3.OperationalError as exc:
             _rollback(conn)
             if not _is_busy(exc) or time.monotonic() > deadline:
-                raise BusError(
-                    f"embedded bus database failed: {exc}; check the file is writable "
-                    "and that no process holds it locked for long"
-                ) from exc
+                raise _failure(exc) from exc
         except sqlite3.Error as exc:
             _rollback(conn)
             raise BusError(f"embedded bus database failed: {exc}; check the file") from exc
@@ -190,6 +187,19 @@ def run(
             raise
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _failure(exc: sqlite3.OperationalError) -> BusError:
+    """The error to raise for ``exc``, which retrying at once cannot cure."""
+    if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+        return BusFullError(
+            f"the embedded bus's disk is full ({exc}); free space on it, or move the bus "
+            "to a bigger disk; the messages it holds are kept"
+        )
+    return BusError(
+        f"embedded bus database failed: {exc}; check the file is writable "
+        "and that no process holds it locked for long"
+    )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from inferstream.bus import open_bus
-from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool
+from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool, SendingStopped
 from inferstream.envelope import new_id, now_us
-from inferstream.errors import ConfigError
+from inferstream.errors import BusFullError, ConfigError, InferstreamError
 from inferstream.examples import example_path
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
@@ -33,6 +33,9 @@ from inferstream.store import ResultFilter, ResultsStore
 
 #: Give up waiting for the last results after this long without progress.
 STALL_TIMEOUT_S = 60.0
+#: The same once the bus refused scans: it likely refuses the stages' outputs too, so
+#: only the batches in flight can still land.
+STOPPED_STALL_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ class Progress:
             print(self.line()[1], flush=True)
 
 
-def _wait_for_results(progress: Progress, expected: int) -> None:
+def _wait_for_results(progress: Progress, expected: int, stall_s: float) -> None:
     best, best_at = -1, time.monotonic()
     while True:
         stored, _ = progress.line()
@@ -205,8 +208,8 @@ def _wait_for_results(progress: Progress, expected: int) -> None:
             return
         if stored > best:
             best, best_at = stored, time.monotonic()
-        elif time.monotonic() - best_at > STALL_TIMEOUT_S:
-            print(f"no new results for {STALL_TIMEOUT_S:.0f}s; summarising what arrived")
+        elif time.monotonic() - best_at > stall_s:
+            print(f"no new results for {stall_s:.0f}s; summarising what arrived")
             return
         time.sleep(0.2)
 
@@ -246,16 +249,7 @@ def run_demo(settings: DemoSettings) -> Summary:
         if settings.serve and login:
             print(f"dashboard: http://{settings.serve}/dashboard  (log in as {login[0]}, "
                   f"password {login[1]})")  # fmt: skip
-        print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
-        progress = Progress(store, settings.tenant, settings.scans)
-        printer = threading.Thread(target=progress.loop, daemon=True)
-        printer.start()
-        emission = sim.emit(settings.scans, lambda e: setattr(progress, "sent", len(e.truth)))
-        progress.sent = len(emission.truth)
-        _wait_for_results(progress, settings.scans)
-        progress.stop.set()
-        summary = summarise(store, settings.tenant, emission, settings.rate)
-        _report(summary, settings.summary_json)
+        summary = _send_and_summarise(sim, store, settings, spec.bus)
         if settings.linger:
             _linger(proc, settings.serve)
     finally:
@@ -264,6 +258,44 @@ def run_demo(settings: DemoSettings) -> Summary:
         bus.close()
         store.close()
     return summary
+
+
+def _send_and_summarise(
+    sim: ScannerSimulator, store: ResultsStore, settings: DemoSettings, bus: str
+) -> Summary:
+    """Send the scans, wait for their results and print the summary.
+
+    When the bus refuses scans the sending stops; the summary still counts what the
+    bus accepted, and only then the error saying why is raised.
+    """
+    print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
+    progress = Progress(store, settings.tenant, settings.scans)
+    threading.Thread(target=progress.loop, daemon=True).start()
+    stopped: SendingStopped | None = None
+    try:
+        emission = sim.emit(settings.scans, lambda e: setattr(progress, "sent", len(e.truth)))
+    except SendingStopped as exc:
+        emission, stopped = exc.emission, exc
+    progress.sent = len(emission.truth)
+    stall_s = STALL_TIMEOUT_S if stopped is None else STOPPED_STALL_TIMEOUT_S
+    _wait_for_results(progress, len(emission.truth), stall_s)
+    progress.stop.set()
+    summary = summarise(store, settings.tenant, emission, settings.rate)
+    _report(summary, settings.summary_json)
+    if stopped is not None:
+        raise _cut_short(stopped, bus, settings.scans)
+    return summary
+
+
+def _cut_short(stopped: SendingStopped, bus: str, total: int) -> InferstreamError:
+    """The error ending a run whose scans the bus refused, with what to do."""
+    if not isinstance(stopped.cause, BusFullError):
+        return stopped
+    return BusFullError(
+        f"the bus's disk is full ({bus}): the scanners stopped after "
+        f"{len(stopped.emission.truth)} of {total} scans; free space there, or run again "
+        "with --workdir (or --bus) on a bigger disk"
+    )
 
 
 def _linger(proc: subprocess.Popen[bytes], serve: str | None) -> None:

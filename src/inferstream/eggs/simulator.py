@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from inferstream.bus import Bus, Record
 from inferstream.eggs.dicomgen import to_dicom_bytes
 from inferstream.eggs.phantom import DEFAULT_DIFFICULTY, EGGS_PER_TRAY, make_specs, render_batch
-from inferstream.envelope import new_envelope
-from inferstream.errors import ConfigError
+from inferstream.envelope import Envelope, new_envelope
+from inferstream.errors import BusError, ConfigError, InferstreamError
 
 EGG_PLACEHOLDER = "EGG-############"
 TRAY_PLACEHOLDER = "TRAY-########"
@@ -86,6 +86,15 @@ class Emission:
     finished: float = 0.0
 
 
+class SendingStopped(InferstreamError):
+    """The bus refused a batch, so the scanners stopped; ``emission`` is what it accepted."""
+
+    def __init__(self, emission: Emission, cause: BusError) -> None:
+        super().__init__(f"the scanners stopped after {len(emission.truth)} scans: {cause}")
+        self.emission = emission
+        self.cause = cause
+
+
 def stamp(scan: PoolScan, number: int, run: str, scanner: str) -> tuple[bytes, str, str]:
     """The pool scan's DICOM with egg id, tray and scanner of emission ``number`` filled in.
 
@@ -125,13 +134,21 @@ class ScannerSimulator:
         self.run_tag = run[:4]
 
     def emit(self, total: int, progress: Callable[[Emission], None] | None = None) -> Emission:
-        """Send ``total`` scans paced at the target rate; return the ground truth."""
+        """Send ``total`` scans paced at the target rate; return the ground truth.
+
+        A scanner has nobody to wait for it, so the first batch the bus refuses stops
+        the sending: :class:`SendingStopped` carries the truth of what was accepted.
+        """
         out = Emission(started=time.monotonic())
         sent = 0
         while sent < total:
             due = min(total, int((time.monotonic() - out.started) * self.rate) + 1)
             if due > sent:
-                self.send_batch(out, sent, min(due, sent + 1000))
+                try:
+                    self.send_batch(out, sent, min(due, sent + 1000))
+                except BusError as exc:
+                    out.finished = time.monotonic()
+                    raise SendingStopped(out, exc) from exc
                 sent = min(due, sent + 1000)
                 if progress:
                     progress(out)
@@ -140,20 +157,27 @@ class ScannerSimulator:
         return out
 
     def send_batch(self, out: Emission, first: int, end: int) -> None:
-        """Send emissions ``first`` to ``end`` in one bus write (benchmarks pace these)."""
-        records = []
-        for number in range(first, end):
-            scan, scanner = self.pool.pick(number, self.scanners)
-            data, egg_id, tray = stamp(scan, number, self.run_tag, scanner)
-            env = new_envelope(
-                data,
-                "application/dicom",
-                tenant=self.tenant,
-                key=egg_id,
-                source=f"scanner/{scanner}",
-                attributes={"egg_id": egg_id, "tray": tray, "scanner": scanner},
-            )
-            out.truth[env.id] = scan.label
+        """Send emissions ``first`` to ``end`` in one bus write (benchmarks pace these).
+
+        ``out`` gains their truth only once the bus has accepted them, so after a
+        refused write it still counts exactly the scans the bus holds.
+        """
+        batch = [self._scan(number) for number in range(first, end)]
+        self.bus.produce(self.topic, [record for record, _, _ in batch])
+        for _, env, label in batch:
+            out.truth[env.id] = label
             out.created_us[env.id] = env.created_at_us
-            records.append(Record(key=egg_id.encode(), value=env.SerializeToString()))
-        self.bus.produce(self.topic, records)
+
+    def _scan(self, number: int) -> tuple[Record, Envelope, str]:
+        """Emission ``number``: its bus record, its envelope and its true label."""
+        scan, scanner = self.pool.pick(number, self.scanners)
+        data, egg_id, tray = stamp(scan, number, self.run_tag, scanner)
+        env = new_envelope(
+            data,
+            "application/dicom",
+            tenant=self.tenant,
+            key=egg_id,
+            source=f"scanner/{scanner}",
+            attributes={"egg_id": egg_id, "tray": tray, "scanner": scanner},
+        )
+        return Record(key=egg_id.encode(), value=env.SerializeToString()), env, scan.label

@@ -8,6 +8,7 @@ write lock instead of failing. ``postgresql://`` URLs are driven by psycopg 3
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -48,9 +49,28 @@ def make_engine(url: str | URL, **engine_args: Any) -> Engine:
             raise MissingExtraError("psycopg", "postgres") from exc
         engine_args.setdefault("pool_pre_ping", True)
         return create_engine(parsed, **engine_args)
+    _make_folder(parsed.database)
     engine = create_engine(parsed, **engine_args)
     event.listen(engine, "connect", _sqlite_on_connect)
     return engine
+
+
+def _make_folder(database: str | None) -> None:
+    """Create the folder of a SQLite file, as the embedded bus does for its own.
+
+    SQLite creates a missing file but not a missing folder, and a fresh working
+    directory has no ``.inferstream/eggs/`` for the eggs file's default store URL.
+    """
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the folder {folder} for the results store: {exc.strerror}; "
+            "create it yourself, or pass --store with a path you can write"
+        ) from exc
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -45,6 +45,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if connection.dialect.name == "postgresql":
             # Per schema, so stores in different schemas migrate independently.
             connection.execute(text(_PG_LOCK))
+        else:
+            # Python's sqlite3 opens a transaction only before INSERT/UPDATE/DELETE, so
+            # each CREATE TABLE committed on its own: a worker killed mid-migration left
+            # tables without their revision, and every later open failed with "table
+            # results already exists". An explicit BEGIN makes the migration atomic.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -176,5 +176,18 @@ scans = Table(
     Index(None, "tenant", "received_at_us"),
 )
 
+#: Failed sign-ins per scope (a source address, a user, an API key id) and the
+#: back-off they earned; shared by every API process (migration v0003).
+auth_failures = Table(
+    "auth_failures",
+    metadata,
+    Column("scope", String(), nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure_at_us", BigInteger, nullable=False),
+    Column("blocked_until_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("scope"),
+    Index(None, "last_failure_at_us"),
+)
+
 #: The API's per-tenant tables, under row-level security on PostgreSQL.
 API_TENANT_TABLES = ("users", "api_keys", "scans")

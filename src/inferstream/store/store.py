@@ -309,7 +309,7 @@ def _page(rows: list[Any], limit: int, order: Order, key: Any) -> Page[Any]:
         return Page(rows, None)
     del rows[limit:]
     at_us, ident = key(rows[-1])
-    return Page(rows, queries.encode_cursor(order, at_us, ident))
+    return Page(rows, queries.encode_cursor(at_us, ident))
 
 
 def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> BatchSummary:
