@@ -35,9 +35,10 @@ system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prom
 demo: $(STAMP) ## Run the flagship pipeline end to end on the embedded defaults
 	$(BIN)/inferstream example eggs
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the import contracts in pyproject.toml (lint-imports)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP) ## mypy (strict on the package)
 	$(BIN)/mypy
@@ -57,4 +58,4 @@ bench: $(STAMP) ## Run the main benchmarks (figures in docs/benchmarks.md; not t
 	$(BIN)/python bench/api_bench.py
 
 clean: ## Remove the virtualenv and local run data
-	rm -rf $(VENV) .inferstream .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .inferstream .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

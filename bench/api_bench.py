@@ -54,10 +54,10 @@ from http_lite import Connection
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import Principal, hash_password, issue_key, issue_token
 from inferstream.api.settings import JWT_SECRET_ENV, ApiSettings
+from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.simulator import ScannerSimulator, ScanPool, stamp
 from inferstream.bus import open_bus
-from inferstream.eggs.simulator import ScannerSimulator, ScanPool, stamp
 from inferstream.envelope import EnvelopeBatch, now_us
-from inferstream.examples import example_path
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
 from inferstream.store import ResultsStore
@@ -95,7 +95,7 @@ class Reader:
 
 
 def make_spec(work: Path) -> PipelineSpec:
-    return load_pipeline(example_path("eggs")).with_urls(
+    return load_pipeline(APP.pipeline_path()).with_urls(
         bus=f"sqlite:///{work / 'bus.db'}",
         store=f"sqlite:///{work / 'results.db'}",
         blobs=f"file://{work / 'blobs'}",
@@ -117,7 +117,7 @@ def make_credentials(
         accounts.create_user(TENANT, name, password_hash, "viewer")
         tokens.append(issue_token(settings, Principal(name, TENANT, "viewer")))
     keys = [
-        issue_key(accounts, TENANT, f"scanner-{i:02d}", "scanner").secret for i in range(scanners)
+        issue_key(accounts, TENANT, f"scanner-{i:02d}", "device").secret for i in range(scanners)
     ]
     store.close()
     return tokens, keys

@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-from inferstream.api.live import LiveHub
+from inferstream.api.live_hub import LiveHub
 from inferstream.envelope import now_us
 from inferstream.store import ResultRow, ResultsStore
 

@@ -28,7 +28,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from inferstream.eggs.dicom import decode, decode_dicom_step, decode_with_pydicom
+from inferstream.apps.eggs.dicom import decode, decode_dicom_step, decode_with_pydicom
 from inferstream.envelope import new_envelope
 from inferstream.steps import StepContext
 

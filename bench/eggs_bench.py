@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 
+from inferstream.apps.eggs.dicomgen import to_dicom_bytes
+from inferstream.apps.eggs.phantom import make_specs, render_batch
+from inferstream.apps.eggs.preprocess import preprocess_batch
 from inferstream.classify import load_model
-from inferstream.eggs.dicomgen import to_dicom_bytes
-from inferstream.eggs.phantom import make_specs, render_batch
-from inferstream.eggs.preprocess import preprocess_batch
 
 
 def _rate(label: str, count: int, seconds: float, unit: str) -> None:

@@ -39,7 +39,7 @@ from flagship_load import ProcMonitor, phase_rows, sample_counts, steady_rate, w
 from flagship_report import plot, table
 from flagship_systems import BusPipeline, CeleryPeer, FastApiPeer, HttpPipeline, System
 
-from inferstream.eggs.simulator import ScanPool
+from inferstream.apps.eggs.simulator import ScanPool
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "flagship.json"

@@ -21,10 +21,10 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
+from inferstream.apps.eggs.dicom import DEFAULT_LIMITS, DecodeDicomStep
+from inferstream.apps.eggs.preprocess import PreprocessStep
+from inferstream.apps.eggs.simulator import ScanPool, stamp
 from inferstream.classify import ClassifyStep, load_model
-from inferstream.eggs.dicom import DEFAULT_LIMITS, DecodeDicomStep
-from inferstream.eggs.preprocess import PreprocessStep
-from inferstream.eggs.simulator import ScanPool, stamp
 from inferstream.envelope import Envelope, ModelRole, new_envelope, parse
 from inferstream.steps import Step
 from inferstream.store import ResultsStore

@@ -24,9 +24,9 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Body, FastAPI, Header, Response
 
+from inferstream.apps.eggs.dicom import decode
+from inferstream.apps.eggs.preprocess import preprocess_batch
 from inferstream.classify import Model, load_model
-from inferstream.eggs.dicom import decode
-from inferstream.eggs.preprocess import preprocess_batch
 from inferstream.envelope import now_us
 from inferstream.store import ResultRow, ResultsStore
 

@@ -27,9 +27,9 @@ from flagship_load import ProcMonitor, http_load, paced, wait_stored
 
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
+from inferstream.apps.eggs.demo import DemoSettings, fresh_workdir, pipeline_spec, start_pipeline
+from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool, stamp
 from inferstream.bus import Bus, open_bus
-from inferstream.eggs.demo import DemoSettings, fresh_workdir, pipeline_spec, start_pipeline
-from inferstream.eggs.simulator import Emission, ScannerSimulator, ScanPool, stamp
 from inferstream.envelope import new_id, now_us
 from inferstream.runner import ensure_topics
 from inferstream.store import ResultsStore
@@ -180,7 +180,7 @@ class HttpPipeline(BusPipeline):
         if tenant not in self.keys:
             self.accounts.create_tenant(tenant)
             self.keys[tenant] = [
-                issue_key(self.accounts, tenant, f"scanner-{i}", "scanner").secret
+                issue_key(self.accounts, tenant, f"scanner-{i}", "device").secret
                 for i in range(SCANNERS * 2)
             ]
         return self.keys[tenant]

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
-from inferstream.eggs.simulator import ScanPool, stamp
-from inferstream.examples import example_path
+from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.simulator import ScanPool, stamp
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.store import ResultsStore
 
@@ -89,7 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ingest-http-") as tmp:
         work = Path(tmp)
-        spec = load_pipeline(example_path("eggs")).with_urls(
+        spec = load_pipeline(APP.pipeline_path()).with_urls(
             bus=f"sqlite:///{work}/bus.db", store=f"sqlite:///{work}/results.db",
             blobs=f"file://{work}/blobs",
         )  # fmt: skip
@@ -97,7 +97,7 @@ def main() -> None:
         accounts = Accounts(store)
         accounts.create_tenant("farm")
         # One key per thread: the API's rate limit is per key (200/s by default).
-        keys = [issue_key(accounts, "farm", f"s{i}", "scanner").secret for i in range(args.threads)]
+        keys = [issue_key(accounts, "farm", f"s{i}", "device").secret for i in range(args.threads)]
         pool = ScanPool.build(64)
         port = free_port()
         proc = start(spec, port)

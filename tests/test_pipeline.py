@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from inferstream.apps.eggs import APP
 from inferstream.cli import main
 from inferstream.errors import ConfigError
-from inferstream.examples import example_path
 from inferstream.pipeline import load_pipeline
 
 GOOD = """
@@ -96,7 +96,7 @@ def test_unknown_step_error_gives_the_line(tmp_path: Path) -> None:
 
 def test_environment_variables_switch_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERSTREAM_BUS", "kafka://127.0.0.1:9092")
-    spec = load_pipeline(example_path("eggs"))
+    spec = load_pipeline(APP.pipeline_path())
     assert spec.bus == "kafka://127.0.0.1:9092"
     assert spec.store.startswith("sqlite:///")
 

@@ -2,9 +2,10 @@
 
 A model is two files side by side: ``<name>.onnx`` and ``<name>.json`` (name, version,
 labels in output order, input and output tensor names, input shape, MACs, training
-provenance). :func:`load_model` finds them in the package's ``models/`` folder or at
-a path. Sessions run on one thread with sequential execution: on a serving machine a
-stage scales by worker processes, and threads inside each would only fight for cores.
+provenance). :func:`load_model` finds them in an installed application's ``models/``
+folder (:func:`inferstream.application.find_model`) or at a path. Sessions run on
+one thread with sequential execution: on a serving machine a stage scales by worker
+processes, and threads inside each would only fight for cores.
 
 The step runs one inference call per micro-batch, appends a
 :class:`~inferstream.envelope.Prediction` to each envelope and drops the tensor
@@ -24,16 +25,15 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from inferstream.application import find_model, installed_apps
 from inferstream.envelope import Envelope, ModelRole, Prediction, from_tensor, now_us
 from inferstream.errors import ConfigError, InvalidInput, ModelError
 from inferstream.steps import Outcome, Step, StepContext
 
 F32 = NDArray[np.float32]
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
 ROLES = {"champion": ModelRole.MODEL_ROLE_CHAMPION, "shadow": ModelRole.MODEL_ROLE_SHADOW}
-#: What a ``classify`` step in a pipeline file serves when it names no model or role.
-DEFAULT_MODEL = "egg_sexing"
+#: The role of a ``classify`` step in a pipeline file that names none.
 DEFAULT_ROLE = "champion"
 _REQUIRED = ("name", "version", "labels", "input", "output", "input_shape")
 
@@ -112,11 +112,12 @@ class Model:
 
 
 def _model_paths(name_or_path: str | Path) -> tuple[Path, Path]:
+    """A path as given, or a name looked up in the installed applications' ``models/``."""
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or "/" in text or text.endswith((".onnx", ".json")):
         base = Path(text).with_suffix("")
     else:
-        base = MODELS_DIR / text
+        base = (find_model(text) or Path("<no installed application ships it>")) / text
     return base.with_suffix(".onnx"), base.with_suffix(".json")
 
 
@@ -135,10 +136,14 @@ def load_model(name_or_path: str | Path) -> Model:
     """Load ``<name>.onnx`` + ``<name>.json`` from the package models or a path."""
     onnx_path, json_path = _model_paths(name_or_path)
     if not onnx_path.is_file() or not json_path.is_file():
-        shipped = sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
+        shipped = sorted(
+            f"{path.stem} ({app.name})"
+            for app in installed_apps().values()
+            for path in app.models_dir.glob("*.onnx")
+        )
         raise ModelError(
             f"model {name_or_path!r}: need {onnx_path} and {json_path}; "
-            f"shipped models: {shipped or 'none'}"
+            f"models the installed applications ship: {', '.join(shipped) or 'none'}"
         )
     try:
         info = ModelInfo.from_json(json.loads(json_path.read_text()), json_path)
@@ -215,10 +220,14 @@ class ClassifyStep(Step):
         return out
 
 
-def classify_step(
-    context: StepContext, model: str = DEFAULT_MODEL, role: str = DEFAULT_ROLE
-) -> ClassifyStep:
-    """Step factory (``classify`` in a pipeline file)."""
+def classify_step(context: StepContext, model: str = "", role: str = DEFAULT_ROLE) -> ClassifyStep:
+    """Step factory (``classify`` in a pipeline file): ``model`` is a name an installed
+    application ships in its ``models/`` folder, or a path to ``<name>.onnx``."""
+    if not model:
+        raise ConfigError(
+            f"classify step in stage {context.stage!r} names no model; write "
+            "{step: classify, model: NAME} with a model an application ships, or a path"
+        )
     if role not in ROLES:
         raise ConfigError(
             f"classify step in stage {context.stage!r}: role must be one of "

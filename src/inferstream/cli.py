@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Sequence
 
 from inferstream.errors import InferstreamError
+from inferstream.logs import log_level
 from inferstream.pipeline import PipelineSpec, load_pipeline, wiring_warnings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -164,15 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_api_commands(sub)
     return parser
-
-
-def log_level(verbose: bool) -> int:
-    """DEBUG with ``-v``; else ``INFERSTREAM_LOG_LEVEL`` (e.g. WARNING), default INFO."""
-    if verbose:
-        return logging.DEBUG
-    name = os.environ.get("INFERSTREAM_LOG_LEVEL", "INFO").upper()
-    level = logging.getLevelName(name)
-    return level if isinstance(level, int) else logging.INFO
 
 
 def main(argv: Sequence[str] | None = None) -> int:

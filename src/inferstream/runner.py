@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+from inferstream.application import app_named
 from inferstream.blobs import open_blob_store
 from inferstream.bus import Bus, open_bus
 from inferstream.pipeline import PipelineSpec, StageSpec
@@ -51,7 +52,8 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
         store_url=spec.store,
         blobs=open_blob_store(spec.blobs),
     )
-    return [build_step(step.ref, context, step.params) for step in stage.steps]
+    app_steps = app_named(spec.app).steps if spec.app else {}
+    return [build_step(step.ref, context, step.params, app_steps) for step in stage.steps]
 
 
 def make_worker(spec: PipelineSpec, stage_name: str, bus: Bus, replica: int = 0) -> StageWorker:

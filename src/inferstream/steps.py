@@ -8,8 +8,9 @@ A step takes the whole batch and returns one *outcome* per input, in order:
   the dead-letter topic at once, anything else is retried with backoff first.
 
 Steps never set ids or lineage: the worker derives deterministic output ids when
-the stage's last step is done. Built-in steps are named in :data:`BUILTIN_STEPS`;
-user steps are named by import path ``package.module:factory``. A factory is
+the stage's last step is done. Built-in steps are named in :data:`BUILTIN_STEPS`, an
+application's in its :class:`~inferstream.application.AppSpec`; other steps are named
+by import path ``package.module:factory``. A factory is
 called as ``factory(context, **params)`` with the parameters from the pipeline
 file and returns a :class:`Step`.
 """
@@ -55,36 +56,11 @@ class Step(ABC):
         """Release resources (connections, sessions); called once at shutdown."""
 
 
-class FunctionStep(Step):
-    """Adapts a plain per-message function ``fn(envelope) -> Envelope | list | None``.
-
-    ``None`` drops the message. An exception raised by ``fn`` fails only that
-    message, never the batch.
-    """
-
-    def __init__(self, fn: Callable[[Envelope], Envelope | list[Envelope] | None], name: str):
-        self.fn = fn
-        self.name = name
-
-    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for env in batch:
-            try:
-                result = self.fn(env)
-            except Exception as exc:  # one bad message must not fail the batch
-                outcomes.append(exc)
-                continue
-            outcomes.append([] if result is None else result)
-        return outcomes
-
-
 #: Built-in step name -> "module:factory".
 BUILTIN_STEPS: dict[str, str] = {
     "passthrough": "inferstream.builtin_steps:passthrough",
     "fail_if": "inferstream.builtin_steps:fail_if",
     "tag": "inferstream.builtin_steps:tag",
-    "decode_dicom": "inferstream.eggs.dicom:decode_dicom_step",
-    "preprocess_scan": "inferstream.eggs.preprocess:preprocess_step",
     "classify": "inferstream.classify:classify_step",
     "store_results": "inferstream.store:store_step",
 }
@@ -92,15 +68,17 @@ BUILTIN_STEPS: dict[str, str] = {
 StepFactory = Callable[..., Step]
 
 
-def resolve_factory(ref: str) -> StepFactory:
-    """Find the factory a pipeline file names: a built-in name or ``module:attr``."""
-    target = BUILTIN_STEPS.get(ref, ref)
+def resolve_factory(ref: str, app_steps: Mapping[str, str] | None = None) -> StepFactory:
+    """Find the factory a pipeline file names: one of its application's steps, a
+    built-in name, or ``module:attr``."""
+    named = {**BUILTIN_STEPS, **(app_steps or {})}
+    target = named.get(ref, ref)
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        known = ", ".join(sorted(BUILTIN_STEPS))
+        known = ", ".join(sorted(named))
         raise ConfigError(
-            f"unknown step {ref!r}: use a built-in step ({known}) or an import path "
-            "like 'mypackage.steps:make_step'"
+            f"unknown step {ref!r}: use a step of the pipeline's application or a built-in "
+            f"one ({known}), or an import path like 'mypackage.steps:make_step'"
         )
     try:
         module = importlib.import_module(module_name)
@@ -112,8 +90,13 @@ def resolve_factory(ref: str) -> StepFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def build_step(ref: str, context: StepContext, params: Mapping[str, Any]) -> Step:
-    factory = resolve_factory(ref)
+def build_step(
+    ref: str,
+    context: StepContext,
+    params: Mapping[str, Any],
+    app_steps: Mapping[str, str] | None = None,
+) -> Step:
+    factory = resolve_factory(ref, app_steps)
     try:
         step = factory(context, **params)
     except TypeError as exc:

@@ -12,6 +12,25 @@ from fastapi.testclient import TestClient
 
 from inferstream.api import ApiSettings, create_app
 from inferstream.api.permissions import ROLES
+from inferstream.application import AppSpec, Attribute, Head, Label
+
+#: An application defined here through the public API that takes any image the core
+#: has a codec for, with the core's own checks: the generic ingest tests run on it.
+IMAGES = AppSpec(
+    name="images",
+    title="Any image",
+    package=__name__,
+    subject="camera",
+    attributes=(
+        Attribute("camera", filterable=True, client=True),
+        Attribute("scanner", client=True),
+        Attribute("tray", client=True),
+        Attribute("width", "int"),
+        Attribute("height", "int"),
+    ),
+    heads=(Head("kind", (Label("a", "#000000"), Label("b", "#ffffff"))),),
+    content_types=("application/dicom", "image/png", "image/jpeg", "application/x-npy"),
+)
 
 JWT_SECRET = "test-secret-" + "0123456789abcdef" * 3
 
@@ -55,5 +74,5 @@ def start_world(settings: ApiSettings) -> Iterator[World]:
     suffix = uuid.uuid4().hex[:6]
     with TestClient(create_app(settings)) as client:
         world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
-        add_keys(world, client.app.state.accounts)  # type: ignore[attr-defined]
+        add_keys(world, client.app.state.services.accounts)  # type: ignore[attr-defined]
         yield world

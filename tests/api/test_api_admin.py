@@ -8,14 +8,14 @@ import hashlib
 from api_testing import World, dicom_bytes
 from test_api_auth import PASSWORD, login, make_user
 
-from inferstream.classify import MODELS_DIR
+from inferstream.apps.eggs import APP
 
 
 def _admin(world: World) -> dict[str, str]:
     return world.headers(world.own, "admin")
 
 
-def _new_key(world: World, role: str = "scanner") -> dict[str, str]:
+def _new_key(world: World, role: str = "device") -> dict[str, str]:
     answer = world.client.post("/v1/admin/keys", json={"name": "scanner-07", "role": role},
                                headers=_admin(world))  # fmt: skip
     assert answer.status_code == 201, answer.text
@@ -99,7 +99,7 @@ def test_models_lists_what_the_classify_stage_serves(world: World) -> None:
     answer = world.client.get("/v1/models", headers=world.headers(world.own, "viewer"))
     assert answer.status_code == 200, answer.text
     (model,) = answer.json()
-    onnx = (MODELS_DIR / "egg_sexing.onnx").read_bytes()
+    onnx = (APP.models_dir / "egg_sexing.onnx").read_bytes()
     assert model["stage"] == "classify"
     assert (model["name"], model["role"]) == ("egg_sexing", "champion")
     assert model["labels"] == ["female", "male", "not_developing"]

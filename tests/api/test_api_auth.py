@@ -120,7 +120,7 @@ def test_principal_for_serves_websockets_with_keys_and_tokens(world: World) -> N
     from inferstream.api import principal_for
     from inferstream.api.errors import Unauthorized
 
-    state = world.client.app.state  # type: ignore[attr-defined]
+    state = world.client.app.state.services  # type: ignore[attr-defined]
     by_key = principal_for(state, world.keys[(world.other, "viewer")], "127.0.0.1")
     assert (by_key.tenant, by_key.role) == (world.other, "viewer")
     token = _token(tenant=world.own, role="operator")

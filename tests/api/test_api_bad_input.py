@@ -16,7 +16,7 @@ from inferstream.api import ApiSettings
 from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope
 
 
-def post(world: World, content: bytes, content_type: str, role: str = "scanner") -> object:
+def post(world: World, content: bytes, content_type: str, role: str = "device") -> object:
     headers = {**world.headers(world.own, role), "Content-Type": content_type}
     return world.client.post("/v1/scans", content=content, headers=headers)
 
@@ -26,7 +26,7 @@ def upload(world: World, files: list[tuple[str, bytes]], **fields: str) -> objec
         "/v1/scans",
         files=[("files", (name, data)) for name, data in files],
         data=fields,
-        headers=world.headers(world.own, "scanner"),
+        headers=world.headers(world.own, "device"),
     )
 
 
@@ -52,7 +52,8 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_good_multipart_of_every_kind_is_accepted(world: World) -> None:
+def test_good_multipart_of_every_kind_is_accepted(images_world: World) -> None:
+    world = images_world
     ok, jpeg = cv2.imencode(".jpg", np.full((20, 30, 3), 90, np.uint8))
     assert ok
     files = [
@@ -76,23 +77,42 @@ def test_good_multipart_of_every_kind_is_accepted(world: World) -> None:
         ("truncated.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF", "no start-of-frame"),
         ("pickle.npy", npy(np.array([{"a": 1}], dtype=object)), "never objects"),
         ("cut.npy", npy(np.zeros((16, 16), np.uint16))[:-10], "truncated or corrupt"),
-        ("truncated.dcm", dicom_bytes(seed=3)[:-500], "DICOM scan rejected"),
+        ("truncated.dcm", dicom_bytes(seed=3)[:-500], "DICOM"),
     ],
 )
 def test_bad_file_is_a_400_with_the_reason(
-    world: World, name: str, data: bytes, reason: str
+    images_world: World, name: str, data: bytes, reason: str
 ) -> None:
+    world = images_world
     answer = upload(world, [(name, data)])
     assert answer.status_code == 400, answer.text  # type: ignore[attr-defined]
     body = answer.json()  # type: ignore[attr-defined]
     assert body["error"] == "bad_request" and reason in body["detail"]
 
 
+def test_an_application_takes_only_its_content_types(world: World) -> None:
+    answer = upload(world, [("b.png", png())])
+    assert answer.status_code == 415  # type: ignore[attr-defined]
+    assert "application/dicom" in answer.json()["detail"]  # type: ignore[attr-defined]
+
+
+def test_a_truncated_scan_is_refused_with_the_eggs_decoders_reason(world: World) -> None:
+    answer = upload(world, [("cut.dcm", dicom_bytes(seed=3)[:-500])])
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    assert "DICOM scan rejected" in answer.json()["detail"]  # type: ignore[attr-defined]
+
+
+def test_a_field_the_application_does_not_declare_is_a_400(world: World) -> None:
+    answer = upload(world, [("a.dcm", dicom_bytes(seed=2))], egg_colour="brown")
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    assert "egg_colour" in answer.json()["detail"]  # type: ignore[attr-defined]
+
+
 def test_dicom_with_executable_preamble_is_accepted_with_preamble_blanked(world: World) -> None:
     data = dicom_bytes(seed=4, preamble=b"MZ\x90\x00" + b"\xcc" * 60)
     answer = post(world, data, "application/dicom")
     assert answer.status_code == 202, answer.text  # type: ignore[attr-defined]
-    bus = world.client.app.state.bus  # type: ignore[attr-defined]
+    bus = world.client.app.state.services.bus  # type: ignore[attr-defined]
     consumer = bus.consumer("preamble-check", ["scans.raw"])
     try:
         (message,) = consumer.poll_batch(10, 0.5)
@@ -173,7 +193,7 @@ def test_oversized_body_is_413_by_header_and_by_stream(small_world: World) -> No
         yield from [b"\x00" * 4096] * 4
 
     headers = {
-        **small_world.headers(small_world.own, "scanner"),
+        **small_world.headers(small_world.own, "device"),
         "Content-Type": "application/dicom",
     }
     streamed = small_world.client.post("/v1/scans", content=chunks(), headers=headers)
@@ -200,7 +220,7 @@ def test_login_attempts_are_rate_limited_per_username(small_world: World) -> Non
 
 
 def test_readyz_is_503_when_the_bus_is_gone(world: World) -> None:
-    world.client.app.state.bus.close()  # type: ignore[attr-defined]
+    world.client.app.state.services.bus.close()  # type: ignore[attr-defined]
     answer = world.client.get("/readyz")
     assert answer.status_code == 503
     assert answer.json()["error"] == "unavailable"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from inferstream.apps.eggs import APP
 from inferstream.cli import main
 from inferstream.errors import ConfigError
-from inferstream.examples import example_path
 from inferstream.pipeline import load_pipeline
 from inferstream.supervisor import api_child
 
@@ -69,14 +69,14 @@ def _wait_ready(url: str, context: ssl.SSLContext, proc: subprocess.Popen[bytes]
 def test_admin_commands_then_serve_over_tls(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = str(example_path("eggs"))
+    pipeline = str(APP.pipeline_path())
     assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
     assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 2  # exists
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
     args = ["--tenant", "acme", "--username", "bob", "--role", "viewer"]
     assert main(["admin", "create-user", pipeline, *_urls(tmp_path), *args]) == 0
     capsys.readouterr()
-    args = ["--tenant", "acme", "--name", "scanner-03", "--role", "scanner"]
+    args = ["--tenant", "acme", "--name", "scanner-03", "--role", "device"]
     assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *args]) == 0
     key = capsys.readouterr().out.strip()
     assert key.startswith("isk.acme.")
@@ -95,7 +95,7 @@ def test_admin_commands_then_serve_over_tls(
         base = f"https://127.0.0.1:{port}"
         _wait_ready(f"{base}/healthz", context, proc)
         whoami = _get(f"{base}/v1/whoami", context, {"X-API-Key": key})
-        assert b'"tenant":"acme"' in whoami and b'"role":"scanner"' in whoami
+        assert b'"tenant":"acme"' in whoami and b'"role":"device"' in whoami
     finally:
         proc.terminate()
         _, stderr = proc.communicate(timeout=30)
@@ -111,9 +111,9 @@ def test_revoke_key_from_the_command_line(
     from inferstream.api.errors import Unauthorized
     from inferstream.store import ResultsStore
 
-    pipeline = str(example_path("eggs"))
+    pipeline = str(APP.pipeline_path())
     assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
-    args = ["--tenant", "acme", "--name", "scanner-03", "--role", "scanner"]
+    args = ["--tenant", "acme", "--name", "scanner-03", "--role", "device"]
     assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *args]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]
     key_id = key.split(".")[2]
@@ -132,7 +132,7 @@ def test_revoke_key_from_the_command_line(
 
 
 def test_up_serve_child_runs_the_api_with_the_pipelines_urls() -> None:
-    spec = load_pipeline(example_path("eggs"))
+    spec = load_pipeline(APP.pipeline_path())
     child = api_child(spec, "127.0.0.1:8123")
     assert child.argv[2:5] == ["inferstream", "serve", str(spec.source)]
     assert child.argv[child.argv.index("--port") + 1] == "8123"
@@ -144,7 +144,7 @@ def test_up_serve_child_runs_the_api_with_the_pipelines_urls() -> None:
 def test_serve_workers_accept_each_others_tokens(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pipeline = str(example_path("eggs"))
+    pipeline = str(APP.pipeline_path())
     assert main(["admin", "create-tenant", pipeline, *_urls(tmp_path), "acme"]) == 0
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery\n"))
     args = ["--tenant", "acme", "--username", "bob", "--role", "viewer"]
@@ -184,7 +184,7 @@ def fresh_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_create_tenant_in_a_fresh_directory_makes_the_stores_folder(
     fresh_directory: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["admin", "create-tenant", str(example_path("eggs")), "acme"]) == 0
+    assert main(["admin", "create-tenant", str(APP.pipeline_path()), "acme"]) == 0
     assert "tenant 'acme' created" in capsys.readouterr().out
     assert (fresh_directory / ".inferstream" / "eggs" / "results.db").is_file()
 
@@ -193,7 +193,7 @@ def test_create_tenant_in_a_fresh_directory_makes_the_stores_folder(
     "action",
     [
         ["create-user", "--tenant", "acme", "--username", "bob", "--role", "viewer"],
-        ["create-key", "--tenant", "acme", "--name", "scanner-03", "--role", "scanner"],
+        ["create-key", "--tenant", "acme", "--name", "scanner-03", "--role", "device"],
         ["revoke-key", "--tenant", "acme", "0123456789ab"],
     ],
     ids=lambda action: action[0],
@@ -202,14 +202,14 @@ def test_other_admin_commands_in_a_fresh_directory_say_what_to_do(
     fresh_directory: Path, capsys: pytest.CaptureFixture[str], action: list[str]
 ) -> None:
     name, *args = action
-    assert main(["admin", name, str(example_path("eggs")), *args]) == 2
+    assert main(["admin", name, str(APP.pipeline_path()), *args]) == 2
     assert "tenant 'acme' does not exist; create it with" in capsys.readouterr().err
 
 
 def test_serve_makes_the_folder_of_a_new_store(fresh_directory: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inferstream", "serve", str(example_path("eggs")),
+        [sys.executable, "-m", "inferstream", "serve", str(APP.pipeline_path()),
          "--store", "sqlite:///data/results.db", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

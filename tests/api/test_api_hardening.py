@@ -114,9 +114,7 @@ def test_a_tenant_has_a_bounded_number_of_working_keys(settings: ApiSettings) ->
 
 def test_too_many_multipart_parts_is_413(world: World) -> None:
     files = [("files", (f"{n}.dcm", b"x")) for n in range(1001)]
-    answer = world.client.post(
-        "/v1/scans", files=files, headers=world.headers(world.own, "scanner")
-    )
+    answer = world.client.post("/v1/scans", files=files, headers=world.headers(world.own, "device"))
     assert answer.status_code == 413, answer.text
     assert "too many parts" in answer.json()["detail"]
 
@@ -126,7 +124,7 @@ def test_an_empty_multipart_field_is_a_400_and_the_schema_says_so(world: World) 
         "/v1/scans",
         files=[("files", ("a.dcm", dicom_bytes(seed=40)))],
         data={"tray": ""},
-        headers=world.headers(world.own, "scanner"),
+        headers=world.headers(world.own, "device"),
     )
     assert answer.status_code == 400
     body = world.client.get("/openapi.json").json()["paths"]["/v1/scans"]["post"]
@@ -192,7 +190,7 @@ def test_scans_refused_for_a_full_bus_are_not_left_queued(
 ) -> None:
     spec = settings.pipeline.with_urls(bus=f"sqlite:///{tiny_disk / 'bus.db'}")
     for world in start_world(replace(settings, pipeline=spec)):
-        headers = {**world.headers(world.own, "scanner"), "Content-Type": "application/x-protobuf"}
+        headers = {**world.headers(world.own, "device"), "Content-Type": "application/x-protobuf"}
         accepted: list[str] = []
         refused: list[str] = []
         for number in range(200):

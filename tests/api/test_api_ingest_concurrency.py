@@ -12,7 +12,7 @@ def test_concurrent_raw_uploads_are_each_recorded_in_their_tenant(world: World) 
 
     def send(number: int) -> tuple[str, int, list[str]]:
         tenant = tenants[number]
-        headers = {**world.headers(tenant, "scanner"), "Content-Type": "application/dicom"}
+        headers = {**world.headers(tenant, "device"), "Content-Type": "application/dicom"}
         answer = world.client.post("/v1/scans", content=dicom_bytes(seed=number), headers=headers)
         return tenant, answer.status_code, answer.json().get("ids", [])
 
@@ -29,5 +29,5 @@ def test_concurrent_raw_uploads_are_each_recorded_in_their_tenant(world: World) 
             f"/v1/scans/{ident}", headers=world.headers(stranger, "viewer")
         )
         assert other_view.status_code == 404
-    bus = world.client.app.state.bus  # type: ignore[attr-defined]
+    bus = world.client.app.state.services.bus  # type: ignore[attr-defined]
     assert sum(part.high for part in bus.partitions("scans.raw")) == len(tenants)

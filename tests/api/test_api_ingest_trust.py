@@ -15,14 +15,14 @@ def post_batch(world: World, *envelopes: Envelope, tenant: str | None = None) ->
     batch = EnvelopeBatch()
     batch.envelopes.extend(envelopes)
     headers = {
-        **world.headers(tenant or world.own, "scanner"),
+        **world.headers(tenant or world.own, "device"),
         "Content-Type": "application/x-protobuf",
     }
     return world.client.post("/v1/scans", content=batch.SerializeToString(), headers=headers)
 
 
 def read_bus(world: World) -> list[Envelope]:
-    bus = world.client.app.state.bus  # type: ignore[attr-defined]
+    bus = world.client.app.state.services.bus  # type: ignore[attr-defined]
     consumer = bus.consumer("trust-check", ["scans.raw"])
     try:
         return [Envelope.FromString(m.value) for m in consumer.poll_batch(100, 0.5)]
@@ -41,7 +41,7 @@ def test_a_client_cannot_name_another_tenants_blob(world: World) -> None:
     upload = world.client.post(
         "/v1/scans",
         content=dicom_bytes(seed=31),
-        headers={**world.headers(world.other, "scanner"), "Content-Type": "application/dicom"},
+        headers={**world.headers(world.other, "device"), "Content-Type": "application/dicom"},
     )
     assert upload.status_code == 202
     (their_scan,) = upload.json()["ids"]
@@ -49,7 +49,7 @@ def test_a_client_cannot_name_another_tenants_blob(world: World) -> None:
         f"/v1/scans/{their_scan}", headers=world.headers(world.other, "viewer")
     )
     assert their_digest.status_code == 200
-    accounts = world.client.app.state.accounts  # type: ignore[attr-defined]
+    accounts = world.client.app.state.services.accounts  # type: ignore[attr-defined]
     digest = accounts.find_scan(world.other, their_scan).blob_sha256
 
     forged = new_envelope(b"not an image at all", "image/png", envelope_id="forged-1")
@@ -70,11 +70,11 @@ def test_the_same_bytes_in_two_tenants_are_two_blobs(world: World) -> None:
         answer = world.client.post(
             "/v1/scans",
             content=data,
-            headers={**world.headers(tenant, "scanner"), "Content-Type": "application/dicom"},
+            headers={**world.headers(tenant, "device"), "Content-Type": "application/dicom"},
         )
         assert answer.status_code == 202
         ids[tenant] = answer.json()["ids"][0]
-    blobs = world.client.app.state.blobs  # type: ignore[attr-defined]
+    blobs = world.client.app.state.services.blobs  # type: ignore[attr-defined]
     stored = sorted(path.relative_to(blobs.root).parts[0] for path in blobs.root.rglob("*/*/*"))
     assert stored == sorted(world.tenants)
     own_image = f"/v1/scans/{ids[world.own]}/image"
@@ -114,7 +114,8 @@ def test_content_type_and_scan_attributes_are_derived_not_taken(world: World) ->
     assert status.json()["content_type"] == "application/dicom"
 
 
-def test_a_client_field_applies_where_the_scan_has_none(world: World) -> None:
+def test_a_client_field_applies_where_the_scan_has_none(images_world: World) -> None:
+    world = images_world
     env = new_envelope(png(), "image/png")
     env.attributes["scanner"] = "SCANNER-07"
     assert post_batch(world, env).status_code == 202  # type: ignore[attr-defined]
@@ -128,8 +129,9 @@ def test_a_client_field_applies_where_the_scan_has_none(world: World) -> None:
     [("egg_id", "EGG-1"), ("width", "99999"), ("blob_sha256", "0" * 64), ("modality", "CT")],
 )
 def test_attributes_read_from_the_scan_cannot_be_sent(
-    world: World, attribute: str, value: str
+    images_world: World, attribute: str, value: str
 ) -> None:
+    world = images_world
     env = new_envelope(png(), "image/png")
     env.attributes[attribute] = value
     answer = post_batch(world, env)
@@ -137,7 +139,8 @@ def test_attributes_read_from_the_scan_cannot_be_sent(
     assert attribute in answer.json()["detail"]  # type: ignore[attr-defined]
 
 
-def test_client_values_are_validated(world: World) -> None:
+def test_client_values_are_validated(images_world: World) -> None:
+    world = images_world
     for field, value in [("id", "../../x"), ("source", "a b"), ("trace_id", "x" * 65)]:
         env = new_envelope(png(), "image/png")
         setattr(env, field, value)
@@ -150,7 +153,8 @@ def test_client_values_are_validated(world: World) -> None:
     assert post_batch(world, future).status_code == 400  # type: ignore[attr-defined]
 
 
-def test_predictions_and_errors_cannot_be_injected(world: World) -> None:
+def test_predictions_and_errors_cannot_be_injected(images_world: World) -> None:
+    world = images_world
     env = new_envelope(png(), "image/png")
     env.predictions.append(Prediction(model_name="egg_sexing", label="female"))
     answer = post_batch(world, env)

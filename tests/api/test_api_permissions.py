@@ -69,7 +69,7 @@ CALLS: dict[str, Call] = {
     "POST /v1/admin/users": lambda s: ("/v1/admin/users", {"json": _new_user()}),
     "DELETE /v1/admin/users/{username}": lambda s: (f"/v1/admin/users/{s.doomed}", {}),
     "GET /v1/admin/keys": lambda s: ("/v1/admin/keys", {}),
-    "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "scanner"}}),
+    "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "device"}}),
     "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
     "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
 }  # fmt: skip
@@ -112,11 +112,11 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
     from api_testing import JWT_SECRET
 
     from inferstream.api.auth import hash_password, issue_key
-    from inferstream.examples import example_path
+    from inferstream.apps.eggs import APP
     from inferstream.pipeline import load_pipeline
 
     folder = tmp_path_factory.mktemp("perm")
-    spec = load_pipeline(example_path("eggs")).with_urls(
+    spec = load_pipeline(APP.pipeline_path()).with_urls(
         bus=f"sqlite:///{folder / 'bus.db'}",
         store=f"sqlite:///{folder / 'results.db'}",
         blobs=f"file://{folder / 'blobs'}",
@@ -126,15 +126,15 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
         answer = world.client.post(
             "/v1/scans",
             content=dicom_bytes(seed=1),
-            headers={**world.headers(world.own, "scanner"), "Content-Type": "application/dicom"},
+            headers={**world.headers(world.own, "device"), "Content-Type": "application/dicom"},
         )
         (scan_id,) = answer.json()["ids"]
-        accounts = world.client.app.state.accounts  # type: ignore[attr-defined]
+        accounts = world.client.app.state.services.accounts  # type: ignore[attr-defined]
         for name in ("victim", "doomed"):
             accounts.create_user(world.own, name, hash_password("correct horse battery"), "viewer")
-        key = issue_key(accounts, world.own, "victim key", "scanner")
+        key = issue_key(accounts, world.own, "victim key", "device")
         seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id)
-        world.client.app.state.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
+        world.client.app.state.services.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
         yield world, seeded
 
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 from api_testing import World
 
+from inferstream.apps.eggs import APP
 from inferstream.blobs import open_blob_store
 from inferstream.pipeline import PipelineSpec
 from inferstream.runner import make_worker
@@ -18,24 +19,27 @@ from inferstream.steps import StepContext, build_step
 from inferstream.worker import StageWorker
 
 
-def test_png_on_the_dicom_pipeline_is_dead_lettered_with_its_reason(world: World) -> None:
+def test_png_on_the_dicom_pipeline_is_dead_lettered_with_its_reason(images_world: World) -> None:
+    """An API that takes any image (IMAGES) before the eggs stages: the decode step
+    refuses the PNG, and the API reports the dead letter with its reason."""
+    world = images_world
     ok, png = cv2.imencode(".png", np.zeros((32, 32), np.uint8))
     assert ok
     answer = world.client.post(
         "/v1/scans",
         files=[("files", ("a.png", bytes(png)))],
-        headers=world.headers(world.own, "scanner"),
+        headers=world.headers(world.own, "device"),
     )
     assert answer.status_code == 202, answer.text
     (scan_id,) = answer.json()["ids"]
-    state = world.client.app.state  # type: ignore[attr-defined]
+    state = world.client.app.state.services  # type: ignore[attr-defined]
     spec = state.settings.pipeline
     stage = spec.stage("classify")
     # The classify stage's first step only: the model is not needed to refuse a PNG.
     context = StepContext(spec.name, stage.name, "t", spec.store, open_blob_store(spec.blobs))
     decode_only = StageWorker(
         state.bus, pipeline=spec.name, stage=stage.name, input_topic=stage.input,
-        output_topic=stage.output, steps=[build_step("decode_dicom", context, {})],
+        output_topic=stage.output, steps=[build_step("decode_dicom", context, {}, APP.steps)],
         max_batch=8, max_wait_s=0.05,
     )  # fmt: skip
     letters = make_worker(spec, "dead-letters", state.bus)
@@ -75,8 +79,8 @@ def test_a_scan_above_the_claim_check_size_travels_as_a_blob_and_is_classified(
     from api_testing import JWT_SECRET, start_world
 
     from inferstream.api import ApiSettings
-    from inferstream.eggs.dicomgen import to_dicom_bytes
-    from inferstream.eggs.phantom import make_specs, render_batch
+    from inferstream.apps.eggs.dicomgen import to_dicom_bytes
+    from inferstream.apps.eggs.phantom import make_specs, render_batch
     from inferstream.envelope import parse
     from inferstream.testing import pipeline_threads
 
@@ -88,11 +92,11 @@ def test_a_scan_above_the_claim_check_size_travels_as_a_blob_and_is_classified(
         answer = world.client.post(
             "/v1/scans",
             content=dicom,
-            headers={**world.headers(world.own, "scanner"), "Content-Type": "application/dicom"},
+            headers={**world.headers(world.own, "device"), "Content-Type": "application/dicom"},
         )
         assert answer.status_code == 202, answer.text
         (scan_id,) = answer.json()["ids"]
-        reader = world.client.app.state.bus.consumer("peek", ["scans.raw"])  # type: ignore[attr-defined]
+        reader = world.client.app.state.services.bus.consumer("peek", ["scans.raw"])  # type: ignore[attr-defined]
         [message] = reader.poll_batch(10, 5.0)
         reader.close()
         env = parse(message.value)

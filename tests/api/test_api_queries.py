@@ -23,7 +23,7 @@ POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 def ingest(world: World, seed: int, tenant: str | None = None) -> str:
     headers = {
-        **world.headers(tenant or world.own, "scanner"),
+        **world.headers(tenant or world.own, "device"),
         "Content-Type": "application/dicom",
     }
     answer = world.client.post("/v1/scans", content=dicom_bytes(seed=seed), headers=headers)
@@ -50,7 +50,7 @@ def get(world: World, url: str, tenant: str | None = None) -> object:
 
 
 def test_scan_status_queued_processed_dead_lettered(world: World) -> None:
-    store = world.client.app.state.store  # type: ignore[attr-defined]
+    store = world.client.app.state.services.store  # type: ignore[attr-defined]
     queued, processed, failed = (ingest(world, seed) for seed in (11, 12, 13))
     store.upsert_results([result(world.own, processed, 12)])
     letter = DeadLetterRow(
@@ -80,7 +80,7 @@ def test_image_is_a_windowed_png_and_another_tenant_gets_404(world: World) -> No
 
 
 def test_listing_filters_and_cursor_pages(world: World) -> None:
-    store = world.client.app.state.store  # type: ignore[attr-defined]
+    store = world.client.app.state.services.store  # type: ignore[attr-defined]
     rows = [
         result(world.own, f"s{n}", n, label="male" if n % 2 else "female", confidence=n / 10)
         for n in range(1, 10)
@@ -105,7 +105,7 @@ def test_listing_filters_and_cursor_pages(world: World) -> None:
 
 
 def test_summary_csv_feedback_and_accuracy(world: World) -> None:
-    store = world.client.app.state.store  # type: ignore[attr-defined]
+    store = world.client.app.state.services.store  # type: ignore[attr-defined]
     store.upsert_results([result(world.own, f"s{n}", n) for n in range(1, 5)])
     summary = get(world, "/v1/trays/TRAY-0042/summary").json()  # type: ignore[attr-defined]
     assert summary["count"] == 4 and summary["female_ratio"] == 1.0
@@ -125,7 +125,7 @@ def test_summary_csv_feedback_and_accuracy(world: World) -> None:
 
 def check_isolation(world: World) -> None:
     """Both tenants have data; every listing of each holds only its own."""
-    store = world.client.app.state.store  # type: ignore[attr-defined]
+    store = world.client.app.state.services.store  # type: ignore[attr-defined]
     for tenant, prefix in ((world.own, "a"), (world.other, "b")):
         store.upsert_results([result(tenant, f"{prefix}{n}", n) for n in range(5)])
         ingest(world, 20 + len(prefix), tenant)

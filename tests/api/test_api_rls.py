@@ -62,7 +62,7 @@ def test_api_tables_show_one_tenant_per_transaction(owned_schema: str) -> None:
         accounts = Accounts(store)
         for tenant in ("acme", "globex"):
             accounts.create_user(tenant, "alice", "hash", "viewer")
-            issue_key(accounts, tenant, "k", "scanner")
+            issue_key(accounts, tenant, "k", "device")
             accounts.record_scans([_scan(tenant, f"{tenant}-1")])
         assert accounts.find_scan("acme", "globex-1") is None
         assert accounts.find_scan("acme", "acme-1") is not None

@@ -20,11 +20,11 @@ from inferstream.api import ApiSettings
 def schema_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from api_testing import JWT_SECRET
 
-    from inferstream.examples import example_path
+    from inferstream.apps.eggs import APP
     from inferstream.pipeline import load_pipeline
 
     folder = tmp_path_factory.mktemp("schema")
-    spec = load_pipeline(example_path("eggs")).with_urls(
+    spec = load_pipeline(APP.pipeline_path()).with_urls(
         bus=f"sqlite:///{folder / 'bus.db'}",
         store=f"sqlite:///{folder / 'results.db'}",
         blobs=f"file://{folder / 'blobs'}",

@@ -17,11 +17,11 @@ def test_raw_dicom_is_on_the_bus_when_202_is_answered(world: World) -> None:
     answer = world.client.post(
         "/v1/scans",
         content=data,
-        headers={**world.headers(world.own, "scanner"), "Content-Type": "application/dicom"},
+        headers={**world.headers(world.own, "device"), "Content-Type": "application/dicom"},
     )
     assert answer.status_code == 202, answer.text
     (scan_id,) = answer.json()["ids"]
-    bus = world.client.app.state.bus  # type: ignore[attr-defined]
+    bus = world.client.app.state.services.bus  # type: ignore[attr-defined]
     consumer = bus.consumer("test-reader", ["scans.raw"])
     try:
         messages = consumer.poll_batch(100, 0.5)

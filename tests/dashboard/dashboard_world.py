@@ -26,10 +26,10 @@ import uvicorn
 
 from inferstream.api import ApiSettings, create_app
 from inferstream.api.auth import hash_password, issue_key
-from inferstream.eggs.dicomgen import to_dicom_bytes
-from inferstream.eggs.phantom import make_specs, render_batch
+from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.dicomgen import to_dicom_bytes
+from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.envelope import now_us
-from inferstream.examples import example_path
 from inferstream.pipeline import load_pipeline
 from inferstream.store import DeadLetterRow, ResultRow, ResultsStore
 from inferstream.testing import pipeline_threads
@@ -109,13 +109,13 @@ class DashboardWorld:
 
 
 def _add_accounts(app: Any, a: str, b: str) -> dict[str, str]:
-    accounts = app.state.accounts
+    accounts = app.state.services.accounts
     keys = {}
     for tenant in (a, b):
         accounts.create_tenant(tenant)
         accounts.create_user(tenant, "viewer", hash_password(PASSWORD), "viewer")
-        accounts.create_user(tenant, "scanner", hash_password(PASSWORD), "scanner")
-        keys[tenant] = issue_key(accounts, tenant, "scanner-1", "scanner").secret
+        accounts.create_user(tenant, "scanner", hash_password(PASSWORD), "device")
+        keys[tenant] = issue_key(accounts, tenant, "scanner-1", "device").secret
     return keys
 
 
@@ -144,7 +144,7 @@ def api_server(settings: ApiSettings) -> Iterator[tuple[str, Any]]:
 @contextmanager
 def running_world(tmp_path: Path) -> Iterator[DashboardWorld]:
     """The API and the eggs pipeline on one embedded bus and SQLite store in ``tmp_path``."""
-    spec = load_pipeline(example_path("eggs")).with_urls(
+    spec = load_pipeline(APP.pipeline_path()).with_urls(
         bus=f"sqlite:///{tmp_path / 'bus.db'}",
         store=f"sqlite:///{tmp_path / 'results.db'}",
         blobs=f"file://{tmp_path / 'blobs'}",
@@ -156,4 +156,4 @@ def running_world(tmp_path: Path) -> Iterator[DashboardWorld]:
         suffix = uuid.uuid4().hex[:6]
         a, b = f"hatchery-a-{suffix}", f"hatchery-b-{suffix}"
         keys = _add_accounts(app, a, b)
-        yield DashboardWorld(base_url, app.state.store, a, b, keys)
+        yield DashboardWorld(base_url, app.state.services.store, a, b, keys)

@@ -225,7 +225,7 @@ def test_tenant_b_never_sees_tenant_a(pages: Pages, world: DashboardWorld) -> No
     assert not any(tray in text_b for tray in ("TRAY-0041", "TRAY-0042", "TRAY-0045"))
 
 
-def test_socket_refuses_a_bad_token_and_a_scanner(pages: Pages, world: DashboardWorld) -> None:
+def test_socket_refuses_a_bad_token_and_a_device(pages: Pages, world: DashboardWorld) -> None:
     page = pages.open()
     close_code = """async (token) => await new Promise(resolve => {
         const ws = new WebSocket(`ws://${location.host}/v1/live?token=${token}`);

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from inferstream.api.live import LiveHub
+from inferstream.api.live_hub import LiveHub
 from inferstream.bus import Record, open_bus
 from inferstream.envelope import now_us
 from inferstream.pipeline import PipelineSpec, StageSpec, StepSpec

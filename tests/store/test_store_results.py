@@ -53,7 +53,7 @@ def test_every_query_is_scoped_to_its_tenant(
     assert store.get_result(globex, "a2") is None
     assert store.count_results(acme) == 2 and store.count_results(globex) == 1
     assert {r.tenant for r in store.list_results(globex).items} == {globex}
-    assert store.batch_summary(globex, "TRAY-0001").counts == {"male": 1}
+    assert store.group_summary(globex, "TRAY-0001").counts == {"male": 1}
     assert store.count_results("nobody") == 0
 
 
@@ -137,7 +137,7 @@ def test_bad_cursor_and_limit_are_invalid_queries(
         store.list_results(acme, limit=0)
 
 
-def test_batch_summary_figures(
+def test_group_summary_figures(
     store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
 ) -> None:
     acme, _ = tenants
@@ -151,14 +151,14 @@ def test_batch_summary_figures(
         make_row(acme, "other", stored_at_us=99 * second, tray="TRAY-0002"),
     ]
     store.upsert_results(rows)
-    summary = store.batch_summary(acme, "TRAY-0001")
+    summary = store.group_summary(acme, "TRAY-0001")
     assert summary.count == 5
     assert summary.counts == {"female": 3, "male": 1, "not_developing": 1}
     assert summary.female_ratio == pytest.approx(0.6)
     assert summary.mean_confidence == pytest.approx(0.7)
     assert (summary.first_stored_at_us, summary.last_stored_at_us) == (10 * second, 14 * second)
     assert summary.throughput_per_s == pytest.approx(5 / 4)
-    empty = store.batch_summary(acme, "TRAY-9999")
+    empty = store.group_summary(acme, "TRAY-9999")
     assert (empty.count, empty.counts, empty.throughput_per_s) == (0, {}, None)
 
 

@@ -7,8 +7,8 @@ Reading guide:
 - :mod:`~inferstream.api.permissions` — the permission matrix (route -> roles).
 - :mod:`~inferstream.api.auth` — API keys, password login, JWTs, :func:`require`.
 - :mod:`~inferstream.api.accounts` — tenants, users, keys and accepted scans in the store.
-- :mod:`~inferstream.api.ingest` and :mod:`~inferstream.api.images` — ``POST /v1/scans``.
-- :mod:`~inferstream.api.queries`, :mod:`~inferstream.api.render` — the read side.
+- :mod:`~inferstream.api.ingest` — ``POST /v1/scans`` (checks through :mod:`inferstream.codecs`).
+- :mod:`~inferstream.api.queries` — the read side.
 - :mod:`~inferstream.api.admin` — login, users, keys, replay.
 - :mod:`~inferstream.api.ops` — probes, metrics, JSON logs.
 - :mod:`~inferstream.api.cli` — ``inferstream serve`` and ``inferstream admin``.

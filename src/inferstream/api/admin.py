@@ -13,6 +13,7 @@ from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from inferstream.api.auth import (
     Principal,
+    check_role,
     client_address,
     hash_password,
     issue_key,
@@ -22,9 +23,10 @@ from inferstream.api.auth import (
 )
 from inferstream.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from inferstream.api.permissions import Role, roles_for
+from inferstream.api.services import services_of
 from inferstream.bus import InvalidSeekTarget, seek_target
 from inferstream.bus.seek import MAX_OFFSET
-from inferstream.classify import DEFAULT_MODEL, DEFAULT_ROLE, read_model_info
+from inferstream.classify import DEFAULT_ROLE, read_model_info
 from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
 
@@ -119,7 +121,7 @@ class ReplayOut(BaseModel):
 @router.post("/auth/token", response_model=Token)
 async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()]) -> Token:
     """OAuth2 password login; ``username`` is ``<tenant>/<name>``. Answers a short-lived JWT."""
-    state = request.app.state
+    state = services_of(request)
     # Per login name, so guessing one user's password is throttled like any API call.
     state.limiter.take(f"login/{form.username[:200]}")
     principal = await run_in_threadpool(
@@ -151,7 +153,7 @@ def create_user(
     principal: Annotated[Principal, Depends(require(*roles_for("POST /v1/admin/users")))],
 ) -> UserOut:
     """Create a user in your tenant."""
-    request.app.state.accounts.create_user(
+    services_of(request).accounts.create_user(
         principal.tenant, body.username, hash_password(body.password), body.role
     )
     return UserOut(username=body.username, tenant=principal.tenant, role=body.role)
@@ -164,7 +166,7 @@ def create_key(
     principal: Annotated[Principal, Depends(require(*roles_for("POST /v1/admin/keys")))],
 ) -> KeyOut:
     """Create an API key in your tenant; the answer holds its secret, shown only once."""
-    state = request.app.state
+    state = services_of(request)
     issued = issue_key(
         state.accounts, principal.tenant, body.name, body.role, state.settings.max_keys
     )
@@ -183,8 +185,9 @@ def list_users(
     principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/admin/users")))],
 ) -> list[UserOut]:
     """The users of your tenant, by name."""
-    found = request.app.state.accounts.list_users(principal.tenant)
-    return [UserOut(username=name, tenant=principal.tenant, role=role) for name, role in found]
+    found = services_of(request).accounts.list_users(principal.tenant)
+    tenant = principal.tenant
+    return [UserOut(username=name, tenant=tenant, role=check_role(role)) for name, role in found]
 
 
 @router.delete("/v1/admin/users/{username}", status_code=204, response_class=Response)
@@ -198,7 +201,7 @@ def delete_user(
     """Delete a user of your tenant. Tokens it holds stop working when they expire."""
     if username == principal.subject:
         raise Conflict("you cannot delete the user you are logged in as; ask another admin")
-    if not request.app.state.accounts.delete_user(principal.tenant, username):
+    if not services_of(request).accounts.delete_user(principal.tenant, username):
         raise NotFound(f"no user {username[:128]!r} in your tenant")
     log.info("user deleted", extra={"username": username, "subject": principal.subject})
     return Response(status_code=204)
@@ -210,7 +213,7 @@ def list_keys(
     principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/admin/keys")))],
 ) -> list[KeyInfo]:
     """Your tenant's API keys, revoked ones included; secrets are never shown again."""
-    found = request.app.state.accounts.list_keys(principal.tenant)
+    found = services_of(request).accounts.list_keys(principal.tenant)
     return [KeyInfo.model_validate(key, from_attributes=True) for key in found]
 
 
@@ -221,7 +224,7 @@ def revoke_key(
     principal: Annotated[Principal, Depends(require(*roles_for("DELETE /v1/admin/keys/{key_id}")))],
 ) -> Response:
     """Revoke an API key: its next request answers 401. Revoking twice is harmless."""
-    if not request.app.state.accounts.revoke_key(principal.tenant, key_id):
+    if not services_of(request).accounts.revoke_key(principal.tenant, key_id):
         raise NotFound(f"no API key {key_id[:64]!r} in your tenant")
     log.info("key revoked", extra={"key_id": key_id, "subject": principal.subject})
     return Response(status_code=204)
@@ -233,7 +236,7 @@ def served_models(
     principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/models")))],
 ) -> list[ServedModel]:
     """The models this pipeline's stages serve: version, role and the file's checksum."""
-    return describe_models(request.app.state.settings.pipeline)
+    return describe_models(services_of(request).settings.pipeline)
 
 
 def served_labels(spec: PipelineSpec) -> frozenset[str]:
@@ -248,7 +251,7 @@ def describe_models(spec: PipelineSpec) -> list[ServedModel]:
             if step.ref != "classify":
                 continue
             try:
-                info, digest = read_model_info(str(step.params.get("model", DEFAULT_MODEL)))
+                info, digest = read_model_info(str(step.params.get("model", "")))
             except ModelError as exc:
                 raise Unavailable(f"stage {stage.name!r}: {exc}") from exc
             served.append(
@@ -272,7 +275,7 @@ def replay(
     The group is the pipeline's, shared by every tenant: replay re-runs all tenants'
     messages from that point (sinks upsert, so nothing is doubled).
     """
-    state = request.app.state
+    state = services_of(request)
     spec = state.settings.pipeline
     try:
         stage = spec.stage(body.stage)

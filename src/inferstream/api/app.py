@@ -9,7 +9,6 @@ carries: bad input is a 4xx, an unreachable bus or store a 503, never a 500.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -26,15 +25,19 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from inferstream.api import admin, ingest, ops, queries
+from inferstream.api import admin, ingest, live, ops, queries
 from inferstream.api.accounts import Accounts
 from inferstream.api.admin import served_labels
 from inferstream.api.errors import ApiError
+from inferstream.api.group_commit import GroupCommit
+from inferstream.api.live_hub import LiveHub
 from inferstream.api.ratelimit import RateLimiter
+from inferstream.api.services import Services
 from inferstream.api.settings import ApiSettings
 from inferstream.api.throttle import GuessThrottle
 from inferstream.blobs import open_blob_store
 from inferstream.bus import open_bus
+from inferstream.codecs import UnsupportedContent
 from inferstream.errors import BlobError, InvalidInput, StoreError, TransientError
 from inferstream.runner import ensure_topics
 from inferstream.store import InvalidQuery, ResultsStore
@@ -77,23 +80,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    app.state.labels = served_labels(settings.pipeline)
-    app.state.limiter = RateLimiter(settings.rate_per_s, settings.burst)
-    app.state.publisher = ingest.GroupCommit(app.state)
     for module in (ingest, queries, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(ops.router)
-    live = _optional_live_router()
-    if live is not None:
-        app.include_router(live)
+    app.include_router(live.router)
     app.add_middleware(ops.Observe)
     app.add_middleware(ops.HeaderLimit)  # outermost: refused before anything else runs
     _add_error_handlers(app)
-    _document_pipeline(app, settings)
+    _document_pipeline(app, settings, served_labels(settings.pipeline))
     return app
 
 
-def _document_pipeline(app: FastAPI, settings: ApiSettings) -> None:
+def _document_pipeline(app: FastAPI, settings: ApiSettings, labels: frozenset[str]) -> None:
     """Name this pipeline's stages and labels in the schema, so it admits only those."""
     build = app.openapi
 
@@ -103,21 +101,15 @@ def _document_pipeline(app: FastAPI, settings: ApiSettings) -> None:
             replay = schema["components"]["schemas"]["Replay"]["properties"]["stage"]
             replay["enum"] = [stage.name for stage in settings.pipeline.stages]
             feedback = schema["components"]["schemas"]["FeedbackIn"]["properties"]["label"]
-            feedback["enum"] = sorted(app.state.labels)
+            feedback["enum"] = sorted(labels)
+            upload = schema["paths"]["/v1/scans"]["post"]["requestBody"]["content"]
+            fields = upload["multipart/form-data"]["schema"]["properties"]
+            fields |= {
+                name: ingest.FIELD_SCHEMA for name in settings.application().client_attributes
+            }
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _optional_live_router() -> Any:
-    """The dashboard's live feed (``inferstream.api.live``), when that module exists."""
-    try:
-        module = importlib.import_module("inferstream.api.live")
-    except ModuleNotFoundError as exc:
-        if exc.name != "inferstream.api.live":
-            raise
-        return None
-    return module.router
 
 
 @asynccontextmanager
@@ -133,12 +125,22 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         # overflow) most requests under load opened and closed a connection of their own.
         store = ResultsStore(spec.store, pool_size=20, max_overflow=20)
         stack.callback(store.close)
-        app.state.bus = bus
-        app.state.store = store
-        app.state.accounts = Accounts(store)
-        app.state.throttle = GuessThrottle(app.state.accounts)
-        app.state.blobs = open_blob_store(spec.blobs)
-        refresher = asyncio.create_task(_refresh_statistics(store, app.state.throttle))
+        accounts = Accounts(store)
+        services = Services(
+            settings=settings,
+            app=settings.application(),
+            bus=bus,
+            store=store,
+            accounts=accounts,
+            throttle=GuessThrottle(accounts),
+            blobs=open_blob_store(spec.blobs),
+            limiter=RateLimiter(settings.rate_per_s, settings.burst),
+            labels=served_labels(spec),
+            publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
+            live=LiveHub(store, spec, bus),
+        )
+        app.state.services = services
+        refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))
         stack.callback(refresher.cancel)
         log.info("api ready", extra={"route": f"{spec.name}: ingest into {settings.ingest_topic}"})
         yield
@@ -205,6 +207,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         return _error(400, "bad_request", str(exc))
 
+    async def unsupported(_: Request, exc: Exception) -> JSONResponse:
+        return _error(415, "unsupported_media_type", str(exc))
+
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable", extra={"error": type(exc).__name__})
         return _error(503, "unavailable", str(exc), {"Retry-After": "1"})
@@ -221,6 +226,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(exc.status_code, "http_error", str(exc.detail), headers)
 
     app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(UnsupportedContent, unsupported)
     app.add_exception_handler(InvalidInput, invalid)
     app.add_exception_handler(InvalidQuery, invalid)
     app.add_exception_handler(TransientError, unavailable)

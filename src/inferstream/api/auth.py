@@ -33,6 +33,7 @@ from starlette.requests import HTTPConnection
 from inferstream.api.accounts import Accounts, StoredKey, check_tenant_name
 from inferstream.api.errors import BadRequest, Forbidden, Unauthorized
 from inferstream.api.permissions import ROLES, Role
+from inferstream.api.services import Services, services_of
 from inferstream.api.settings import MAX_ACTIVE_KEYS, ApiSettings
 from inferstream.api.throttle import GuessThrottle, key_scope, source_scope, user_scope
 
@@ -210,7 +211,7 @@ def authenticate(
     presented = api_key or bearer
     if not presented:
         raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
-    principal = principal_for(request.app.state, presented, client_address(request))
+    principal = principal_for(services_of(request), presented, client_address(request))
     request.state.principal = principal
     return principal
 
@@ -220,18 +221,18 @@ def client_address(connection: HTTPConnection) -> str:
     return connection.client.host if connection.client else "unknown"
 
 
-def principal_for(app_state: Any, credential: str, source: str) -> Principal:
+def principal_for(services: Services, credential: str, source: str) -> Principal:
     """The principal of an API key or JWT, rate limited: for callers outside routes.
 
     ``source`` is the caller's address, for the back-off against guessing keys. The
-    live WebSocket calls ``principal_for(websocket.app.state, token, address)`` and
+    live WebSocket calls ``principal_for(services_of(websocket), token, address)`` and
     then checks ``principal.role`` against its row of the permission matrix.
     """
     if credential.startswith(f"{KEY_PREFIX}."):
-        principal = sign_in_with_key(app_state.throttle, credential, source)
+        principal = sign_in_with_key(services.throttle, credential, source)
     else:
-        principal = principal_from_token(credential, app_state.settings)
-    app_state.limiter.take(f"{principal.tenant}/{principal.subject}")
+        principal = principal_from_token(credential, services.settings)
+    services.limiter.take(f"{principal.tenant}/{principal.subject}")
     return principal
 
 

@@ -15,6 +15,7 @@ import secrets
 import sys
 from typing import Any
 
+from inferstream.api.permissions import ROLES
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, load_pipeline
 
@@ -84,7 +85,7 @@ def _app_for(options: dict[str, Any]) -> Any:
     from inferstream.api.app import create_app
     from inferstream.api.ops import use_json_logs
     from inferstream.api.settings import ApiSettings
-    from inferstream.cli import log_level
+    from inferstream.logs import log_level
 
     spec = load_pipeline(options["pipeline"]).with_urls(
         bus=options["bus"], store=options["store"], blobs=options["blobs"]
@@ -209,13 +210,13 @@ def add_api_commands(sub: Any) -> None:
     _pipeline_args(user)
     user.add_argument("--tenant", required=True)
     user.add_argument("--username", required=True)
-    user.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "scanner"])
+    user.add_argument("--role", required=True, choices=list(ROLES))
     key = commands.add_parser("create-key", help="Create an API key; its secret is shown once.")
     key.set_defaults(handler=cmd_create_key)
     _pipeline_args(key)
     key.add_argument("--tenant", required=True)
     key.add_argument("--name", required=True, help="what the key is for, e.g. scanner-03")
-    key.add_argument("--role", required=True, choices=["admin", "operator", "viewer", "scanner"])
+    key.add_argument("--role", required=True, choices=list(ROLES))
     revoke = commands.add_parser("revoke-key", help="Revoke an API key (works with the API down).")
     revoke.set_defaults(handler=cmd_revoke_key)
     _pipeline_args(revoke)

@@ -16,12 +16,11 @@ source, a trace id, a creation time and the ``tray``/``scanner`` fields.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,20 +29,20 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from inferstream import codecs
 from inferstream.api.accounts import ScanRecord
 from inferstream.api.auth import Principal, require
 from inferstream.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from inferstream.api.images import CheckedScan, ImageLimits, check_scan
 from inferstream.api.permissions import roles_for
+from inferstream.api.services import Services, services_of
 from inferstream.bus import Record
+from inferstream.codecs import Checked, ImageLimits
 from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope, now_us
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
 FIELD_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$"
 _FIELD_RE = re.compile(FIELD_PATTERN)
-#: Attributes a client may set; every other attribute is read from the scan itself.
-CLIENT_FIELDS = ("tray", "scanner")
 #: Envelope fields an edge agent may send; tenant and bookkeeping are overwritten.
 _ENVELOPE_FIELDS = frozenset(
     {"schema_version", "id", "root_id", "tenant", "partition_key", "source", "created_at_us",
@@ -51,16 +50,15 @@ _ENVELOPE_FIELDS = frozenset(
 )  # fmt: skip
 #: How far in the future a client's clock may put a scan's creation time.
 MAX_CLOCK_SKEW_US = 24 * 3600 * 1_000_000
-_FIELD_SCHEMA = {"type": "string", "pattern": FIELD_PATTERN}
+#: A client's field in the schema (the application's own are added per pipeline).
+FIELD_SCHEMA = {"type": "string", "pattern": FIELD_PATTERN}
 _BODY_TYPES = {
     "multipart/form-data": {
         "schema": {
             "type": "object",
             "properties": {
                 "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                "tray": _FIELD_SCHEMA,
-                "scanner": _FIELD_SCHEMA,
-                "source": _FIELD_SCHEMA,
+                "source": FIELD_SCHEMA,
             },
             "required": ["files"],
         }
@@ -100,7 +98,7 @@ async def ingest_scans(
     principal: Annotated[Principal, Depends(require(*roles_for("POST /v1/scans")))],
 ) -> Accepted:
     """Accept scans; they are durably on the ingest topic when this answers 202."""
-    state = request.app.state
+    state = services_of(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in _BODY_TYPES:
         raise UnsupportedMediaType(
@@ -109,11 +107,11 @@ async def ingest_scans(
         )
     body = await read_body(request, state.settings.max_body_bytes)
     if media == "application/x-protobuf":
-        items = await run_in_threadpool(_from_protobuf, body, state.settings.max_batch)
+        items = await run_in_threadpool(_from_protobuf, body, state)
     elif media == "application/dicom":
         items = [Submitted(body)]
     else:
-        items = await _parse_form(request, body, state.settings.max_batch)
+        items = await _parse_form(request, body, state)
     envelopes = await run_in_threadpool(_accept, items, principal, state)
     await state.publisher.publish(principal.tenant, envelopes)
     for env in envelopes:
@@ -138,10 +136,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parse_form(request: Request, body: bytes, max_files: int) -> list[Submitted]:
+async def _parse_form(request: Request, body: bytes, state: Services) -> list[Submitted]:
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
+    max_files, allowed = state.settings.max_batch, state.app.client_attributes
     parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
@@ -158,8 +157,10 @@ async def _parse_form(request: Request, body: bytes, max_files: int) -> list[Sub
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
                 files.append(await value.read())
-            elif name in (*CLIENT_FIELDS, "source"):
+            elif name in (*allowed, "source"):
                 fields[name] = _plain(name, value)
+            else:
+                raise BadRequest(_unknown_fields(state, [name]))
     finally:
         await form.close()  # spooled temporary files, even when a field is refused
     if not files:
@@ -174,7 +175,17 @@ def _plain(name: str, value: str) -> str:
     return value
 
 
-def _from_protobuf(body: bytes, max_batch: int) -> list[Submitted]:
+def _unknown_fields(state: Services, names: Sequence[str]) -> str:
+    allowed = ", ".join(state.app.client_attributes) or "none"
+    return (
+        f"field(s) {', '.join(n[:64] for n in names)} may not be sent to application "
+        f"{state.app.name!r}; a client may set {allowed} (and source); the rest is read "
+        "from the content"
+    )
+
+
+def _from_protobuf(body: bytes, state: Services) -> list[Submitted]:
+    max_batch = state.settings.max_batch
     batch = EnvelopeBatch()
     try:
         batch.ParseFromString(body)
@@ -187,10 +198,10 @@ def _from_protobuf(body: bytes, max_batch: int) -> list[Submitted]:
             f"EnvelopeBatch holds {len(batch.envelopes)} envelopes, over the limit of "
             f"{max_batch}; split it"
         )
-    return [_submitted(env) for env in batch.envelopes]
+    return [_submitted(env, state) for env in batch.envelopes]
 
 
-def _submitted(env: Envelope) -> Submitted:
+def _submitted(env: Envelope, state: Services) -> Submitted:
     """What an edge agent's envelope may say, checked; the rest is derived or refused."""
     name = repr(env.id[:64]) if env.id else "without an id"
     extra = sorted(fd.name for fd, _ in env.ListFields() if fd.name not in _ENVELOPE_FIELDS)
@@ -204,12 +215,9 @@ def _submitted(env: Envelope) -> Submitted:
             f"envelope {name} must carry its scan inline; blob references from outside "
             "are not accepted"
         )
-    unknown = sorted(set(env.attributes) - set(CLIENT_FIELDS))
+    unknown = sorted(set(env.attributes) - set(state.app.client_attributes))
     if unknown:
-        raise BadRequest(
-            f"envelope {name} sets attribute(s) {', '.join(a[:64] for a in unknown)}; a client "
-            f"may set only {', '.join(CLIENT_FIELDS)} (the rest is read from the scan)"
-        )
+        raise BadRequest(f"envelope {name}: {_unknown_fields(state, unknown)}")
     if not 0 <= env.created_at_us <= now_us() + MAX_CLOCK_SKEW_US:
         raise BadRequest(f"envelope {name} has created_at_us {env.created_at_us} out of range")
     return Submitted(
@@ -227,21 +235,23 @@ def _optional(name: str, value: str) -> str:
     return _plain(name, value) if value else ""
 
 
-def _accept(items: Sequence[Submitted], principal: Principal, state: Any) -> list[Envelope]:
+def _accept(items: Sequence[Submitted], principal: Principal, state: Services) -> list[Envelope]:
     """Check every scan, then keep each one's bytes and wrap it in an envelope.
 
     Runs in a worker thread: checking and keeping scans is blocking work that on the
     event loop stalled every other request (reads too).
     """
     limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
-    checked_all = [check_scan(item.data, limits) for item in items]
+    app = state.app
+    checks, accepted = app.own_checks(), app.content_types or None
+    checked_all = [codecs.check(item.data, limits, checks, accepted) for item in items]
     return [
         _envelope(checked, item, principal, state)
         for checked, item in zip(checked_all, items, strict=True)
     ]
 
 
-def _envelope(checked: CheckedScan, item: Submitted, principal: Principal, state: Any) -> Envelope:
+def _envelope(checked: Checked, item: Submitted, principal: Principal, state: Services) -> Envelope:
     """The ingest envelope: everything but the client's few fields derived from the scan."""
     blob = state.blobs.put(checked.data, principal.tenant)
     env = new_envelope(
@@ -261,48 +271,7 @@ def _envelope(checked: CheckedScan, item: Submitted, principal: Principal, state
     return env
 
 
-class GroupCommit:
-    """Scans of concurrent requests recorded and produced together, per tenant.
-
-    A raw DICOM request carries one scan, and recording plus producing it alone cost
-    two SQLite commits (two fsyncs) per request: about 45 requests/s in all, whatever
-    the CPU, and every waiting request held a worker thread that reads then lacked
-    (bench/api_bench.py). Requests arriving while a flush runs join the next one, which
-    takes them all: each 202 still waits until its scans are recorded and on the bus.
-    """
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-        self._pending: dict[str, list[tuple[list[Envelope], asyncio.Future[None]]]] = {}
-        self._flushers: dict[str, asyncio.Task[None]] = {}
-
-    async def publish(self, tenant: str, envelopes: list[Envelope]) -> None:
-        """Return once ``envelopes`` are recorded and durably on the ingest topic."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(tenant, []).append((envelopes, future))
-        if tenant not in self._flushers:
-            self._flushers[tenant] = asyncio.create_task(self._flush(tenant))
-        await future
-
-    async def _flush(self, tenant: str) -> None:
-        try:
-            while batch := self._pending.pop(tenant, []):
-                envelopes = [env for group, _ in batch for env in group]
-                try:
-                    await run_in_threadpool(_record_and_produce, self.state, envelopes)
-                except Exception as exc:  # the bus or store failed: every request hears it
-                    for _, future in batch:
-                        if not future.done():  # done: its client went away meanwhile
-                            future.set_exception(exc)
-                else:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_result(None)
-        finally:
-            del self._flushers[tenant]
-
-
-def _record_and_produce(state: Any, envelopes: list[Envelope]) -> None:
+def record_and_produce(state: Services, envelopes: list[Envelope]) -> None:
     """Record the scans, then produce them; returns once the bus has them durably.
 
     When the bus refuses them (down, disk full) the scans this call recorded are
@@ -319,7 +288,7 @@ def _record_and_produce(state: Any, envelopes: list[Envelope]) -> None:
         raise
 
 
-def _forget(state: Any, tenant: str, scan_ids: list[str]) -> None:
+def _forget(state: Services, tenant: str, scan_ids: list[str]) -> None:
     try:
         state.accounts.forget_scans(tenant, scan_ids)
     except Exception as exc:  # the store may be what failed; the 503 stands either way

@@ -22,6 +22,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferstream.api.errors import Unavailable
+from inferstream.api.services import services_of
 from inferstream.metrics import LATENCY_BUCKETS, render
 
 log = logging.getLogger("inferstream.api")
@@ -55,7 +56,7 @@ def healthz() -> Health:
 @router.get("/readyz", response_model=Health, responses={503: {"description": "not ready"}})
 def readyz(request: Request) -> Health:
     """The bus and the store answer; 503 otherwise, so a balancer stops sending traffic."""
-    state = request.app.state
+    state = services_of(request)
     try:
         state.bus.topics()
     except Exception as exc:  # any failure of the dependency means not ready

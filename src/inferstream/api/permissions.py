@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-Role = Literal["admin", "operator", "viewer", "scanner"]
-ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "scanner")
+Role = Literal["admin", "operator", "viewer", "device"]
+ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "device")
 
 _READ: frozenset[Role] = frozenset({"admin", "operator", "viewer"})
 _OPERATE: frozenset[Role] = frozenset({"admin", "operator"})
 _ADMIN: frozenset[Role] = frozenset({"admin"})
-# Ingest: scanners and edge agents, and people who operate the pipeline.
-_INGEST: frozenset[Role] = frozenset({"admin", "operator", "scanner"})
+# Ingest: devices (scanners, cameras, edge agents) and people who operate the pipeline.
+_INGEST: frozenset[Role] = frozenset({"admin", "operator", "device"})
 
 PERMISSIONS: dict[str, frozenset[Role]] = {
     "POST /v1/scans": _INGEST,

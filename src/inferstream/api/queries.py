@@ -18,8 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from inferstream.api.auth import Principal, require
-from inferstream.api.errors import BadRequest, NotFound
-from inferstream.api.models import (
+from inferstream.api.bodies import (
     Accuracy,
     DeadLetter,
     FeedbackIn,
@@ -29,10 +28,12 @@ from inferstream.api.models import (
     ScanStatus,
     TraySummary,
 )
+from inferstream.api.errors import BadRequest, NotFound
 from inferstream.api.permissions import roles_for
-from inferstream.api.render import to_png
+from inferstream.api.services import services_of
+from inferstream.codecs import render_png
 from inferstream.envelope import BlobRef
-from inferstream.errors import BlobError
+from inferstream.errors import BlobError, InvalidInput
 from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
 
@@ -53,21 +54,22 @@ def get_scan(
     principal: Annotated[Principal, guard("GET /v1/scans/{scan_id}")],
 ) -> ScanStatus:
     """Status (queued, processed, dead_lettered with the reason), prediction, lineage."""
-    state = request.app.state
+    state = services_of(request)
     record = state.accounts.find_scan(principal.tenant, scan_id)
     row = state.store.get_result(principal.tenant, scan_id)
-    if record is None and row is None:
+    if record is not None:
+        status = ScanStatus(
+            id=scan_id, status="queued", content_type=record.content_type,
+            received_at_us=record.received_at_us, trace_id=record.trace_id,
+            egg_id=record.egg_id, tray=record.tray, scanner=record.scanner,
+        )  # fmt: skip
+    elif row is not None:  # produced straight to the bus, never through the API
+        status = ScanStatus(
+            id=scan_id, status="queued", content_type="", received_at_us=row.ingested_at_us,
+            trace_id=row.trace_id, egg_id=row.egg_id, tray=row.tray, scanner=row.scanner,
+        )  # fmt: skip
+    else:
         raise NotFound(f"no scan {scan_id!r} in your tenant")
-    status = ScanStatus(
-        id=scan_id,
-        status="queued",
-        content_type=record.content_type if record else "",
-        received_at_us=record.received_at_us if record else row.ingested_at_us,
-        trace_id=record.trace_id if record else row.trace_id,
-        egg_id=record.egg_id if record else row.egg_id,
-        tray=record.tray if record else row.tray,
-        scanner=record.scanner if record else row.scanner,
-    )
     if row is not None:
         status.status, status.result = "processed", Result.of(row)
         shadows = state.store.list_shadow_results(principal.tenant, scan_id)
@@ -97,7 +99,7 @@ def get_scan_image(
     principal: Annotated[Principal, guard("GET /v1/scans/{scan_id}/image")],
 ) -> Response:
     """The scan rendered as an 8-bit PNG (16-bit scans are windowed)."""
-    state = request.app.state
+    state = services_of(request)
     record = state.accounts.find_scan(principal.tenant, scan_id)
     if record is None or not record.blob_sha256:
         raise NotFound(f"no image of scan {scan_id!r} in your tenant")
@@ -106,7 +108,11 @@ def get_scan_image(
         data = state.blobs.get(ref, principal.tenant)  # never another tenant's bytes
     except BlobError as exc:
         raise NotFound(f"the bytes of scan {scan_id!r} are gone from the blob store") from exc
-    return Response(to_png(data, record.content_type), media_type="image/png")
+    try:
+        png = render_png(data, record.content_type)
+    except InvalidInput as exc:
+        raise NotFound(f"the stored scan can no longer be rendered: {exc}") from exc
+    return Response(png, media_type="image/png")
 
 
 class ResultQuery(BaseModel):
@@ -150,7 +156,7 @@ def list_results(
         since_us=_us(query.since),
         until_us=_us(query.until),
     )
-    store = request.app.state.store
+    store = services_of(request).store
     page = store.list_results(principal.tenant, filters, query.cursor, query.limit, query.order)
     return ResultPage(items=[Result.of(row) for row in page.items], next_cursor=page.next_cursor)
 
@@ -170,7 +176,7 @@ def tray_summary(
     principal: Annotated[Principal, guard("GET /v1/trays/{tray}/summary")],
 ) -> TraySummary:
     """Counts per class, female ratio, mean confidence and throughput of one tray."""
-    return TraySummary.of(request.app.state.store.batch_summary(principal.tenant, tray))
+    return TraySummary.of(services_of(request).store.group_summary(principal.tenant, tray))
 
 
 CSV_COLUMNS = (
@@ -190,7 +196,7 @@ def tray_export(
     principal: Annotated[Principal, guard("GET /v1/trays/{tray}/export.csv")],
 ) -> StreamingResponse:
     """Every result of one tray as CSV, streamed page by page."""
-    store = request.app.state.store
+    store = services_of(request).store
     rows = _csv_lines(store, principal.tenant, tray)
     disposition = f'attachment; filename="{_safe_filename(tray)}.csv"'
     return StreamingResponse(
@@ -237,13 +243,13 @@ def post_feedback(
 
     The label must be one the pipeline's models predict; anything else is a 400.
     """
-    labels: frozenset[str] = request.app.state.labels
+    labels: frozenset[str] = services_of(request).labels
     if body.label not in labels:
         raise BadRequest(
             f"label {body.label!r} is not one the models predict; use one of "
             f"{', '.join(sorted(labels)) or '(none: this pipeline serves no model)'}"
         )
-    entry = request.app.state.store.add_feedback(
+    entry = services_of(request).store.add_feedback(
         principal.tenant, body.egg_id, body.label, source=body.source
     )
     return FeedbackOut(
@@ -256,5 +262,5 @@ def model_accuracy(
     request: Request, principal: Annotated[Principal, guard("GET /v1/models/accuracy")]
 ) -> list[Accuracy]:
     """Agreement with the ground truth received so far, per model version."""
-    rows = request.app.state.store.accuracy_by_model_version(principal.tenant)
+    rows = services_of(request).store.accuracy_by_model_version(principal.tenant)
     return [Accuracy.of(row) for row in rows]

@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass
 
+from inferstream.application import AppSpec, app_named
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec
 
@@ -41,6 +42,8 @@ class ApiSettings:
     max_image_side: int = 4096
     max_image_pixels: int = 50_000_000
     max_keys: int = MAX_ACTIVE_KEYS
+    #: The application served; by default the one the pipeline file names (``app:``).
+    app: AppSpec | None = None
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret) < 32:
@@ -50,6 +53,17 @@ class ApiSettings:
             )
         if self.rate_per_s <= 0 or self.burst < 1 or self.max_body_bytes < 1:
             raise ConfigError("rate_per_s, burst and max_body_bytes must be positive")
+
+    def application(self) -> AppSpec:
+        """The application this API serves: given, or named by the pipeline file."""
+        if self.app is not None:
+            return self.app
+        if not self.pipeline.app:
+            raise ConfigError(
+                f"pipeline {self.pipeline.name!r} names no application; add 'app: NAME' "
+                "to the pipeline file (the API needs its records, labels and checks)"
+            )
+        return app_named(self.pipeline.app)
 
     @classmethod
     def for_pipeline(cls, spec: PipelineSpec, ingest_topic: str | None = None) -> ApiSettings:

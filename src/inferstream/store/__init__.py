@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from inferstream.store.queries import InvalidQuery
 from inferstream.store.rows import (
-    BatchSummary,
     DeadLetterRow,
     Feedback,
+    GroupSummary,
     ModelAccuracy,
     Page,
     ResultFilter,
@@ -45,9 +45,9 @@ from inferstream.store.step import StoreStep, store_step
 from inferstream.store.store import RejectedWrite, ResultsStore
 
 __all__ = [
-    "BatchSummary",
     "DeadLetterRow",
     "Feedback",
+    "GroupSummary",
     "InvalidQuery",
     "ModelAccuracy",
     "Page",

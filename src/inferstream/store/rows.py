@@ -123,15 +123,15 @@ class Page(Generic[T]):
 
 
 @dataclass(frozen=True, slots=True)
-class BatchSummary:
-    """Prediction mix and pace of one tray.
+class GroupSummary:
+    """Prediction mix and pace of one group of records (the eggs' tray).
 
     ``throughput_per_s`` is count / (last stored - first stored); None below two
     distinct timestamps. ``female_ratio`` is female / count; None when empty.
     """
 
     tenant: str
-    tray: str
+    group: str
     count: int
     counts: dict[str, int] = field(default_factory=dict)
     female_ratio: float | None = None

@@ -27,9 +27,9 @@ from inferstream.store import queries, schema
 from inferstream.store.engine import describe, make_engine
 from inferstream.store.migrate import upgrade
 from inferstream.store.rows import (
-    BatchSummary,
     DeadLetterRow,
     Feedback,
+    GroupSummary,
     ModelAccuracy,
     OnConflict,
     Order,
@@ -216,7 +216,7 @@ class ResultsStore:
         with self._transaction("count results in", tenant) as conn:
             return int(conn.execute(stmt).scalar_one())
 
-    def batch_summary(self, tenant: str, tray: str) -> BatchSummary:
+    def group_summary(self, tenant: str, tray: str) -> GroupSummary:
         """Prediction mix, mean confidence and throughput of one tray."""
         with self._transaction("summarise a tray in", tenant) as conn:
             groups = conn.execute(queries.summary_by_label(tenant, tray)).all()
@@ -312,16 +312,16 @@ def _page(rows: list[Any], limit: int, order: Order, key: Any) -> Page[Any]:
     return Page(rows, queries.encode_cursor(at_us, ident))
 
 
-def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> BatchSummary:
-    """Fold per-label aggregates into a :class:`BatchSummary`."""
+def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> GroupSummary:
+    """Fold per-label aggregates into a :class:`GroupSummary`."""
     counts = {row.label: int(row.count) for row in groups if row.count}
     total = sum(counts.values())
     if not total:
-        return BatchSummary(tenant, tray, 0)
+        return GroupSummary(tenant, tray, 0)
     first = min(int(row.first) for row in groups)
     last = max(int(row.last) for row in groups)
     span_s = (last - first) / 1e6
-    return BatchSummary(
+    return GroupSummary(
         tenant,
         tray,
         total,

@@ -1,0 +1,47 @@
+"""The services every route uses, in one typed object made by the app's lifespan.
+
+Handlers get it with :func:`services_of` instead of reading an untyped
+``app.state`` bag, so what each one needs is visible and checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from inferstream.api.accounts import Accounts
+from inferstream.api.group_commit import GroupCommit
+from inferstream.api.live_hub import LiveHub
+from inferstream.api.ratelimit import RateLimiter
+from inferstream.api.settings import ApiSettings
+from inferstream.api.throttle import GuessThrottle
+from inferstream.application import AppSpec
+from inferstream.blobs import BlobStore
+from inferstream.bus import Bus
+from inferstream.store import ResultsStore
+
+
+@dataclass
+class Services:
+    """One API process's connections and helpers, opened once and closed on shutdown."""
+
+    settings: ApiSettings
+    #: The application the pipeline serves (its records, labels, checks).
+    app: AppSpec
+    bus: Bus
+    store: ResultsStore
+    accounts: Accounts
+    throttle: GuessThrottle
+    blobs: BlobStore
+    limiter: RateLimiter
+    #: Every label some served model predicts (what feedback may say).
+    labels: frozenset[str]
+    publisher: GroupCommit
+    live: LiveHub
+
+
+def services_of(connection: HTTPConnection) -> Services:
+    """The services of the app serving ``connection`` (a request or a WebSocket)."""
+    services: Services = connection.app.state.services
+    return services

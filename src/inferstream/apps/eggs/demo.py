@@ -1,0 +1,318 @@
+"""``inferstream example eggs``: the flagship end to end, with progress and a summary.
+
+Starts the eggs pipeline with ``inferstream up`` (supervised worker processes),
+waits until one warm-up scan comes out the other end, then lets the simulated
+scanners send the scans, prints a progress line every second, waits for the last
+result, and summarises: sent, stored, lost, doubled, accuracy against ground truth,
+throughput, and latency from scan creation to stored result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool, SendingStopped
+from inferstream.bus import open_bus
+from inferstream.envelope import new_id, now_us
+from inferstream.errors import BusFullError, ConfigError, InferstreamError
+from inferstream.pipeline import PipelineSpec, load_pipeline
+from inferstream.runner import ensure_topics
+from inferstream.store import ResultFilter, ResultsStore
+
+#: Give up waiting for the last results after this long without progress.
+STALL_TIMEOUT_S = 60.0
+#: The same once the bus refused scans: it likely refuses the stages' outputs too, so
+#: only the batches in flight can still land.
+STOPPED_STALL_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    scans: int = 20000
+    rate: float = 1000.0
+    workdir: Path = Path(".inferstream/eggs")
+    bus: str | None = None
+    store: str | None = None
+    summary_json: Path | None = None
+    pool: int = 512
+    tenant: str = "demo-hatchery"
+    #: HOST:PORT for the API and dashboard, or None to run the pipeline alone.
+    serve: str | None = "127.0.0.1:8000"
+    #: Keep pipeline and dashboard running after the summary, until Ctrl-C.
+    linger: bool = False
+    scanners: int = 8
+
+
+@dataclass(frozen=True)
+class Summary:
+    scans_sent: int
+    results_stored: int
+    lost: int
+    duplicates: int
+    accuracy: float
+    throughput_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    offered_rate_per_s: float
+
+
+def pipeline_spec(settings: DemoSettings) -> PipelineSpec:
+    work = settings.workdir.resolve()
+    spec = load_pipeline(APP.pipeline_path())
+    return spec.with_urls(
+        bus=settings.bus or f"sqlite:///{work / 'bus.db'}",
+        store=settings.store or f"sqlite:///{work / 'results.db'}",
+        blobs=f"file://{work / 'blobs'}",
+    )
+
+
+#: What the demo keeps in its workdir; a new run deletes these and nothing else.
+WORKDIR_FILES = ("bus.db", "bus.db-wal", "bus.db-shm", "results.db", "results.db-wal",
+                 "results.db-shm", "results.db.migrate-lock")  # fmt: skip
+
+
+def fresh_workdir(settings: DemoSettings) -> None:
+    """Each run starts from an empty embedded bus and store, so its figures are its own."""
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    for name in WORKDIR_FILES:
+        (settings.workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(settings.workdir / "blobs", ignore_errors=True)
+
+
+def start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "inferstream", "up", str(spec.source)]
+    argv += ["--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs]
+    argv += ["--serve", serve] if serve else []
+    env = dict(os.environ, INFERSTREAM_LOG_LEVEL=os.environ.get("INFERSTREAM_LOG_LEVEL", "WARNING"))
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, env=env)
+
+
+def _dashboard_login(store: ResultsStore, tenant: str, run: str) -> tuple[str, str]:
+    """A viewer account of this run for the dashboard: (username, random password)."""
+    from inferstream.api.accounts import Accounts
+    from inferstream.api.auth import hash_password
+
+    accounts = Accounts(store)
+    password = secrets.token_urlsafe(12)
+    if not accounts.tenant_exists(tenant):
+        accounts.create_tenant(tenant)
+    name = f"viewer-{run[:6]}"
+    accounts.create_user(tenant, name, hash_password(password), "viewer")
+    return f"{tenant}/{name}", password
+
+
+def _wait_ready(sim: ScannerSimulator, store: ResultsStore, proc: subprocess.Popen[bytes]) -> None:
+    """Send one warm-up scan (its own tenant) and wait for its result."""
+    warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm")
+    since = ResultFilter(since_us=now_us())
+    warm.emit(1)
+    deadline = time.monotonic() + 120
+    while store.count_results("warm-up", since) < 1:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the pipeline did not start; run 'inferstream up' on it to see why")
+        time.sleep(0.1)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float) -> Summary:
+    """Score this run's results (those of the emitted scans) against the ground truth.
+
+    ``duplicates`` counts eggs with more than one stored result: the store keys results
+    by scan id, so a double would mean a scan ingested twice under two ids.
+    """
+    latencies: list[float] = []
+    correct = rows = 0
+    seen: set[str] = set()
+    eggs: set[str | None] = set()
+    first_created, last_stored = float("inf"), 0
+    cursor: str | None = None
+    this_run = ResultFilter(since_us=min(emission.created_us.values(), default=0))
+    while True:
+        page = store.list_results(tenant, this_run, cursor=cursor, limit=1000)
+        for row in page.items:
+            if row.id not in emission.truth:
+                continue
+            rows += 1
+            seen.add(row.id)
+            eggs.add(row.egg_id)
+            latencies.append(row.latency_ms)
+            correct += emission.truth.get(row.id) == row.label
+            first_created = min(first_created, row.created_at_us)
+            last_stored = max(last_stored, row.stored_at_us)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    span_s = max((last_stored - first_created) / 1e6, 1e-9) if rows else float("nan")
+    sent = len(emission.truth)
+    return Summary(
+        scans_sent=sent,
+        results_stored=len(seen & emission.truth.keys()),
+        lost=len(emission.truth.keys() - seen),
+        duplicates=rows - len(eggs),
+        accuracy=correct / sent if sent else float("nan"),
+        throughput_per_s=rows / span_s,
+        latency_p50_ms=_percentile(latencies, 0.50),
+        latency_p99_ms=_percentile(latencies, 0.99),
+        offered_rate_per_s=rate,
+    )
+
+
+class Progress:
+    """Prints one progress line a second while scans flow."""
+
+    def __init__(self, store: ResultsStore, tenant: str, total: int) -> None:
+        self.store, self.tenant, self.total = store, tenant, total
+        self.sent = 0
+        self.started = time.monotonic()
+        # Results of scans created from now on: a store may hold earlier runs.
+        self.since = ResultFilter(since_us=now_us())
+        self.stop = threading.Event()
+
+    def line(self) -> tuple[int, str]:
+        stored = self.store.count_results(self.tenant, self.since)
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        text = (
+            f"  scans sent {self.sent:>7}/{self.total} | results stored {stored:>7} | "
+            f"{stored / elapsed:7.0f} results/s | {elapsed:5.1f}s"
+        )
+        return stored, text
+
+    def loop(self) -> None:
+        while not self.stop.wait(1.0):
+            print(self.line()[1], flush=True)
+
+
+def _wait_for_results(progress: Progress, expected: int, stall_s: float) -> None:
+    best, best_at = -1, time.monotonic()
+    while True:
+        stored, _ = progress.line()
+        if stored >= expected:
+            return
+        if stored > best:
+            best, best_at = stored, time.monotonic()
+        elif time.monotonic() - best_at > stall_s:
+            print(f"no new results for {stall_s:.0f}s; summarising what arrived")
+            return
+        time.sleep(0.2)
+
+
+def check_port_free(serve: str) -> None:
+    """Fail before anything starts when the API's address is taken, with what to do."""
+    host, _, port = serve.rpartition(":")
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, int(port)))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot serve the dashboard on {serve} ({exc}); pick another address with "
+                "--serve HOST:PORT, or run without it using --no-serve"
+            ) from exc
+
+
+def run_demo(settings: DemoSettings) -> Summary:
+    if settings.serve:
+        check_port_free(settings.serve)
+    fresh_workdir(settings)
+    spec = pipeline_spec(settings)
+    bus = open_bus(spec.bus)
+    ensure_topics(bus, spec)
+    store = ResultsStore(spec.store)
+    print(f"rendering {settings.pool} distinct MRI scans as DICOM (done once, up front)...")
+    pool = ScanPool.build(settings.pool, progress=lambda d, t: print(f"  {d}/{t} scans rendered"))
+    run = new_id()
+    login = _dashboard_login(store, settings.tenant, run) if settings.serve else None
+    proc = start_pipeline(spec, settings.serve)
+    try:
+        sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
+                               tenant=settings.tenant, run=run,
+                               scanners=settings.scanners)  # fmt: skip
+        print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
+        _wait_ready(sim, store, proc)
+        if settings.serve and login:
+            print(f"dashboard: http://{settings.serve}/dashboard  (log in as {login[0]}, "
+                  f"password {login[1]})")  # fmt: skip
+        summary = _send_and_summarise(sim, store, settings, spec.bus)
+        if settings.linger:
+            _linger(proc, settings.serve)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        bus.close()
+        store.close()
+    return summary
+
+
+def _send_and_summarise(
+    sim: ScannerSimulator, store: ResultsStore, settings: DemoSettings, bus: str
+) -> Summary:
+    """Send the scans, wait for their results and print the summary.
+
+    When the bus refuses scans the sending stops; the summary still counts what the
+    bus accepted, and only then the error saying why is raised.
+    """
+    print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
+    progress = Progress(store, settings.tenant, settings.scans)
+    threading.Thread(target=progress.loop, daemon=True).start()
+    stopped: SendingStopped | None = None
+    try:
+        emission = sim.emit(settings.scans, lambda e: setattr(progress, "sent", len(e.truth)))
+    except SendingStopped as exc:
+        emission, stopped = exc.emission, exc
+    progress.sent = len(emission.truth)
+    stall_s = STALL_TIMEOUT_S if stopped is None else STOPPED_STALL_TIMEOUT_S
+    _wait_for_results(progress, len(emission.truth), stall_s)
+    progress.stop.set()
+    summary = summarise(store, settings.tenant, emission, settings.rate)
+    _report(summary, settings.summary_json)
+    if stopped is not None:
+        raise _cut_short(stopped, bus, settings.scans)
+    return summary
+
+
+def _cut_short(stopped: SendingStopped, bus: str, total: int) -> InferstreamError:
+    """The error ending a run whose scans the bus refused, with what to do."""
+    if not isinstance(stopped.cause, BusFullError):
+        return stopped
+    return BusFullError(
+        f"the bus's disk is full ({bus}): the scanners stopped after "
+        f"{len(stopped.emission.truth)} of {total} scans; free space there, or run again "
+        "with --workdir (or --bus) on a bigger disk"
+    )
+
+
+def _linger(proc: subprocess.Popen[bytes], serve: str | None) -> None:
+    where = f" and the dashboard at http://{serve}/dashboard" if serve else ""
+    print(f"\nthe pipeline keeps running{where}; press Ctrl-C to stop")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        print("stopping: workers drain their batches...")
+
+
+def _report(summary: Summary, path: Path | None) -> None:
+    print("\nsummary")
+    for key, value in asdict(summary).items():
+        shown = f"{value:.4f}" if isinstance(value, float) and key == "accuracy" else value
+        shown = f"{value:.1f}" if isinstance(value, float) and key != "accuracy" else shown
+        print(f"  {key:20} {shown}")
+    if path is not None:
+        path.write_text(json.dumps(asdict(summary), indent=2) + "\n")
+        print(f"summary written to {path}")

@@ -1,0 +1,75 @@
+"""DICOM Part 10 files of any modality, through pydicom (the pylibjpeg plugins decode
+compressed pixel data).
+
+Generic: one frame of greyscale or colour pixels within the size limits, read from
+the header before the pixels are decoded. What an application demands beyond that
+(the modality, identifiers, an acquisition contract) is the application's check,
+which takes this one's place for its uploads (see :func:`inferstream.codecs.check`).
+The 128-byte preamble, free space where a DICOM/PE polyglot keeps an executable
+header, is zeroed before anything is checked or kept.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+
+from inferstream.codecs.limits import Checked, ImageLimits, check_dimensions
+from inferstream.errors import InvalidInput
+
+CONTENT_TYPE = "application/dicom"
+#: pydicom's warning filters are process-global: threads take turns changing them.
+_WARNINGS = threading.Lock()
+
+
+def sniff(data: bytes) -> bool:
+    return data[128:132] == b"DICM"
+
+
+def blank_preamble(data: bytes) -> bytes:
+    return bytes(128) + data[128:] if sniff(data) else data
+
+
+def check(data: bytes, limits: ImageLimits) -> Checked:
+    dataset = _read(data, pixels=False)
+    rows, cols = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    check_dimensions(cols, rows, limits)
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise InvalidInput(f"DICOM holds {frames} frames; send one image per file")
+    pixels = decode(data)
+    if pixels.shape[:2] != (rows, cols):
+        raise InvalidInput(
+            f"DICOM pixel data decoded to {pixels.shape}, the header says {rows}x{cols}"
+        )
+    modality = str(dataset.get("Modality", ""))
+    return Checked(data, CONTENT_TYPE, {"width": str(cols), "height": str(rows),
+                                        "modality": modality})  # fmt: skip
+
+
+def decode(data: bytes) -> np.ndarray:
+    dataset = _read(data, pixels=True)
+    try:
+        with _WARNINGS, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(dataset.pixel_array)
+    except Exception as exc:  # pydicom and its plugins raise many types on damage
+        raise InvalidInput(f"DICOM pixel data is unreadable: {exc!s:.300}") from exc
+
+
+def _read(data: bytes, *, pixels: bool) -> Any:
+    import pydicom
+
+    try:
+        with _WARNINGS, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+    except Exception as exc:  # a zoo of exception types, all meaning "unusable"
+        raise InvalidInput(f"DICOM is unreadable ({type(exc).__name__}): {exc!s:.300}") from exc
+    if pixels and "PixelData" not in dataset:
+        raise InvalidInput("DICOM holds no pixel data; send an image")
+    return dataset

@@ -1,0 +1,60 @@
+"""Pipeline definitions: a YAML file or the same dataclasses built in Python.
+
+A pipeline names its bus, results store and blob store by URL, declares the
+topics fed from outside (ingest), and lists stages. Each stage reads one topic as
+a consumer group, runs its steps fused on every micro-batch, and writes one topic
+(or none, for a sink). Example::
+
+    name: eggs
+    bus: sqlite:///.inferstream/bus.db        # or kafka://127.0.0.1:9092
+    store: sqlite:///.inferstream/results.db  # or postgresql+psycopg://...
+    blobs: file://.inferstream/blobs
+    claim_check_kb: 256                       # larger payloads go to the blob store
+    topics:
+      scans.raw: {partitions: 4, retention_hours: 24}
+    stages:
+      - name: classify
+        input: scans.raw
+        output: scans.predicted
+        steps: [decode_dicom, preprocess_scan, {step: classify, model: egg_sexing}]
+        batch: {max_size: 64, max_wait_ms: 5}
+        replicas: 2
+      - name: store
+        input: scans.predicted
+        steps: [store_results]
+
+Three modules, each importing only those before it:
+
+- :mod:`~inferstream.pipeline.spec` — the frozen dataclasses and their defaults.
+- :mod:`~inferstream.pipeline.parse` — a mapping to a spec; wiring checks and warnings.
+- :mod:`~inferstream.pipeline.load` — the YAML file, its line numbers, ``${VAR}``.
+"""
+
+from __future__ import annotations
+
+from inferstream.pipeline.load import load_pipeline
+from inferstream.pipeline.parse import validate, wiring_warnings
+from inferstream.pipeline.spec import (
+    DEFAULT_BLOBS,
+    DEFAULT_BUS,
+    DEFAULT_CLAIM_CHECK_BYTES,
+    DEFAULT_STORE,
+    BatchSettings,
+    PipelineSpec,
+    StageSpec,
+    StepSpec,
+)
+
+__all__ = [
+    "DEFAULT_BLOBS",
+    "DEFAULT_BUS",
+    "DEFAULT_CLAIM_CHECK_BYTES",
+    "DEFAULT_STORE",
+    "BatchSettings",
+    "PipelineSpec",
+    "StageSpec",
+    "StepSpec",
+    "load_pipeline",
+    "validate",
+    "wiring_warnings",
+]

@@ -1,0 +1,175 @@
+"""The flagship end to end: simulated scanners -> eggs pipeline -> results store.
+
+Runs ``inferstream example eggs`` itself (supervised worker processes) on the embedded
+defaults, and on the Kafka-protocol broker with PostgreSQL; every scan must get
+exactly one result and accuracy must beat the goal. Malformed DICOM must end as dead
+letters with reasons while the stage keeps flowing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.dicomgen import to_dicom_bytes
+from inferstream.apps.eggs.phantom import make_specs, render_batch
+from inferstream.bus import Record, open_bus
+from inferstream.envelope import new_envelope
+from inferstream.pipeline import load_pipeline
+from inferstream.store import ResultsStore
+from inferstream.testing import pipeline_threads
+
+ACCURACY_GOAL = 0.98
+
+
+def run_example(tmp_path: Path, *extra: str) -> dict[str, float]:
+    summary = tmp_path / "summary.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "inferstream", "example", "eggs",
+            "--scans", "800", "--rate", "400", "--pool", "128", "--no-serve", "--no-linger",
+            "--workdir", str(tmp_path / "work"), "--tenant", f"t-{uuid.uuid4().hex[:8]}",
+            "--summary-json", str(summary), *extra,
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "results stored" in done.stdout, "no progress line was printed"
+    result: dict[str, float] = json.loads(summary.read_text())
+    return result
+
+
+def check_summary(summary: dict[str, float]) -> None:
+    assert summary["scans_sent"] == 800
+    assert summary["results_stored"] == 800
+    assert summary["lost"] == 0 and summary["duplicates"] == 0
+    assert summary["accuracy"] >= ACCURACY_GOAL
+    assert 0 < summary["latency_p50_ms"] <= summary["latency_p99_ms"]
+    assert summary["throughput_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_flagship_on_the_embedded_defaults(tmp_path: Path) -> None:
+    check_summary(run_example(tmp_path))
+
+
+@pytest.mark.slow
+def test_flagship_on_kafka_and_postgresql(
+    tmp_path: Path, kafka_url: str, postgres_url: str
+) -> None:
+    check_summary(run_example(tmp_path, "--bus", kafka_url, "--store", postgres_url))
+
+
+def _bad_scans() -> dict[str, bytes]:
+    [spec] = make_specs(1, seed=3)
+    good = to_dicom_bytes(render_batch([spec])[0], spec)
+    ct = good.replace(b"MR", b"CT", 1)
+    return {
+        "truncated": good[: len(good) // 2],
+        "wrong modality": ct,
+        "missing pixel data": good[: good.rfind(b"\xe0\x7f\x10\x00")],
+        "absurd dimensions": _with_rows(good, 60000),
+        "not dicom": b"GIF89a" + b"\x00" * 200,
+    }
+
+
+def _with_rows(data: bytes, rows: int) -> bytes:
+    tag = b"\x28\x00\x10\x00US\x02\x00"  # (0028,0010) Rows, explicit VR little endian
+    at = data.index(tag) + len(tag)
+    return data[:at] + rows.to_bytes(2, "little") + data[at + 2 :]
+
+
+def test_malformed_dicom_ends_as_dead_letters_and_good_scans_flow(tmp_path: Path) -> None:
+    spec = load_pipeline(APP.pipeline_path()).with_urls(
+        bus=f"sqlite:///{tmp_path / 'bus.db'}",
+        store=f"sqlite:///{tmp_path / 'results.db'}",
+        blobs=f"file://{tmp_path / 'blobs'}",
+    )
+    specs = make_specs(40, seed=5)
+    good = [
+        new_envelope(to_dicom_bytes(img, s), "application/dicom", tenant="farm", key=s.egg_id)
+        for s, img in zip(specs, render_batch(specs), strict=True)
+    ]
+    bad = {
+        reason: new_envelope(data, "application/dicom", tenant="farm", key=reason)
+        for reason, data in _bad_scans().items()
+    }
+    bus = open_bus(spec.bus)
+    store = ResultsStore(spec.store)
+    try:
+        with pipeline_threads(spec, replicas=1):
+            mixed = good[:20] + list(bad.values()) + good[20:]
+            bus.produce(
+                "scans.raw",
+                [Record(e.partition_key.encode(), e.SerializeToString()) for e in mixed],
+            )
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                letters = store.list_dead_letters("farm", limit=100).items
+                if store.count_results("farm") >= len(good) and len(letters) >= len(bad):
+                    break
+                time.sleep(0.2)
+        assert {r.id for r in store.list_results("farm", limit=100).items} == {e.id for e in good}
+        letters = {d.id: d for d in store.list_dead_letters("farm", limit=100).items}
+    finally:
+        bus.close()
+        store.close()
+    expected_words = {
+        "truncated": "truncated",
+        "wrong modality": "CT",
+        "missing pixel data": "pixel data",
+        "absurd dimensions": "60000",
+        "not dicom": "DICOM",
+    }
+    for reason, env in bad.items():
+        letter = letters[env.id]
+        assert letter.error_type == "InvalidScan" and letter.stage == "classify"
+        assert expected_words[reason].lower() in letter.message.lower(), (reason, letter.message)
+
+
+def _retained(bus_files: Path, copy: Path, topic: str) -> int:
+    """Messages on ``topic`` of the embedded bus in ``bus_files``, read from a copy."""
+    copy.mkdir()
+    for name in ("bus.db", "bus.db-wal"):
+        if (bus_files / name).exists():
+            shutil.copy(bus_files / name, copy / name)
+    bus = open_bus(f"sqlite:///{copy / 'bus.db'}")
+    try:
+        return sum(p.high - p.low for p in bus.partitions(topic))
+    finally:
+        bus.close()
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_demo_with_its_summary_and_what_to_do(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    summary_file = tmp_path / "summary.json"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "inferstream", "example", "eggs",
+            "--scans", "400", "--rate", "400", "--pool", "32", "--no-serve", "--no-linger",
+            "--workdir", str(small_disk), "--summary-json", str(summary_file),
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    output = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 2, output
+    assert "\nsummary\n" in done.stdout, output
+    summary = json.loads(summary_file.read_text())
+    # Sent means accepted by the bus (the warm-up scan is the one more it holds).
+    assert 0 < summary["scans_sent"] < 400
+    assert _retained(small_disk, tmp_path / "bus", "scans.raw") == summary["scans_sent"] + 1
+    assert summary["results_stored"] + summary["lost"] == summary["scans_sent"]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("inferstream example: error: "), output
+    assert "disk is full" in last and "--workdir" in last, last
+    assert "Traceback" not in done.stderr, output

@@ -1,0 +1,69 @@
+"""Applications declare themselves in one AppSpec; the core finds them by entry point
+or registration, and takes steps, models and pipeline files from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inferstream.application import (
+    AppSpec,
+    Attribute,
+    Head,
+    Label,
+    Ratio,
+    app_named,
+    find_model,
+    installed_apps,
+    register_app,
+)
+from inferstream.errors import ConfigError
+from inferstream.pipeline import load_pipeline, validate
+from inferstream.steps import resolve_factory
+
+SEX = Head("sex", (Label("female", "#e69f00"), Label("male", "#0072b2")))
+
+
+def test_the_bundled_eggs_app_is_found_through_its_entry_point() -> None:
+    eggs = installed_apps()["eggs"]
+    assert eggs.subject == "egg_id" and eggs.group == "tray"
+    assert eggs.head("sex").label_names == ("female", "male", "not_developing")
+    assert eggs.pipeline_path().name == "eggs.yaml" and eggs.pipeline_path().is_file()
+    assert find_model("egg_sexing") == eggs.models_dir
+    assert eggs.client_attributes == ("tray", "scanner")
+
+
+def test_a_declaration_that_contradicts_itself_is_refused() -> None:
+    with pytest.raises(ConfigError, match="'egg' is named as subject"):
+        AppSpec(name="x", title="X", package=__name__, subject="egg", heads=(SEX,))
+    with pytest.raises(ConfigError, match="does not have"):
+        AppSpec(
+            name="x", title="X", package=__name__, subject="egg", heads=(SEX,),
+            attributes=(Attribute("egg"),), ratios=(Ratio("r", "sex", "rooster"),),
+        )  # fmt: skip
+
+
+def test_an_unknown_app_names_the_installed_ones() -> None:
+    with pytest.raises(ConfigError, match=r"installed: .*eggs"):
+        app_named("no-such-app")
+
+
+def test_a_registered_app_lends_its_steps_to_pipeline_files(tmp_path: Path) -> None:
+    register_app(
+        AppSpec(
+            name="lending", title="Lending", package=__name__, subject="item",
+            attributes=(Attribute("item"),), heads=(SEX,),
+            steps={"shout": "inferstream.builtin_steps:tag"},
+        )
+    )  # fmt: skip
+    assert resolve_factory("shout", app_named("lending").steps).__name__ == "tag"
+    file = tmp_path / "p.yaml"
+    file.write_text(
+        "name: p\napp: lending\ntopics: {in: {partitions: 1}}\n"
+        "stages:\n  - {name: s, input: in, steps: [shout]}\n"
+    )
+    validate(load_pipeline(file))  # the app's step is known
+    file.write_text(file.read_text().replace("app: lending", "app: nowhere"))
+    with pytest.raises(ConfigError, match="no application 'nowhere'"):
+        validate(load_pipeline(file))
