@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 from inferstream.api.live_hub import LiveHub
+from inferstream.apps.eggs import APP
 from inferstream.envelope import now_us
 from inferstream.store import ResultRow, ResultsStore
 
@@ -56,7 +57,7 @@ def main() -> None:
         start = now_us() - args.history_s * 1_000_000
         for s in range(args.history_s):
             store.upsert_results(rows_for_second(start + s * 1_000_000, args.rate, s * args.rate))
-        hub = LiveHub(store)
+        hub = LiveHub(store, APP)
         began = time.perf_counter()
         snapshot = hub.tick([TENANT])[TENANT]
         first_s = time.perf_counter() - began

@@ -168,9 +168,10 @@ class ClassifyStep(Step):
 
     name = "classify"
 
-    def __init__(self, model: Model, role: ModelRole) -> None:
+    def __init__(self, model: Model, role: ModelRole, head: str = "") -> None:
         self.model = model
         self.role = role
+        self.head = head
 
     def _input(self, env: Envelope) -> F32:
         if env.payload.WhichOneof("body") != "tensor":
@@ -211,6 +212,7 @@ class ClassifyStep(Step):
                 model_name=info.name,
                 model_version=info.version,
                 role=self.role,
+                head=self.head,
                 label=label,
                 scores={name: float(p) for name, p in zip(info.labels, probs, strict=True)},
                 predicted_at_us=stamp,
@@ -220,9 +222,16 @@ class ClassifyStep(Step):
         return out
 
 
-def classify_step(context: StepContext, model: str = "", role: str = DEFAULT_ROLE) -> ClassifyStep:
+def classify_step(
+    context: StepContext, model: str = "", role: str = DEFAULT_ROLE, head: str = ""
+) -> ClassifyStep:
     """Step factory (``classify`` in a pipeline file): ``model`` is a name an installed
-    application ships in its ``models/`` folder, or a path to ``<name>.onnx``."""
+    application ships in its ``models/`` folder, or a path to ``<name>.onnx``; ``head``
+    the application's prediction head it answers (default: the application's first).
+
+    With an application, a model whose labels its head lacks is refused at start, not
+    discovered record by record in the store.
+    """
     if not model:
         raise ConfigError(
             f"classify step in stage {context.stage!r} names no model; write "
@@ -233,7 +242,18 @@ def classify_step(context: StepContext, model: str = "", role: str = DEFAULT_ROL
             f"classify step in stage {context.stage!r}: role must be one of "
             f"{sorted(ROLES)}, got {role!r}"
         )
-    return ClassifyStep(load_model(model), ROLES[role])
+    loaded = load_model(model)
+    if context.app is None:
+        return ClassifyStep(loaded, ROLES[role], head)
+    answered = context.app.head(head) if head else context.app.heads[0]
+    strangers = sorted(set(loaded.info.labels) - set(answered.label_names))
+    if strangers:
+        raise ConfigError(
+            f"classify step in stage {context.stage!r}: model {loaded.info.name} predicts "
+            f"{', '.join(strangers)}, which head {answered.name!r} of application "
+            f"{context.app.name!r} does not have; pick the model that answers it"
+        )
+    return ClassifyStep(loaded, ROLES[role], answered.name)
 
 
 __all__ = [

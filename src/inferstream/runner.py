@@ -45,14 +45,16 @@ def apply_retention(spec: PipelineSpec) -> int:
 
 
 def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[Step]:
+    app = app_named(spec.app) if spec.app else None
     context = StepContext(
         pipeline=spec.name,
         stage=stage.name,
         worker=worker_id,
         store_url=spec.store,
         blobs=open_blob_store(spec.blobs),
+        app=app,
     )
-    app_steps = app_named(spec.app).steps if spec.app else {}
+    app_steps = app.steps if app else {}
     return [build_step(step.ref, context, step.params, app_steps) for step in stage.steps]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from inferstream.application import AppSpec
 from inferstream.blobs import BlobStore
 from inferstream.envelope import Envelope
 from inferstream.errors import ConfigError
@@ -39,6 +40,8 @@ class StepContext:
     worker: str = ""
     store_url: str | None = None
     blobs: BlobStore | None = None
+    #: The application the pipeline serves (``app:`` in the file), when it names one.
+    app: AppSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

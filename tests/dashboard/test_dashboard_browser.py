@@ -18,6 +18,8 @@ import pytest
 from dashboard_world import PASSWORD, DashboardWorld, running_world
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from inferstream.apps.eggs import APP
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
     "--headless",
@@ -175,8 +177,16 @@ def test_charts_render_with_data(pages: Pages, world: DashboardWorld) -> None:
         assert chart["painted"] > 1000, chart["id"]
         assert all(chart["axes"]), chart["id"]
     assert "ms" in " ".join(by_id["chart-throughput"]["axes"])
-    kpi = page.locator("#kpi-female").inner_text()
+    kpi = page.locator("#kpi-ratio").inner_text()
     assert kpi.endswith("%")
+    # The page takes its words and colours from the application's declaration.
+    assert page.locator("#kpi-ratio-title").inner_text() == "Female ratio"
+    assert page.locator("#mix-title").inner_text() == "Prediction mix per tray"
+    assert page.locator("#col-subject").inner_text() == "Egg"
+    legend = page.evaluate(
+        "() => Chart.getChart('chart-mix').data.datasets.map(d => [d.label, d.backgroundColor])"
+    )
+    assert legend == [[label.shown, label.colour] for label in APP.heads[0].labels]
     accuracy = page.locator("#table-accuracy tbody tr")
     assert accuracy.count() >= 1
     assert "classify" in page.locator("#table-stages").inner_text()

@@ -11,16 +11,21 @@ from inferstream.api.live_aggregate import (
     RateMeter,
     ScanPoint,
     TenantWindow,
+    View,
     build_snapshot,
     confidence_histogram,
+    group_mix,
     latency_bin,
     latency_quantile,
     series,
-    tray_mix,
     window_totals,
 )
+from inferstream.apps.eggs import APP
 
 NOW_S = 1_800_000_000
+
+
+EGGS = View.of(APP)
 
 
 def point(
@@ -30,10 +35,10 @@ def point(
     latency: float = 10.0,
     label: str = "female",
     confidence: float = 0.9,
-    tray: str | None = "TRAY-1",
+    group: str | None = "TRAY-1",
 ) -> ScanPoint:
     at = second * US_PER_S + n % US_PER_S
-    return ScanPoint(f"scan-{n}", at, latency, label, confidence, tray)
+    return ScanPoint(f"scan-{n}", at, latency, label, confidence, group)
 
 
 def test_points_land_in_their_second_and_redelivered_rows_count_once() -> None:
@@ -91,7 +96,7 @@ def test_late_row_for_an_older_second_keeps_buckets_ordered() -> None:
 def test_latency_quantiles_are_within_the_histogram_resolution(q: float, exact: float) -> None:
     window = TenantWindow(NOW_S * US_PER_S)
     window.add([point(i, NOW_S - 1, latency=float(i)) for i in range(1, 1001)])
-    totals = window_totals(window, NOW_S)
+    totals = window_totals(window, NOW_S, EGGS)
     estimate = totals["p50_ms" if q == 0.5 else "p99_ms"]
     # 20 bins per decade: a bin spans 12 %, its middle is within 6 % of any value in it.
     assert estimate == pytest.approx(exact, rel=0.07)
@@ -103,15 +108,15 @@ def test_latency_histogram_clamps_extremes() -> None:
     assert latency_quantile({}, 0.5) is None
 
 
-def test_totals_give_label_mix_female_ratio_and_recent_rate() -> None:
+def test_totals_give_label_mix_declared_ratio_and_recent_rate() -> None:
     window = TenantWindow(NOW_S * US_PER_S)
     labels = ["female"] * 6 + ["male"] * 3 + ["not_developing"]
     window.add([point(i, NOW_S - 1 - i, label=label) for i, label in enumerate(labels)])
     window.add([point(100, NOW_S - 60, label="male")])
-    totals = window_totals(window, NOW_S, recent_s=10)
+    totals = window_totals(window, NOW_S, EGGS, recent_s=10)
     assert totals["scans"] == 11
     assert totals["labels"] == {"female": 6, "male": 4, "not_developing": 1}
-    assert totals["female_ratio"] == pytest.approx(6 / 11, abs=1e-4)
+    assert totals["ratios"]["female_ratio"] == pytest.approx(6 / 11, abs=1e-4)
     assert totals["throughput_per_s"] == 1.0  # 10 scans in the last 10 s
 
 
@@ -125,19 +130,20 @@ def test_confidence_histogram_has_ten_bins_and_puts_one_in_the_last() -> None:
     assert histogram["counts"] == [1, 0, 0, 2, 0, 0, 0, 0, 0, 3]
 
 
-def test_active_trays_are_the_most_recent_sorted_by_name() -> None:
+def test_active_groups_are_the_most_recent_sorted_by_name() -> None:
     window = TenantWindow(NOW_S * US_PER_S)
-    window.add([point(i, NOW_S - 20 + i, tray=f"TRAY-{i:02d}") for i in range(20)])
-    assert window.active_trays(limit=3) == ["TRAY-17", "TRAY-18", "TRAY-19"]
+    window.add([point(i, NOW_S - 20 + i, group=f"TRAY-{i:02d}") for i in range(20)])
+    assert window.active_groups(limit=3) == ["TRAY-17", "TRAY-18", "TRAY-19"]
 
 
-def test_tray_mix_folds_groups_in_label_order() -> None:
-    mix = tray_mix(
-        [("T2", "male", 3), ("T1", "female", 2), ("T1", "not_developing", 2), ("T2", "odd", 1)]
+def test_group_mix_folds_groups_in_the_declared_label_order() -> None:
+    mix = group_mix(
+        [("T2", "male", 3), ("T1", "female", 2), ("T1", "not_developing", 2), ("T2", "odd", 1)],
+        EGGS,
     )
-    assert [tray["tray"] for tray in mix] == ["T1", "T2"]
+    assert [group["group"] for group in mix] == ["T1", "T2"]
     assert mix[0]["counts"] == {"female": 2, "male": 0, "not_developing": 2}
-    assert mix[0]["female_ratio"] == 0.5
+    assert mix[0]["ratios"] == {"female_ratio": 0.5}
     assert list(mix[1]["counts"]) == ["female", "male", "not_developing", "odd"]
     assert mix[1]["total"] == 4
 
@@ -170,9 +176,14 @@ def test_snapshot_is_json_and_its_size_does_not_grow_with_the_scan_rate() -> Non
         ]
         window.add(points)
         snapshot = build_snapshot(
-            "acme", NOW_S * US_PER_S, window, trays=[], accuracy=[], stages=[], newest=[]
-        )
+            "acme", NOW_S * US_PER_S, window, app=APP, groups=[], accuracy=[], stages=[],
+            newest=[],
+        )  # fmt: skip
         assert snapshot["tenant"] == "acme"
+        assert [label["colour"] for label in snapshot["app"]["labels"]] == [
+            label.colour for label in APP.heads[0].labels
+        ]
+        assert snapshot["app"]["ratios"] == [{"name": "female_ratio", "title": "Female ratio"}]
         assert snapshot["totals"]["scans"] == 300 * per_second
         sizes.append(len(json.dumps(snapshot)))
     # Only digits of the counts change: the message stays the same order of size.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from inferstream.api.live_hub import LiveHub
+from inferstream.apps.eggs import APP
 from inferstream.bus import Record, open_bus
 from inferstream.envelope import now_us
 from inferstream.pipeline import PipelineSpec, StageSpec, StepSpec
@@ -51,22 +52,22 @@ def test_each_tenant_gets_only_its_own_rows(store: ResultsStore, make_row: RowFa
         [make_row(A, label=label, tray=f"TRAY-A{i % 2}") for i, label in enumerate(labels)]
         + [make_row(B, label="male", tray="TRAY-B") for _ in range(3)]
     )
-    hub = LiveHub(store)
+    hub = LiveHub(store, APP)
     snaps = _snapshots(hub)
     a, b = snaps[A], snaps[B]
     assert a["tenant"] == A and b["tenant"] == B
     assert a["totals"]["scans"] == 4 and b["totals"]["scans"] == 3
     assert {scan["id"].split("-scan-")[0] for scan in a["newest"]} == {A}
     assert {scan["id"].split("-scan-")[0] for scan in b["newest"]} == {B}
-    assert [tray["tray"] for tray in a["trays"]] == ["TRAY-A0", "TRAY-A1"]
-    assert [tray["tray"] for tray in b["trays"]] == ["TRAY-B"]
-    assert a["totals"]["female_ratio"] == 0.5
+    assert [group["group"] for group in a["groups"]] == ["TRAY-A0", "TRAY-A1"]
+    assert [group["group"] for group in b["groups"]] == ["TRAY-B"]
+    assert a["totals"]["ratios"]["female_ratio"] == 0.5
     assert sum(a["confidence"]["counts"]) == 4
 
 
 def test_a_second_tick_counts_only_new_rows(store: ResultsStore, make_row: RowFactory) -> None:
     store.upsert_results([make_row(A) for _ in range(5)])
-    hub = LiveHub(store)
+    hub = LiveHub(store, APP)
     assert _snapshots(hub)[A]["totals"]["scans"] == 5
     store.upsert_results([make_row(A) for _ in range(2)])
     second = _snapshots(hub)[A]
@@ -78,11 +79,11 @@ def test_a_second_tick_counts_only_new_rows(store: ResultsStore, make_row: RowFa
 def test_newest_table_holds_twenty_newest_first(store: ResultsStore, make_row: RowFactory) -> None:
     base = now_us() - 10_000_000
     store.upsert_results([make_row(A, stored_at_us=base + i * 1000) for i in range(30)])
-    newest = _snapshots(LiveHub(store))[A]["newest"]
+    newest = _snapshots(LiveHub(store, APP))[A]["newest"]
     assert len(newest) == 20
     times = [scan["stored_at_us"] for scan in newest]
     assert times == sorted(times, reverse=True)
-    assert set(newest[0]) >= {"id", "egg_id", "tray", "label", "confidence", "model_version"}
+    assert set(newest[0]) >= {"id", "subject", "group", "label", "confidence", "model_version"}
 
 
 def test_accuracy_and_dead_letters_are_per_tenant(
@@ -93,7 +94,7 @@ def test_accuracy_and_dead_letters_are_per_tenant(
     store.add_feedback(A, str(rows[0].egg_id), "female")
     store.add_feedback(A, str(rows[1].egg_id), "female")
     store.write_batch(dead_letters=[_dead_letter(A, i, "classify") for i in range(3)])
-    snaps = _snapshots(LiveHub(store, _pipeline()))
+    snaps = _snapshots(LiveHub(store, APP, _pipeline()))
     accuracy = snaps[A]["accuracy"]
     assert [(x["model_version"], x["labelled"], x["correct"]) for x in accuracy] == [
         ("1.0.0", 2, 1)
@@ -115,7 +116,7 @@ def test_stage_lag_and_rate_come_from_the_bus(
         for topic in ("scans.raw", "scans.predicted"):
             bus.create_topic(topic, 2)
         bus.produce("scans.raw", [Record(f"k{i}".encode(), b"x") for i in range(6)])
-        hub = LiveHub(store, _pipeline(), bus)
+        hub = LiveHub(store, APP, _pipeline(), bus)
         first = {s["name"]: s for s in _snapshots(hub)[A]["stages"]}
         assert first["classify"]["lag"] == 6
         assert first["store"]["lag"] == 0

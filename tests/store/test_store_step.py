@@ -170,3 +170,47 @@ def test_data_the_database_refuses_is_not_a_transient_error(
             assert step.process([poisoned]) == [poisoned]
     finally:
         step.close()
+
+
+def test_records_are_held_to_their_applications_declaration(
+    store_url: str, tenants: tuple[str, str]
+) -> None:
+    from inferstream.apps.eggs import APP
+
+    acme, _ = tenants
+    good = classified(acme, "EGG-1")
+    no_subject = classified(acme, "")
+    bad_day = classified(acme, "EGG-3")
+    bad_day.attributes["incubation_day"] = "twelve"
+    stranger = classified(acme, "EGG-4")
+    stranger.predictions[0].label = "rooster"
+    wrong_head = classified(acme, "EGG-5")
+    wrong_head.predictions[0].head = "colour"
+    ctx = StepContext(pipeline="eggs", stage="store", store_url=store_url, app=APP)
+    step = build_step("store_results", ctx, {})
+    try:
+        outcomes = step.process([good, no_subject, bad_day, stranger, wrong_head])
+    finally:
+        step.close()
+    assert outcomes[0] is good
+    reasons = [str(outcome) for outcome in outcomes[1:]]
+    assert all(isinstance(outcome, InvalidInput) for outcome in outcomes[1:])
+    assert "no 'egg_id'" in reasons[0]
+    assert "'incubation_day' is 'twelve', not int" in reasons[1]
+    assert "'rooster'" in reasons[2] and "head 'sex'" in reasons[2]
+    assert "head 'colour'" in reasons[3]
+    with ResultsStore(store_url) as store:
+        assert store.count_results(acme) == 1  # only the good one; the rest dead-letter
+
+
+def test_a_model_whose_labels_the_head_lacks_is_refused_at_start() -> None:
+    from inferstream.application import AppSpec, Attribute, Head, Label
+
+    app = AppSpec(
+        name="two-labels", title="T", package=__name__, subject="item",
+        attributes=(Attribute("item"),),
+        heads=(Head("sex", (Label("female", "#000"), Label("male", "#fff"))),),
+    )  # fmt: skip
+    ctx = StepContext(pipeline="p", stage="classify", app=app)
+    with pytest.raises(ConfigError, match="not_developing"):
+        build_step("classify", ctx, {"model": "egg_sexing"})

@@ -88,7 +88,7 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("model_name", "model_version", "role", "label", "scores", "predicted_at_us")
+    __slots__ = ("model_name", "model_version", "role", "label", "scores", "predicted_at_us", "head")
     class ScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -102,13 +102,15 @@ class Prediction(_message.Message):
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_AT_US_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     role: ModelRole
     label: str
     scores: _containers.ScalarMap[str, float]
     predicted_at_us: int
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., role: _Optional[_Union[ModelRole, str]] = ..., label: _Optional[str] = ..., scores: _Optional[_Mapping[str, float]] = ..., predicted_at_us: _Optional[int] = ...) -> None: ...
+    head: str
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., role: _Optional[_Union[ModelRole, str]] = ..., label: _Optional[str] = ..., scores: _Optional[_Mapping[str, float]] = ..., predicted_at_us: _Optional[int] = ..., head: _Optional[str] = ...) -> None: ...
 
 class LineageStep(_message.Message):
     __slots__ = ("stage", "at_us", "worker")

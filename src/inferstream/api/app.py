@@ -126,9 +126,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = ResultsStore(spec.store, pool_size=20, max_overflow=20)
         stack.callback(store.close)
         accounts = Accounts(store)
+        application = settings.application()
         services = Services(
             settings=settings,
-            app=settings.application(),
+            app=application,
             bus=bus,
             store=store,
             accounts=accounts,
@@ -137,7 +138,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
             labels=served_labels(spec),
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
-            live=LiveHub(store, spec, bus),
+            live=LiveHub(store, application, spec, bus),
         )
         app.state.services = services
         refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))

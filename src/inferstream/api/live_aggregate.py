@@ -21,8 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Class labels of the flagship model, in the contract's order.
-LABELS = ("female", "male", "not_developing")
+from inferstream.application import AppSpec
+
 WINDOW_S = 300
 CONFIDENCE_BINS = 10
 #: Latency histogram: 20 log-spaced bins per decade from 0.1 ms to 1,000 s.
@@ -35,6 +35,43 @@ US_PER_S = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
+class View:
+    """What the dashboard shows of an application: its first head's labels in the
+    declared order, and its summary ratios as (name, label)."""
+
+    labels: tuple[str, ...]
+    ratios: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, app: AppSpec) -> View:
+        head = app.heads[0]
+        ratios = tuple((r.name, r.label) for r in app.ratios if r.head == head.name)
+        return cls(head.label_names, ratios)
+
+
+def describe_app(app: AppSpec) -> dict[str, Any]:
+    """The declaration as the page needs it: names, nouns, labels with colours, ratios."""
+    head = app.heads[0]
+    shown = {label.name: label.shown for label in head.labels}
+    return {
+        "name": app.name,
+        "title": app.title,
+        "subject": app.subject,
+        "group_noun": app.group_noun,
+        "head": head.name,
+        "labels": [
+            {"name": label.name, "title": label.shown, "colour": label.colour}
+            for label in head.labels
+        ],
+        "ratios": [
+            {"name": ratio.name, "title": f"{shown.get(ratio.label, ratio.label)} ratio"}
+            for ratio in app.ratios
+            if ratio.head == head.name
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
 class ScanPoint:
     """The few columns of a stored result the live view needs."""
 
@@ -43,7 +80,7 @@ class ScanPoint:
     latency_ms: float
     label: str
     confidence: float
-    tray: str | None = None
+    group: str | None = None
 
 
 def latency_bin(latency_ms: float) -> int:
@@ -114,7 +151,7 @@ class TenantWindow:
         self._buckets: deque[SecondBucket] = deque()
         self._seen: dict[str, int] = {}
         self._after: tuple[int, str] | None = None
-        self._trays: dict[str, int] = {}
+        self._groups: dict[str, int] = {}
 
     def next_query(self) -> Query:
         if self._after is not None:
@@ -132,8 +169,9 @@ class TenantWindow:
                 continue
             self._seen[point.id] = point.stored_at_us
             self._bucket(point.stored_at_us // US_PER_S).add(point)
-            if point.tray is not None:
-                self._trays[point.tray] = max(self._trays.get(point.tray, 0), point.stored_at_us)
+            if point.group is not None:
+                newest = max(self._groups.get(point.group, 0), point.stored_at_us)
+                self._groups[point.group] = newest
             self.watermark_us = max(self.watermark_us, point.stored_at_us)
             added += 1
         self._after = (points[-1].stored_at_us, points[-1].id) if truncated and points else None
@@ -165,10 +203,10 @@ class TenantWindow:
         start = now_s - self.window_s
         return [b for b in self._buckets if start <= b.second < now_s]
 
-    def active_trays(self, limit: int = 12) -> list[str]:
-        """The ``limit`` trays with the most recent results, sorted by name."""
-        newest = sorted(self._trays, key=lambda tray: self._trays[tray], reverse=True)[:limit]
-        self._trays = {tray: self._trays[tray] for tray in newest[: limit * 4]}
+    def active_groups(self, limit: int = 12) -> list[str]:
+        """The ``limit`` groups (trays) with the most recent results, sorted by name."""
+        newest = sorted(self._groups, key=lambda group: self._groups[group], reverse=True)[:limit]
+        self._groups = {group: self._groups[group] for group in newest[: limit * 4]}
         return sorted(newest)
 
 
@@ -188,8 +226,10 @@ def series(window: TenantWindow, now_s: int) -> dict[str, list[Any]]:
     }
 
 
-def window_totals(window: TenantWindow, now_s: int, recent_s: int = 10) -> dict[str, Any]:
-    """Totals over the window: scans, recent rate, latency quantiles, label mix."""
+def window_totals(
+    window: TenantWindow, now_s: int, view: View, recent_s: int = 10
+) -> dict[str, Any]:
+    """Totals over the window: scans, recent rate, latency quantiles, label mix, ratios."""
     buckets = window.buckets(now_s)
     latency: Counter[int] = Counter()
     labels: Counter[str] = Counter()
@@ -204,8 +244,8 @@ def window_totals(window: TenantWindow, now_s: int, recent_s: int = 10) -> dict[
         "throughput_per_s": round(recent / recent_s, 2),
         "p50_ms": _round(latency_quantile(latency, 0.5)),
         "p99_ms": _round(latency_quantile(latency, 0.99)),
-        "labels": {label: labels.get(label, 0) for label in _label_order(labels)},
-        "female_ratio": _ratio(labels.get("female", 0), scans),
+        "labels": {label: labels.get(label, 0) for label in _label_order(labels, view)},
+        "ratios": {name: _ratio(labels.get(label, 0), scans) for name, label in view.ratios},
     }
 
 
@@ -217,29 +257,29 @@ def confidence_histogram(window: TenantWindow, now_s: int) -> dict[str, list[Any
     return {"edges": edges, "counts": counts}
 
 
-def tray_mix(groups: Iterable[tuple[str, str, int]]) -> list[dict[str, Any]]:
-    """Per-tray prediction mix from (tray, label, count) groups, sorted by tray."""
-    trays: dict[str, Counter[str]] = {}
-    for tray, label, count in groups:
-        trays.setdefault(tray, Counter())[label] += count
+def group_mix(groups: Iterable[tuple[str, str, int]], view: View) -> list[dict[str, Any]]:
+    """Per-group prediction mix from (group, label, count) rows, sorted by group."""
+    by_group: dict[str, Counter[str]] = {}
+    for group, label, count in groups:
+        by_group.setdefault(group, Counter())[label] += count
     mix = []
-    for tray in sorted(trays):
-        counts = trays[tray]
+    for group in sorted(by_group):
+        counts = by_group[group]
         total = sum(counts.values())
         mix.append(
             {
-                "tray": tray,
+                "group": group,
                 "total": total,
-                "counts": {label: counts.get(label, 0) for label in _label_order(counts)},
-                "female_ratio": _ratio(counts.get("female", 0), total),
+                "counts": {label: counts.get(label, 0) for label in _label_order(counts, view)},
+                "ratios": {name: _ratio(counts.get(lb, 0), total) for name, lb in view.ratios},
             }
         )
     return mix
 
 
-def _label_order(counts: Mapping[str, int]) -> list[str]:
-    """The model's labels in contract order, then any others alphabetically."""
-    return [*LABELS, *sorted(set(counts) - set(LABELS))]
+def _label_order(counts: Mapping[str, int], view: View) -> list[str]:
+    """The declared labels in their order, then any others alphabetically."""
+    return [*view.labels, *sorted(set(counts) - set(view.labels))]
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -278,7 +318,8 @@ def build_snapshot(
     now_us: int,
     window: TenantWindow,
     *,
-    trays: Sequence[Mapping[str, Any]],
+    app: AppSpec,
+    groups: Sequence[Mapping[str, Any]],
     accuracy: Sequence[Mapping[str, Any]],
     stages: Sequence[Mapping[str, Any]],
     newest: Sequence[Mapping[str, Any]],
@@ -289,10 +330,11 @@ def build_snapshot(
         "type": "snapshot",
         "tenant": tenant,
         "at_us": now_us,
-        "totals": window_totals(window, now_s),
+        "app": describe_app(app),
+        "totals": window_totals(window, now_s, View.of(app)),
         "series": series(window, now_s),
         "confidence": confidence_histogram(window, now_s),
-        "trays": list(trays),
+        "groups": list(groups),
         "accuracy": list(accuracy),
         "stages": list(stages),
         "newest": list(newest),

@@ -14,6 +14,7 @@ import logging
 
 from inferstream.api.live_aggregate import TenantWindow
 from inferstream.api.live_source import StageMeters, TenantFeed, tenant_snapshot
+from inferstream.application import AppSpec
 from inferstream.bus import Bus
 from inferstream.envelope import now_us
 from inferstream.errors import InferstreamError
@@ -29,12 +30,14 @@ class LiveHub:
     def __init__(
         self,
         store: ResultsStore,
+        app: AppSpec,
         pipeline: PipelineSpec | None = None,
         bus: Bus | None = None,
         *,
         tick_s: float = 1.0,
     ) -> None:
         self.store = store
+        self.app = app
         self.pipeline = pipeline
         self.meters = StageMeters(pipeline, bus) if pipeline is not None else None
         self.tick_s = tick_s
@@ -91,7 +94,7 @@ class LiveHub:
             feed = self._feeds.get(tenant)
             if feed is None:
                 feed = self._feeds[tenant] = TenantFeed(tenant, TenantWindow(now_us()))
-            snapshot = tenant_snapshot(self.store, feed, self.pipeline, meters)
+            snapshot = tenant_snapshot(self.store, feed, self.pipeline, meters, self.app)
             snapshots[tenant] = json.dumps(snapshot, separators=(",", ":"))
         return snapshots
 

@@ -27,9 +27,11 @@ from inferstream.api.live_aggregate import (
     RateMeter,
     ScanPoint,
     TenantWindow,
+    View,
     build_snapshot,
-    tray_mix,
+    group_mix,
 )
+from inferstream.application import AppSpec
 from inferstream.bus import Bus
 from inferstream.envelope import now_us
 from inferstream.errors import BusError, StoreError
@@ -75,7 +77,9 @@ def fetch_points(
     if after is not None:
         where.append(sql_tuple(c.stored_at_us, c.id) > after)
     stmt = (
-        select(c.id, c.stored_at_us, c.latency_ms, c.label, c.confidence, c.tray)
+        select(
+            c.id, c.stored_at_us, c.latency_ms, c.label, c.confidence, c.tray
+        )  # tray: the group column today
         .where(and_(*where))
         .order_by(c.stored_at_us, c.id)
         .limit(limit)
@@ -83,14 +87,14 @@ def fetch_points(
     return [ScanPoint(*row) for row in conn.execute(stmt).all()]
 
 
-def fetch_tray_groups(conn: Connection, tenant: str, trays: Sequence[str]) -> list[Any]:
-    """(tray, label, count) over every result of the given trays."""
-    if not trays:
+def fetch_group_counts(conn: Connection, tenant: str, groups: Sequence[str]) -> list[Any]:
+    """(group, label, count) over every result of the given groups (the tray column)."""
+    if not groups:
         return []
     c = results.c
     stmt = (
         select(c.tray, c.label, func.count())
-        .where(c.tenant == tenant, c.tray.in_(trays))
+        .where(c.tenant == tenant, c.tray.in_(groups))
         .group_by(c.tray, c.label)
     )
     return [tuple(row) for row in conn.execute(stmt).all()]
@@ -118,8 +122,8 @@ def newest_scans(store: ResultsStore, tenant: str, limit: int = NEWEST) -> list[
     return [
         {
             "id": row.id,
-            "egg_id": row.egg_id,
-            "tray": row.tray,
+            "subject": row.egg_id,
+            "group": row.tray,
             "label": row.label,
             "confidence": round(row.confidence, 4),
             "model_name": row.model_name,
@@ -226,6 +230,7 @@ def tenant_snapshot(
     feed: TenantFeed,
     pipeline: PipelineSpec | None,
     meters: dict[str, dict[str, Any]],
+    app: AppSpec,
 ) -> dict[str, Any]:
     """Read what is new for one tenant and build its snapshot (blocking)."""
     tenant, window = feed.tenant, feed.window
@@ -237,7 +242,7 @@ def tenant_snapshot(
             window.add(points, truncated=len(points) >= MAX_ROWS_PER_TICK)
             if len(points) < MAX_ROWS_PER_TICK:
                 break
-        trays = tray_mix(fetch_tray_groups(conn, tenant, window.active_trays()))
+        groups = group_mix(fetch_group_counts(conn, tenant, window.active_groups()), View.of(app))
         dead = fetch_dead_letter_counts(conn, tenant, now - window.window_s * US_PER_S)
     if time.monotonic() - feed.accuracy_at >= ACCURACY_EVERY_S:
         feed.accuracy = [
@@ -249,7 +254,8 @@ def tenant_snapshot(
         tenant,
         now,
         window,
-        trays=trays,
+        app=app,
+        groups=groups,
         accuracy=feed.accuracy,
         stages=stage_rows(pipeline, meters, dead),
         newest=newest_scans(store, tenant),

@@ -6,12 +6,18 @@ the champion prediction of each scan goes to ``results``, shadow predictions to
 topic) to ``dead_letters``. A database failure raises out of :meth:`process`, so
 the worker retries the whole batch and commits nothing; a redelivered batch
 upserts onto the same keys and never doubles a row.
+
+With an application (``app:`` in the pipeline file), each record is first held to
+its declaration: it must name its subject, its typed attributes must parse, and
+each prediction must answer one of the application's heads with one of its labels.
+A record that fails becomes a dead letter with the reason, never a silent drop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from inferstream.application import AppSpec
 from inferstream.envelope import Envelope, ModelRole, Prediction, now_us
 from inferstream.errors import ConfigError, InvalidInput
 from inferstream.steps import Outcome, Step, StepContext
@@ -24,9 +30,12 @@ class StoreStep(Step):
 
     name = "store_results"
 
-    def __init__(self, store: ResultsStore, on_conflict: OnConflict = "ignore") -> None:
+    def __init__(
+        self, store: ResultsStore, on_conflict: OnConflict = "ignore", app: AppSpec | None = None
+    ) -> None:
         self.store = store
         self.on_conflict: OnConflict = on_conflict
+        self.app = app
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         stored_at = now_us()
@@ -39,6 +48,8 @@ class StoreStep(Step):
                 if env.HasField("error"):
                     letters.append(dead_letter_row(env, stored_at))
                 else:
+                    if self.app is not None:
+                        check_record(env, self.app)
                     champion, shadow = result_rows(env, stored_at)
                     champions.append(champion)
                     shadows.extend(shadow)
@@ -68,7 +79,44 @@ def store_step(context: StepContext, on_conflict: OnConflict = "ignore") -> Stor
             f"stage {context.stage!r}: store_results on_conflict must be 'ignore' or 'update', "
             f"not {on_conflict!r}"
         )
-    return StoreStep(ResultsStore(context.store_url), on_conflict)
+    return StoreStep(ResultsStore(context.store_url), on_conflict, context.app)
+
+
+def check_record(env: Envelope, app: AppSpec) -> None:
+    """:class:`InvalidInput` naming what ``env`` lacks to be a record of ``app``."""
+    where = f"record {env.id} of application {app.name!r}"
+    if not env.attributes.get(app.subject):
+        raise InvalidInput(f"{where} has no {app.subject!r}, which names what it is about")
+    for attribute in app.attributes:
+        value = env.attributes.get(attribute.name)
+        if value is not None and not _parses(value, attribute.kind):
+            raise InvalidInput(
+                f"{where}: attribute {attribute.name!r} is {value[:64]!r}, not {attribute.kind}"
+            )
+    heads = {head.name: head for head in app.heads}
+    for prediction in env.predictions:
+        head = heads.get(prediction.head) if prediction.head else app.heads[0]
+        if head is None:
+            raise InvalidInput(
+                f"{where}: model {prediction.model_name} answers head {prediction.head!r}, "
+                f"which the application does not have ({', '.join(heads)})"
+            )
+        if prediction.label not in head.label_names:
+            raise InvalidInput(
+                f"{where}: model {prediction.model_name} answered {prediction.label!r}, which "
+                f"head {head.name!r} does not have ({', '.join(head.label_names)})"
+            )
+
+
+def _parses(value: str, kind: str) -> bool:
+    converter = {"int": int, "float": float}.get(kind)
+    if converter is None:
+        return True
+    try:
+        converter(value)
+    except ValueError:
+        return False
+    return True
 
 
 def result_rows(env: Envelope, stored_at_us: int) -> tuple[ResultRow, list[ResultRow]]:

@@ -4,16 +4,12 @@
 "use strict";
 
 (function () {
-  const COLORS = {
-    female: "#e69f00",
-    male: "#0072b2",
-    not_developing: "#009e73",
-    throughput: "#0072b2",
-    p50: "#e69f00",
-    p99: "#d55e00",
-    bars: "#56b4e9",
-  };
-  const LABEL_NAMES = { female: "Female", male: "Male", not_developing: "Not developing" };
+  const COLORS = { throughput: "#0072b2", p50: "#e69f00", p99: "#d55e00", bars: "#56b4e9" };
+  // Labels, their colours and the nouns come from the application's declaration,
+  // sent with every snapshot (snapshot.app): the page knows no application.
+  let LABEL_NAMES = {};
+  let LABEL_COLOURS = {};
+  let appKey = "";
   const TOKEN_KEY = "inferstream.token";
   const $ = (id) => document.getElementById(id);
 
@@ -141,12 +137,10 @@
       type: "bar",
       data: {
         labels: [],
-        datasets: Object.keys(LABEL_NAMES).map((label) => ({
-          label: LABEL_NAMES[label], data: [], backgroundColor: COLORS[label], stack: "mix",
-        })),
+        datasets: [],
       },
       options: {
-        scales: { x: axis("Tray", { stacked: true }), y: axis("Scans", { stacked: true }) },
+        scales: { x: axis("Group", { stacked: true }), y: axis("Scans", { stacked: true }) },
       },
     });
     const confidence = new Chart($("chart-confidence"), {
@@ -182,6 +176,7 @@
     if (state.received.length > RECEIVED_KEPT) state.received.shift();
     setStatus(`Live · updated ${new Date(snapshot.at_us / 1000).toLocaleTimeString()}`);
     $("tenant-name").textContent = `(${snapshot.tenant})`;
+    applyApp(snapshot.app);
     renderKpis(snapshot.totals);
     renderCharts(snapshot);
     renderAccuracy(snapshot.accuracy);
@@ -189,11 +184,40 @@
     renderNewest(snapshot.newest);
   }
 
+  function title(noun) {
+    const words = String(noun).replace(/_id$/, "").replace(/_/g, " ");
+    return words.charAt(0).toUpperCase() + words.slice(1);
+  }
+
+  // Names, colours and nouns of the application; charts are rebuilt only when it changes.
+  function applyApp(app) {
+    const key = JSON.stringify(app);
+    if (key === appKey) return;
+    appKey = key;
+    LABEL_NAMES = Object.fromEntries(app.labels.map((l) => [l.name, l.title]));
+    LABEL_COLOURS = Object.fromEntries(app.labels.map((l) => [l.name, l.colour]));
+    const group = title(app.group_noun);
+    $("mix-title").textContent = `Prediction mix per ${app.group_noun}`;
+    $("chart-mix").setAttribute("aria-label", `Stacked bar chart: ${app.labels.map((l) => l.title).join(", ")} per ${app.group_noun}`);
+    $("col-subject").textContent = title(app.subject);
+    $("col-group").textContent = group;
+    const ratio = app.ratios[0];
+    $("kpi-ratio-box").hidden = !ratio;
+    if (ratio) $("kpi-ratio-title").textContent = ratio.title;
+    const m = charts.mix;
+    m.options.scales.x.title.text = group;
+    m.data.datasets = app.labels.map((l) => ({
+      label: l.title, data: [], backgroundColor: l.colour, stack: "mix",
+    }));
+    m.update();
+  }
+
   function renderKpis(totals) {
     $("kpi-rate").textContent = fmt(totals.throughput_per_s, 1);
     $("kpi-p50").textContent = fmt(totals.p50_ms, 1);
     $("kpi-p99").textContent = fmt(totals.p99_ms, 1);
-    $("kpi-female").textContent = percent(totals.female_ratio);
+    const ratios = Object.values(totals.ratios || {});
+    $("kpi-ratio").textContent = percent(ratios.length ? ratios[0] : null);
     $("kpi-scans").textContent = String(totals.scans);
   }
 
@@ -205,9 +229,9 @@
     t.data.datasets[2].data = snapshot.series.p99_ms;
     t.update();
     const m = charts.mix;
-    m.data.labels = snapshot.trays.map((tray) => tray.tray);
+    m.data.labels = snapshot.groups.map((group) => group.group);
     Object.keys(LABEL_NAMES).forEach((label, i) => {
-      m.data.datasets[i].data = snapshot.trays.map((tray) => tray.counts[label] || 0);
+      m.data.datasets[i].data = snapshot.groups.map((group) => group.counts[label] || 0);
     });
     m.update();
     const c = charts.confidence;
@@ -228,7 +252,8 @@
   function labelCell(row, label) {
     const td = cell(row, "");
     const span = document.createElement("span");
-    span.className = `label ${label}`;
+    span.className = "label";
+    span.style.setProperty("--c", LABEL_COLOURS[label] || "#888888");
     span.textContent = LABEL_NAMES[label] || label;
     td.appendChild(span);
   }
@@ -270,8 +295,8 @@
       tr.tabIndex = 0;
       tr.setAttribute("aria-selected", String(scan.id === selectedId));
       cell(tr, new Date(scan.stored_at_us / 1000).toLocaleTimeString());
-      cell(tr, scan.egg_id || "–");
-      cell(tr, scan.tray || "–");
+      cell(tr, scan.subject || "–");
+      cell(tr, scan.group || "–");
       labelCell(tr, scan.label);
       cell(tr, percent(scan.confidence), "num");
       cell(tr, `${scan.model_name} ${scan.model_version}`);
@@ -323,11 +348,11 @@
     const result = detail.result || detail;
     const img = $("scan-image");
     img.src = imageUrl;
-    img.alt = `Scan image of egg ${result.egg_id || detail.id}`;
+    img.alt = `Image of ${result.egg_id || detail.id}`;
     const facts = $("scan-facts");
     fact(facts, "Status", detail.status);
-    fact(facts, "Egg", result.egg_id);
-    fact(facts, "Tray", result.tray);
+    fact(facts, $("col-subject").textContent, result.egg_id);
+    fact(facts, $("col-group").textContent, result.tray);
     fact(facts, "Scanner", result.scanner);
     fact(facts, "Prediction", LABEL_NAMES[result.label] || result.label);
     fact(facts, "Confidence", percent(result.confidence));
