@@ -19,7 +19,7 @@ Each reader is one asyncio task with its own keep-alive connection (``http_lite`
 cheap client, so the load generator does not starve the API of CPU) and its own login
 (the rate limit is per credential, as for 100 people), and loops:
 ``GET /v1/results`` with filters and cursor paging (50 %), ``GET /v1/scans/{id}`` of
-a recently listed scan (30 %), ``GET /v1/trays/{tray}/summary`` (20 %), then thinks
+a recently listed scan (30 %), ``GET /v1/groups/{group}/summary`` of a tray (20 %), then thinks
 for an exponentially distributed ``--think-ms`` (0 = closed loop, each reader fires
 as soon as its answer is in). Prints one table per phase (requests/s, p50/p99 per
 route, non-2xx count, ingest rate, CPU of load generator and API, load average)::
@@ -63,7 +63,7 @@ from inferstream.runner import ensure_topics
 from inferstream.store import ResultsStore
 
 TENANT = "bench-hatchery"
-ROUTES = ("GET /v1/results", "GET /v1/scans/{id}", "GET /v1/trays/{tray}/summary")
+ROUTES = ("GET /v1/results", "GET /v1/scans/{id}", "GET /v1/groups/{group}/summary")
 LABELS = ("female", "male", "not_developing")
 DICOM = {"Content-Type": "application/dicom"}
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -71,10 +71,10 @@ PROTOBUF = {"Content-Type": "application/x-protobuf"}
 
 @dataclass
 class Shared:
-    """What readers learn from answers: recent scan ids and trays, to ask about next."""
+    """What readers learn from answers: recent scan ids and groups (trays), to ask about next."""
 
     ids: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
-    trays: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    groups: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     latencies: dict[str, list[float]] = field(default_factory=lambda: {r: [] for r in ROUTES})
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROUTES, 0))
     posted: int = 0
@@ -278,20 +278,20 @@ def next_request(
     pick = rng.random()
     if pick < 0.3 and shared.ids:
         return ROUTES[1], f"/v1/scans/{rng.choice(shared.ids)}", {}
-    if pick < 0.5 and shared.trays:
-        return ROUTES[2], f"/v1/trays/{rng.choice(shared.trays)}/summary", {}
+    if pick < 0.5 and shared.groups:
+        return ROUTES[2], f"/v1/groups/{rng.choice(shared.groups)}/summary", {}
     if reader.cursor is not None and reader.pages < 3:
         reader.pages += 1
         return ROUTES[0], "/v1/results", {**reader.params, "cursor": reader.cursor}
     reader.pages = 1
     reader.params = {"limit": 50, "order": "desc"}
     choice = rng.randrange(5)
-    if choice == 1 and shared.trays:
-        reader.params |= {"tray": rng.choice(shared.trays), "order": "asc"}
+    if choice == 1 and shared.groups:
+        reader.params |= {"group": rng.choice(shared.groups), "order": "asc"}
     elif choice == 2:
         reader.params |= {"label": rng.choice(LABELS), "min_confidence": 0.8}
     elif choice == 3:
-        reader.params |= {"scanner": f"SCANNER-0{rng.randrange(1, 4)}"}
+        reader.params |= {"source": f"SCANNER-0{rng.randrange(1, 4)}"}
     elif choice == 4:
         since = datetime.now(UTC) - timedelta(seconds=60)
         reader.params |= {"since": since.isoformat()}
@@ -303,9 +303,9 @@ def learn(route: str, reader: Reader, body: dict[str, Any], shared: Shared) -> N
         return
     reader.cursor = body.get("next_cursor")
     for item in body.get("items", [])[:10]:
-        shared.ids.append(item["id"])
-        if item.get("tray"):
-            shared.trays.append(item["tray"])
+        shared.ids.append(item["root_id"])  # the scan's id; a record's own id is not
+        if item.get("group"):
+            shared.groups.append(item["group"])
 
 
 async def read_loop(load: Load, client: Connection, shared: Shared, seed: int) -> None:

@@ -39,8 +39,8 @@ def rows_for_second(second_start_us: int, rate: int, offset: int) -> list[Result
                 scores={"female": 0.5, "male": 0.3, "not_developing": 0.2},
                 model_name="egg_sexing", model_version="1.0.0",
                 created_at_us=stored - 30_000, ingested_at_us=stored - 25_000,
-                stored_at_us=stored, latency_ms=20 + n % 40, egg_id=f"EGG-{n:07d}",
-                tray=f"TRAY-{n // 300:04d}", scanner="SCANNER-01",
+                stored_at_us=stored, latency_ms=20 + n % 40, app="eggs", head="sex",
+                subject=f"EGG-{n:07d}", group=f"TRAY-{n // 300:04d}", source="SCANNER-01",
             )
         )  # fmt: skip
     return rows

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from inferstream.envelope import now_us
 from inferstream.store import ResultsStore
-from inferstream.store.schema import results
+from inferstream.store.schema import records
 
 SAMPLE_S = 0.5
 
@@ -278,8 +278,8 @@ class PhaseRows:
 
 
 def phase_rows(store: ResultsStore, tenant: str) -> PhaseRows:
-    query = select(results.c.latency_ms, results.c.created_at_us, results.c.stored_at_us).where(
-        results.c.tenant == tenant
+    query = select(records.c.latency_ms, records.c.created_at_us, records.c.stored_at_us).where(
+        records.c.tenant == tenant
     )
     with store.engine.connect() as conn:
         rows: list[Any] = list(conn.execute(query))

@@ -2,8 +2,9 @@
 
 Both peers run :func:`handle_scan` per scan: decode the DICOM (the flagship's own
 decoder), preprocess it, classify it with the shipped ONNX model (loaded once per
-process, the serving session options) and upsert one row into SQLite through the
-flagship's :class:`~inferstream.store.ResultsStore`. What differs is the plumbing:
+process, the serving session options) and upsert one record (with its champion
+prediction) into SQLite through the flagship's :class:`~inferstream.store.ResultsStore`.
+What differs is the plumbing:
 
 - ``celery_app`` / ``classify_scan``: Celery with the local Redis as broker, one task
   per scan, the DICOM bytes as the task argument (pickle serializer, so the bytes are
@@ -24,6 +25,7 @@ from typing import Annotated
 from celery import Celery
 from fastapi import Body, FastAPI, Header, Response
 
+from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.dicom import decode
 from inferstream.apps.eggs.preprocess import preprocess_batch
 from inferstream.classify import Model, load_model
@@ -65,9 +67,13 @@ def handle_scan(dicom: bytes, scan_id: str, tenant: str, created_us: int) -> str
         ingested_at_us=created_us,
         stored_at_us=stored,
         latency_ms=(stored - created_us) / 1000,
-        egg_id=scan.egg_id,
-        tray=scan.tray,
-        scanner=scan.scanner,
+        app=APP.name,
+        head=APP.heads[0].name,
+        subject=scan.egg_id,
+        group=scan.tray,
+        source=scan.scanner,
+        # Typed, as the flagship's sink keeps the declared attributes.
+        attributes={**scan.attributes(), "incubation_day": scan.incubation_day},
         lineage=[],
         trace_id="",
     )

@@ -1,9 +1,10 @@
-"""Results-store write throughput: rows/s of batch upserts on SQLite and PostgreSQL.
+"""Results-store write throughput: records/s of batch upserts on SQLite and PostgreSQL.
 
 Prints, per backend and batch size: fresh inserts through ``upsert_results`` (one
-transaction and one executemany per batch), a redelivery of the same batches (all
-conflicts, nothing written), and as the baseline measured in the same run, plain
-INSERTs of the same rows through the same engine without ON CONFLICT.
+transaction per batch, one executemany per table: each record and its champion
+prediction), a redelivery of the same batches (all conflicts, nothing written), and
+as the baseline measured in the same run, plain INSERTs of the same rows into the same
+two tables through the same engine without ON CONFLICT.
 
     .venv/bin/python bench/store_bench.py [--rows 20000] [--postgres URL]
 """
@@ -21,7 +22,7 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, insert, text
 
 from inferstream.store import ResultRow, ResultsStore
-from inferstream.store.schema import results
+from inferstream.store.schema import predictions, records
 
 DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -40,9 +41,16 @@ def make_rows(tenant: str, count: int) -> list[ResultRow]:
             ingested_at_us=1_700_000_000_000_100 + n,
             stored_at_us=1_700_000_000_050_000 + n,
             latency_ms=50.0,
-            egg_id=f"EGG-{n:06d}",
-            tray=f"TRAY-{n // 500:04d}",
-            scanner="SCANNER-01",
+            app="eggs",
+            head="sex",
+            subject=f"EGG-{n:06d}",
+            group=f"TRAY-{n // 500:04d}",
+            source="SCANNER-01",
+            attributes={
+                "egg_id": f"EGG-{n:06d}",
+                "tray": f"TRAY-{n // 500:04d}",
+                "scanner": "SCANNER-01",
+            },
             lineage=[{"stage": "classify", "at_us": 1, "worker": "w"}],
             trace_id=uuid.uuid4().hex,
         )
@@ -73,15 +81,17 @@ def bench(name: str, url: str, total: int) -> None:
         def insert_all(groups: list[Sequence[ResultRow]] = plain) -> None:
             for group in groups:
                 with store.engine.begin() as conn:
-                    conn.execute(insert(results), [row.as_params() for row in group])
+                    conn.execute(insert(records), [row.as_params() for row in group])
+                    champions = [row.champion().as_params() for row in group]
+                    conn.execute(insert(predictions), champions)
 
         baseline = rate(total, insert_all)
         upserted = rate(total, upsert_all)
         redelivered = rate(total, upsert_all)
         print(
-            f"{name:10s} batch {size:4d}: upsert {upserted:9,.0f} rows/s   "
-            f"redelivery {redelivered:9,.0f} rows/s   "
-            f"plain insert (baseline) {baseline:9,.0f} rows/s"
+            f"{name:10s} batch {size:4d}: upsert {upserted:9,.0f} records/s   "
+            f"redelivery {redelivered:9,.0f} records/s   "
+            f"plain insert (baseline) {baseline:9,.0f} records/s"
         )
     store.close()
 

@@ -67,3 +67,13 @@ def test_a_registered_app_lends_its_steps_to_pipeline_files(tmp_path: Path) -> N
     file.write_text(file.read_text().replace("app: lending", "app: nowhere"))
     with pytest.raises(ConfigError, match="no application 'nowhere'"):
         validate(load_pipeline(file))
+
+
+def test_an_app_declared_in_a_plain_module_has_a_folder_and_no_models() -> None:
+    app = AppSpec(
+        name="in-a-module", title="M", package=__name__, subject="item",
+        attributes=(Attribute("item"),), heads=(SEX,),
+    )  # fmt: skip
+    register_app(app)
+    assert app.folder == Path(__file__).parent
+    assert find_model("egg_sexing") == installed_apps()["eggs"].models_dir

@@ -1,8 +1,8 @@
-"""Fault tests: kill -9 workers of a running two-stage pipeline, count results by id.
+"""Fault tests: kill -9 workers of a running two-stage pipeline, count records by input.
 
 Runs on both bus backends. ``inferstream up`` supervises the workers and restarts
 each killed one; the results store (SQLite) is the sink. Every input must have
-exactly one result: none lost, none doubled.
+exactly one record (found by its root id): none lost, none doubled.
 """
 
 from __future__ import annotations
@@ -63,13 +63,14 @@ stages:
 
 
 def _count_results(db: Path) -> tuple[int, int]:
-    """(rows, distinct ids) in the results table."""
+    """(rows, distinct inputs they were made from) in the records table."""
     if not db.exists():
         return 0, 0
     engine = sa.create_engine(f"sqlite:///{db}")
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT count(*), count(DISTINCT id) FROM results")).one()
+            counts = sa.text("SELECT count(*), count(DISTINCT root_id) FROM records")
+            rows = conn.execute(counts).one()
     except sa.exc.OperationalError:
         return 0, 0
     finally:
@@ -122,8 +123,8 @@ def test_sigkill_of_workers_loses_and_doubles_nothing(
         rows, distinct = _count_results(db)
         engine = sa.create_engine(f"sqlite:///{db}")
         with engine.connect() as conn:
-            stored = {r[0] for r in conn.execute(sa.text("SELECT id FROM results"))}
-            labels = dict(conn.execute(sa.text("SELECT id, label FROM results")).all())
+            stored = {r[0] for r in conn.execute(sa.text("SELECT root_id FROM records"))}
+            labels = dict(conn.execute(sa.text("SELECT root_id, label FROM records")).all())
         engine.dispose()
     finally:
         up.send_signal(signal.SIGINT)

@@ -144,7 +144,12 @@ class AppSpec:
 
     @property
     def folder(self) -> Path:
-        return Path(str(resources.files(self.package)))
+        """The folder of ``package`` (a package's own, or the one a module sits in)."""
+        try:
+            return Path(str(resources.files(self.package)))
+        except TypeError:  # a plain module, e.g. an application defined in a test
+            module = importlib.import_module(self.package)
+            return Path(str(module.__file__)).parent
 
     @property
     def models_dir(self) -> Path:

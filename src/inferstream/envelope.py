@@ -87,6 +87,7 @@ def derive(parent: Envelope, stage: str, index: int = 0, worker: str = "") -> En
     child = Envelope()
     child.CopyFrom(parent)
     child.id = derive_id(parent.id, stage, index)
+    child.parent_id = parent.id
     child.lineage.append(LineageStep(stage=stage, at_us=now_us(), worker=worker))
     return child
 

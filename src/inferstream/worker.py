@@ -228,10 +228,11 @@ class StageWorker:
         return Record(key=item.message.key, value=letter.SerializeToString())
 
     def _finish_outputs(self, item: Item) -> None:
-        """Give ``item``'s outputs deterministic ids and a lineage entry."""
+        """Give ``item``'s outputs deterministic ids, their parent and a lineage entry."""
         stamp = now_us()
         for index, env in enumerate(item.outputs):
             env.id = derive_id(item.input_id, self.stage, index)
+            env.parent_id = item.input_id
             env.lineage.append(LineageStep(stage=self.stage, at_us=stamp, worker=self.worker_id))
         if item.envelope is not None and item.envelope.created_at_us:
             self.metrics.age.observe(max(stamp - item.envelope.created_at_us, 0) / 1e6)

@@ -26,7 +26,7 @@ NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999"]
 @pytest.mark.parametrize(
     ("path", "template"),
     [
-        ("/v1/feedback", '{"egg_id": "EGG-1", "label": %s}'),
+        ("/v1/feedback", '{"subject": "EGG-1", "label": %s}'),
         ("/v1/admin/keys", '{"name": %s, "role": "viewer"}'),
         ("/v1/admin/users", '{"username": "bob", "password": %s, "role": "viewer"}'),
         ("/v1/admin/replay", '{"stage": "classify", "to": %s}'),
@@ -44,12 +44,12 @@ def test_non_finite_numbers_in_json_are_a_422_not_a_500(
 def test_feedback_with_a_label_no_model_has_is_a_400(world: World) -> None:
     headers = world.headers(world.own, "operator")
     answer = world.client.post(
-        "/v1/feedback", json={"egg_id": "EGG-1", "label": "rooster"}, headers=headers
+        "/v1/feedback", json={"subject": "EGG-1", "label": "rooster"}, headers=headers
     )
     assert answer.status_code == 400
     assert "female, male, not_developing" in answer.json()["detail"]
     good = world.client.post(
-        "/v1/feedback", json={"egg_id": "EGG-1", "label": "female"}, headers=headers
+        "/v1/feedback", json={"subject": "EGG-1", "label": "female"}, headers=headers
     )
     assert good.status_code == 201
 
@@ -61,7 +61,7 @@ def test_405_names_every_method_of_the_path(world: World, path: str) -> None:
     assert answer.headers["Allow"] == "GET, POST"
 
 
-def test_the_schema_names_the_pipelines_stages_and_labels(world: World) -> None:
+def test_the_schema_names_the_pipelines_stages_heads_and_labels(world: World) -> None:
     schemas = world.client.get("/openapi.json").json()["components"]["schemas"]
     assert schemas["Replay"]["properties"]["stage"]["enum"] == [
         "classify",
@@ -74,6 +74,18 @@ def test_the_schema_names_the_pipelines_stages_and_labels(world: World) -> None:
         "male",
         "not_developing",
     ]
+    named, absent = schemas["FeedbackIn"]["properties"]["head"]["anyOf"]
+    assert (named["enum"], absent) == (["sex"], {"type": "null"})
+
+
+def test_feedback_for_a_head_the_application_lacks_is_a_400(world: World) -> None:
+    headers = world.headers(world.own, "operator")
+    body = {"subject": "EGG-1", "label": "female"}
+    answer = world.client.post("/v1/feedback", json={**body, "head": "size"}, headers=headers)
+    assert answer.status_code == 400
+    assert "eggs's: sex" in answer.json()["detail"]
+    named = world.client.post("/v1/feedback", json={**body, "head": "sex"}, headers=headers)
+    assert (named.status_code, named.json()["head"]) == (201, "sex")
 
 
 def test_replay_targets_are_checked_like_the_command_lines(world: World) -> None:

@@ -18,9 +18,10 @@ from starlette.routing import Route, WebSocketRoute
 
 from inferstream.api import ApiSettings
 from inferstream.api.permissions import PERMISSIONS, PUBLIC, ROLES, WEBSOCKETS
+from inferstream.envelope import derive_id
 from inferstream.store import ResultRow
 
-TRAY = "TRAY-0042"
+GROUP = "TRAY-0042"
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Seeded:
     """A scan (ingested and processed), a user and a key of the world's first tenant."""
 
     scan_id: str
-    egg_id: str
+    subject: str
     username: str = "victim"  # listed, never deleted
     doomed: str = "doomed"  # the user the DELETE route removes
     key_id: str = ""
@@ -56,12 +57,17 @@ CALLS: dict[str, Call] = {
     "POST /v1/scans": _dicom,
     "GET /v1/scans/{scan_id}": lambda s: (f"/v1/scans/{s.scan_id}", {}),
     "GET /v1/scans/{scan_id}/image": lambda s: (f"/v1/scans/{s.scan_id}/image", {}),
-    "GET /v1/results": lambda s: (f"/v1/results?tray={TRAY}", {}),
-    "GET /v1/trays/{tray}/summary": lambda s: (f"/v1/trays/{TRAY}/summary", {}),
-    "GET /v1/trays/{tray}/export.csv": lambda s: (f"/v1/trays/{TRAY}/export.csv", {}),
+    "GET /v1/results": lambda s: (f"/v1/results?group={GROUP}", {}),
+    "GET /v1/apps/{app}": lambda s: ("/v1/apps/eggs", {}),
+    "GET /v1/apps/{app}/records": lambda s: (f"/v1/apps/eggs/records?tray={GROUP}", {}),
+    "GET /v1/apps/{app}/records/{record_id}": lambda s: (
+        f"/v1/apps/eggs/records/{derive_id(s.scan_id, 'classify', 0)}", {}
+    ),
+    "GET /v1/groups/{group}/summary": lambda s: (f"/v1/groups/{GROUP}/summary", {}),
+    "GET /v1/groups/{group}/export.csv": lambda s: (f"/v1/groups/{GROUP}/export.csv", {}),
     "GET /v1/models/accuracy": lambda s: ("/v1/models/accuracy", {}),
     "POST /v1/feedback": lambda s: (
-        "/v1/feedback", {"json": {"egg_id": s.egg_id, "label": "male"}}
+        "/v1/feedback", {"json": {"subject": s.subject, "label": "male"}}
     ),
     "POST /v1/admin/replay": lambda s: ("/v1/admin/replay", {"json": REPLAY}),
     "GET /v1/models": lambda s: ("/v1/models", {}),
@@ -78,11 +84,13 @@ CALLS: dict[str, Call] = {
 def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     """What an allowed caller of the owning tenant gets."""
     assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
-    if route == "GET /v1/results":
-        assert [item["id"] for item in answer.json()["items"]] == [seeded.scan_id]
-    if route == "GET /v1/trays/{tray}/summary":
+    if route in ("GET /v1/results", "GET /v1/apps/{app}/records"):
+        assert [item["root_id"] for item in answer.json()["items"]] == [seeded.scan_id]
+    if route == "GET /v1/apps/{app}/records/{record_id}":
+        assert answer.json()["record"]["root_id"] == seeded.scan_id
+    if route == "GET /v1/groups/{group}/summary":
         assert answer.json()["count"] == 1
-    if route == "GET /v1/trays/{tray}/export.csv":
+    if route == "GET /v1/groups/{group}/export.csv":
         assert seeded.scan_id in answer.text
     if route == "GET /v1/admin/users":
         assert seeded.username in [user["username"] for user in answer.json()]
@@ -92,7 +100,7 @@ def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
 
 def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     """What an allowed caller of another tenant gets: nothing of the first tenant's."""
-    if any(name in route for name in ("{scan_id}", "{username}", "{key_id}")):
+    if any(name in route for name in ("{scan_id}", "{username}", "{key_id}", "{record_id}")):
         assert answer.status_code == 404, (route, answer.text)
         return
     assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
@@ -101,9 +109,9 @@ def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     if route not in ("POST /v1/admin/users", "GET /v1/whoami"):  # any name may recur
         assert seeded.username not in answer.text
         assert seeded.doomed not in answer.text
-    if route != "POST /v1/feedback":  # which echoes the egg id it was sent
-        assert seeded.egg_id not in answer.text
-    if route == "GET /v1/trays/{tray}/summary":
+    if route != "POST /v1/feedback":  # which echoes the subject it was sent
+        assert seeded.subject not in answer.text
+    if route == "GET /v1/groups/{group}/summary":
         assert answer.json()["count"] == 0
 
 
@@ -139,12 +147,15 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
 
 
 def _result(tenant: str, seeded: Seeded) -> ResultRow:
+    """The record the classify stage makes from the scan (its own, derived id)."""
     return ResultRow(
-        id=seeded.scan_id, tenant=tenant, label="female", confidence=0.9,
-        scores={"female": 0.9, "male": 0.05, "not_developing": 0.05},
+        id=derive_id(seeded.scan_id, "classify", 0), tenant=tenant, label="female",
+        confidence=0.9, scores={"female": 0.9, "male": 0.05, "not_developing": 0.05},
         model_name="egg_sexing", model_version="1.0.0", created_at_us=1_000,
-        ingested_at_us=2_000, stored_at_us=3_000, latency_ms=2.0, egg_id=seeded.egg_id,
-        tray=TRAY, scanner="SCANNER-03",
+        ingested_at_us=2_000, stored_at_us=3_000, latency_ms=2.0, app="eggs",
+        root_id=seeded.scan_id, parent_id=seeded.scan_id, subject=seeded.subject,
+        group=GROUP, source="SCANNER-03", head="sex",
+        attributes={"egg_id": seeded.subject, "tray": GROUP, "scanner": "SCANNER-03"},
     )  # fmt: skip
 
 

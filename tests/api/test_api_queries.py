@@ -16,6 +16,7 @@ from api_testing import World, dicom_bytes, start_world
 from sqlalchemy import create_engine, text
 
 from inferstream.api import ApiSettings
+from inferstream.envelope import derive_id
 from inferstream.store import DeadLetterRow, ResultRow
 
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -33,12 +34,15 @@ def ingest(world: World, seed: int, tenant: str | None = None) -> str:
 
 
 def result(tenant: str, scan_id: str, n: int, **fields: object) -> ResultRow:
+    """The record the classify stage makes from scan ``scan_id`` (under its own id)."""
     values: dict[str, object] = {
-        "id": scan_id, "tenant": tenant, "label": "female", "confidence": 0.9,
+        "id": derive_id(scan_id, "classify", 0), "root_id": scan_id, "parent_id": scan_id,
+        "tenant": tenant, "app": "eggs", "head": "sex", "label": "female", "confidence": 0.9,
         "scores": {"female": 0.9, "male": 0.05, "not_developing": 0.05},
         "model_name": "egg_sexing", "model_version": "1.0.0", "created_at_us": 1_000 + n,
         "ingested_at_us": 2_000 + n, "stored_at_us": 3_000 + n, "latency_ms": 2.0,
-        "egg_id": f"EGG-{n:06d}", "tray": "TRAY-0042", "scanner": "SCANNER-03",
+        "subject": f"EGG-{n:06d}", "group": "TRAY-0042", "source": "SCANNER-03",
+        "attributes": {"egg_id": f"EGG-{n:06d}", "tray": "TRAY-0042", "scanner": "SCANNER-03"},
         "lineage": ({"stage": "classify", "at_us": 2_500 + n, "worker": "w"},),
     }  # fmt: skip
     values.update(fields)
@@ -58,11 +62,23 @@ def test_scan_status_queued_processed_dead_lettered(world: World) -> None:
         root_id=failed,
     )  # fmt: skip
     store.record_dead_letter(letter)
-    assert get(world, f"/v1/scans/{queued}").json()["status"] == "queued"  # type: ignore[attr-defined]
+    waiting = get(world, f"/v1/scans/{queued}").json()  # type: ignore[attr-defined]
+    assert waiting["status"] == "queued"
+    # The scan's own attributes: source is the scanner, not the key that sent it.
+    assert (waiting["subject"], waiting["group"], waiting["source"]) == (
+        "EGG-000011",
+        "TRAY-0042",
+        "SCANNER-03",
+    )
     done = get(world, f"/v1/scans/{processed}").json()  # type: ignore[attr-defined]
     assert done["status"] == "processed"
     assert done["result"]["model_version"] == "1.0.0"
     assert done["result"]["lineage"][0]["stage"] == "classify"
+    assert done["result"]["root_id"] == processed and done["result"]["id"] != processed
+    assert done["records"] == 1
+    assert [(p["head"], p["role"], p["label"]) for p in done["predictions"]] == [
+        ("sex", "champion", "female")
+    ]
     dead = get(world, f"/v1/scans/{failed}").json()  # type: ignore[attr-defined]
     assert dead["status"] == "dead_lettered"
     assert dead["dead_letter"]["reason"] == "no pixel data"
@@ -90,13 +106,13 @@ def test_listing_filters_and_cursor_pages(world: World) -> None:
     cursor = ""
     while True:
         page = get(world, f"/v1/results?limit=2&label=male{cursor}").json()  # type: ignore[attr-defined]
-        seen += [item["id"] for item in page["items"]]
+        seen += [item["root_id"] for item in page["items"]]
         if page["next_cursor"] is None:
             break
         cursor = f"&cursor={page['next_cursor']}"
     assert seen == ["s1", "s3", "s5", "s7", "s9"]
     high = get(world, "/v1/results?min_confidence=0.75&max_confidence=0.85").json()  # type: ignore[attr-defined]
-    assert [item["id"] for item in high["items"]] == ["s8"]
+    assert [item["root_id"] for item in high["items"]] == ["s8"]
     bad = get(world, "/v1/results?cursor=not-a-cursor")
     assert bad.status_code == 422  # the schema's pattern: a cursor's shape is documented
     assert bad.json()["detail"][0]["loc"] == ["query", "cursor"]  # type: ignore[attr-defined]
@@ -107,15 +123,15 @@ def test_listing_filters_and_cursor_pages(world: World) -> None:
 def test_summary_csv_feedback_and_accuracy(world: World) -> None:
     store = world.client.app.state.services.store  # type: ignore[attr-defined]
     store.upsert_results([result(world.own, f"s{n}", n) for n in range(1, 5)])
-    summary = get(world, "/v1/trays/TRAY-0042/summary").json()  # type: ignore[attr-defined]
-    assert summary["count"] == 4 and summary["female_ratio"] == 1.0
-    export = get(world, "/v1/trays/TRAY-0042/export.csv")
+    summary = get(world, "/v1/groups/TRAY-0042/summary").json()  # type: ignore[attr-defined]
+    assert summary["count"] == 4 and summary["ratio"] == 1.0
+    export = get(world, "/v1/groups/TRAY-0042/export.csv")
     lines = list(csv.DictReader(io.StringIO(export.text)))  # type: ignore[attr-defined]
-    assert [line["id"] for line in lines] == ["s1", "s2", "s3", "s4"]
+    assert [line["root_id"] for line in lines] == ["s1", "s2", "s3", "s4"]
     headers = world.headers(world.own, "operator")
     for n, label in ((1, "female"), (2, "male")):
         answer = world.client.post(
-            "/v1/feedback", json={"egg_id": f"EGG-{n:06d}", "label": label}, headers=headers
+            "/v1/feedback", json={"subject": f"EGG-{n:06d}", "label": label}, headers=headers
         )
         assert answer.status_code == 201
     (accuracy,) = get(world, "/v1/models/accuracy").json()  # type: ignore[attr-defined]
@@ -131,11 +147,11 @@ def check_isolation(world: World) -> None:
         ingest(world, 20 + len(prefix), tenant)
     for tenant, prefix in ((world.own, "a"), (world.other, "b")):
         listed = get(world, "/v1/results?limit=1000", tenant).json()["items"]  # type: ignore[attr-defined]
-        assert sorted(item["id"] for item in listed) == [f"{prefix}{n}" for n in range(5)]
-        summary = get(world, "/v1/trays/TRAY-0042/summary", tenant).json()  # type: ignore[attr-defined]
+        assert sorted(item["root_id"] for item in listed) == [f"{prefix}{n}" for n in range(5)]
+        summary = get(world, "/v1/groups/TRAY-0042/summary", tenant).json()  # type: ignore[attr-defined]
         assert summary["count"] == 5
-        export = get(world, "/v1/trays/TRAY-0042/export.csv", tenant).text  # type: ignore[attr-defined]
-        ids = [line["id"] for line in csv.DictReader(io.StringIO(export))]
+        export = get(world, "/v1/groups/TRAY-0042/export.csv", tenant).text  # type: ignore[attr-defined]
+        ids = [line["root_id"] for line in csv.DictReader(io.StringIO(export))]
         assert sorted(ids) == [f"{prefix}{n}" for n in range(5)]
         other_prefix = "b" if prefix == "a" else "a"
         assert get(world, f"/v1/scans/{other_prefix}1", tenant).status_code == 404  # type: ignore[attr-defined]

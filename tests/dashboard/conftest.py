@@ -51,15 +51,20 @@ def store(store_url: str) -> Iterator[ResultsStore]:
 
 @pytest.fixture
 def make_row() -> RowFactory:
-    """Result rows stored "now" unless told otherwise, with unique ids."""
+    """Records stored "now" unless told otherwise, each made from a scan of its own
+    (``{tenant}-scan-{n}``) under an id of its own (``{tenant}-record-{n}``)."""
     counter = itertools.count()
 
     def make(tenant: str, **fields: object) -> ResultRow:
         n = next(counter)
         stored = int(fields.pop("stored_at_us", now_us() - 1_500_000))  # type: ignore[call-overload]
         values: dict[str, object] = {
-            "id": f"{tenant}-scan-{n}",
+            "id": f"{tenant}-record-{n}",
+            "root_id": f"{tenant}-scan-{n}",
+            "parent_id": f"{tenant}-scan-{n}",
             "tenant": tenant,
+            "app": "eggs",
+            "head": "sex",
             "label": "female",
             "confidence": 0.9,
             "scores": {"female": 0.9, "male": 0.05, "not_developing": 0.05},
@@ -69,9 +74,9 @@ def make_row() -> RowFactory:
             "ingested_at_us": stored - 15_000,
             "stored_at_us": stored,
             "latency_ms": 20.0,
-            "egg_id": f"EGG-{n:06d}",
-            "tray": "TRAY-0001",
-            "scanner": "SCANNER-01",
+            "subject": f"EGG-{n:06d}",
+            "group": "TRAY-0001",
+            "source": "SCANNER-01",
             "lineage": [{"stage": "classify", "at_us": stored - 5_000}],
             "trace_id": uuid.uuid4().hex,
         }

@@ -83,20 +83,24 @@ class DashboardWorld:
         return ids
 
     def add_scans(self, tenant: str, count: int, tray: str) -> list[ResultRow]:
-        """Ingest scans and wait until the pipeline has stored a prediction for each."""
+        """Ingest scans and wait until the pipeline has stored the record of each."""
         ids = self.ingest(tenant, count, tray)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            rows = [self.store.get_result(tenant, scan_id) for scan_id in ids]
-            if all(rows):
-                return [row for row in rows if row is not None]
+            made = [self.store.results_of_root(tenant, scan_id) for scan_id in ids]
+            if all(made):
+                return [record for (record,) in made]  # one record per scan, no fan-out
             time.sleep(0.05)
         raise AssertionError(f"the pipeline did not store {ids} within a minute")
 
     def add_feedback(self, rows: list[ResultRow]) -> None:
         """The hatch results: each egg's true sex, as the phantom generator drew it."""
+        head = APP.heads[0].name
         for row in rows:
-            self.store.add_feedback(row.tenant, str(row.egg_id), self.truth[str(row.egg_id)])
+            subject = str(row.subject)
+            self.store.add_feedback(
+                row.tenant, subject, self.truth[subject], app=APP.name, head=head
+            )
 
     def add_dead_letter(self, tenant: str, stage: str) -> None:
         self.next_egg += 1

@@ -141,8 +141,8 @@ def test_a_scan_processed_by_the_pipeline_appears_within_two_seconds(
     assert time.monotonic() - accepted < 2.0
     row = page.locator(f'#table-newest tr[data-scan-id="{scan_id}"]')
     assert "TRAY-0044" in row.inner_text()
-    stored = world.store.get_result(world.a, scan_id)
-    assert stored is not None and stored.model_name == "egg_sexing"
+    (stored,) = world.store.results_of_root(world.a, scan_id)
+    assert stored.model_name == "egg_sexing"
 
 
 def test_charts_render_with_data(pages: Pages, world: DashboardWorld) -> None:
@@ -220,7 +220,7 @@ def test_tenant_b_never_sees_tenant_a(pages: Pages, world: DashboardWorld) -> No
     page_a = pages.signed_in(world.login(world.a))
     page_b = pages.signed_in(world.login(world.b))
     (row,) = world.add_scans(world.a, 1, "TRAY-0045")
-    page_a.wait_for_selector(f'#table-newest tr[data-scan-id="{row.id}"]', timeout=10_000)
+    page_a.wait_for_selector(f'#table-newest tr[data-scan-id="{row.root_id}"]', timeout=10_000)
     seen = page_b.evaluate("() => window.inferstreamDashboard.snapshots")
     page_b.wait_for_function(
         "(seen) => window.inferstreamDashboard.snapshots >= seen + 2", arg=seen

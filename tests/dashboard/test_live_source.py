@@ -49,14 +49,16 @@ def _snapshots(hub: LiveHub) -> dict[str, dict[str, Any]]:
 def test_each_tenant_gets_only_its_own_rows(store: ResultsStore, make_row: RowFactory) -> None:
     labels = ["female", "female", "male", "not_developing"]
     store.upsert_results(
-        [make_row(A, label=label, tray=f"TRAY-A{i % 2}") for i, label in enumerate(labels)]
-        + [make_row(B, label="male", tray="TRAY-B") for _ in range(3)]
+        [make_row(A, label=label, group=f"TRAY-A{i % 2}") for i, label in enumerate(labels)]
+        + [make_row(B, label="male", group="TRAY-B") for _ in range(3)]
     )
     hub = LiveHub(store, APP)
     snaps = _snapshots(hub)
     a, b = snaps[A], snaps[B]
     assert a["tenant"] == A and b["tenant"] == B
     assert a["totals"]["scans"] == 4 and b["totals"]["scans"] == 3
+    # The newest table names the scan each record was made from: the id the dashboard
+    # opens with /v1/scans/{id}.
     assert {scan["id"].split("-scan-")[0] for scan in a["newest"]} == {A}
     assert {scan["id"].split("-scan-")[0] for scan in b["newest"]} == {B}
     assert [group["group"] for group in a["groups"]] == ["TRAY-A0", "TRAY-A1"]
@@ -91,8 +93,8 @@ def test_accuracy_and_dead_letters_are_per_tenant(
 ) -> None:
     rows = [make_row(A, label="female"), make_row(A, label="male"), make_row(B, label="male")]
     store.upsert_results(rows)
-    store.add_feedback(A, str(rows[0].egg_id), "female")
-    store.add_feedback(A, str(rows[1].egg_id), "female")
+    for row in rows[:2]:
+        store.add_feedback(A, str(row.subject), "female", app="eggs", head="sex")
     store.write_batch(dead_letters=[_dead_letter(A, i, "classify") for i in range(3)])
     snaps = _snapshots(LiveHub(store, APP, _pipeline()))
     accuracy = snaps[A]["accuracy"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 
-from inferstream.store import DeadLetterRow, ResultRow, ResultsStore
+from inferstream.store import DeadLetterRow, PredictionRow, ResultRow, ResultsStore
 
 RowFactory = Callable[..., ResultRow]
 
@@ -15,25 +16,28 @@ def test_accuracy_per_model_version_from_feedback(
     store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
 ) -> None:
     acme, globex = tenants
+    store.upsert_results(
+        [
+            make_row(acme, "s1", subject="E1", label="female"),
+            make_row(acme, "s2", subject="E2", label="male"),
+            make_row(acme, "s3", subject="E3", label="female", model_version="2.0.0"),
+            make_row(acme, "s4", subject="E4", label="male"),  # no ground truth yet
+        ]
+    )
     store.write_batch(
-        results=[
-            make_row(acme, "s1", egg_id="E1", label="female"),
-            make_row(acme, "s2", egg_id="E2", label="male"),
-            make_row(acme, "s3", egg_id="E3", label="female", model_version="2.0.0"),
-            make_row(acme, "s4", egg_id="E4", label="male"),  # no ground truth yet
-        ],
-        shadows=[
-            make_row(acme, "s1", egg_id="E1", label="male", model_version="3.0.0-rc1"),
-            make_row(acme, "s2", egg_id="E2", label="male", model_version="3.0.0-rc1"),
+        predictions=[
+            shadow(make_row(acme, "s1", subject="E1", label="male", model_version="3.0.0-rc1")),
+            shadow(make_row(acme, "s2", subject="E2", label="male", model_version="3.0.0-rc1")),
         ],
     )
-    store.write_batch(results=[make_row(globex, "s1", egg_id="E1", label="male")])
-    store.add_feedback(acme, "E1", "female", source="hatchery")
-    store.add_feedback(acme, "E2", "female", source="hatchery")
-    store.add_feedback(acme, "E3", "male", source="hatchery")
-    store.add_feedback(acme, "E3", "female", source="recount", at_us=7)  # a correction wins
+    store.upsert_results([make_row(globex, "s1", subject="E1", label="male")])
+    for subject, label, source in [("E1", "female", "hatchery"), ("E2", "female", "hatchery"),
+                                   ("E3", "male", "hatchery")]:  # fmt: skip
+        store.add_feedback(acme, subject, label, app="eggs", head="sex", source=source)
+    # A correction wins.
+    store.add_feedback(acme, "E3", "female", app="eggs", head="sex", source="recount", at_us=7)
 
-    stored = store.get_feedback(acme, "E3")
+    stored = store.get_feedback(acme, "E3", app="eggs", head="sex")
     assert stored is not None and (stored.label, stored.source, stored.at_us) == (
         "female",
         "recount",
@@ -50,9 +54,30 @@ def test_accuracy_per_model_version_from_feedback(
     }
     # Feedback for acme's eggs says nothing about globex's predictions.
     assert store.accuracy_by_model_version(globex) == []
-    assert store.get_feedback(globex, "E1") is None
-    assert [r.model_version for r in store.list_shadow_results(acme, "s1")] == ["3.0.0-rc1"]
-    assert store.list_shadow_results(globex, "s1") == []
+    assert store.get_feedback(globex, "E1", app="eggs", head="sex") is None
+    answers = store.list_predictions(acme, "s1")
+    assert [(a.role, a.model_version) for a in answers] == [
+        ("champion", "1.0.0"),
+        ("shadow", "3.0.0-rc1"),
+    ]
+    assert [a.role for a in store.list_predictions(globex, "s1")] == ["champion"]
+
+
+def shadow(row: ResultRow) -> PredictionRow:
+    return dataclasses.replace(row.champion(), role="shadow")
+
+
+def test_feedback_is_per_head_and_application(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    store.upsert_results([make_row(acme, "s1", subject="E1", label="female")])
+    store.add_feedback(acme, "E1", "female", app="eggs", head="colour")
+    store.add_feedback(acme, "E1", "male", app="other", head="sex")
+    assert store.accuracy_by_model_version(acme) == []  # neither is this record's head and app
+    store.add_feedback(acme, "E1", "female", app="eggs", head="sex")
+    (only,) = store.accuracy_by_model_version(acme)
+    assert (only.labelled, only.correct) == (1, 1)
 
 
 def _letter(tenant: str, ident: str, at_us: int, stage: str = "decode") -> DeadLetterRow:
@@ -100,6 +125,8 @@ def test_feedback_is_an_upsert_per_egg(
     store: ResultsStore, tenants: tuple[str, str], label: str
 ) -> None:
     acme, _ = tenants
-    store.add_feedback(acme, "E9", "not_developing")
-    entry = store.add_feedback(acme, "E9", label, source="hatchery", at_us=5)
-    assert store.get_feedback(acme, "E9") == entry
+    store.add_feedback(acme, "E9", "not_developing", app="eggs", head="sex")
+    entry = store.add_feedback(
+        acme, "E9", label, app="eggs", head="sex", source="hatchery", at_us=5
+    )
+    assert store.get_feedback(acme, "E9", app="eggs", head="sex") == entry

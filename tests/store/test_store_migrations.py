@@ -15,17 +15,17 @@ from inferstream.store.engine import SQLITE_BUSY_TIMEOUT_MS
 from inferstream.store.migrate import current_revision, head_revision
 from inferstream.store.schema import metadata
 
-TABLES = {"results", "shadow_results", "dead_letters", "feedback"}
+TABLES = {"records", "predictions", "dead_letters", "feedback"}
 
 
 def test_open_migrates_to_head_and_again_is_a_no_op(store_url: str) -> None:
     with ResultsStore(store_url) as store:
         with store.engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0003"
+            assert current_revision(conn) == head_revision() == "0004"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         store.migrate()
     with ResultsStore(store_url) as again, again.engine.connect() as conn:
-        assert current_revision(conn) == "0003"
+        assert current_revision(conn) == "0004"
         assert again.count_results("anyone") == 0
 
 

@@ -63,9 +63,9 @@ def test_filters_select_matching_rows(
     acme, _ = tenants
     store.upsert_results(
         [
-            make_row(acme, "a", stored_at_us=10_000_000, confidence=0.95, tray="T1"),
+            make_row(acme, "a", stored_at_us=10_000_000, confidence=0.95, group="T1"),
             make_row(acme, "b", stored_at_us=20_000_000, confidence=0.55, label="male"),
-            make_row(acme, "c", stored_at_us=30_000_000, scanner="SCANNER-09", tray="T1"),
+            make_row(acme, "c", stored_at_us=30_000_000, source="SCANNER-09", group="T1"),
             make_row(acme, "d", stored_at_us=40_000_000, model_version="2.0.0"),
         ]
     )
@@ -74,17 +74,17 @@ def test_filters_select_matching_rows(
         page = store.list_results(acme, ResultFilter(**criteria))  # type: ignore[arg-type]
         return [row.id for row in page.items]
 
-    assert ids(tray="T1") == ["a", "c"]
-    assert ids(scanner="SCANNER-09") == ["c"]
+    assert ids(group="T1") == ["a", "c"]
+    assert ids(source="SCANNER-09") == ["c"]
     assert ids(label="male") == ["b"]
     assert ids(min_confidence=0.9) == ["a", "c", "d"]
     assert ids(max_confidence=0.6) == ["b"]
     assert ids(model_version="2.0.0") == ["d"]
-    assert ids(egg_id="EGG-b") == ["b"]
+    assert ids(subject="EGG-b") == ["b"]
     # created_at_us is stored_at_us - 50 ms in make_row; the range is half-open.
     assert ids(since_us=19_950_000, until_us=39_950_000) == ["b", "c"]
-    assert ids(tray="T1", min_confidence=0.92) == ["a"]
-    assert store.count_results(acme, ResultFilter(tray="T1")) == 2
+    assert ids(group="T1", min_confidence=0.92) == ["a"]
+    assert store.count_results(acme, ResultFilter(group="T1")) == 2
 
 
 @pytest.mark.parametrize("order", ["asc", "desc"])
@@ -148,13 +148,13 @@ def test_group_summary_figures(
         make_row(acme, "f3", stored_at_us=12 * second, label="female", confidence=0.7),
         make_row(acme, "m1", stored_at_us=12 * second, label="male", confidence=0.6),
         make_row(acme, "n1", stored_at_us=14 * second, label="not_developing", confidence=0.5),
-        make_row(acme, "other", stored_at_us=99 * second, tray="TRAY-0002"),
+        make_row(acme, "other", stored_at_us=99 * second, group="TRAY-0002"),
     ]
     store.upsert_results(rows)
-    summary = store.group_summary(acme, "TRAY-0001")
+    summary = store.group_summary(acme, "TRAY-0001", ratio_label="female")
     assert summary.count == 5
     assert summary.counts == {"female": 3, "male": 1, "not_developing": 1}
-    assert summary.female_ratio == pytest.approx(0.6)
+    assert summary.ratio == pytest.approx(0.6)
     assert summary.mean_confidence == pytest.approx(0.7)
     assert (summary.first_stored_at_us, summary.last_stored_at_us) == (10 * second, 14 * second)
     assert summary.throughput_per_s == pytest.approx(5 / 4)
@@ -176,3 +176,27 @@ def test_rows_round_trip_with_json_fields(
     )
     store.upsert_results([row])
     assert store.get_result(acme, "json") == row
+
+
+def test_records_filter_on_typed_declared_attributes(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, globex = tenants
+    store.upsert_results(
+        [
+            make_row(acme, "c0", attributes={"crop": 0, "field": "F1", "ratio": 0.5}),
+            make_row(acme, "c1", attributes={"crop": 1, "field": "F1", "ratio": 0.25}),
+            make_row(acme, "c2", attributes={"crop": 1, "field": "F2", "ratio": 0.25}),
+            make_row(globex, "g1", attributes={"crop": 1, "field": "F1"}),
+        ]
+    )
+
+    def ids(**attributes: str | int | float) -> list[str]:
+        page = store.list_results(acme, ResultFilter(attributes=attributes))
+        return [row.id for row in page.items]
+
+    assert ids(crop=1) == ["c1", "c2"]
+    assert ids(crop=1, field="F1") == ["c1"]
+    assert ids(ratio=0.25) == ["c1", "c2"]
+    assert ids(field="F3") == []
+    assert store.count_results(globex, ResultFilter(attributes={"crop": 1})) == 1

@@ -7,6 +7,7 @@ so this also proves the FORCE.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -52,12 +53,10 @@ def _tenants_visible(conn: Connection) -> dict[str, set[str]]:
 
 def _seed(store: ResultsStore, make_row: RowFactory, tenant: str) -> None:
     letter = DeadLetterRow("d1", tenant, "decode", "InvalidInput", "bad", 1, "scans.raw", 0, 1, 1)
-    store.write_batch(
-        results=[make_row(tenant, "s1")],
-        shadows=[make_row(tenant, "s1", model_version="2.0.0")],
-        dead_letters=[letter],
-    )
-    store.add_feedback(tenant, "EGG-s1", "female")
+    row = make_row(tenant, "s1")
+    shadow = dataclasses.replace(row.champion(), role="shadow", model_version="2.0.0")
+    store.write_batch(results=[row], predictions=[row.champion(), shadow], dead_letters=[letter])
+    store.add_feedback(tenant, "EGG-s1", "female", app="eggs", head="sex")
 
 
 def test_store_works_under_rls_and_sees_only_its_tenant(
@@ -84,7 +83,7 @@ def test_raw_sql_with_one_tenant_set_cannot_see_another(
             _seed(admin, make_row, tenant)
         with admin.engine.connect() as conn:
             # The superuser sees both tenants: the rows are really there.
-            assert _tenants_visible(conn)["results"] == {acme, globex}
+            assert _tenants_visible(conn)["records"] == {acme, globex}
             forced = conn.execute(
                 text("SELECT relname, relforcerowsecurity FROM pg_class WHERE relname = ANY(:t)"),
                 {"t": list(TENANT_TABLES)},
@@ -94,7 +93,7 @@ def test_raw_sql_with_one_tenant_set_cannot_see_another(
     with as_role.begin() as conn:
         conn.execute(text("SELECT set_config('inferstream.tenant', :t, true)"), {"t": acme})
         assert _tenants_visible(conn) == {key: {acme} for key in TENANT_TABLES}
-        leaked = conn.execute(text("SELECT count(*) FROM results WHERE tenant = :t"), {"t": globex})
+        leaked = conn.execute(text("SELECT count(*) FROM records WHERE tenant = :t"), {"t": globex})
         assert leaked.scalar_one() == 0
     with as_role.begin() as conn:
         # No tenant named: nothing at all is visible.
@@ -109,8 +108,8 @@ def test_writing_another_tenants_row_is_refused(
         conn.execute(text("SELECT set_config('inferstream.tenant', :t, true)"), {"t": acme})
         conn.execute(
             text(
-                "INSERT INTO feedback (tenant, egg_id, label, source, at_us) "
-                "VALUES (:t, 'E', 'male', 'x', 1)"
+                "INSERT INTO feedback (tenant, app, subject, head, label, source, at_us) "
+                "VALUES (:t, 'eggs', 'E', 'sex', 'male', 'x', 1)"
             ),
             {"t": globex},
         )

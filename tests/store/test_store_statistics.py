@@ -1,4 +1,4 @@
-"""Planner statistics: after ``refresh_statistics`` SQLite finds one tray through its index."""
+"""Planner statistics: after ``refresh_statistics`` SQLite finds one group through its index."""
 
 from __future__ import annotations
 
@@ -12,29 +12,30 @@ from inferstream.store import ResultRow, ResultsStore
 RowFactory = Callable[..., ResultRow]
 
 
-def _tray_plan(store: ResultsStore) -> str:
+def _group_plan(store: ResultsStore) -> str:
     query = (
-        "EXPLAIN QUERY PLAN SELECT * FROM results WHERE tenant = 'acme' AND tray = 'TRAY-0007' "
+        "EXPLAIN QUERY PLAN SELECT * FROM records WHERE tenant = 'acme' "
+        "AND group_key = 'TRAY-0007' "
         "ORDER BY stored_at_us, id LIMIT 51"
     )
     with store.engine.connect() as conn:
         return " ".join(str(row[-1]) for row in conn.execute(text(query)))
 
 
-def test_refreshed_statistics_make_a_tray_page_use_the_tray_index(
+def test_refreshed_statistics_make_a_group_page_use_the_group_index(
     tmp_path: Path, make_row: RowFactory
 ) -> None:
     store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
     rows = [
-        make_row("acme", f"s{i}", stored_at_us=1_000_000 + i, tray=f"TRAY-{i // 36:04d}")
+        make_row("acme", f"s{i}", stored_at_us=1_000_000 + i, group=f"TRAY-{i // 36:04d}")
         for i in range(3600)
     ]
     store.upsert_results(rows)
     # Without statistics every index looks alike (all start with tenant), so SQLite
     # walks the time index, which saves it a sort, through all the tenant's rows.
-    assert "tray" not in _tray_plan(store)
+    assert "group_key" not in _group_plan(store)
     store.refresh_statistics()
-    assert "tray=?" in _tray_plan(store)
+    assert "group_key=?" in _group_plan(store)
     assert len(store.list_results("acme").items) == 100  # the store still answers
     store.close()
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from inferstream.apps.eggs import APP
 from inferstream.envelope import (
     DeadLetter,
     Envelope,
@@ -53,7 +54,7 @@ def classified(tenant: str, egg: str, *, shadow: bool = False) -> Envelope:
 
 
 def context(url: str) -> StepContext:
-    return StepContext(pipeline="eggs", stage="store", store_url=url)
+    return StepContext(pipeline="eggs", stage="store", store_url=url, app=APP)
 
 
 def test_envelopes_become_results_once(store_url: str, tenants: tuple[str, str]) -> None:
@@ -72,9 +73,10 @@ def test_envelopes_become_results_once(store_url: str, tenants: tuple[str, str])
 
     with ResultsStore(store_url) as store:
         assert store.count_results(acme) == 2 and store.count_results(globex) == 1
-        row = store.get_result(acme, batch[0].root_id)
-        assert row is not None
-        assert (row.egg_id, row.tray, row.scanner) == ("EGG-1", "TRAY-0042", "SCANNER-03")
+        (row,) = store.results_of_root(acme, batch[0].root_id)
+        assert row.id == batch[0].id and row.parent_id == batch[0].parent_id
+        assert (row.subject, row.group, row.source) == ("EGG-1", "TRAY-0042", "SCANNER-03")
+        assert (row.app, row.head) == ("eggs", "sex")
         assert (row.label, row.confidence, dict(row.scores)) == ("male", 0.75, SCORES)
         assert (row.model_name, row.model_version, row.status) == (
             "egg_sexing",
@@ -86,9 +88,12 @@ def test_envelopes_become_results_once(store_url: str, tenants: tuple[str, str])
         assert row.latency_ms == (row.stored_at_us - row.created_at_us) / 1000
         assert [step["stage"] for step in row.lineage] == ["classify"]
         assert row.trace_id == batch[0].trace_id
-        shadows = store.list_shadow_results(acme, batch[0].root_id)
-        assert [(s.model_version, s.label) for s in shadows] == [("1.1.0", "female")]
-        assert store.list_shadow_results(acme, batch[1].root_id) == []
+        answers = store.list_predictions(acme, row.id)
+        assert [(a.role, a.model_version, a.label) for a in answers] == [
+            ("champion", "1.0.0", "male"),
+            ("shadow", "1.1.0", "female"),
+        ]
+        assert [a.role for a in store.list_predictions(acme, batch[1].id)] == ["champion"]
 
 
 def test_dead_letters_and_unusable_envelopes(store_url: str, tenants: tuple[str, str]) -> None:
@@ -105,7 +110,9 @@ def test_dead_letters_and_unusable_envelopes(store_url: str, tenants: tuple[str,
             offset=17,
         )
     )
-    unclassified = new_envelope(b"DICM", "application/dicom", tenant=acme)
+    unclassified = new_envelope(
+        b"DICM", "application/dicom", tenant=acme, attributes={"egg_id": "EGG-7"}
+    )
     no_tenant = classified("", "EGG-9")
     good = classified(acme, "EGG-1")
     step = build_step("store_results", context(store_url), {"on_conflict": "update"})

@@ -72,9 +72,11 @@ class ScanRecord:
     content_type: str
     size: int
     blob_sha256: str
-    egg_id: str | None
-    tray: str | None
-    scanner: str | None
+    subject: str | None
+    group: str | None
+    #: The device the application's source attribute names (a scanner).
+    device: str | None
+    #: Who sent it (the envelope's source: an edge agent, or the caller).
     source: str
     trace_id: str
     received_at_us: int
@@ -248,7 +250,11 @@ class Accounts:
         stmt = select(scans).where(scans.c.tenant == tenant, scans.c.id == scan_id)
         with self._tenant(tenant, "read scans from") as conn:
             row = conn.execute(stmt).mappings().first()
-        return None if row is None else ScanRecord(**row)
+        if row is None:
+            return None
+        values = dict(row)
+        values["group"] = values.pop("group_key")
+        return ScanRecord(**values)
 
     def dead_letter_of(self, tenant: str, scan_id: str) -> Mapping[str, Any] | None:
         """The newest dead letter whose root is ``scan_id``, if any stage gave up on it."""
@@ -354,4 +360,6 @@ class Accounts:
 
 
 def _fields(record: ScanRecord) -> dict[str, Any]:
-    return {name: getattr(record, name) for name in ScanRecord.__slots__}
+    values = {name: getattr(record, name) for name in ScanRecord.__slots__}
+    values["group_key"] = values.pop("group")
+    return values

@@ -25,9 +25,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from inferstream.api import admin, ingest, live, ops, queries
+from inferstream.api import admin, ingest, live, ops, queries, records
 from inferstream.api.accounts import Accounts
-from inferstream.api.admin import served_labels
 from inferstream.api.errors import ApiError
 from inferstream.api.group_commit import GroupCommit
 from inferstream.api.live_hub import LiveHub
@@ -35,6 +34,7 @@ from inferstream.api.ratelimit import RateLimiter
 from inferstream.api.services import Services
 from inferstream.api.settings import ApiSettings
 from inferstream.api.throttle import GuessThrottle
+from inferstream.application import AppSpec
 from inferstream.blobs import open_blob_store
 from inferstream.bus import open_bus
 from inferstream.codecs import UnsupportedContent
@@ -80,19 +80,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    for module in (ingest, queries, admin):
+    for module in (ingest, queries, records, admin):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(ops.router)
     app.include_router(live.router)
     app.add_middleware(ops.Observe)
     app.add_middleware(ops.HeaderLimit)  # outermost: refused before anything else runs
     _add_error_handlers(app)
-    _document_pipeline(app, settings, served_labels(settings.pipeline))
+    _document_pipeline(app, settings, settings.application())
     return app
 
 
-def _document_pipeline(app: FastAPI, settings: ApiSettings, labels: frozenset[str]) -> None:
-    """Name this pipeline's stages and labels in the schema, so it admits only those."""
+def app_labels(app: AppSpec) -> frozenset[str]:
+    """Every label of every head of the application (what feedback may say)."""
+    return frozenset(label for head in app.heads for label in head.label_names)
+
+
+def _document_pipeline(app: FastAPI, settings: ApiSettings, application: AppSpec) -> None:
+    """Name this pipeline's stages and its application's heads and labels in the schema,
+    so it admits only those."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -100,8 +106,10 @@ def _document_pipeline(app: FastAPI, settings: ApiSettings, labels: frozenset[st
             schema = build()
             replay = schema["components"]["schemas"]["Replay"]["properties"]["stage"]
             replay["enum"] = [stage.name for stage in settings.pipeline.stages]
-            feedback = schema["components"]["schemas"]["FeedbackIn"]["properties"]["label"]
-            feedback["enum"] = sorted(labels)
+            feedback = schema["components"]["schemas"]["FeedbackIn"]["properties"]
+            feedback["label"]["enum"] = sorted(app_labels(application))
+            named = feedback["head"]["anyOf"][0]  # the string branch; null means the first
+            named["enum"] = [head.name for head in application.heads]
             upload = schema["paths"]["/v1/scans"]["post"]["requestBody"]["content"]
             fields = upload["multipart/form-data"]["schema"]["properties"]
             fields |= {
@@ -136,7 +144,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             throttle=GuessThrottle(accounts),
             blobs=open_blob_store(spec.blobs),
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
-            labels=served_labels(spec),
+            labels=app_labels(application),
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
             live=LiveHub(store, application, spec, bus),
         )

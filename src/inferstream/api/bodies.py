@@ -6,19 +6,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from inferstream.store import GroupSummary, ModelAccuracy, ResultRow
+from inferstream.store import GroupSummary, ModelAccuracy, PredictionRow, ResultRow
 
 
 class Result(BaseModel):
+    """One stored record with the champion prediction of its application's first head."""
+
     id: str
+    root_id: str = Field(description="the ingested item (scan) the record was made from")
+    parent_id: str | None = Field(description="the record it was made from in a fan-out")
+    app: str
+    subject: str | None = Field(description="what the record is about (an egg)")
+    group: str | None = Field(description="the group it belongs to (a tray)")
+    source: str | None = Field(description="the device it came from (a scanner)")
+    attributes: dict[str, Any]
+    head: str
     label: str
     confidence: float
     scores: dict[str, float]
     model_name: str
     model_version: str
-    egg_id: str | None
-    tray: str | None
-    scanner: str | None
     created_at_us: int
     ingested_at_us: int
     stored_at_us: int
@@ -32,8 +39,27 @@ class Result(BaseModel):
         # per page was an eighth of the API's CPU under the read benchmark.
         values = {name: getattr(row, name) for name in _RESULT_FIELDS}
         values["scores"] = dict(row.scores)
+        values["attributes"] = dict(row.attributes)
         values["lineage"] = [dict(step) for step in row.lineage]
         return cls.model_construct(**values)
+
+
+class PredictionOut(BaseModel):
+    """One model's answer for one head of a record."""
+
+    head: str
+    role: str
+    model_name: str
+    model_version: str
+    label: str
+    confidence: float
+    scores: dict[str, float]
+    predicted_at_us: int
+
+    @classmethod
+    def of(cls, row: PredictionRow) -> PredictionOut:
+        values = {name: getattr(row, name) for name in cls.model_fields}
+        return cls.model_construct(**{**values, "scores": dict(row.scores)})
 
 
 _RESULT_FIELDS = tuple(Result.model_fields)
@@ -53,11 +79,14 @@ class ScanStatus(BaseModel):
     content_type: str
     received_at_us: int
     trace_id: str
-    egg_id: str | None
-    tray: str | None
-    scanner: str | None
-    result: Result | None = None
-    shadows: list[Result] = Field(default_factory=list)
+    subject: str | None
+    group: str | None
+    source: str | None
+    result: Result | None = Field(default=None, description="the first record made from it")
+    records: int = Field(default=0, description="records made from it (more than 1: a fan-out)")
+    predictions: list[PredictionOut] = Field(
+        default_factory=list, description="every prediction of that record, shadows too"
+    )
     dead_letter: DeadLetter | None = None
 
 
@@ -66,20 +95,19 @@ class ResultPage(BaseModel):
     next_cursor: str | None
 
 
-class TraySummary(BaseModel):
-    tray: str
+class GroupSummaryOut(BaseModel):
+    group: str
     count: int
     counts: dict[str, int]
-    female_ratio: float | None
+    ratio: float | None = Field(description="the share of the application's first ratio")
     mean_confidence: float | None
     first_stored_at_us: int | None
     last_stored_at_us: int | None
     throughput_per_s: float | None
 
     @classmethod
-    def of(cls, summary: GroupSummary) -> TraySummary:
-        values = {name: getattr(summary, name) for name in cls.model_fields if name != "tray"}
-        return cls(tray=summary.group, **values)
+    def of(cls, summary: GroupSummary) -> GroupSummaryOut:
+        return cls(**{name: getattr(summary, name) for name in cls.model_fields})
 
 
 class Accuracy(BaseModel):
@@ -96,13 +124,19 @@ class Accuracy(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    egg_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")
+    subject: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$", description="e.g. the egg's id"
+    )
     label: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    head: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="default: the first head"
+    )
     source: str = Field(default="manual", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class FeedbackOut(BaseModel):
-    egg_id: str
+    subject: str
+    head: str
     label: str
     source: str
     at_us: int

@@ -35,6 +35,7 @@ from inferstream.api.auth import Principal, require
 from inferstream.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from inferstream.api.permissions import roles_for
 from inferstream.api.services import Services, services_of
+from inferstream.application import AppSpec
 from inferstream.bus import Record
 from inferstream.codecs import Checked, ImageLimits
 from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope, now_us
@@ -277,7 +278,7 @@ def record_and_produce(state: Services, envelopes: list[Envelope]) -> None:
     When the bus refuses them (down, disk full) the scans this call recorded are
     forgotten again, so a scan answered 503 never shows as queued forever.
     """
-    recorded = state.accounts.record_scans([_record(env) for env in envelopes])
+    recorded = state.accounts.record_scans([_record(env, state.app) for env in envelopes])
     try:
         state.bus.produce(
             state.settings.ingest_topic,
@@ -295,7 +296,7 @@ def _forget(state: Services, tenant: str, scan_ids: list[str]) -> None:
         log.warning("refused scans stay recorded", extra={"error": str(exc)})
 
 
-def _record(env: Envelope) -> ScanRecord:
+def _record(env: Envelope, app: AppSpec) -> ScanRecord:
     attributes = env.attributes
     return ScanRecord(
         tenant=env.tenant,
@@ -303,9 +304,9 @@ def _record(env: Envelope) -> ScanRecord:
         content_type=env.payload.content_type,
         size=env.payload.blob.size or len(env.payload.inline),
         blob_sha256=attributes["blob_sha256"],
-        egg_id=attributes.get("egg_id"),
-        tray=attributes.get("tray"),
-        scanner=attributes.get("scanner"),
+        subject=attributes.get(app.subject),
+        group=attributes.get(app.group) if app.group else None,
+        device=attributes.get(app.source) if app.source else None,
         source=env.source,
         trace_id=env.trace_id,
         received_at_us=env.ingested_at_us,

@@ -37,7 +37,7 @@ from inferstream.envelope import now_us
 from inferstream.errors import BusError, StoreError
 from inferstream.pipeline import PipelineSpec
 from inferstream.store import ResultsStore
-from inferstream.store.schema import dead_letters, results
+from inferstream.store.schema import dead_letters, records
 
 #: Most rows one tick reads; a backlog is caught up over the following ticks.
 MAX_ROWS_PER_TICK = 20_000
@@ -72,14 +72,12 @@ def fetch_points(
     limit: int = MAX_ROWS_PER_TICK,
 ) -> list[ScanPoint]:
     """Results of ``tenant`` stored at or after ``since_us`` (and after ``after``), oldest first."""
-    c = results.c
+    c = records.c
     where = [c.tenant == tenant, c.stored_at_us >= since_us]
     if after is not None:
         where.append(sql_tuple(c.stored_at_us, c.id) > after)
     stmt = (
-        select(
-            c.id, c.stored_at_us, c.latency_ms, c.label, c.confidence, c.tray
-        )  # tray: the group column today
+        select(c.id, c.stored_at_us, c.latency_ms, c.label, c.confidence, c.group_key)
         .where(and_(*where))
         .order_by(c.stored_at_us, c.id)
         .limit(limit)
@@ -88,14 +86,14 @@ def fetch_points(
 
 
 def fetch_group_counts(conn: Connection, tenant: str, groups: Sequence[str]) -> list[Any]:
-    """(group, label, count) over every result of the given groups (the tray column)."""
+    """(group, label, count) over every record of the given groups."""
     if not groups:
         return []
-    c = results.c
+    c = records.c
     stmt = (
-        select(c.tray, c.label, func.count())
-        .where(c.tenant == tenant, c.tray.in_(groups))
-        .group_by(c.tray, c.label)
+        select(c.group_key, c.label, func.count())
+        .where(c.tenant == tenant, c.group_key.in_(groups))
+        .group_by(c.group_key, c.label)
     )
     return [tuple(row) for row in conn.execute(stmt).all()]
 
@@ -118,12 +116,14 @@ def fetch_dead_letter_counts(conn: Connection, tenant: str, recent_since_us: int
 
 
 def newest_scans(store: ResultsStore, tenant: str, limit: int = NEWEST) -> list[dict[str, Any]]:
+    """The newest records, each under the id of the scan it was made from (the id the
+    dashboard opens with ``/v1/scans/{id}``; a record's own id is not a scan's)."""
     rows = store.list_results(tenant, limit=limit, order="desc").items
     return [
         {
-            "id": row.id,
-            "subject": row.egg_id,
-            "group": row.tray,
+            "id": row.root_id,
+            "subject": row.subject,
+            "group": row.group,
             "label": row.label,
             "confidence": round(row.confidence, 4),
             "model_name": row.model_name,

@@ -1,4 +1,4 @@
-"""Read routes: a scan's status and image, result listings, tray summaries and CSV,
+"""Read routes: a scan's status and image, result listings, group summaries and CSV,
 feedback (ground truth) and accuracy per model version.
 
 Every query runs for the caller's tenant only; another tenant's id is simply not
@@ -23,10 +23,11 @@ from inferstream.api.bodies import (
     DeadLetter,
     FeedbackIn,
     FeedbackOut,
+    GroupSummaryOut,
+    PredictionOut,
     Result,
     ResultPage,
     ScanStatus,
-    TraySummary,
 )
 from inferstream.api.errors import BadRequest, NotFound
 from inferstream.api.permissions import roles_for
@@ -38,7 +39,7 @@ from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
 
 router = APIRouter(tags=["queries"])
-TrayPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
+GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
 IdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
 
 
@@ -56,24 +57,26 @@ def get_scan(
     """Status (queued, processed, dead_lettered with the reason), prediction, lineage."""
     state = services_of(request)
     record = state.accounts.find_scan(principal.tenant, scan_id)
-    row = state.store.get_result(principal.tenant, scan_id)
     if record is not None:
         status = ScanStatus(
             id=scan_id, status="queued", content_type=record.content_type,
             received_at_us=record.received_at_us, trace_id=record.trace_id,
-            egg_id=record.egg_id, tray=record.tray, scanner=record.scanner,
+            subject=record.subject, group=record.group, source=record.device,
         )  # fmt: skip
-    elif row is not None:  # produced straight to the bus, never through the API
+    made = state.store.results_of_root(principal.tenant, scan_id)
+    if record is None and made:  # produced straight to the bus, never through the API
+        first = made[0]
         status = ScanStatus(
-            id=scan_id, status="queued", content_type="", received_at_us=row.ingested_at_us,
-            trace_id=row.trace_id, egg_id=row.egg_id, tray=row.tray, scanner=row.scanner,
+            id=scan_id, status="queued", content_type="", received_at_us=first.ingested_at_us,
+            trace_id=first.trace_id, subject=first.subject, group=first.group,
+            source=first.source,
         )  # fmt: skip
-    else:
+    elif record is None:
         raise NotFound(f"no scan {scan_id!r} in your tenant")
-    if row is not None:
-        status.status, status.result = "processed", Result.of(row)
-        shadows = state.store.list_shadow_results(principal.tenant, scan_id)
-        status.shadows = [Result.of(shadow) for shadow in shadows]
+    if made:
+        status.status, status.result, status.records = "processed", Result.of(made[0]), len(made)
+        answers = state.store.list_predictions(principal.tenant, made[0].id)
+        status.predictions = [PredictionOut.of(answer) for answer in answers]
         return status
     letter = state.accounts.dead_letter_of(principal.tenant, scan_id)
     if letter is not None:
@@ -120,9 +123,10 @@ class ResultQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tray: IdText | None = None
-    scanner: IdText | None = None
-    egg_id: IdText | None = None
+    subject: IdText | None = None
+    group: IdText | None = None
+    source: IdText | None = None
+    root_id: IdText | None = None
     label: IdText | None = None
     model_version: IdText | None = None
     min_confidence: float | None = Field(default=None, ge=0, le=1)
@@ -146,9 +150,10 @@ def list_results(
 ) -> ResultPage:
     """Results of your tenant, filtered, oldest first; pass ``next_cursor`` for more."""
     filters = ResultFilter(
-        egg_id=query.egg_id,
-        tray=query.tray,
-        scanner=query.scanner,
+        subject=query.subject,
+        group=query.group,
+        source=query.source,
+        root_id=query.root_id,
         label=query.label,
         model_version=query.model_version,
         min_confidence=query.min_confidence,
@@ -169,48 +174,53 @@ def _us(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1_000_000)
 
 
-@router.get("/v1/trays/{tray}/summary", response_model=TraySummary)
-def tray_summary(
-    tray: TrayPath,
+@router.get("/v1/groups/{group}/summary", response_model=GroupSummaryOut)
+def group_summary(
+    group: GroupPath,
     request: Request,
-    principal: Annotated[Principal, guard("GET /v1/trays/{tray}/summary")],
-) -> TraySummary:
-    """Counts per class, female ratio, mean confidence and throughput of one tray."""
-    return TraySummary.of(services_of(request).store.group_summary(principal.tenant, tray))
+    principal: Annotated[Principal, guard("GET /v1/groups/{group}/summary")],
+) -> GroupSummaryOut:
+    """Counts per label, the application's ratio (the eggs' female ratio), mean
+    confidence and throughput of one group (the eggs' tray)."""
+    state = services_of(request)
+    app = state.app  # a record carries the champion of the first head: ratios of it only
+    first = next((r for r in app.ratios if r.head == app.heads[0].name), None)
+    ratio = first.label if first else ""
+    return GroupSummaryOut.of(state.store.group_summary(principal.tenant, group, ratio))
 
 
 CSV_COLUMNS = (
-    "id", "egg_id", "tray", "scanner", "label", "confidence", "model_name", "model_version",
-    "created_at_us", "stored_at_us", "latency_ms",
+    "id", "root_id", "subject", "group", "source", "label", "confidence", "model_name",
+    "model_version", "created_at_us", "stored_at_us", "latency_ms",
 )  # fmt: skip
 
 
 @router.get(
-    "/v1/trays/{tray}/export.csv",
+    "/v1/groups/{group}/export.csv",
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "one row per scan"}},
 )
-def tray_export(
-    tray: TrayPath,
+def group_export(
+    group: GroupPath,
     request: Request,
-    principal: Annotated[Principal, guard("GET /v1/trays/{tray}/export.csv")],
+    principal: Annotated[Principal, guard("GET /v1/groups/{group}/export.csv")],
 ) -> StreamingResponse:
-    """Every result of one tray as CSV, streamed page by page."""
+    """Every record of one group as CSV, streamed page by page."""
     store = services_of(request).store
-    rows = _csv_lines(store, principal.tenant, tray)
-    disposition = f'attachment; filename="{_safe_filename(tray)}.csv"'
+    rows = _csv_lines(store, principal.tenant, group)
+    disposition = f'attachment; filename="{_safe_filename(group)}.csv"'
     return StreamingResponse(
         rows, media_type="text/csv", headers={"Content-Disposition": disposition}
     )
 
 
-def _csv_lines(store: Any, tenant: str, tray: str) -> Iterator[str]:
+def _csv_lines(store: Any, tenant: str, group: str) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     cursor: str | None = None
     while True:
-        page = store.list_results(tenant, ResultFilter(tray=tray), cursor, 1000)
+        page = store.list_results(tenant, ResultFilter(group=group), cursor, 1000)
         for row in page.items:
             writer.writerow([_cell(getattr(row, name)) for name in CSV_COLUMNS])
         yield buffer.getvalue()
@@ -228,9 +238,9 @@ def _cell(value: object) -> object:
     return value
 
 
-def _safe_filename(tray: str) -> str:
-    safe = (ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in tray)
-    return "".join(safe)[:64] or "tray"
+def _safe_filename(group: str) -> str:
+    safe = (ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in group)
+    return "".join(safe)[:64] or "group"
 
 
 @router.post("/v1/feedback", response_model=FeedbackOut, status_code=201)
@@ -239,22 +249,31 @@ def post_feedback(
     request: Request,
     principal: Annotated[Principal, guard("POST /v1/feedback")],
 ) -> FeedbackOut:
-    """Record the ground truth of one egg (e.g. the hatch result); a later post corrects it.
+    """Record the ground truth of one subject (an egg's hatch result) for one head of the
+    application (default: its first); a later post corrects it.
 
-    The label must be one the pipeline's models predict; anything else is a 400.
+    The head must be the application's and the label one of that head's; anything else
+    is a 400 naming what is allowed.
     """
-    labels: frozenset[str] = services_of(request).labels
-    if body.label not in labels:
+    state = services_of(request)
+    app = state.app
+    heads = {head.name: head for head in app.heads}
+    head = heads.get(body.head) if body.head else app.heads[0]
+    if head is None:
+        raise BadRequest(f"head {body.head!r} is not one of {app.name}'s: {', '.join(heads)}")
+    if body.label not in head.label_names:
         raise BadRequest(
-            f"label {body.label!r} is not one the models predict; use one of "
-            f"{', '.join(sorted(labels)) or '(none: this pipeline serves no model)'}"
+            f"label {body.label!r} is not one head {head.name!r} predicts; use one of "
+            f"{', '.join(head.label_names)}"
         )
-    entry = services_of(request).store.add_feedback(
-        principal.tenant, body.egg_id, body.label, source=body.source
-    )
+    entry = state.store.add_feedback(
+        principal.tenant, body.subject, body.label, app=app.name, head=head.name,
+        source=body.source,
+    )  # fmt: skip
     return FeedbackOut(
-        egg_id=entry.egg_id, label=entry.label, source=entry.source, at_us=entry.at_us
-    )
+        subject=entry.subject, head=entry.head, label=entry.label, source=entry.source,
+        at_us=entry.at_us,
+    )  # fmt: skip
 
 
 @router.get("/v1/models/accuracy", response_model=list[Accuracy])

@@ -38,6 +38,7 @@ from inferstream.store.rows import (
     GroupSummary,
     ModelAccuracy,
     Page,
+    PredictionRow,
     ResultFilter,
     ResultRow,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "InvalidQuery",
     "ModelAccuracy",
     "Page",
+    "PredictionRow",
     "RejectedWrite",
     "ResultFilter",
     "ResultRow",

@@ -10,13 +10,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, Select, Table, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, Insert, Select, Table, and_, case, func, select
 from sqlalchemy import tuple_ as sql_tuple
 from sqlalchemy.dialects import postgresql, sqlite
 
 from inferstream.errors import InferstreamError
 from inferstream.store.rows import OnConflict, Order, ResultFilter
-from inferstream.store.schema import feedback, results
+from inferstream.store.schema import feedback, predictions, records
 
 #: Largest page a listing returns, whatever the caller asks for.
 MAX_PAGE = 1000
@@ -46,21 +46,38 @@ def upsert(table: Table, dialect: str, on_conflict: OnConflict) -> Insert:
 
 def result_conditions(tenant: str, filters: ResultFilter | None) -> list[ColumnElement[bool]]:
     """WHERE terms for a tenant's results under ``filters``."""
-    conditions: list[ColumnElement[bool]] = [results.c.tenant == tenant]
+    c = records.c
+    conditions: list[ColumnElement[bool]] = [c.tenant == tenant]
     if filters is None:
         return conditions
-    for name in ("egg_id", "tray", "scanner", "label", "model_name", "model_version"):
+    columns = {"subject": c.subject, "group": c.group_key, "source": c.source,
+               "root_id": c.root_id, "app": c.app, "label": c.label,
+               "model_name": c.model_name, "model_version": c.model_version}  # fmt: skip
+    for name, column in columns.items():
         value = getattr(filters, name)
         if value is not None:
-            conditions.append(results.c[name] == value)
+            conditions.append(column == value)
     bounds = (
-        (filters.min_confidence, results.c.confidence.__ge__),
-        (filters.max_confidence, results.c.confidence.__le__),
-        (filters.since_us, results.c.created_at_us.__ge__),
-        (filters.until_us, results.c.created_at_us.__lt__),
+        (filters.min_confidence, c.confidence.__ge__),
+        (filters.max_confidence, c.confidence.__le__),
+        (filters.since_us, c.created_at_us.__ge__),
+        (filters.until_us, c.created_at_us.__lt__),
     )
     conditions.extend(compare(bound) for bound, compare in bounds if bound is not None)
+    conditions.extend(_attribute_is(name, value) for name, value in filters.attributes.items())
     return conditions
+
+
+def _attribute_is(name: str, value: str | int | float) -> ColumnElement[bool]:
+    """``attributes[name] == value``, compared as the value's type (JSON keeps numbers)."""
+    element = records.c.attributes[name]
+    if isinstance(value, str):
+        matches: ColumnElement[bool] = element.as_string() == value
+    elif isinstance(value, int):
+        matches = element.as_integer() == value
+    else:
+        matches = element.as_float() == value
+    return matches
 
 
 def keyset_page(
@@ -115,37 +132,43 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return int(at_us), bytes.fromhex(ident).decode("utf-8", errors="replace")
 
 
-def summary_by_label(tenant: str, tray: str) -> Select[Any]:
-    """Per-label count, confidence sum and first/last store time of one tray."""
+def summary_by_label(tenant: str, group: str) -> Select[Any]:
+    """Per-label count, confidence sum and first/last store time of one group."""
+    c = records.c
     return (
         select(
-            results.c.label,
+            c.label,
             func.count().label("count"),
-            func.sum(results.c.confidence).label("confidence_sum"),
-            func.min(results.c.stored_at_us).label("first"),
-            func.max(results.c.stored_at_us).label("last"),
+            func.sum(c.confidence).label("confidence_sum"),
+            func.min(c.stored_at_us).label("first"),
+            func.max(c.stored_at_us).label("last"),
         )
-        .where(results.c.tenant == tenant, results.c.tray == tray)
-        .group_by(results.c.label)
+        .where(c.tenant == tenant, c.group_key == group)
+        .group_by(c.label)
     )
 
 
-def accuracy(table: Table, tenant: str, role: str) -> Select[Any]:
-    """Labelled and correct counts per model version of ``table`` against feedback."""
-    correct = func.sum(case((table.c.label == feedback.c.label, 1), else_=0))
+def accuracy(tenant: str) -> Select[Any]:
+    """Labelled and correct counts per model version and role, against feedback.
+
+    A prediction is labelled when feedback names its record's subject and its head.
+    """
+    p, r, f = predictions.c, records.c, feedback.c
+    correct = func.sum(case((p.label == f.label, 1), else_=0))
     return (
         select(
-            table.c.model_name,
-            table.c.model_version,
-            literal(role).label("role"),
+            p.model_name,
+            p.model_version,
+            p.role,
             func.count().label("labelled"),
             correct.label("correct"),
         )
+        .join(records, and_(r.tenant == p.tenant, r.id == p.record_id))
         .join(
             feedback,
-            and_(feedback.c.tenant == table.c.tenant, feedback.c.egg_id == table.c.egg_id),
+            and_(f.tenant == r.tenant, f.app == r.app, f.subject == r.subject, f.head == p.head),
         )
-        .where(table.c.tenant == tenant)
-        .group_by(table.c.model_name, table.c.model_version)
-        .order_by(table.c.model_name, table.c.model_version)
+        .where(p.tenant == tenant)
+        .group_by(p.model_name, p.model_version, p.role)
+        .order_by(p.role, p.model_name, p.model_version)
     )

@@ -19,7 +19,13 @@ Order = Literal["asc", "desc"]
 
 @dataclass(frozen=True, slots=True)
 class ResultRow:
-    """One model's prediction for one scan (champion in ``results``, else ``shadow_results``)."""
+    """One stored record with the champion prediction of its application's first head.
+
+    ``id`` is the record's own (deterministic) id; ``root_id`` the ingested item it
+    came from (a scan), ``parent_id`` the record it was made from in a fan-out.
+    ``subject``, ``group`` and ``source`` are the values of the attributes the
+    application names so; ``attributes`` holds every declared attribute.
+    """
 
     id: str
     tenant: str
@@ -32,28 +38,78 @@ class ResultRow:
     ingested_at_us: int
     stored_at_us: int
     latency_ms: float
-    egg_id: str | None = None
-    tray: str | None = None
-    scanner: str | None = None
+    subject: str | None = None
+    group: str | None = None
+    source: str | None = None
     lineage: Sequence[Mapping[str, Any]] = ()
     trace_id: str = ""
     status: str = "processed"
+    app: str = ""
+    root_id: str = ""
+    parent_id: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    head: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.root_id:  # a record made from nothing else is its own root
+            object.__setattr__(self, "root_id", self.id)
 
     def as_params(self) -> dict[str, Any]:
-        """Bind parameters for an insert (lineage as a list so it serialises to JSON)."""
-        params = {name: getattr(self, name) for name in RESULT_FIELDS}
+        """Bind parameters for an insert (JSON columns as plain lists and dicts)."""
+        params = {_COLUMN.get(name, name): getattr(self, name) for name in RESULT_FIELDS}
         params["scores"] = dict(self.scores)
         params["lineage"] = [dict(step) for step in self.lineage]
+        params["attributes"] = dict(self.attributes)
         return params
 
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> ResultRow:
-        values = {name: row[name] for name in RESULT_FIELDS}
+        values = {name: row[_COLUMN.get(name, name)] for name in RESULT_FIELDS}
         values["lineage"] = tuple(values["lineage"])
         return cls(**values)
 
+    def champion(self) -> PredictionRow:
+        """The prediction this row carries, as a row of ``predictions``."""
+        return PredictionRow(
+            tenant=self.tenant, record_id=self.id, head=self.head, role="champion",
+            model_name=self.model_name, model_version=self.model_version, label=self.label,
+            confidence=self.confidence, scores=self.scores, predicted_at_us=self.stored_at_us,
+            stored_at_us=self.stored_at_us,
+        )  # fmt: skip
 
+
+#: Field -> column where they differ ("group" is an SQL keyword).
+_COLUMN = {"group": "group_key"}
 RESULT_FIELDS = tuple(f.name for f in fields(ResultRow))
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRow:
+    """One model's answer for one head of one record (champion or shadow)."""
+
+    tenant: str
+    record_id: str
+    head: str
+    role: Role
+    model_name: str
+    model_version: str
+    label: str
+    confidence: float
+    scores: Mapping[str, float]
+    predicted_at_us: int
+    stored_at_us: int
+
+    def as_params(self) -> dict[str, Any]:
+        params = {name: getattr(self, name) for name in PREDICTION_FIELDS}
+        params["scores"] = dict(self.scores)
+        return params
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[Any, Any]) -> PredictionRow:
+        return cls(**{name: row[name] for name in PREDICTION_FIELDS})
+
+
+PREDICTION_FIELDS = tuple(f.name for f in fields(PredictionRow))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +142,12 @@ DEAD_LETTER_FIELDS = tuple(f.name for f in fields(DeadLetterRow))
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
-    """Ground truth for one egg, e.g. from the hatchery."""
+    """Ground truth for one subject and head of an application (e.g. an egg's sex)."""
 
     tenant: str
-    egg_id: str
+    app: str
+    subject: str
+    head: str
     label: str
     source: str
     at_us: int
@@ -102,9 +160,11 @@ class ResultFilter:
     ``since_us``/``until_us`` bound the scan time (``created_at_us``), half-open.
     """
 
-    egg_id: str | None = None
-    tray: str | None = None
-    scanner: str | None = None
+    subject: str | None = None
+    group: str | None = None
+    source: str | None = None
+    root_id: str | None = None
+    app: str | None = None
     label: str | None = None
     model_name: str | None = None
     model_version: str | None = None
@@ -112,6 +172,9 @@ class ResultFilter:
     max_confidence: float | None = None
     since_us: int | None = None
     until_us: int | None = None
+    #: Declared attributes to match exactly, typed (``{"crop": 2}``), read from the
+    #: record's ``attributes``.
+    attributes: Mapping[str, str | int | float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,17 +187,18 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class GroupSummary:
-    """Prediction mix and pace of one group of records (the eggs' tray).
+    """Prediction mix and pace of one group of records (the eggs application's tray).
 
     ``throughput_per_s`` is count / (last stored - first stored); None below two
-    distinct timestamps. ``female_ratio`` is female / count; None when empty.
+    distinct timestamps. ``ratio`` is the share of the label asked for (the eggs'
+    female ratio); None when empty or none was asked for.
     """
 
     tenant: str
     group: str
     count: int
     counts: dict[str, int] = field(default_factory=dict)
-    female_ratio: float | None = None
+    ratio: float | None = None
     mean_confidence: float | None = None
     first_stored_at_us: int | None = None
     last_stored_at_us: int | None = None

@@ -34,56 +34,68 @@ NAMING = {
 metadata = MetaData(naming_convention=NAMING)
 
 #: Tables that hold per-tenant rows; row-level security covers each on PostgreSQL.
-TENANT_TABLES = ("results", "shadow_results", "dead_letters", "feedback")
+TENANT_TABLES = ("records", "predictions", "dead_letters", "feedback")
 
-
-def _prediction_columns() -> list[Column[object]]:
-    """Columns shared by champion results and shadow results."""
-    return [
-        Column("id", String(), nullable=False),
-        Column("tenant", String(), nullable=False),
-        Column("egg_id", String()),
-        Column("tray", String()),
-        Column("scanner", String()),
-        Column("label", String(), nullable=False),
-        Column("confidence", Float, nullable=False),
-        Column("scores", JSON, nullable=False),
-        Column("model_name", String(), nullable=False),
-        Column("model_version", String(), nullable=False),
-        Column("created_at_us", BigInteger, nullable=False),
-        Column("ingested_at_us", BigInteger, nullable=False),
-        Column("stored_at_us", BigInteger, nullable=False),
-        Column("latency_ms", Float, nullable=False),
-        Column("lineage", JSON, nullable=False),
-        Column("trace_id", String(), nullable=False),
-        Column("status", String(), nullable=False),
-    ]
-
-
-#: One row per (tenant, scan): the champion model's prediction, the one acted on.
-results = Table(
-    "results",
+#: One row per output record: a fan-out of N stores N rows, each under its own
+#: deterministic id, with the root (the ingested item) and the parent it came from.
+#: The application's subject, group and source attributes have columns of their own
+#: (indexed); every attribute is kept typed in ``attributes``. The champion prediction
+#: of the application's first head (the one acted on) is kept on the row too, so the
+#: listings, filters and summaries people read most stay one indexed table; every
+#: prediction, of every head, model and role, is a row of ``predictions``.
+records = Table(
+    "records",
     metadata,
-    *_prediction_columns(),
+    Column("tenant", String(), nullable=False),
+    Column("id", String(), nullable=False),
+    Column("app", String(), nullable=False),
+    Column("root_id", String(), nullable=False),
+    Column("parent_id", String()),
+    Column("subject", String()),
+    Column("group_key", String()),
+    Column("source", String()),
+    Column("attributes", JSON, nullable=False),
+    Column("head", String(), nullable=False),
+    Column("label", String(), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Column("model_name", String(), nullable=False),
+    Column("model_version", String(), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("ingested_at_us", BigInteger, nullable=False),
+    Column("stored_at_us", BigInteger, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("lineage", JSON, nullable=False),
+    Column("trace_id", String(), nullable=False),
+    Column("status", String(), nullable=False),
     PrimaryKeyConstraint("tenant", "id"),
-    Index(None, "tenant", "egg_id"),
-    Index(None, "tenant", "tray", "stored_at_us"),
-    Index(None, "tenant", "scanner", "stored_at_us"),
+    # Keyset pagination walks this index.
+    Index(None, "tenant", "stored_at_us", "id"),
+    Index(None, "tenant", "root_id"),
+    Index(None, "tenant", "subject"),
+    Index(None, "tenant", "group_key", "stored_at_us"),
+    Index(None, "tenant", "source", "stored_at_us"),
     Index(None, "tenant", "label", "stored_at_us"),
     Index(None, "tenant", "model_version", "stored_at_us"),
     Index(None, "tenant", "created_at_us"),
-    # Keyset pagination walks this index.
-    Index(None, "tenant", "stored_at_us", "id"),
 )
 
-#: Shadow-model predictions: recorded for comparison, never acted on. A scan may
-#: have several shadow models, hence the model in the key.
-shadow_results = Table(
-    "shadow_results",
+#: Every prediction of every record: each head, each model, champion and shadow.
+predictions = Table(
+    "predictions",
     metadata,
-    *_prediction_columns(),
-    PrimaryKeyConstraint("tenant", "id", "model_name", "model_version"),
-    Index(None, "tenant", "egg_id"),
+    Column("tenant", String(), nullable=False),
+    Column("record_id", String(), nullable=False),
+    Column("head", String(), nullable=False),
+    Column("role", String(), nullable=False),
+    Column("model_name", String(), nullable=False),
+    Column("model_version", String(), nullable=False),
+    Column("label", String(), nullable=False),
+    Column("confidence", Float, nullable=False),
+    Column("scores", JSON, nullable=False),
+    Column("predicted_at_us", BigInteger, nullable=False),
+    Column("stored_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant", "record_id", "head", "role", "model_name", "model_version"),
     Index(None, "tenant", "model_version", "stored_at_us"),
 )
 
@@ -108,16 +120,18 @@ dead_letters = Table(
     Index(None, "tenant", "stage", "at_us"),
 )
 
-#: Ground truth that arrives later (e.g. hatch results), one label per egg.
+#: Ground truth that arrives later (e.g. hatch results): one label per subject and head.
 feedback = Table(
     "feedback",
     metadata,
     Column("tenant", String(), nullable=False),
-    Column("egg_id", String(), nullable=False),
+    Column("app", String(), nullable=False),
+    Column("subject", String(), nullable=False),
+    Column("head", String(), nullable=False),
     Column("label", String(), nullable=False),
     Column("source", String(), nullable=False),
     Column("at_us", BigInteger, nullable=False),
-    PrimaryKeyConstraint("tenant", "egg_id"),
+    PrimaryKeyConstraint("tenant", "app", "subject", "head"),
 )
 
 # -- the service API's tables (migration v0002) ------------------------------
@@ -166,9 +180,9 @@ scans = Table(
     Column("content_type", String(), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("blob_sha256", String(), nullable=False),
-    Column("egg_id", String()),
-    Column("tray", String()),
-    Column("scanner", String()),
+    Column("subject", String()),
+    Column("group_key", String()),
+    Column("device", String()),
     Column("source", String(), nullable=False),
     Column("trace_id", String(), nullable=False),
     Column("received_at_us", BigInteger, nullable=False),

@@ -1,11 +1,11 @@
 """The sink step: write a stage's classified envelopes (or dead letters) to the store.
 
 ``store_results`` in a pipeline file. Each micro-batch becomes one transaction:
-the champion prediction of each scan goes to ``results``, shadow predictions to
-``shadow_results``, and envelopes carrying an ``error`` (read from a ``.dlq``
-topic) to ``dead_letters``. A database failure raises out of :meth:`process`, so
-the worker retries the whole batch and commits nothing; a redelivered batch
-upserts onto the same keys and never doubles a row.
+each envelope is a row of ``records`` under its own id (a fan-out of N stores N
+rows), each of its predictions a row of ``predictions``, and envelopes carrying an
+``error`` (read from a ``.dlq`` topic) go to ``dead_letters``. A database failure
+raises out of :meth:`process`, so the worker retries the whole batch and commits
+nothing; a redelivered batch upserts onto the same keys and never doubles a row.
 
 With an application (``app:`` in the pipeline file), each record is first held to
 its declaration: it must name its subject, its typed attributes must parse, and
@@ -15,13 +15,14 @@ A record that fails becomes a dead letter with the reason, never a silent drop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from inferstream.application import AppSpec
 from inferstream.envelope import Envelope, ModelRole, Prediction, now_us
 from inferstream.errors import ConfigError, InvalidInput
 from inferstream.steps import Outcome, Step, StepContext
-from inferstream.store.rows import DeadLetterRow, OnConflict, ResultRow
+from inferstream.store.rows import DeadLetterRow, OnConflict, PredictionRow, ResultRow
 from inferstream.store.store import ResultsStore
 
 
@@ -40,8 +41,8 @@ class StoreStep(Step):
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         stored_at = now_us()
         outcomes: list[Outcome] = []
-        champions: list[ResultRow] = []
-        shadows: list[ResultRow] = []
+        records: list[ResultRow] = []
+        predictions: list[PredictionRow] = []
         letters: list[DeadLetterRow] = []
         for env in batch:
             try:
@@ -50,16 +51,19 @@ class StoreStep(Step):
                 else:
                     if self.app is not None:
                         check_record(env, self.app)
-                    champion, shadow = result_rows(env, stored_at)
-                    champions.append(champion)
-                    shadows.extend(shadow)
+                    record, answers = record_rows(env, stored_at, self.app)
+                    records.append(record)
+                    predictions.extend(answers)
             except InvalidInput as exc:  # only this message is unusable
                 outcomes.append(exc)
                 continue
             outcomes.append(env)
         # Raises StoreError on an outage: the batch is retried, not half-committed.
         self.store.write_batch(
-            results=champions, shadows=shadows, dead_letters=letters, on_conflict=self.on_conflict
+            results=records,
+            predictions=predictions,
+            dead_letters=letters,
+            on_conflict=self.on_conflict,
         )
         return outcomes
 
@@ -119,44 +123,92 @@ def _parses(value: str, kind: str) -> bool:
     return True
 
 
-def result_rows(env: Envelope, stored_at_us: int) -> tuple[ResultRow, list[ResultRow]]:
-    """The champion row and the shadow rows of one classified envelope."""
+def record_rows(
+    env: Envelope, stored_at_us: int, app: AppSpec | None = None
+) -> tuple[ResultRow, list[PredictionRow]]:
+    """The record of one envelope and a row for each of its predictions.
+
+    The record carries the champion of the application's first head (the last one,
+    when a later stage refined an earlier); without an application, of any head.
+    """
     _require_tenant(env)
-    champions = [p for p in env.predictions if p.role != ModelRole.MODEL_ROLE_SHADOW]
-    if not champions:
+    first_head = app.heads[0].name if app else ""
+    answers = [_prediction(env, p, stored_at_us, first_head) for p in env.predictions]
+    headline = [a for a in answers if a.role == "champion" and a.head == first_head]
+    if not headline:
         raise InvalidInput(
-            f"envelope {env.id} reached the store with no champion prediction; "
-            "put a classify step before store_results"
+            f"envelope {env.id} reached the store with no champion prediction"
+            f"{f' for head {first_head!r}' if first_head else ''}; put a classify step "
+            "before store_results"
         )
-    shadows = [p for p in env.predictions if p.role == ModelRole.MODEL_ROLE_SHADOW]
-    # The last champion wins: a later stage's prediction refines an earlier one.
-    return _row(env, champions[-1], stored_at_us), [_row(env, p, stored_at_us) for p in shadows]
+    return _record(env, headline[-1], stored_at_us, app), answers
 
 
-def _row(env: Envelope, prediction: Prediction, stored_at_us: int) -> ResultRow:
+def _prediction(
+    env: Envelope, prediction: Prediction, stored_at_us: int, first_head: str
+) -> PredictionRow:
     scores = {label: round(float(score), 6) for label, score in prediction.scores.items()}
-    attributes = env.attributes
-    return ResultRow(
-        id=env.root_id or env.id,
+    shadow = prediction.role == ModelRole.MODEL_ROLE_SHADOW
+    return PredictionRow(
         tenant=env.tenant,
+        record_id=env.id,
+        head=prediction.head or first_head,
+        role="shadow" if shadow else "champion",
+        model_name=prediction.model_name,
+        model_version=prediction.model_version,
         label=prediction.label,
         confidence=max(scores.values(), default=0.0),
         scores=scores,
-        model_name=prediction.model_name,
-        model_version=prediction.model_version,
+        predicted_at_us=prediction.predicted_at_us or stored_at_us,
+        stored_at_us=stored_at_us,
+    )
+
+
+def _record(
+    env: Envelope, headline: PredictionRow, stored_at_us: int, app: AppSpec | None
+) -> ResultRow:
+    attributes = env.attributes
+    return ResultRow(
+        id=env.id,
+        tenant=env.tenant,
+        label=headline.label,
+        confidence=headline.confidence,
+        scores=headline.scores,
+        model_name=headline.model_name,
+        model_version=headline.model_version,
         created_at_us=env.created_at_us,
         ingested_at_us=env.ingested_at_us,
         stored_at_us=stored_at_us,
         latency_ms=(stored_at_us - env.created_at_us) / 1000,
-        egg_id=attributes.get("egg_id"),
-        tray=attributes.get("tray"),
-        scanner=attributes.get("scanner"),
+        subject=attributes.get(app.subject) if app else None,
+        group=attributes.get(app.group) if app and app.group else None,
+        source=attributes.get(app.source) if app and app.source else None,
         lineage=[
             {"stage": step.stage, "at_us": step.at_us, "worker": step.worker}
             for step in env.lineage
         ],
         trace_id=env.trace_id,
+        app=app.name if app else "",
+        root_id=env.root_id or env.id,
+        parent_id=env.parent_id or None,
+        attributes=typed_attributes(attributes, app),
+        head=headline.head,
     )
+
+
+def typed_attributes(attributes: Mapping[str, str], app: AppSpec | None) -> dict[str, Any]:
+    """The declared attributes, typed (all of them as text, without an application)."""
+    if app is None:
+        return dict(attributes)
+    typed: dict[str, Any] = {}
+    for attribute in app.attributes:
+        value = attributes.get(attribute.name)
+        if value is not None:
+            typed[attribute.name] = _CONVERT[attribute.kind](value)
+    return typed
+
+
+_CONVERT: dict[str, Any] = {"str": str, "int": int, "float": float}
 
 
 def dead_letter_row(env: Envelope, stored_at_us: int) -> DeadLetterRow:

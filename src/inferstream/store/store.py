@@ -34,10 +34,13 @@ from inferstream.store.rows import (
     OnConflict,
     Order,
     Page,
+    PredictionRow,
     ResultFilter,
     ResultRow,
 )
-from inferstream.store.schema import feedback, shadow_results
+from inferstream.store.schema import feedback
+
+Row = ResultRow | PredictionRow | DeadLetterRow
 
 
 class RejectedWrite(InferstreamError):
@@ -107,25 +110,27 @@ class ResultsStore:
     def upsert_results(
         self, rows: Sequence[ResultRow], *, on_conflict: OnConflict = "ignore"
     ) -> None:
-        """Store champion results; a row whose (tenant, id) exists is skipped or updated."""
-        self.write_batch(results=rows, on_conflict=on_conflict)
+        """Store records with the champion prediction each carries; a row whose
+        (tenant, id) exists is skipped or updated."""
+        champions = [row.champion() for row in rows]
+        self.write_batch(results=rows, predictions=champions, on_conflict=on_conflict)
 
     def write_batch(
         self,
         *,
         results: Sequence[ResultRow] = (),
-        shadows: Sequence[ResultRow] = (),
+        predictions: Sequence[PredictionRow] = (),
         dead_letters: Sequence[DeadLetterRow] = (),
         on_conflict: OnConflict = "ignore",
     ) -> None:
-        """Write champion results, shadow results and dead letters in ONE transaction.
+        """Write records, their predictions and dead letters in ONE transaction.
 
         Each table gets one executemany per tenant in the batch (the tenant setting
         changes between them on PostgreSQL); all or nothing is committed.
         """
-        writes: list[tuple[Table, Sequence[ResultRow] | Sequence[DeadLetterRow]]] = [
-            (schema.results, results),
-            (shadow_results, shadows),
+        writes: list[tuple[Table, Sequence[Row]]] = [
+            (schema.records, results),
+            (schema.predictions, predictions),
             (schema.dead_letters, dead_letters),
         ]
         with self._errors("write a batch to"), self.engine.begin() as conn:
@@ -138,14 +143,17 @@ class ResultsStore:
     def add_feedback(
         self,
         tenant: str,
-        egg_id: str,
+        subject: str,
         label: str,
         *,
+        app: str,
+        head: str,
         source: str = "manual",
         at_us: int | None = None,
     ) -> Feedback:
-        """Record (or correct) the ground truth of one egg."""
-        entry = Feedback(tenant, egg_id, label, source, now_us() if at_us is None else at_us)
+        """Record (or correct) the ground truth of one subject for one head."""
+        stamp = now_us() if at_us is None else at_us
+        entry = Feedback(tenant, app, subject, head, label, source, stamp)
         stmt = queries.upsert(feedback, self.engine.dialect.name, "update")
         with self._transaction("record feedback in", tenant) as conn:
             conn.execute(stmt, [_feedback_params(entry)])
@@ -155,7 +163,7 @@ class ResultsStore:
         self,
         conn: Connection,
         table: Table,
-        rows: Sequence[ResultRow] | Sequence[DeadLetterRow],
+        rows: Sequence[Row],
         on_conflict: OnConflict,
     ) -> None:
         if not rows:
@@ -171,12 +179,17 @@ class ResultsStore:
     # -- reads ----------------------------------------------------------------
 
     def get_result(self, tenant: str, id: str) -> ResultRow | None:
-        stmt = select(schema.results).where(
-            schema.results.c.tenant == tenant, schema.results.c.id == id
-        )
-        with self._transaction("read a result from", tenant) as conn:
+        """The record ``id`` (its own id, not its root's)."""
+        records = schema.records
+        stmt = select(records).where(records.c.tenant == tenant, records.c.id == id)
+        with self._transaction("read a record from", tenant) as conn:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else ResultRow.from_mapping(row)
+
+    def results_of_root(self, tenant: str, root_id: str, limit: int = 1000) -> list[ResultRow]:
+        """Every record made from the ingested item ``root_id`` (one, or a fan-out's N)."""
+        filters = ResultFilter(root_id=root_id)
+        return self.list_results(tenant, filters, limit=limit).items
 
     def list_results(
         self,
@@ -189,7 +202,7 @@ class ResultsStore:
         """One page of a tenant's results ordered by (stored_at_us, id)."""
         conditions = queries.result_conditions(tenant, filters)
         stmt = queries.keyset_page(
-            schema.results,
+            schema.records,
             conditions,
             ("stored_at_us", "id"),
             cursor=cursor,
@@ -200,27 +213,29 @@ class ResultsStore:
             rows = [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
         return _page(rows, limit, order, lambda row: (row.stored_at_us, row.id))
 
-    def list_shadow_results(self, tenant: str, id: str) -> list[ResultRow]:
-        """Every shadow model's prediction for one scan."""
+    def list_predictions(self, tenant: str, record_id: str) -> list[PredictionRow]:
+        """Every prediction of one record: each head, model and role."""
+        p = schema.predictions.c
         stmt = (
-            select(shadow_results)
-            .where(shadow_results.c.tenant == tenant, shadow_results.c.id == id)
-            .order_by(shadow_results.c.model_name, shadow_results.c.model_version)
+            select(schema.predictions)
+            .where(p.tenant == tenant, p.record_id == record_id)
+            .order_by(p.head, p.role, p.model_name, p.model_version)
         )
-        with self._transaction("read shadow results from", tenant) as conn:
-            return [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+        with self._transaction("read predictions from", tenant) as conn:
+            return [PredictionRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
 
     def count_results(self, tenant: str, filters: ResultFilter | None = None) -> int:
         conditions = queries.result_conditions(tenant, filters)
-        stmt = select(func.count()).select_from(schema.results).where(*conditions)
+        stmt = select(func.count()).select_from(schema.records).where(*conditions)
         with self._transaction("count results in", tenant) as conn:
             return int(conn.execute(stmt).scalar_one())
 
-    def group_summary(self, tenant: str, tray: str) -> GroupSummary:
-        """Prediction mix, mean confidence and throughput of one tray."""
-        with self._transaction("summarise a tray in", tenant) as conn:
-            groups = conn.execute(queries.summary_by_label(tenant, tray)).all()
-        return summarise(tenant, tray, groups)
+    def group_summary(self, tenant: str, group: str, ratio_label: str = "") -> GroupSummary:
+        """Prediction mix, mean confidence and throughput of one group of records;
+        ``ratio`` is the share labelled ``ratio_label`` (the eggs' female ratio)."""
+        with self._transaction("summarise a group in", tenant) as conn:
+            rows = conn.execute(queries.summary_by_label(tenant, group)).all()
+        return summarise(tenant, group, rows, ratio_label)
 
     def list_dead_letters(
         self,
@@ -246,8 +261,11 @@ class ResultsStore:
             rows = [DeadLetterRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
         return _page(rows, limit, order, lambda row: (row.at_us, row.id))
 
-    def get_feedback(self, tenant: str, egg_id: str) -> Feedback | None:
-        stmt = select(feedback).where(feedback.c.tenant == tenant, feedback.c.egg_id == egg_id)
+    def get_feedback(self, tenant: str, subject: str, *, app: str, head: str) -> Feedback | None:
+        f = feedback.c
+        stmt = select(feedback).where(
+            f.tenant == tenant, f.app == app, f.subject == subject, f.head == head
+        )
         with self._transaction("read feedback from", tenant) as conn:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else Feedback(**row)
@@ -255,10 +273,7 @@ class ResultsStore:
     def accuracy_by_model_version(self, tenant: str) -> list[ModelAccuracy]:
         """Agreement with ground truth per model version, champions first, then shadows."""
         with self._transaction("compute accuracy in", tenant) as conn:
-            rows = [
-                *conn.execute(queries.accuracy(schema.results, tenant, "champion")).mappings(),
-                *conn.execute(queries.accuracy(shadow_results, tenant, "shadow")).mappings(),
-            ]
+            rows = list(conn.execute(queries.accuracy(tenant)).mappings())
         return [
             ModelAccuracy(
                 row["model_name"],
@@ -312,21 +327,21 @@ def _page(rows: list[Any], limit: int, order: Order, key: Any) -> Page[Any]:
     return Page(rows, queries.encode_cursor(at_us, ident))
 
 
-def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> GroupSummary:
+def summarise(tenant: str, group: str, groups: Sequence[Any], ratio_label: str) -> GroupSummary:
     """Fold per-label aggregates into a :class:`GroupSummary`."""
     counts = {row.label: int(row.count) for row in groups if row.count}
     total = sum(counts.values())
     if not total:
-        return GroupSummary(tenant, tray, 0)
+        return GroupSummary(tenant, group, 0)
     first = min(int(row.first) for row in groups)
     last = max(int(row.last) for row in groups)
     span_s = (last - first) / 1e6
     return GroupSummary(
         tenant,
-        tray,
+        group,
         total,
         counts,
-        female_ratio=counts.get("female", 0) / total,
+        ratio=counts.get(ratio_label, 0) / total if ratio_label else None,
         mean_confidence=sum(float(row.confidence_sum) for row in groups) / total,
         first_stored_at_us=first,
         last_stored_at_us=last,
@@ -335,10 +350,4 @@ def summarise(tenant: str, tray: str, groups: Sequence[Any]) -> GroupSummary:
 
 
 def _feedback_params(entry: Feedback) -> dict[str, Any]:
-    return {
-        "tenant": entry.tenant,
-        "egg_id": entry.egg_id,
-        "label": entry.label,
-        "source": entry.source,
-        "at_us": entry.at_us,
-    }
+    return {name: getattr(entry, name) for name in Feedback.__slots__}

@@ -22,7 +22,7 @@ from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.dicomgen import to_dicom_bytes
 from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.bus import Record, open_bus
-from inferstream.envelope import new_envelope
+from inferstream.envelope import derive_id, new_envelope
 from inferstream.pipeline import load_pipeline
 from inferstream.store import ResultsStore
 from inferstream.testing import pipeline_threads
@@ -117,7 +117,11 @@ def test_malformed_dicom_ends_as_dead_letters_and_good_scans_flow(tmp_path: Path
                 if store.count_results("farm") >= len(good) and len(letters) >= len(bad):
                     break
                 time.sleep(0.2)
-        assert {r.id for r in store.list_results("farm", limit=100).items} == {e.id for e in good}
+        records = store.list_results("farm", limit=100).items
+        # One record per good scan, under the id the classify stage derived from it.
+        assert {(r.root_id, r.parent_id, r.id) for r in records} == {
+            (e.id, e.id, derive_id(e.id, "classify", 0)) for e in good
+        }
         letters = {d.id: d for d in store.list_dead_letters("farm", limit=100).items}
     finally:
         bus.close()

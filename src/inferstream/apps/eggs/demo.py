@@ -135,8 +135,8 @@ def _percentile(values: list[float], q: float) -> float:
 def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float) -> Summary:
     """Score this run's results (those of the emitted scans) against the ground truth.
 
-    ``duplicates`` counts eggs with more than one stored result: the store keys results
-    by scan id, so a double would mean a scan ingested twice under two ids.
+    ``duplicates`` counts eggs with more than one stored record: records are keyed by
+    deterministic ids, so a double would mean a scan ingested twice under two ids.
     """
     latencies: list[float] = []
     correct = rows = 0
@@ -148,13 +148,13 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
     while True:
         page = store.list_results(tenant, this_run, cursor=cursor, limit=1000)
         for row in page.items:
-            if row.id not in emission.truth:
+            if row.root_id not in emission.truth:
                 continue
             rows += 1
-            seen.add(row.id)
-            eggs.add(row.egg_id)
+            seen.add(row.root_id)
+            eggs.add(row.subject)
             latencies.append(row.latency_ms)
-            correct += emission.truth.get(row.id) == row.label
+            correct += emission.truth.get(row.root_id) == row.label
             first_created = min(first_created, row.created_at_us)
             last_stored = max(last_stored, row.stored_at_us)
         cursor = page.next_cursor

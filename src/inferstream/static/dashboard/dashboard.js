@@ -348,12 +348,12 @@
     const result = detail.result || detail;
     const img = $("scan-image");
     img.src = imageUrl;
-    img.alt = `Image of ${result.egg_id || detail.id}`;
+    img.alt = `Image of ${result.subject || detail.id}`;
     const facts = $("scan-facts");
     fact(facts, "Status", detail.status);
-    fact(facts, $("col-subject").textContent, result.egg_id);
-    fact(facts, $("col-group").textContent, result.tray);
-    fact(facts, "Scanner", result.scanner);
+    fact(facts, $("col-subject").textContent, result.subject);
+    fact(facts, $("col-group").textContent, result.group);
+    fact(facts, "Source", result.source);
     fact(facts, "Prediction", LABEL_NAMES[result.label] || result.label);
     fact(facts, "Confidence", percent(result.confidence));
     fact(facts, "Model", `${result.model_name || "–"} ${result.model_version || ""}`);
