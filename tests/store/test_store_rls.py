@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
 from store_testing import RLS_ROLE, postgres_schema_url
 
+import inferstream
 from inferstream.store import DeadLetterRow, ResultRow, ResultsStore
 from inferstream.store.schema import TENANT_TABLES
 
@@ -113,3 +115,15 @@ def test_writing_another_tenants_row_is_refused(
             ),
             {"t": globex},
         )
+
+
+def test_only_the_tenancy_module_names_the_tenant() -> None:
+    """The row-level-security setting is made in one module; every reader goes through
+    the store's tenant transactions (migrations write policies, not settings)."""
+    package = Path(inferstream.__file__).parent
+    setters = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "set_config('inferstream.tenant'" in path.read_text() and "migrations" not in path.parts
+    )
+    assert setters == ["store/tenancy.py"]

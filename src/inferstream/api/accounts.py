@@ -337,12 +337,8 @@ class Accounts:
 
     @contextmanager
     def _tenant(self, tenant: str, action: str) -> Iterator[Connection]:
-        with self._begin(action) as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    text("SELECT set_config('inferstream.tenant', :tenant, true)"),
-                    {"tenant": tenant},
-                )
+        """A transaction bound to ``tenant``, through the store (which names it)."""
+        with self.store.tenant_transaction(tenant, action) as conn:
             yield conn
 
     @contextmanager

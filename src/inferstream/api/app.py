@@ -110,6 +110,10 @@ def _document_pipeline(app: FastAPI, settings: ApiSettings, application: AppSpec
             feedback["label"]["enum"] = sorted(app_labels(application))
             named = feedback["head"]["anyOf"][0]  # the string branch; null means the first
             named["enum"] = [head.name for head in application.heads]
+            listing = schema["paths"]["/v1/apps/{app}/records"]["get"]
+            listing["parameters"] = listing.get("parameters", []) + records.query_parameters(
+                settings.application()
+            )
             upload = schema["paths"]["/v1/scans"]["post"]["requestBody"]["content"]
             fields = upload["multipart/form-data"]["schema"]["properties"]
             fields |= {

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
-from sqlalchemy import Connection, and_, func, select, text
+from sqlalchemy import Connection, and_, func, select
 from sqlalchemy import tuple_ as sql_tuple
-from sqlalchemy.exc import SQLAlchemyError
 
 from inferstream.api.live_aggregate import (
     US_PER_S,
@@ -34,7 +33,7 @@ from inferstream.api.live_aggregate import (
 from inferstream.application import AppSpec
 from inferstream.bus import Bus
 from inferstream.envelope import now_us
-from inferstream.errors import BusError, StoreError
+from inferstream.errors import BusError
 from inferstream.pipeline import PipelineSpec
 from inferstream.store import ResultsStore
 from inferstream.store.schema import dead_letters, records
@@ -46,22 +45,9 @@ NEWEST = 20
 ACCURACY_EVERY_S = 10.0
 
 
-@contextmanager
-def tenant_connection(store: ResultsStore, tenant: str) -> Iterator[Connection]:
-    """A transaction on the store's engine scoped to ``tenant`` (RLS on PostgreSQL)."""
-    try:
-        with store.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(
-                    text("SELECT set_config('inferstream.tenant', :tenant, true)"),
-                    {"tenant": tenant},
-                )
-            yield conn
-    except SQLAlchemyError as exc:
-        raise StoreError(
-            f"live dashboard could not read the results store at {store.url}: {exc}; "
-            "check that the database is reachable, the next tick retries"
-        ) from exc
+def tenant_connection(store: ResultsStore, tenant: str) -> AbstractContextManager[Connection]:
+    """A transaction scoped to ``tenant``, through the store (row-level security)."""
+    return store.tenant_transaction(tenant, "read the live dashboard's figures from")
 
 
 def fetch_points(

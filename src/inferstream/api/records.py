@@ -24,6 +24,7 @@ from inferstream.api.permissions import roles_for
 from inferstream.api.services import services_of
 from inferstream.application import AppSpec
 from inferstream.store import ResultFilter
+from inferstream.store.queries import CURSOR_PATTERN
 
 router = APIRouter(tags=["records"])
 
@@ -107,7 +108,6 @@ def describe(
 @router.get(
     "/v1/apps/{app}/records",
     response_model=ResultPage,
-    openapi_extra={"x-filters": "any declared filterable attribute, by name: ?field=F1"},
 )
 def list_records(
     app: str,
@@ -144,6 +144,37 @@ def get_record(
         predictions=[PredictionOut.of(answer) for answer in answers],
         image=f"/v1/scans/{row.root_id}/image",
     )
+
+
+_KINDS = {"str": {"type": "string", "minLength": 1, "maxLength": 512},
+          "int": {"type": "integer"}, "float": {"type": "number"}}  # fmt: skip
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 512}
+_SHARE = {"type": "number", "minimum": 0, "maximum": 1}
+_COMMON_SCHEMAS: dict[str, dict[str, Any]] = {
+    "label": _TEXT, "model_version": _TEXT, "root_id": _TEXT,
+    "min_confidence": _SHARE, "max_confidence": _SHARE,
+    "since": {"type": "string", "format": "date-time"},
+    "until": {"type": "string", "format": "date-time"},
+    "cursor": {"type": "string", "pattern": CURSOR_PATTERN},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "order": {"type": "string", "enum": ["asc", "desc"]},
+}  # fmt: skip
+
+
+def query_parameters(app: AppSpec) -> list[dict[str, Any]]:
+    """The listing's query parameters for the OpenAPI document: the common filters and
+    each filterable attribute of ``app``, typed as declared."""
+    common = [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in _COMMON_SCHEMAS.items()
+    ]
+    declared = [
+        {"name": a.name, "in": "query", "required": False, "schema": _KINDS[a.kind],
+         "description": a.description or f"the record's {a.name} ({a.kind})"}
+        for a in app.attributes
+        if a.filterable
+    ]  # fmt: skip
+    return common + declared
 
 
 def parse_filters(

@@ -39,6 +39,7 @@ from inferstream.store.rows import (
     ResultRow,
 )
 from inferstream.store.schema import feedback
+from inferstream.store.tenancy import name_tenant
 
 Row = ResultRow | PredictionRow | DeadLetterRow
 
@@ -155,7 +156,7 @@ class ResultsStore:
         stamp = now_us() if at_us is None else at_us
         entry = Feedback(tenant, app, subject, head, label, source, stamp)
         stmt = queries.upsert(feedback, self.engine.dialect.name, "update")
-        with self._transaction("record feedback in", tenant) as conn:
+        with self.tenant_transaction(tenant, "record feedback in") as conn:
             conn.execute(stmt, [_feedback_params(entry)])
         return entry
 
@@ -173,7 +174,7 @@ class ResultsStore:
             by_tenant[row.tenant].append(row.as_params())
         stmt = queries.upsert(table, conn.dialect.name, on_conflict)
         for tenant, params in by_tenant.items():
-            _set_tenant(conn, tenant)
+            name_tenant(conn, tenant)
             conn.execute(stmt, params)
 
     # -- reads ----------------------------------------------------------------
@@ -182,7 +183,7 @@ class ResultsStore:
         """The record ``id`` (its own id, not its root's)."""
         records = schema.records
         stmt = select(records).where(records.c.tenant == tenant, records.c.id == id)
-        with self._transaction("read a record from", tenant) as conn:
+        with self.tenant_transaction(tenant, "read a record from") as conn:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else ResultRow.from_mapping(row)
 
@@ -209,7 +210,7 @@ class ResultsStore:
             limit=limit,
             order=order,
         )
-        with self._transaction("list results in", tenant) as conn:
+        with self.tenant_transaction(tenant, "list results in") as conn:
             rows = [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
         return _page(rows, limit, order, lambda row: (row.stored_at_us, row.id))
 
@@ -221,19 +222,19 @@ class ResultsStore:
             .where(p.tenant == tenant, p.record_id == record_id)
             .order_by(p.head, p.role, p.model_name, p.model_version)
         )
-        with self._transaction("read predictions from", tenant) as conn:
+        with self.tenant_transaction(tenant, "read predictions from") as conn:
             return [PredictionRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
 
     def count_results(self, tenant: str, filters: ResultFilter | None = None) -> int:
         conditions = queries.result_conditions(tenant, filters)
         stmt = select(func.count()).select_from(schema.records).where(*conditions)
-        with self._transaction("count results in", tenant) as conn:
+        with self.tenant_transaction(tenant, "count results in") as conn:
             return int(conn.execute(stmt).scalar_one())
 
     def group_summary(self, tenant: str, group: str, ratio_label: str = "") -> GroupSummary:
         """Prediction mix, mean confidence and throughput of one group of records;
         ``ratio`` is the share labelled ``ratio_label`` (the eggs' female ratio)."""
-        with self._transaction("summarise a group in", tenant) as conn:
+        with self.tenant_transaction(tenant, "summarise a group in") as conn:
             rows = conn.execute(queries.summary_by_label(tenant, group)).all()
         return summarise(tenant, group, rows, ratio_label)
 
@@ -257,7 +258,7 @@ class ResultsStore:
             limit=limit,
             order=order,
         )
-        with self._transaction("list dead letters in", tenant) as conn:
+        with self.tenant_transaction(tenant, "list dead letters in") as conn:
             rows = [DeadLetterRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
         return _page(rows, limit, order, lambda row: (row.at_us, row.id))
 
@@ -266,13 +267,13 @@ class ResultsStore:
         stmt = select(feedback).where(
             f.tenant == tenant, f.app == app, f.subject == subject, f.head == head
         )
-        with self._transaction("read feedback from", tenant) as conn:
+        with self.tenant_transaction(tenant, "read feedback from") as conn:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else Feedback(**row)
 
     def accuracy_by_model_version(self, tenant: str) -> list[ModelAccuracy]:
         """Agreement with ground truth per model version, champions first, then shadows."""
-        with self._transaction("compute accuracy in", tenant) as conn:
+        with self.tenant_transaction(tenant, "compute accuracy in") as conn:
             rows = list(conn.execute(queries.accuracy(tenant)).mappings())
         return [
             ModelAccuracy(
@@ -288,9 +289,11 @@ class ResultsStore:
     # -- plumbing -------------------------------------------------------------
 
     @contextmanager
-    def _transaction(self, action: str, tenant: str) -> Iterator[Connection]:
+    def tenant_transaction(self, tenant: str, action: str) -> Iterator[Connection]:
+        """A transaction bound to ``tenant`` (row-level security on PostgreSQL); errors
+        become :class:`StoreError` saying what could not be done (``action``)."""
         with self._errors(action), self.engine.begin() as conn:
-            _set_tenant(conn, tenant)
+            name_tenant(conn, tenant)
             yield conn
 
     @contextmanager
@@ -309,14 +312,6 @@ class ResultsStore:
                 f"{type(cause).__name__}: {cause}; check that the database "
                 "is reachable and migrated (a worker retries the batch until it is)"
             ) from exc
-
-
-def _set_tenant(conn: Connection, tenant: str) -> None:
-    """Name the tenant for PostgreSQL's row-level security, for this transaction only."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT set_config('inferstream.tenant', :tenant, true)"), {"tenant": tenant}
-        )
 
 
 def _page(rows: list[Any], limit: int, order: Order, key: Any) -> Page[Any]:
