@@ -19,6 +19,7 @@ application costs nothing.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata, resources
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # the codecs (OpenCV) load only where images are checked
     from inferstream.codecs import AppCheck
 
 ENTRY_POINT_GROUP = "inferstream.apps"
+_APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 AttributeKind = Literal["str", "int", "float"]
 
 
@@ -113,6 +116,17 @@ class AppSpec:
     panels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not _APP_NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"application name {self.name[:64]!r} must be 1-63 lowercase letters, digits, "
+                "'-' or '_', starting with a letter or digit"
+            )
+        for attribute in self.attributes:
+            if not _ATTRIBUTE_NAME.fullmatch(attribute.name):
+                raise ConfigError(
+                    f"application {self.name!r}: attribute {attribute.name[:64]!r} must be a "
+                    "plain identifier (letters, digits, _), since it is filtered and indexed"
+                )
         names = [attribute.name for attribute in self.attributes]
         for special in (self.subject, self.group, self.source):
             if special is not None and special not in names:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy import func, select
 
 from inferstream.store import InvalidQuery, ResultFilter, ResultRow, ResultsStore
+from inferstream.store.queries import result_conditions
+from inferstream.store.schema import records
 
 RowFactory = Callable[..., ResultRow]
 
@@ -200,3 +203,26 @@ def test_records_filter_on_typed_declared_attributes(
     assert ids(ratio=0.25) == ["c1", "c2"]
     assert ids(field="F3") == []
     assert store.count_results(globex, ResultFilter(attributes={"crop": 1})) == 1
+
+
+def test_a_registered_applications_attribute_filters_use_their_index(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    from fanout_app import APP as LEAVES
+
+    acme, _ = tenants
+    rows = [make_row(acme, f"r{i}", attributes={"height": i % 40}) for i in range(400)]
+    store.upsert_results(rows)
+    store.register_app(LEAVES)
+    store.register_app(LEAVES)  # again: a no-op
+    store.refresh_statistics()
+    filters = ResultFilter(attributes={"height": 7})
+    assert store.count_results(acme, filters) == 10
+    with store.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # few rows: force a choice
+        stmt = select(func.count()).select_from(records).where(*result_conditions(acme, filters))
+        compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+        explain = "EXPLAIN" if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"{explain} {compiled}"))
+    assert "ix_records_attr_height" in plan, (plan, str(compiled))

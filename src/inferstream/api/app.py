@@ -139,6 +139,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(store.close)
         accounts = Accounts(store)
         application = settings.application()
+        store.register_app(application)
         services = Services(
             settings=settings,
             app=application,

@@ -201,7 +201,10 @@ def add_api_commands(sub: Any) -> None:
 
     admin = sub.add_parser("admin", help="Create tenants, users and API keys; revoke keys.")
     commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
-    tenant = commands.add_parser("create-tenant", help="Create a tenant (a hatchery company).")
+    tenant = commands.add_parser(
+        "create-tenant",
+        help="Create a tenant (one customer: its users, keys and records are its own).",
+    )
     tenant.set_defaults(handler=cmd_create_tenant)
     _pipeline_args(tenant)
     tenant.add_argument("name", help="tenant name: lowercase letters, digits, '-'")

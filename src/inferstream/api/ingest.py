@@ -1,17 +1,19 @@
 """``POST /v1/scans``: scans in, envelopes on the ingest topic, 202 with their ids.
 
 Three bodies are accepted: ``multipart/form-data`` with one or more files (DICOM,
-PNG, JPEG, ``.npy``; optional ``tray``/``scanner``/``source`` fields apply to every
-file), a raw ``application/dicom`` scan, and ``application/x-protobuf`` carrying an
-``EnvelopeBatch`` (the edge agents' path). All three become the same
-:class:`Submitted` items and go through one path: every scan is checked, its
-content type, attributes, digest and blob reference are derived here from its
-bytes (never taken from the client), its bytes are kept in the caller's tenant's
-blob folder, and the scans are recorded and produced to the bus *before* the 202.
+PNG, JPEG, ``.npy``, as the application takes; its client attributes and ``source``
+as optional fields apply to every file), a raw ``application/dicom`` scan, and
+``application/x-protobuf`` carrying an ``EnvelopeBatch`` (the edge agents' path).
+All three become the same :class:`Submitted` items and go through one path: every
+scan is checked, its content type, attributes, digest and blob reference are derived
+here from its bytes (never taken from the client), its bytes are kept in the caller's
+tenant's blob folder, and the scans are recorded and produced to the bus *before*
+the 202.
 
 A client may name only what it knows better than the scan: an id (stable across
 an edge agent's retries; scoped to the caller's tenant), a partition key, a
-source, a trace id, a creation time and the ``tray``/``scanner`` fields.
+source, a trace id, a creation time and the attributes its application marks as a
+client's.
 """
 
 from __future__ import annotations

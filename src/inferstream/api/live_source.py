@@ -1,7 +1,7 @@
 """Readings the live dashboard takes each tick: store queries, bus lag, worker errors.
 
 The store's own methods cover most of it (newest scans, accuracy); the few queries it
-lacks (results stored since a time, tray mix of several trays, dead letters per stage)
+lacks (results stored since a time, the label mix of several groups, dead letters per stage)
 are built here on the store's engine and ``schema`` tables, always filtered by tenant
 and, on PostgreSQL, run after setting ``inferstream.tenant`` like the store does, so
 row-level security backs the WHERE clause up. Everything here is blocking; the hub

@@ -3,7 +3,7 @@
 Reading guide:
 
 - :mod:`~inferstream.store.store` — :class:`ResultsStore`: batch upserts and the
-  tenant-scoped queries (get, list with filters and cursors, tray summary,
+  tenant-scoped queries (get, list with filters and cursors, group summary,
   dead letters, feedback, accuracy per model version).
 - :mod:`~inferstream.store.rows` — the values going in and out.
 - :mod:`~inferstream.store.schema` — the tables (SQLAlchemy Core).

@@ -15,6 +15,7 @@ from sqlalchemy import tuple_ as sql_tuple
 from sqlalchemy.dialects import postgresql, sqlite
 
 from inferstream.errors import InferstreamError
+from inferstream.store.attributes import attribute_matches
 from inferstream.store.rows import OnConflict, Order, ResultFilter
 from inferstream.store.schema import feedback, predictions, records
 
@@ -64,20 +65,8 @@ def result_conditions(tenant: str, filters: ResultFilter | None) -> list[ColumnE
         (filters.until_us, c.created_at_us.__lt__),
     )
     conditions.extend(compare(bound) for bound, compare in bounds if bound is not None)
-    conditions.extend(_attribute_is(name, value) for name, value in filters.attributes.items())
+    conditions.extend(attribute_matches(name, value) for name, value in filters.attributes.items())
     return conditions
-
-
-def _attribute_is(name: str, value: str | int | float) -> ColumnElement[bool]:
-    """``attributes[name] == value``, compared as the value's type (JSON keeps numbers)."""
-    element = records.c.attributes[name]
-    if isinstance(value, str):
-        matches: ColumnElement[bool] = element.as_string() == value
-    elif isinstance(value, int):
-        matches = element.as_integer() == value
-    else:
-        matches = element.as_float() == value
-    return matches
 
 
 def keyset_page(

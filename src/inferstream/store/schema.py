@@ -136,7 +136,7 @@ feedback = Table(
 
 # -- the service API's tables (migration v0002) ------------------------------
 
-#: Tenants (hatchery companies). Spans tenants, so no row-level security.
+#: Tenants (customers). Spans tenants, so no row-level security.
 tenants = Table(
     "tenants",
     metadata,

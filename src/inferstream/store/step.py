@@ -83,7 +83,10 @@ def store_step(context: StepContext, on_conflict: OnConflict = "ignore") -> Stor
             f"stage {context.stage!r}: store_results on_conflict must be 'ignore' or 'update', "
             f"not {on_conflict!r}"
         )
-    return StoreStep(ResultsStore(context.store_url), on_conflict, context.app)
+    store = ResultsStore(context.store_url)
+    if context.app is not None:
+        store.register_app(context.app)
+    return StoreStep(store, on_conflict, context.app)
 
 
 def check_record(env: Envelope, app: AppSpec) -> None:

@@ -21,9 +21,11 @@ from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+from inferstream.application import AppSpec
 from inferstream.envelope import now_us
 from inferstream.errors import InferstreamError, StoreError
 from inferstream.store import queries, schema
+from inferstream.store.attributes import create_index
 from inferstream.store.engine import describe, make_engine
 from inferstream.store.migrate import upgrade
 from inferstream.store.rows import (
@@ -74,6 +76,15 @@ class ResultsStore:
         """Apply the shipped migrations up to ``revision``; a no-op when already there."""
         with self._errors("migrate the schema of"):
             upgrade(self.engine, revision)
+
+    def register_app(self, app: AppSpec) -> None:
+        """Index the application's filterable attributes (those without a column of
+        their own); a no-op for indexes already made. Sinks and the API call it on start."""
+        columns = {app.subject, app.group, app.source}
+        with self._errors("index the attributes of an application in"), self.engine.begin() as conn:
+            for attribute in app.attributes:
+                if attribute.filterable and attribute.name not in columns:
+                    create_index(conn, attribute.name)
 
     def refresh_statistics(self) -> None:
         """Refresh SQLite's query-planner statistics (``ANALYZE``); PostgreSQL's own do.
