@@ -59,7 +59,7 @@ def main() -> None:
             store.upsert_results(rows_for_second(start + s * 1_000_000, args.rate, s * args.rate))
         hub = LiveHub(store, APP)
         began = time.perf_counter()
-        snapshot = hub.tick([TENANT])[TENANT]
+        snapshot = hub.tick([hub.channel(TENANT)])[hub.channel(TENANT)]
         first_s = time.perf_counter() - began
         writes, ticks = [], []
         for t in range(args.ticks):
@@ -70,7 +70,7 @@ def main() -> None:
             store.upsert_results(batch)
             writes.append(time.perf_counter() - began)
             began = time.perf_counter()
-            snapshot = hub.tick([TENANT])[TENANT]
+            snapshot = hub.tick([hub.channel(TENANT)])[hub.channel(TENANT)]
             ticks.append(time.perf_counter() - began)
         store.close()
     print(f"rate {args.rate} scans/s, history {args.history_s} s, {args.ticks} ticks")

@@ -10,6 +10,7 @@ and an integer ``crop``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from inferstream import (
     AppSpec,
@@ -117,3 +118,34 @@ def crop_step(context: StepContext) -> Step:
 
 def grade_step(context: StepContext) -> Step:
     return GradeLeaves()
+
+
+def pipeline_file(tmp_path: Path, bus_url: str) -> Path:
+    path = tmp_path / "leaves.yaml"
+    path.write_text(
+        f"""
+name: leaves-{tmp_path.name[-8:]}
+app: {APP.name}
+bus: {bus_url}
+store: sqlite:///{tmp_path / "results.db"}
+blobs: file://{tmp_path / "blobs"}
+topics:
+  photos: {{partitions: 2}}
+stages:
+  - name: grade
+    input: photos
+    output: graded
+    steps: [crop_leaves, grade_leaves]
+    batch: {{max_size: 8, max_wait_ms: 5}}
+  - name: store
+    input: graded
+    steps: [store_results]
+  - name: dead-letters
+    input: photos.dlq
+    steps: [store_results]
+  - name: store-dead-letters
+    input: graded.dlq
+    steps: [store_results]
+"""
+    )
+    return path

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from api_testing import JWT_SECRET, World, add_keys
-from fanout_app import APP, CROPS
+from fanout_app import APP, CROPS, pipeline_file
 from fastapi.testclient import TestClient
 
 from inferstream.api import ApiSettings, create_app
@@ -29,37 +29,6 @@ def photo(n: int) -> bytes:
     ok, encoded = cv2.imencode(".png", np.full((24, 32), 10 * n % 255, np.uint8))
     assert ok
     return bytes(encoded)
-
-
-def pipeline_file(tmp_path: Path, bus_url: str) -> Path:
-    path = tmp_path / "leaves.yaml"
-    path.write_text(
-        f"""
-name: leaves-{tmp_path.name[-8:]}
-app: {APP.name}
-bus: {bus_url}
-store: sqlite:///{tmp_path / "results.db"}
-blobs: file://{tmp_path / "blobs"}
-topics:
-  photos: {{partitions: 2}}
-stages:
-  - name: grade
-    input: photos
-    output: graded
-    steps: [crop_leaves, grade_leaves]
-    batch: {{max_size: 8, max_wait_ms: 5}}
-  - name: store
-    input: graded
-    steps: [store_results]
-  - name: dead-letters
-    input: photos.dlq
-    steps: [store_results]
-  - name: store-dead-letters
-    input: graded.dlq
-    steps: [store_results]
-"""
-    )
-    return path
 
 
 def test_a_fan_out_application_stores_every_child_with_its_fields(

@@ -58,6 +58,7 @@ CALLS: dict[str, Call] = {
     "GET /v1/scans/{scan_id}": lambda s: (f"/v1/scans/{s.scan_id}", {}),
     "GET /v1/scans/{scan_id}/image": lambda s: (f"/v1/scans/{s.scan_id}/image", {}),
     "GET /v1/results": lambda s: (f"/v1/results?group={GROUP}", {}),
+    "GET /v1/apps": lambda s: ("/v1/apps", {}),
     "GET /v1/apps/{app}": lambda s: ("/v1/apps/eggs", {}),
     "GET /v1/apps/{app}/records": lambda s: (f"/v1/apps/eggs/records?tray={GROUP}", {}),
     "GET /v1/apps/{app}/records/{record_id}": lambda s: (

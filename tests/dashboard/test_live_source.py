@@ -7,6 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from inferstream.api.live_hub import LiveHub
 from inferstream.apps.eggs import APP
 from inferstream.bus import Record, open_bus
@@ -43,7 +45,8 @@ def _dead_letter(tenant: str, n: int, stage: str) -> DeadLetterRow:
 
 
 def _snapshots(hub: LiveHub) -> dict[str, dict[str, Any]]:
-    return {tenant: json.loads(text) for tenant, text in hub.tick([A, B]).items()}
+    channels = [hub.channel(A), hub.channel(B)]
+    return {tenant: json.loads(text) for (tenant, _), text in hub.tick(channels).items()}
 
 
 def test_each_tenant_gets_only_its_own_rows(store: ResultsStore, make_row: RowFactory) -> None:
@@ -134,3 +137,24 @@ def test_stage_lag_and_rate_come_from_the_bus(
         assert second["classify"]["rate_per_s"] > 0
     finally:
         bus.close()
+
+
+def test_each_application_of_a_deployment_gets_only_its_own_records(
+    store: ResultsStore, make_row: RowFactory
+) -> None:
+    from fanout_app import APP as LEAVES
+
+    store.upsert_results(
+        [make_row(A, label="female") for _ in range(3)]
+        + [make_row(A, app=LEAVES.name, head="grade", label="rust", group="F1") for _ in range(2)]
+    )
+    hub = LiveHub(store, [APP, LEAVES])
+    eggs, leaves = (json.loads(text) for text in hub.tick(
+        [hub.channel(A), hub.channel(A, LEAVES.name)]
+    ).values())  # fmt: skip
+    assert (eggs["app"]["name"], eggs["totals"]["scans"]) == ("eggs", 3)
+    assert (leaves["app"]["name"], leaves["totals"]["scans"]) == (LEAVES.name, 2)
+    assert leaves["totals"]["labels"] == {"healthy": 0, "rust": 2}
+    assert [group["group"] for group in leaves["groups"]] == ["F1"]
+    with pytest.raises(KeyError, match="not 'nowhere'"):
+        hub.channel(A, "nowhere")

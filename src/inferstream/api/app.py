@@ -139,10 +139,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.callback(store.close)
         accounts = Accounts(store)
         application = settings.application()
-        store.register_app(application)
+        shown = settings.applications()
+        for app_spec in shown:
+            store.register_app(app_spec)
         services = Services(
             settings=settings,
             app=application,
+            apps=shown,
             bus=bus,
             store=store,
             accounts=accounts,
@@ -151,7 +154,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
             labels=app_labels(application),
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
-            live=LiveHub(store, application, spec, bus),
+            live=LiveHub(store, shown, spec, bus),
         )
         app.state.services = services
         refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))

@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = {
         "pipeline": args.pipeline, "bus": args.bus, "store": args.store, "blobs": args.blobs,
         "ingest_topic": args.ingest_topic, "rate": args.rate, "burst": args.burst,
-        "max_body_mb": args.max_body_mb, "verbose": args.verbose,
+        "max_body_mb": args.max_body_mb, "verbose": args.verbose, "show": args.show,
     }  # fmt: skip
     target: Any = _app_for(options)  # fails here, once, on a bad pipeline or secret
     if args.workers > 1:
@@ -85,6 +85,7 @@ def _app_for(options: dict[str, Any]) -> Any:
     from inferstream.api.app import create_app
     from inferstream.api.ops import use_json_logs
     from inferstream.api.settings import ApiSettings
+    from inferstream.application import app_named
     from inferstream.logs import log_level
 
     spec = load_pipeline(options["pipeline"]).with_urls(
@@ -95,6 +96,7 @@ def _app_for(options: dict[str, Any]) -> Any:
         rate_per_s=options["rate"],
         burst=options["burst"],
         max_body_bytes=int(options["max_body_mb"] * 1024 * 1024),
+        also_apps=tuple(app_named(name) for name in options.get("show") or ()),
     )
     use_json_logs(log_level(options["verbose"]))
     return create_app(settings)
@@ -191,6 +193,11 @@ def add_api_commands(sub: Any) -> None:
     serve.add_argument("--rate", type=float, default=200.0, help="requests/s per credential")
     serve.add_argument("--burst", type=int, default=400, help="burst per credential")
     serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")
+    serve.add_argument(
+        "--show", action="append", metavar="APP", default=[],
+        help="also show this installed application's records (its pipeline runs elsewhere, "
+        "on the same store); repeatable; the dashboard lets people pick one",
+    )  # fmt: skip
     serve.add_argument(
         "--workers",
         type=int,

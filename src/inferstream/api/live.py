@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 VIEW_ROLES = frozenset({"admin", "operator", "viewer"})
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
 AUTH_TIMEOUT_S = 10.0
 
 #: Files of the page, by the name the browser asks for -> media type. A fixed list,
@@ -71,23 +72,34 @@ def dashboard_asset(name: str) -> Response:
     return Response(_static(name), media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
-async def _principal(websocket: WebSocket, token: str | None) -> Principal:
-    if not token:
-        first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
-        try:
-            token = str(json.loads(first)["token"])
-        except (ValueError, KeyError, TypeError):
-            token = ""
+async def _hello(
+    websocket: WebSocket, token: str | None, app: str | None
+) -> tuple[str, str | None]:
+    """The token and the application asked for: from the URL, else the first message
+    ``{"token": ..., "app": ...}`` (which keeps the token out of access logs)."""
+    if token:
+        return token, app
+    first = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_S)
+    try:
+        hello = json.loads(first)
+        return str(hello["token"]), str(hello["app"]) if hello.get("app") else app
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "", app
+
+
+def _principal(websocket: WebSocket, token: str) -> Principal:
     # JWTs for people, API keys for wall-screen kiosks; rate limited like every route.
     return principal_for(services_of(websocket), token, client_address(websocket))
 
 
 @router.websocket("/v1/live")
-async def live_feed(websocket: WebSocket, token: str | None = None) -> None:
-    """Authenticate, then stream one snapshot of the caller's tenant per tick."""
+async def live_feed(websocket: WebSocket, token: str | None = None, app: str | None = None) -> None:
+    """Authenticate, then stream one snapshot per tick of the caller's tenant's records
+    of one application (``app``; default: the pipeline's)."""
     await websocket.accept()
     try:
-        principal = await _principal(websocket, token)
+        credential, wanted = await _hello(websocket, token, app)
+        principal = _principal(websocket, credential)
     except (ApiError, TimeoutError) as exc:
         await websocket.close(CLOSE_UNAUTHORIZED, reason=_reason(exc, "not authenticated"))
         return
@@ -95,13 +107,18 @@ async def live_feed(websocket: WebSocket, token: str | None = None) -> None:
         await websocket.close(CLOSE_FORBIDDEN, reason=f"role {principal.role!r} may not view")
         return
     hub = services_of(websocket).live
-    queue = hub.subscribe(principal.tenant)
+    try:
+        channel = hub.channel(principal.tenant, wanted)
+    except KeyError as exc:
+        await websocket.close(CLOSE_NOT_FOUND, reason=_reason(exc, "no such application"))
+        return
+    queue = hub.subscribe(channel)
     sender = asyncio.create_task(_send_snapshots(websocket, queue))
     try:
         await _drain_until_closed(websocket)
     finally:
         sender.cancel()
-        hub.unsubscribe(principal.tenant, queue)
+        hub.unsubscribe(channel, queue)
         with contextlib.suppress(asyncio.CancelledError):
             await sender
 

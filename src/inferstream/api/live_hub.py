@@ -1,4 +1,7 @@
-"""The live dashboard's aggregator: one snapshot per subscribed tenant per tick.
+"""The live dashboard's aggregator: one snapshot per watched channel per tick.
+
+A channel is one tenant's records of one application; a deployment may show several
+applications, and each dashboard watches the one it selected.
 
 Made once per API process (by the app's lifespan); every WebSocket of a tenant gets
 the same snapshot. Each subscriber has a one-slot queue that keeps only the newest
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 
 from inferstream.api.live_aggregate import TenantWindow
 from inferstream.api.live_source import StageMeters, TenantFeed, tenant_snapshot
@@ -22,6 +26,8 @@ from inferstream.pipeline import PipelineSpec
 from inferstream.store import ResultsStore
 
 log = logging.getLogger(__name__)
+#: One tenant's records of one application: what a dashboard watches.
+Channel = tuple[str, str]
 
 
 class LiveHub:
@@ -30,42 +36,51 @@ class LiveHub:
     def __init__(
         self,
         store: ResultsStore,
-        app: AppSpec,
+        apps: AppSpec | Sequence[AppSpec],
         pipeline: PipelineSpec | None = None,
         bus: Bus | None = None,
         *,
         tick_s: float = 1.0,
     ) -> None:
         self.store = store
-        self.app = app
+        listed = [apps] if isinstance(apps, AppSpec) else list(apps)
+        self.apps = {app.name: app for app in listed}
+        self.default_app = listed[0].name
         self.pipeline = pipeline
         self.meters = StageMeters(pipeline, bus) if pipeline is not None else None
         self.tick_s = tick_s
-        self._subscribers: dict[str, set[asyncio.Queue[str]]] = {}
-        self._feeds: dict[str, TenantFeed] = {}
-        self._last: dict[str, str] = {}
+        self._subscribers: dict[Channel, set[asyncio.Queue[str]]] = {}
+        self._feeds: dict[Channel, TenantFeed] = {}
+        self._last: dict[Channel, str] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, tenant: str) -> asyncio.Queue[str]:
+    def channel(self, tenant: str, app: str | None = None) -> Channel:
+        """What a subscriber watches: one tenant's records of one application."""
+        name = app or self.default_app
+        if name not in self.apps:
+            raise KeyError(f"this deployment shows {', '.join(self.apps)}, not {name[:64]!r}")
+        return tenant, name
+
+    def subscribe(self, channel: Channel) -> asyncio.Queue[str]:
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
-        self._subscribers.setdefault(tenant, set()).add(queue)
-        if tenant in self._last:
-            queue.put_nowait(self._last[tenant])
+        self._subscribers.setdefault(channel, set()).add(queue)
+        if channel in self._last:
+            queue.put_nowait(self._last[channel])
         else:
-            self._wake.set()  # a new tenant gets its first snapshot now, not next tick
+            self._wake.set()  # a new channel gets its first snapshot now, not next tick
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         return queue
 
-    def unsubscribe(self, tenant: str, queue: asyncio.Queue[str]) -> None:
-        queues = self._subscribers.get(tenant, set())
+    def unsubscribe(self, channel: Channel, queue: asyncio.Queue[str]) -> None:
+        queues = self._subscribers.get(channel, set())
         queues.discard(queue)
         if not queues:
-            # Nobody watches this tenant: drop its window instead of keeping it warm.
-            self._subscribers.pop(tenant, None)
-            self._feeds.pop(tenant, None)
-            self._last.pop(tenant, None)
+            # Nobody watches this channel: drop its window instead of keeping it warm.
+            self._subscribers.pop(channel, None)
+            self._feeds.pop(channel, None)
+            self._last.pop(channel, None)
 
     async def _run(self) -> None:
         while self._subscribers:
@@ -79,30 +94,31 @@ class LiveHub:
                 # A bug must not freeze every dashboard silently: log it and keep ticking.
                 log.exception("live dashboard tick crashed")
                 snapshots = {}
-            for tenant, message in snapshots.items():
-                self._publish(tenant, message)
-            for tenant in set(self._feeds) - set(self._subscribers):
-                del self._feeds[tenant]  # unsubscribed while its tick ran
+            for channel, message in snapshots.items():
+                self._publish(channel, message)
+            for channel in set(self._feeds) - set(self._subscribers):
+                del self._feeds[channel]  # unsubscribed while its tick ran
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick_s)
 
-    def tick(self, tenants: list[str]) -> dict[str, str]:
-        """Build one snapshot per tenant (blocking: runs in a worker thread)."""
+    def tick(self, channels: Sequence[Channel]) -> dict[Channel, str]:
+        """Build one snapshot per channel (blocking: runs in a worker thread)."""
         meters = self.meters.read() if self.meters is not None else {}
         snapshots = {}
-        for tenant in tenants:
-            feed = self._feeds.get(tenant)
+        for channel in channels:
+            tenant, app = channel
+            feed = self._feeds.get(channel)
             if feed is None:
-                feed = self._feeds[tenant] = TenantFeed(tenant, TenantWindow(now_us()))
-            snapshot = tenant_snapshot(self.store, feed, self.pipeline, meters, self.app)
-            snapshots[tenant] = json.dumps(snapshot, separators=(",", ":"))
+                feed = self._feeds[channel] = TenantFeed(tenant, TenantWindow(now_us()))
+            snapshot = tenant_snapshot(self.store, feed, self.pipeline, meters, self.apps[app])
+            snapshots[channel] = json.dumps(snapshot, separators=(",", ":"))
         return snapshots
 
-    def _publish(self, tenant: str, message: str) -> None:
-        if tenant not in self._subscribers:
+    def _publish(self, channel: Channel, message: str) -> None:
+        if channel not in self._subscribers:
             return
-        self._last[tenant] = message
-        for queue in self._subscribers[tenant]:
+        self._last[channel] = message
+        for queue in self._subscribers[channel]:
             if queue.full():
                 queue.get_nowait()  # keep only the newest snapshot for a slow client
             queue.put_nowait(message)

@@ -35,7 +35,7 @@ from inferstream.bus import Bus
 from inferstream.envelope import now_us
 from inferstream.errors import BusError
 from inferstream.pipeline import PipelineSpec
-from inferstream.store import ResultsStore
+from inferstream.store import ResultFilter, ResultsStore
 from inferstream.store.schema import dead_letters, records
 
 #: Most rows one tick reads; a backlog is caught up over the following ticks.
@@ -55,11 +55,16 @@ def fetch_points(
     tenant: str,
     since_us: int,
     after: tuple[int, str] | None,
+    *,
     limit: int = MAX_ROWS_PER_TICK,
+    app: str | None = None,
 ) -> list[ScanPoint]:
-    """Results of ``tenant`` stored at or after ``since_us`` (and after ``after``), oldest first."""
+    """Records of ``tenant`` (of ``app``) stored at or after ``since_us`` (and after
+    ``after``), oldest first."""
     c = records.c
     where = [c.tenant == tenant, c.stored_at_us >= since_us]
+    if app is not None:
+        where.append(c.app == app)
     if after is not None:
         where.append(sql_tuple(c.stored_at_us, c.id) > after)
     stmt = (
@@ -71,14 +76,17 @@ def fetch_points(
     return [ScanPoint(*row) for row in conn.execute(stmt).all()]
 
 
-def fetch_group_counts(conn: Connection, tenant: str, groups: Sequence[str]) -> list[Any]:
-    """(group, label, count) over every record of the given groups."""
+def fetch_group_counts(
+    conn: Connection, tenant: str, groups: Sequence[str], app: str | None = None
+) -> list[Any]:
+    """(group, label, count) over every record (of ``app``) of the given groups."""
     if not groups:
         return []
     c = records.c
+    of_app = [c.app == app] if app is not None else []
     stmt = (
         select(c.group_key, c.label, func.count())
-        .where(c.tenant == tenant, c.group_key.in_(groups))
+        .where(c.tenant == tenant, c.group_key.in_(groups), *of_app)
         .group_by(c.group_key, c.label)
     )
     return [tuple(row) for row in conn.execute(stmt).all()]
@@ -101,10 +109,13 @@ def fetch_dead_letter_counts(conn: Connection, tenant: str, recent_since_us: int
     }
 
 
-def newest_scans(store: ResultsStore, tenant: str, limit: int = NEWEST) -> list[dict[str, Any]]:
-    """The newest records, each under the id of the scan it was made from (the id the
-    dashboard opens with ``/v1/scans/{id}``; a record's own id is not a scan's)."""
-    rows = store.list_results(tenant, limit=limit, order="desc").items
+def newest_scans(
+    store: ResultsStore, tenant: str, limit: int = NEWEST, app: str | None = None
+) -> list[dict[str, Any]]:
+    """The newest records (of ``app``), each under the id of the scan it was made from
+    (the id the dashboard opens with ``/v1/scans/{id}``; a record's own id is not a
+    scan's)."""
+    rows = store.list_results(tenant, ResultFilter(app=app), limit=limit, order="desc").items
     return [
         {
             "id": row.root_id,
@@ -224,16 +235,17 @@ def tenant_snapshot(
     with tenant_connection(store, tenant) as conn:
         for _ in range(4):  # catch a backlog up a few pages per tick, not unboundedly
             query = window.next_query()
-            points = fetch_points(conn, tenant, query.since_us, query.after)
+            points = fetch_points(conn, tenant, query.since_us, query.after, app=app.name)
             window.add(points, truncated=len(points) >= MAX_ROWS_PER_TICK)
             if len(points) < MAX_ROWS_PER_TICK:
                 break
-        groups = group_mix(fetch_group_counts(conn, tenant, window.active_groups()), View.of(app))
+        counts = fetch_group_counts(conn, tenant, window.active_groups(), app.name)
+        groups = group_mix(counts, View.of(app))
         dead = fetch_dead_letter_counts(conn, tenant, now - window.window_s * US_PER_S)
     if time.monotonic() - feed.accuracy_at >= ACCURACY_EVERY_S:
         feed.accuracy = [
             {**vars_of_accuracy(a), "accuracy": round(a.accuracy, 4)}
-            for a in store.accuracy_by_model_version(tenant)
+            for a in store.accuracy_by_model_version(tenant, app.name)
         ]
         feed.accuracy_at = time.monotonic()
     return build_snapshot(
@@ -244,7 +256,7 @@ def tenant_snapshot(
         groups=groups,
         accuracy=feed.accuracy,
         stages=stage_rows(pipeline, meters, dead),
-        newest=newest_scans(store, tenant),
+        newest=newest_scans(store, tenant, app=app.name),
     )
 
 

@@ -23,6 +23,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "GET /v1/scans/{scan_id}": _READ,
     "GET /v1/scans/{scan_id}/image": _READ,
     "GET /v1/results": _READ,
+    "GET /v1/apps": _READ,
     "GET /v1/apps/{app}": _READ,
     "GET /v1/apps/{app}/records": _READ,
     "GET /v1/apps/{app}/records/{record_id}": _READ,

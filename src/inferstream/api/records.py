@@ -79,10 +79,28 @@ def _guard(route: str) -> Any:
 
 
 def served_app(request: Request, name: str) -> AppSpec:
-    app = services_of(request).app
-    if name != app.name:
-        raise NotFound(f"this API serves application {app.name!r}, not {name[:64]!r}")
-    return app
+    apps = {app.name: app for app in services_of(request).apps}
+    if name not in apps:
+        raise NotFound(f"this API shows {', '.join(apps)}, not {name[:64]!r}")
+    return apps[name]
+
+
+class AppListing(BaseModel):
+    name: str
+    title: str
+    ingests: bool = Field(description="its items can be sent to this API's POST /v1/scans")
+
+
+@router.get("/v1/apps", response_model=list[AppListing])
+def list_apps(
+    request: Request, principal: Annotated[Principal, _guard("GET /v1/apps")]
+) -> list[AppListing]:
+    """The applications whose records this API shows, the pipeline's first."""
+    services = services_of(request)
+    return [
+        AppListing(name=app.name, title=app.title, ingests=app.name == services.app.name)
+        for app in services.apps
+    ]
 
 
 @router.get("/v1/apps/{app}", response_model=AppOut)

@@ -29,6 +29,8 @@ class Services:
     settings: ApiSettings
     #: The application the pipeline serves (its records, labels, checks).
     app: AppSpec
+    #: Every application whose records this API shows: ``app`` first.
+    apps: tuple[AppSpec, ...]
     bus: Bus
     store: ResultsStore
     accounts: Accounts

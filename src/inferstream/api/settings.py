@@ -44,6 +44,9 @@ class ApiSettings:
     max_keys: int = MAX_ACTIVE_KEYS
     #: The application served; by default the one the pipeline file names (``app:``).
     app: AppSpec | None = None
+    #: Further applications whose records this API shows (read side and dashboard):
+    #: their pipelines run elsewhere and write to the same store.
+    also_apps: tuple[AppSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret) < 32:
@@ -64,6 +67,11 @@ class ApiSettings:
                 "to the pipeline file (the API needs its records, labels and checks)"
             )
         return app_named(self.pipeline.app)
+
+    def applications(self) -> tuple[AppSpec, ...]:
+        """Every application shown: the pipeline's first, then the others, each once."""
+        served = self.application()
+        return (served, *(app for app in self.also_apps if app.name != served.name))
 
     @classmethod
     def for_pipeline(cls, spec: PipelineSpec, ingest_topic: str | None = None) -> ApiSettings:

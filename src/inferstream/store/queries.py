@@ -137,7 +137,7 @@ def summary_by_label(tenant: str, group: str) -> Select[Any]:
     )
 
 
-def accuracy(tenant: str) -> Select[Any]:
+def accuracy(tenant: str, app: str | None = None) -> Select[Any]:
     """Labelled and correct counts per model version and role, against feedback.
 
     A prediction is labelled when feedback names its record's subject and its head.
@@ -157,7 +157,7 @@ def accuracy(tenant: str) -> Select[Any]:
             feedback,
             and_(f.tenant == r.tenant, f.app == r.app, f.subject == r.subject, f.head == p.head),
         )
-        .where(p.tenant == tenant)
+        .where(p.tenant == tenant, *([r.app == app] if app is not None else []))
         .group_by(p.model_name, p.model_version, p.role)
         .order_by(p.role, p.model_name, p.model_version)
     )

@@ -282,10 +282,11 @@ class ResultsStore:
             row = conn.execute(stmt).mappings().first()
         return None if row is None else Feedback(**row)
 
-    def accuracy_by_model_version(self, tenant: str) -> list[ModelAccuracy]:
-        """Agreement with ground truth per model version, champions first, then shadows."""
+    def accuracy_by_model_version(self, tenant: str, app: str | None = None) -> list[ModelAccuracy]:
+        """Agreement with ground truth per model version (of ``app``'s records, or all),
+        champions first, then shadows."""
         with self.tenant_transaction(tenant, "compute accuracy in") as conn:
-            rows = list(conn.execute(queries.accuracy(tenant)).mappings())
+            rows = list(conn.execute(queries.accuracy(tenant, app)).mappings())
         return [
             ModelAccuracy(
                 row["model_name"],

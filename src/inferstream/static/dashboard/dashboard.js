@@ -75,16 +75,47 @@
     $("dashboard").hidden = false;
     $("logout").hidden = false;
     if (!charts) charts = makeCharts();
+    loadApps();
+    connect();
+  }
+
+  // A deployment may show several applications: people pick the one the page draws.
+  async function loadApps() {
+    try {
+      const apps = await (await authFetch("/v1/apps")).json();
+      const select = $("app-select");
+      select.replaceChildren(...apps.map((app) => new Option(app.title, app.name)));
+      $("app-pick").hidden = apps.length < 2;
+    } catch (err) {
+      $("app-pick").hidden = true; // the feed still shows the pipeline's own application
+    }
+  }
+
+  function chosenApp() {
+    return $("app-select").value || null;
+  }
+
+  function switchApp() {
+    appKey = "";
+    if (socket) {
+      socket.close(1000);
+    }
+    clearTimeout(reconnectTimer);
     connect();
   }
 
   function connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    socket = new WebSocket(`${scheme}//${location.host}/v1/live`);
+    const current = new WebSocket(`${scheme}//${location.host}/v1/live`);
+    socket = current;
     setStatus("Connecting…");
-    socket.addEventListener("open", () => socket.send(JSON.stringify({ token: token() })));
-    socket.addEventListener("message", (event) => render(JSON.parse(event.data)));
-    socket.addEventListener("close", (event) => {
+    current.addEventListener("open", () =>
+      current.send(JSON.stringify({ token: token(), app: chosenApp() })));
+    current.addEventListener("message", (event) => {
+      if (current === socket) render(JSON.parse(event.data));
+    });
+    current.addEventListener("close", (event) => {
+      if (current !== socket) return; // replaced when another application was picked
       if (event.code === 4401 || event.code === 4403) {
         logout();
         $("login-error").textContent =
@@ -400,6 +431,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("login-form").addEventListener("submit", login);
     $("logout").addEventListener("click", logout);
+    $("app-select").addEventListener("change", switchApp);
     $("scan-close").addEventListener("click", closePanel);
     document.addEventListener("keydown", (e) => { if (e.key === "Escape") closePanel(); });
     const newest = $("table-newest");
