@@ -55,6 +55,7 @@ APP = register_app(
         ),
         ratios=(Ratio("healthy_ratio", "grade", "healthy"),),
         content_types=("image/png",),
+        panels=("throughput", "mix", "newest"),  # no labels arrive late: no accuracy
         steps={
             "crop_leaves": "fanout_app:crop_step",
             "grade_leaves": "fanout_app:grade_step",

@@ -44,6 +44,14 @@ def test_a_declaration_that_contradicts_itself_is_refused() -> None:
         )  # fmt: skip
 
 
+def test_an_unknown_panel_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no dashboard panel radar"):
+        AppSpec(
+            name="x", title="X", package=__name__, subject="egg", heads=(SEX,),
+            attributes=(Attribute("egg"),), panels=("mix", "radar"),
+        )  # fmt: skip
+
+
 def test_an_unknown_app_names_the_installed_ones() -> None:
     with pytest.raises(ConfigError, match=r"installed: .*eggs"):
         app_named("no-such-app")

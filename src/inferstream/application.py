@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # the codecs (OpenCV) load only where images are checked
     from inferstream.codecs import AppCheck
 
 ENTRY_POINT_GROUP = "inferstream.apps"
+#: The dashboard's panels an application may list.
+PANELS = ("throughput", "mix", "confidence", "accuracy", "stages", "newest")
 _APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 AttributeKind = Literal["str", "int", "float"]
@@ -112,7 +114,8 @@ class AppSpec:
     pipelines: Mapping[str, str] = field(default_factory=dict)
     #: "module:function(subparsers)" registering ``inferstream example <name>``.
     example: str | None = None
-    #: Dashboard panels, in order.
+    #: Dashboard panels it shows, of: throughput, mix, confidence, accuracy, stages,
+    #: newest (none listed: all). The figures at the top are always shown.
     panels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -134,6 +137,12 @@ class AppSpec:
                     f"application {self.name!r}: {special!r} is named as subject, group or "
                     "source but is not among its attributes; declare it there"
                 )
+        unknown = sorted(set(self.panels) - set(PANELS))
+        if unknown:
+            raise ConfigError(
+                f"application {self.name!r}: no dashboard panel {', '.join(unknown)}; the "
+                f"panels are {', '.join(PANELS)}"
+            )
         for ratio in self.ratios:
             if ratio.label not in self.head(ratio.head).label_names:
                 raise ConfigError(

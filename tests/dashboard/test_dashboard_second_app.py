@@ -109,6 +109,10 @@ def test_people_pick_an_application_and_the_page_speaks_its_words(
             f"() => window.inferstreamDashboard.last.app.name === '{LEAVES.name}'"
         )
         page.wait_for_function("() => Chart.getChart('chart-mix').data.labels.length === 2")
+        # Its panels: the ones it declares, no accuracy or confidence.
+        assert page.locator("[data-panel=accuracy]").is_hidden()
+        assert page.locator("[data-panel=confidence]").is_hidden()
+        assert page.locator("[data-panel=mix]").is_visible()
         assert page.locator("#mix-title").inner_text() == "Prediction mix per field"
         assert page.locator("#kpi-ratio-title").inner_text() == "Healthy ratio"
         assert page.locator("#kpi-ratio").inner_text() == "66.7 %"
@@ -124,6 +128,7 @@ def test_people_pick_an_application_and_the_page_speaks_its_words(
         assert "Rust" in newest and "Healthy" in newest and "EGG" not in newest
         page.select_option("#app-select", "eggs")  # and back
         page.wait_for_function("() => window.inferstreamDashboard.last.app.name === 'eggs'")
+        assert page.locator("[data-panel=accuracy]").is_visible()
         assert "EGG-000001" in page.locator("#table-newest tbody").inner_text()
     finally:
         pages.close()

@@ -68,6 +68,7 @@ def describe_app(app: AppSpec) -> dict[str, Any]:
             for ratio in app.ratios
             if ratio.head == head.name
         ],
+        "panels": list(app.panels),
     }
 
 

@@ -232,6 +232,10 @@
     $("chart-mix").setAttribute("aria-label", `Stacked bar chart: ${app.labels.map((l) => l.title).join(", ")} per ${app.group_noun}`);
     $("col-subject").textContent = title(app.subject);
     $("col-group").textContent = group;
+    // The panels the application asks for, in the page's order (none listed: all).
+    document.querySelectorAll("[data-panel]").forEach((card) => {
+      card.hidden = app.panels.length > 0 && !app.panels.includes(card.dataset.panel);
+    });
     const ratio = app.ratios[0];
     $("kpi-ratio-box").hidden = !ratio;
     if (ratio) $("kpi-ratio-title").textContent = ratio.title;
