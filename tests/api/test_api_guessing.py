@@ -136,3 +136,26 @@ def test_a_quiet_hour_forgets_and_a_success_clears_the_account_only(
     clock.now += 3600 * SECOND
     assert guard.purge() == 1
     assert guard.standing("source:a") == {}
+
+
+def test_a_clean_key_is_not_looked_up_again_for_a_second(
+    throttle: tuple[GuessThrottle, Clock],
+) -> None:
+    guard, clock = throttle
+    scopes = ("source:a", "key:t/k")
+    assert guard.standing_cached(*scopes) == {}
+    # Another process's failures land in the store; this one trusts its memory a second.
+    other = GuessThrottle(guard.accounts, source=guard.source, account=guard.account,
+                          clock_us=clock)  # fmt: skip
+    for _ in range(4):  # two free, then 1 s, then 2 s of back-off
+        other.failed(*scopes)
+    assert guard.standing_cached(*scopes) == {}
+    clock.now += SECOND
+    assert guard.standing_cached(*scopes)["key:t/k"] > clock.now  # seen within the second
+    # A failure in this process is seen at once.
+    clock.now += 9 * SECOND
+    fresh = ("source:b", "key:t/other")
+    assert guard.standing_cached(*fresh) == {}
+    for _ in range(4):
+        guard.failed(*fresh)
+    assert guard.standing_cached(*fresh)["key:t/other"] > clock.now

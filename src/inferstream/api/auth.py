@@ -122,7 +122,7 @@ def sign_in_with_key(throttle: GuessThrottle, presented: str, source: str) -> Pr
     """:func:`principal_from_key`, with failures counted and back-off answered 429."""
     tenant, key_id, _ = _key_parts(presented)
     scopes = (source_scope(source), key_scope(tenant, key_id))
-    standing = throttle.standing(*scopes)
+    standing = throttle.standing_cached(*scopes)
     throttle.refuse_if_blocked(standing, scopes[0])
     try:
         principal = principal_from_key(throttle.accounts, presented)

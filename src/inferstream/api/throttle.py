@@ -71,10 +71,32 @@ class GuessThrottle:
     source: Backoff = SOURCE_BACKOFF
     account: Backoff = ACCOUNT_BACKOFF
     clock_us: Callable[[], int] = field(default=now_us)
+    #: How long a scope found with no failures is taken as clean without asking the
+    #: store again: API keys sign every request in, and that read was a store query per
+    #: request. A failure in this process clears it at once; another process's failures
+    #: are seen within this long.
+    clean_for_us: int = 1_000_000
+    _clean: dict[str, int] = field(default_factory=dict, repr=False)
 
     def standing(self, *scopes: str) -> dict[str, int]:
         """Until when each scope with failures on record is in back-off (µs)."""
         return self.accounts.blocked_until(scopes)
+
+    def standing_cached(self, *scopes: str) -> dict[str, int]:
+        """:meth:`standing`, answered from memory while every scope was recently clean."""
+        now = self.clock_us()
+        if all(now - self._clean.get(scope, -self.clean_for_us) < self.clean_for_us
+               for scope in scopes):  # fmt: skip
+            return {}
+        standing = self.standing(*scopes)
+        for scope in scopes:
+            if scope in standing:
+                self._clean.pop(scope, None)
+            else:
+                self._clean[scope] = now
+        if len(self._clean) > 100_000:  # many keys and addresses: start over, not grow
+            self._clean.clear()
+        return standing
 
     def refuse_if_blocked(self, standing: dict[str, int], *scopes: str) -> None:
         """:class:`RateLimited` when one of ``scopes`` is in back-off now."""
@@ -92,6 +114,8 @@ class GuessThrottle:
         """Count a failed sign-in against both scopes; their new back-off ends."""
         now = self.clock_us()
         ends = {}
+        for scope in (source, account):
+            self._clean.pop(scope, None)
         for scope, policy in ((source, self.source), (account, self.account)):
             forget_before = now - int(policy.forget_after_s * _US)
             ends[scope] = self.accounts.add_failure(scope, now, forget_before, policy.delay_us)
