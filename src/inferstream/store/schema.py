@@ -73,10 +73,11 @@ records = Table(
     Index(None, "tenant", "stored_at_us", "id"),
     Index(None, "tenant", "root_id"),
     Index(None, "tenant", "subject"),
-    Index(None, "tenant", "group_key", "stored_at_us"),
-    Index(None, "tenant", "source", "stored_at_us"),
-    Index(None, "tenant", "label", "stored_at_us"),
-    Index(None, "tenant", "model_version", "stored_at_us"),
+    # With the id, a filtered listing pages through its filter's index in order.
+    Index(None, "tenant", "group_key", "stored_at_us", "id"),
+    Index(None, "tenant", "source", "stored_at_us", "id"),
+    Index(None, "tenant", "label", "stored_at_us", "id"),
+    Index(None, "tenant", "model_version", "stored_at_us", "id"),
     Index(None, "tenant", "created_at_us"),
 )
 
