@@ -17,7 +17,7 @@ A reading guide, from the message outwards:
 - :mod:`inferstream.api` — the service API and the live dashboard.
 - :mod:`inferstream.cli` — the ``inferstream`` command.
 
-Applications live apart, in ``inferstream.apps.<name>`` (the flagship, ``eggs``) or in
+Applications live apart, in ``inferstream.apps.<name>`` (the bundled ones) or in
 any installed package; the core never imports them.
 
 The names below are the public API an application is written against; they load on

@@ -1,7 +1,7 @@
 """Applications: what one declares, in one place, so the core can run, store, serve and
 show it without knowing it.
 
-An application is a package (``inferstream.apps.eggs`` is bundled; any installed
+An application is a package (bundled under ``inferstream.apps``; any installed
 package can be one) holding one :class:`AppSpec`: its pipeline files, its steps,
 its record schema (which attribute names the subject, the group and the source,
 typed attributes and which are filterable), its prediction heads with their labels
@@ -9,8 +9,8 @@ and colours, summary ratios, the content types it ingests and its own checks of
 them, and its dashboard panels.
 
 The core finds applications through the ``inferstream.apps`` entry-point group, so
-it never imports one: ``[project.entry-points."inferstream.apps"] eggs =
-"inferstream.apps.eggs:APP"``. Tests and notebooks may :func:`register_app` one
+it never imports one: ``[project.entry-points."inferstream.apps"] myapp =
+"mypackage:APP"``. Tests and notebooks may :func:`register_app` one
 defined in place. Hooks (steps, checks, the example command) are named as
 ``"module:attribute"`` strings and imported only when used, so declaring an
 application costs nothing.
@@ -22,6 +22,7 @@ import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,7 +55,7 @@ class Label:
 
 @dataclass(frozen=True)
 class Head:
-    """One thing a model predicts about a record (an egg's sex), with its labels."""
+    """One thing a model predicts about a record, with the labels it can answer."""
 
     name: str
     labels: tuple[Label, ...]
@@ -91,16 +92,16 @@ class AppSpec:
 
     name: str
     title: str
-    #: The package holding the pipeline files and ``models/`` (e.g. "inferstream.apps.eggs").
+    #: The package holding the pipeline files and ``models/`` (e.g. "mypackage").
     package: str
-    #: Attribute that names what a record is about (an egg), feedback is keyed by it.
+    #: Attribute that names what a record is about; feedback is keyed by it.
     subject: str
     heads: tuple[Head, ...]
     attributes: tuple[Attribute, ...] = ()
-    #: Attribute grouping records for summaries (a tray), and its noun as people say it.
+    #: Attribute grouping records for summaries, and its noun as people say it.
     group: str | None = None
     group_noun: str = "group"
-    #: Attribute naming the device a record came from (a scanner).
+    #: Attribute naming the device a record came from.
     source: str | None = None
     ratios: tuple[Ratio, ...] = ()
     #: Content types the application ingests (each must have a core codec).
@@ -190,8 +191,9 @@ class AppSpec:
             )
         return self.folder / self.pipelines[chosen]
 
+    @cached_property
     def own_checks(self) -> dict[str, AppCheck]:
-        """The application's checks, by content type, imported (see ``checks``)."""
+        """The application's checks, by content type, imported once (see ``checks``)."""
         what = f"application {self.name!r} check"
         return {kind: load_ref(ref, what) for kind, ref in self.checks.items()}
 

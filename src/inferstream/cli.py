@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inferstream",
         description="Run trained image models as near-real-time, event-driven pipelines.",
-        epilog="Start with: inferstream example eggs   (the flagship, end to end, no servers)",
+        epilog="Start with: inferstream example --help   (each application's example, end "
+        "to end, no servers)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

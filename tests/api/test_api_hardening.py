@@ -4,7 +4,6 @@ wrong status or a silent acceptance, each now a precise answer."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -181,26 +180,10 @@ def test_a_200_kb_header_is_answered_431_not_reset(served: int) -> None:
 # -- a full bus disk ----------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs: a real filesystem that really fills up (the tests run as root)."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode()}")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def test_scans_refused_for_a_full_bus_are_not_left_queued(
-    settings: ApiSettings, tiny_disk: Path
+    settings: ApiSettings, small_disk: Path
 ) -> None:
-    spec = settings.pipeline.with_urls(bus=f"sqlite:///{tiny_disk / 'bus.db'}")
+    spec = settings.pipeline.with_urls(bus=f"sqlite:///{small_disk / 'bus.db'}")
     for world in start_world(replace(settings, pipeline=spec)):
         headers = {**world.headers(world.own, "device"), "Content-Type": "application/x-protobuf"}
         accepted: list[str] = []
@@ -220,7 +203,7 @@ def test_scans_refused_for_a_full_bus_are_not_left_queued(
             if answer.status_code == 503:
                 assert "Retry-After" in answer.headers
                 break
-        assert accepted and refused, "the 3 MB bus never filled"
+        assert accepted and refused, "the 4 MB bus never filled"
         viewer = world.headers(world.own, "viewer")
         for ident in refused:
             assert world.client.get(f"/v1/scans/{ident}", headers=viewer).status_code == 404

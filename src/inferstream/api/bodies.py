@@ -16,9 +16,9 @@ class Result(BaseModel):
     root_id: str = Field(description="the ingested item (scan) the record was made from")
     parent_id: str | None = Field(description="the record it was made from in a fan-out")
     app: str
-    subject: str | None = Field(description="what the record is about (an egg)")
-    group: str | None = Field(description="the group it belongs to (a tray)")
-    source: str | None = Field(description="the device it came from (a scanner)")
+    subject: str | None = Field(description="what the record is about (the application's subject)")
+    group: str | None = Field(description="the group it belongs to (the application's group)")
+    source: str | None = Field(description="the device it came from (the application's source)")
     attributes: dict[str, Any]
     head: str
     label: str
@@ -125,7 +125,8 @@ class Accuracy(BaseModel):
 
 class FeedbackIn(BaseModel):
     subject: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$", description="e.g. the egg's id"
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$",
+        description="the value of the application's subject attribute",
     )
     label: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     head: str | None = Field(

@@ -246,7 +246,7 @@ def _accept(items: Sequence[Submitted], principal: Principal, state: Services) -
     """
     limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
     app = state.app
-    checks, accepted = app.own_checks(), app.content_types or None
+    checks, accepted = app.own_checks, app.content_types or None
     checked_all = [codecs.check(item.data, limits, checks, accepted) for item in items]
     return [
         _envelope(checked, item, principal, state)

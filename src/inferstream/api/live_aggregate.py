@@ -205,7 +205,7 @@ class TenantWindow:
         return [b for b in self._buckets if start <= b.second < now_s]
 
     def active_groups(self, limit: int = 12) -> list[str]:
-        """The ``limit`` groups (trays) with the most recent results, sorted by name."""
+        """The ``limit`` groups with the most recent results, sorted by name."""
         newest = sorted(self._groups, key=lambda group: self._groups[group], reverse=True)[:limit]
         self._groups = {group: self._groups[group] for group in newest[: limit * 4]}
         return sorted(newest)

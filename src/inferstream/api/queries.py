@@ -180,8 +180,8 @@ def group_summary(
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/groups/{group}/summary")],
 ) -> GroupSummaryOut:
-    """Counts per label, the application's ratio (the eggs' female ratio), mean
-    confidence and throughput of one group (the eggs' tray)."""
+    """Counts per label, the application's first ratio, mean confidence and
+    throughput of one group of records."""
     state = services_of(request)
     app = state.app  # a record carries the champion of the first head: ratios of it only
     first = next((r for r in app.ratios if r.head == app.heads[0].name), None)
@@ -249,7 +249,7 @@ def post_feedback(
     request: Request,
     principal: Annotated[Principal, guard("POST /v1/feedback")],
 ) -> FeedbackOut:
-    """Record the ground truth of one subject (an egg's hatch result) for one head of the
+    """Record the ground truth of one subject (a label that arrives late) for one head of the
     application (default: its first); a later post corrects it.
 
     The head must be the application's and the label one of that head's; anything else

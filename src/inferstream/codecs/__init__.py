@@ -5,7 +5,7 @@ bytes, *check* an upload (header sizes first, then a full decode, so a truncated
 file or a decompression bomb is refused at ingest with the reason), *decode* it
 to pixels and so *render* it as a PNG for people. PNG, JPEG, NumPy ``.npy`` and
 DICOM are built in; :func:`register_codec` adds more. An application may take the
-place of a codec's check for its own contract (the egg scan contract of the eggs
+place of a codec's check for its own contract (the scan contract of the bundled
 application), but never skips it: see :func:`check`.
 """
 

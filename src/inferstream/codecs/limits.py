@@ -25,7 +25,7 @@ class ImageLimits:
 class Checked:
     """An accepted upload: its bytes (as forwarded), type and the attributes found in it.
 
-    ``key`` is the partition key the content itself suggests (the egg of a scan), or "".
+    ``key`` is the partition key the content itself suggests (its subject), or "".
     """
 
     data: bytes

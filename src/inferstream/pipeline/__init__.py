@@ -5,7 +5,7 @@ topics fed from outside (ingest), and lists stages. Each stage reads one topic a
 a consumer group, runs its steps fused on every micro-batch, and writes one topic
 (or none, for a sink). Example::
 
-    name: eggs
+    name: grading
     bus: sqlite:///.inferstream/bus.db        # or kafka://127.0.0.1:9092
     store: sqlite:///.inferstream/results.db  # or postgresql+psycopg://...
     blobs: file://.inferstream/blobs

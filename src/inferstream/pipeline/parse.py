@@ -179,7 +179,7 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
     topics, retention = _parse_topics(raw.get("topics"), file)
     app = raw.get("app")
     if app is not None and (not isinstance(app, str) or not app):
-        raise ConfigError(f"{where}: 'app' names the application, e.g. app: eggs")
+        raise ConfigError(f"{where}: 'app' names an installed application, e.g. app: myapp")
     return PipelineSpec(
         name=raw["name"],
         app=app,

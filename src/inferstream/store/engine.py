@@ -59,7 +59,7 @@ def _make_folder(database: str | None) -> None:
     """Create the folder of a SQLite file, as the embedded bus does for its own.
 
     SQLite creates a missing file but not a missing folder, and a fresh working
-    directory has no ``.inferstream/eggs/`` for the eggs file's default store URL.
+    directory has no ``.inferstream/<pipeline>/`` for a pipeline file's default store URL.
     """
     if not database or database == ":memory:" or database.startswith("file:"):
         return

@@ -142,7 +142,7 @@ DEAD_LETTER_FIELDS = tuple(f.name for f in fields(DeadLetterRow))
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
-    """Ground truth for one subject and head of an application (e.g. an egg's sex)."""
+    """Ground truth for one subject and head of an application (a label that came late)."""
 
     tenant: str
     app: str
@@ -187,11 +187,11 @@ class Page(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class GroupSummary:
-    """Prediction mix and pace of one group of records (the eggs application's tray).
+    """Prediction mix and pace of one group of records (one value of the application's group).
 
     ``throughput_per_s`` is count / (last stored - first stored); None below two
-    distinct timestamps. ``ratio`` is the share of the label asked for (the eggs'
-    female ratio); None when empty or none was asked for.
+    distinct timestamps. ``ratio`` is the share of the label asked for (an
+    application's ratio); None when empty or none was asked for.
     """
 
     tenant: str

@@ -90,9 +90,9 @@ class ResultsStore:
         """Refresh SQLite's query-planner statistics (``ANALYZE``); PostgreSQL's own do.
 
         Every index starts with ``tenant``: without statistics SQLite cannot tell that
-        ``tray = ?`` is selective and ``tenant = ?`` is not, so it walks the whole time
-        index for one tray (measured: 12 ms instead of 1.4 ms for a page at 60k rows,
-        46 ms instead of 0.6 ms for a tray summary). Statistics taken while the table
+        ``group_key = ?`` is selective and ``tenant = ?`` is not, so it walks the whole
+        time index for one group (measured: 12 ms instead of 1.4 ms for a page at 60k
+        rows, 46 ms instead of 0.6 ms for a group summary). Statistics taken while the table
         was nearly empty are as bad as none, so callers refresh regularly; sampling at
         most ``ANALYSIS_LIMIT`` rows per index keeps each refresh at a few milliseconds
         whatever the table's size (measured: 2.3 ms at 60k rows, against 45 ms in full).
@@ -244,7 +244,7 @@ class ResultsStore:
 
     def group_summary(self, tenant: str, group: str, ratio_label: str = "") -> GroupSummary:
         """Prediction mix, mean confidence and throughput of one group of records;
-        ``ratio`` is the share labelled ``ratio_label`` (the eggs' female ratio)."""
+        ``ratio`` is the share labelled ``ratio_label`` (an application's ratio)."""
         with self.tenant_transaction(tenant, "summarise a group in") as conn:
             rows = conn.execute(queries.summary_by_label(tenant, group)).all()
         return summarise(tenant, group, rows, ratio_label)
