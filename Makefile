@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps demo test check lint typecheck proto bench clean
+.PHONY: help setup system-deps demo test check lint typecheck proto bench faults fuzz clean
 
 # Debian packages the tests drive for real: DICOM tools, a browser, promtool.
 SYSTEM_TOOLS := dcmconv:dcmtk chromium:chromium promtool:prometheus
@@ -34,6 +34,18 @@ system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prom
 
 demo: $(STAMP) ## Run the flagship pipeline end to end on the embedded defaults
 	$(BIN)/inferstream example eggs
+
+faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses
+	FAULT_KILLS=40 FAULT_PHOTOS=3000 $(BIN)/pytest -q -p no:cacheprovider tests/dataflow/test_dataflow_faults.py
+
+fuzz: $(STAMP) ## Fuzz every reader of outside bytes for FUZZ_SECONDS each (300; corpus kept in .fuzz/)
+	@PYTHONPATH=tests:tests/fuzz $(BIN)/python tests/fuzz/fuzz_seeds.py .fuzz
+	@for target in dicom image envelopes pipeline; do \
+		echo "fuzzing $$target for $${FUZZ_SECONDS:-300}s"; \
+		PYTHONPATH=tests $(BIN)/python tests/fuzz/fuzz.py $$target -max_total_time=$${FUZZ_SECONDS:-300} \
+			-max_len=4096 -artifact_prefix=.fuzz/$$target- -print_final_stats=1 .fuzz/$$target \
+			2>&1 | grep -E "^stat::number_of_executed_units|^==|Error|crash" || true; \
+	done; ls .fuzz/*-crash-* 2>/dev/null && echo "crashes above: add each to tests/fuzz/regressions/" || echo "no crash"
 
 lint: $(STAMP) ## ruff, and the import contracts in pyproject.toml (lint-imports)
 	$(BIN)/ruff check src tests bench

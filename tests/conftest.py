@@ -8,7 +8,6 @@ system of its own, for tests of what happens when the disk fills.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -18,12 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pg_testing import POSTGRES_URL, private_schema
 
 from inferstream.bus import Bus, open_bus
-
-POSTGRES_URL = os.environ.get(
-    "INFERSTREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
 
 def _free_port() -> int:
@@ -117,6 +113,18 @@ def unique() -> Callable[[str], str]:
 def postgres_url() -> str:
     """The machine's PostgreSQL (``INFERSTREAM_TEST_POSTGRES`` overrides it)."""
     return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A store URL (results, replays, dataflow state) on each database in turn: a
+    SQLite file, or a fresh PostgreSQL schema dropped after the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    with private_schema(server, "store") as url:
+        yield url
 
 
 @pytest.fixture

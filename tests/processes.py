@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,3 +33,23 @@ def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
             return True
         time.sleep(0.2)
     return condition()
+
+
+def with_short_sessions(bus_url: str) -> str:
+    """``bus_url`` with short session timeouts, so a killed member's partitions move on
+    quickly."""
+    separator = "&" if "?" in bus_url else "?"
+    if bus_url.startswith("sqlite"):
+        return f"{bus_url}{separator}session_timeout_s=2"
+    return f"{bus_url}{separator}session.timeout.ms=6000"
+
+
+def start_up(pipeline: Path, cwd: Path) -> subprocess.Popen[bytes]:
+    """``inferstream up PIPELINE`` as a child, with the tests' own steps importable."""
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return subprocess.Popen(
+        [sys.executable, "-m", "inferstream", "up", str(pipeline), "--drain-timeout", "20"],
+        env=env,
+        cwd=cwd,
+    )

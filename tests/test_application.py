@@ -3,6 +3,7 @@ or registration, and takes steps, models and pipeline files from them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from inferstream.application import (
     AppSpec,
     Attribute,
+    DashboardView,
     Head,
     Label,
     Ratio,
@@ -50,6 +52,46 @@ def test_an_unknown_panel_is_refused() -> None:
             name="x", title="X", package=__name__, subject="egg", heads=(SEX,),
             attributes=(Attribute("egg"),), panels=("mix", "radar"),
         )  # fmt: skip
+
+
+def _with_views(*views: DashboardView, routes: str | None = "m:make_routes") -> AppSpec:
+    return AppSpec(
+        name="x", title="X", package=__name__, subject="egg", heads=(SEX,),
+        attributes=(Attribute("egg"),), routes=routes, views=views,
+    )  # fmt: skip
+
+
+def test_a_view_declaration_is_checked() -> None:
+    trend = DashboardView("Trend", "lines", "/trend")
+    assert _with_views(trend, DashboardView("Now", "table", "/now?flow=prod")).views[0] == trend
+    with pytest.raises(ConfigError, match="declares views but no routes"):
+        _with_views(trend, routes=None)
+    refused = [
+        (
+            DashboardView("Pie", "pie", "/p"),  # type: ignore[arg-type]
+            "no view kind 'pie'; the kinds are lines, table, lanes",
+        ),
+        (DashboardView(" ", "lines", "/p"), "every view needs a title of its own"),
+        (DashboardView("T", "table", "now"), "route 'now' must be one of the application's own"),
+        (DashboardView("T", "table", "/records"), "and not with /records"),
+        (DashboardView("T", "table", "/jobs/{job}"), "has a path parameter"),
+        (DashboardView("T", "table", "/t", refresh_s=0.1), "ask at most once a second"),
+    ]
+    for view, says in refused:
+        with pytest.raises(ConfigError, match="application 'x'") as caught:
+            _with_views(view)
+        assert says in str(caught.value)
+    with pytest.raises(ConfigError, match="every view needs a title of its own"):
+        _with_views(trend, DashboardView("Trend", "table", "/other"))
+
+
+def test_a_view_must_read_a_route_the_application_serves() -> None:
+    from inferstream.api.app_routes import load_routes
+    from inferstream.apps import leaves
+
+    wrong = replace(leaves.APP, views=(DashboardView("Gone", "lines", "/gone"),))
+    with pytest.raises(ConfigError, match="view 'Gone' reads GET /gone, which its routes do"):
+        load_routes(wrong)
 
 
 def test_an_unknown_app_names_the_installed_ones() -> None:

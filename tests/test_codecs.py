@@ -104,3 +104,27 @@ def test_a_registered_codec_is_sniffed_and_rendered() -> None:
     assert codecs.check(toy).content_type == "image/x-toy"
     assert codecs.render_png(toy, "image/x-toy").startswith(b"\x89PNG")
     assert "image/x-toy" in codecs.content_types()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_npy_decode_reads_every_header_version_and_order_and_refuses_the_rest(
+    version: tuple[int, int],
+) -> None:
+    from inferstream.codecs import npy
+
+    array = np.arange(48, dtype=np.uint16).reshape(6, 8)
+    for ordered in (array, np.asfortranarray(array), array.astype(">f4")):
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, ordered, version=version)
+        data = buffer.getvalue()
+        decoded = npy.decode(data)
+        assert np.array_equal(decoded, ordered) and decoded.dtype == ordered.dtype
+        decoded[0, 0] = 7  # a copy the caller may write to
+        with pytest.raises(InvalidInput, match="truncated or corrupt"):
+            npy.decode(data[:-2])
+    objects = io.BytesIO()
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InvalidInput, match="objects"):
+        npy.decode(objects.getvalue())
+    with pytest.raises(InvalidInput, match=r"no \.npy header"):
+        npy.decode(b"\x93NUMPY")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from inferstream.builtin_steps import FailIf
 from inferstream.bus import Bus, Message, Record
 from inferstream.envelope import new_envelope, parse
+from inferstream.routing import Router
 from inferstream.worker import StageWorker
 
 
@@ -35,7 +36,7 @@ def test_poison_messages_are_dead_lettered_and_the_rest_flow(
     bus.produce(topic, [Record(e.partition_key.encode(), e.SerializeToString()) for e in envs])
     bus.produce(topic, [Record(b"k-junk", b"\x08\xff\xff garbage")])
     worker = StageWorker(
-        bus, pipeline=unique("p"), stage="check", input_topic=topic, output_topic=out,
+        bus, pipeline=unique("p"), stage="check", inputs=[topic], router=Router(outputs=(out,)),
         steps=[FailIf("poison", "1", permanent=False)], max_batch=20, max_wait_s=0.05,
     )  # fmt: skip
     stop = threading.Event()

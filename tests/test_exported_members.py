@@ -9,8 +9,9 @@ import inferstream
 
 PUBLIC = [
     "AppSpec", "Attribute", "Checked", "Codec", "ConfigError", "Envelope", "Head",
-    "ImageLimits", "InferstreamError", "InvalidInput", "Label", "ModelRole", "Outcome",
-    "PipelineSpec", "Prediction", "Ratio", "Step", "StepContext", "TransientError",
+    "ImageLimits", "InferstreamError", "InvalidInput", "KeyedState", "Label", "ModelRole",
+    "Outcome", "PipelineSpec", "Prediction", "Ratio", "StatefulStep", "Step", "StepContext",
+    "TransientError",
     "__version__", "app_named", "from_tensor", "load_pipeline", "new_envelope",
     "register_app", "register_codec", "to_tensor",
 ]  # fmt: skip

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,23 +17,17 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from processes import wait_until, worker_pids
+from processes import start_up, wait_until, with_short_sessions, worker_pids
 
 from inferstream.bus import Record, open_bus
 from inferstream.envelope import new_envelope
 
-TESTS = Path(__file__).parent
 KILLS = 12
 MESSAGES = 3000
 
 
 def _pipeline_file(tmp_path: Path, bus_url: str, topic: str) -> Path:
-    separator = "&" if "?" in bus_url else "?"
-    # Short session timeouts so a killed member's partitions move on quickly.
-    if bus_url.startswith("sqlite"):
-        bus_url += f"{separator}session_timeout_s=2"
-    else:
-        bus_url += f"{separator}session.timeout.ms=6000"
+    bus_url = with_short_sessions(bus_url)
     path = tmp_path / "faults.yaml"
     path.write_text(
         f"""
@@ -84,12 +76,7 @@ def test_sigkill_of_workers_loses_and_doubles_nothing(
 ) -> None:
     topic = unique("jobs")
     pipeline = _pipeline_file(tmp_path, bus_url, topic)
-    env = dict(os.environ, PYTHONPATH=f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "inferstream", "up", str(pipeline), "--drain-timeout", "20"],
-        env=env,
-        cwd=tmp_path,
-    )
+    up = start_up(pipeline, tmp_path)
     bus = open_bus(bus_url)
     try:
         bus.create_topic(topic, 4)

@@ -141,6 +141,9 @@ def test_topics_and_replay_commands_on_the_embedded_bus(
     assert main(["topics", str(path)]) == 0
     assert "demo.first=0" in capsys.readouterr().out
     assert main(["replay", str(path), "--stage", "first", "--to", "earliest"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    assert said[0].startswith("asked the workers of group demo.first to pause")
+    assert said[-1] == "done: the workers of group demo.first resume from earliest"
     assert main(["topics", str(path)]) == 0
     [raw_line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("raw ")]
     assert "demo.first=30" in raw_line

@@ -13,6 +13,7 @@ from inferstream.builtin_steps import FailIf, Passthrough, Tag
 from inferstream.bus import Bus, Message, Record, open_bus
 from inferstream.envelope import Envelope, derive_id, new_envelope, parse
 from inferstream.errors import StoreError
+from inferstream.routing import Router
 from inferstream.steps import Outcome, Step
 from inferstream.worker import StageWorker
 
@@ -59,7 +60,8 @@ def run_until(worker: StageWorker, done: Callable[[], bool], timeout_s: float = 
 
 def make_worker(bus: Bus, steps: Sequence[Step], output: str | None = "out") -> StageWorker:
     return StageWorker(
-        bus, pipeline="t", stage="s1", input_topic="in", output_topic=output, steps=steps,
+        bus, pipeline="t", stage="s1", inputs=["in"],
+        router=Router(outputs=(output,) if output else ()), steps=steps,
         max_batch=16, max_wait_s=0.01,
     )  # fmt: skip
 

@@ -42,6 +42,8 @@ _EXPORTS = {
     "register_app": "inferstream.application",
     "Checked": "inferstream.codecs",
     "Codec": "inferstream.codecs",
+    "KeyedState": "inferstream.dataflow.keyed",
+    "StatefulStep": "inferstream.dataflow.keyed",
     "ImageLimits": "inferstream.codecs",
     "register_codec": "inferstream.codecs",
     "Envelope": "inferstream.envelope",
@@ -72,12 +74,14 @@ __all__ = [
     "ImageLimits",
     "InferstreamError",
     "InvalidInput",
+    "KeyedState",
     "Label",
     "ModelRole",
     "Outcome",
     "PipelineSpec",
     "Prediction",
     "Ratio",
+    "StatefulStep",
     "Step",
     "StepContext",
     "TransientError",
@@ -102,6 +106,7 @@ if TYPE_CHECKING:
         register_app,
     )
     from inferstream.codecs import Checked, Codec, ImageLimits, register_codec
+    from inferstream.dataflow.keyed import KeyedState, StatefulStep
     from inferstream.envelope import (
         Envelope,
         ModelRole,

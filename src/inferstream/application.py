@@ -5,8 +5,10 @@ An application is a package (bundled under ``inferstream.apps``; any installed
 package can be one) holding one :class:`AppSpec`: its pipeline files, its steps,
 its record schema (which attribute names the subject, the group and the source,
 typed attributes and which are filterable), its prediction heads with their labels
-and colours, summary ratios, the content types it ingests and its own checks of
-them, and its dashboard panels.
+and colours (none for an application that runs no model), summary ratios, the
+content types it ingests and its own checks of them, its dashboard panels, HTTP
+routes of its own, views of its own on the dashboard (read from those routes) and
+periodic chores.
 
 The core finds applications through the ``inferstream.apps`` entry-point group, so
 it never imports one: ``[project.entry-points."inferstream.apps"] myapp =
@@ -30,14 +32,23 @@ from typing import TYPE_CHECKING, Any, Literal
 from inferstream.errors import ConfigError
 
 if TYPE_CHECKING:  # the codecs (OpenCV) load only where images are checked
-    from inferstream.codecs import AppCheck
+    from inferstream.codecs import AppCheck, Checked, ImageLimits
 
 ENTRY_POINT_GROUP = "inferstream.apps"
 #: The dashboard's panels an application may list.
-PANELS = ("throughput", "mix", "confidence", "accuracy", "stages", "newest")
+PANELS = ("throughput", "mix", "confidence", "accuracy", "models", "stages", "newest")
+#: Panels that draw predictions: an application without heads has nothing for them.
+PREDICTION_PANELS = frozenset({"mix", "confidence", "accuracy", "models"})
+#: What a :class:`DashboardView` draws: ``lines`` (a line chart of named series), ``table``,
+#: or ``lanes`` (a schematic: horizontal lanes with spans along them).
+VIEW_KINDS = ("lines", "table", "lanes")
+#: Paths under an application's prefix the core serves itself (``GET /v1/apps/{app}``
+#: and its records): an application's routes and views may not take them.
+RESERVED_PATHS = ("/records",)
 _APP_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 AttributeKind = Literal["str", "int", "float"]
+ViewKind = Literal["lines", "table", "lanes"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,27 @@ class Ratio:
 
 
 @dataclass(frozen=True)
+class DashboardView:
+    """A chart or table of the application's own on the dashboard.
+
+    ``route`` is one of its own GET routes (``routes``), relative to
+    ``/v1/apps/<name>``, answering the caller's tenant's data in the shape of ``kind``:
+    ``lines`` ``{"series": [{"name", "points": [[x, y], ...]}], "x_label", "y_label"}``,
+    ``table`` ``{"columns": [...], "rows": [[...], ...]}``, ``lanes`` ``{"unit", "lanes":
+    [{"name", "length", "spans": [{"from", "to", "label", "style"}], "marks": [...]}]}``
+    (a schematic: each lane a bar of ``length``; ``spans`` drawn on it, ``marks`` in a
+    thin strip beneath, each with a ``style`` of ``item``, ``muted`` or ``alert``); any
+    may add a ``note``.
+    The page asks it again every ``refresh_s`` seconds.
+    """
+
+    title: str
+    kind: ViewKind
+    route: str
+    refresh_s: float = 5.0
+
+
+@dataclass(frozen=True)
 class AppSpec:
     """Everything the core needs to run, store, serve and show one application."""
 
@@ -96,7 +128,9 @@ class AppSpec:
     package: str
     #: Attribute that names what a record is about; feedback is keyed by it.
     subject: str
-    heads: tuple[Head, ...]
+    #: What its models predict; none for an application that runs no model (its
+    #: records then carry no prediction, and feedback has nothing to correct).
+    heads: tuple[Head, ...] = ()
     attributes: tuple[Attribute, ...] = ()
     #: Attribute grouping records for summaries, and its noun as people say it.
     group: str | None = None
@@ -116,8 +150,20 @@ class AppSpec:
     #: "module:function(subparsers)" registering ``inferstream example <name>``.
     example: str | None = None
     #: Dashboard panels it shows, of: throughput, mix, confidence, accuracy, stages,
-    #: newest (none listed: all). The figures at the top are always shown.
+    #: newest (none listed: all it has data for). The figures at the top are always shown.
     panels: tuple[str, ...] = ()
+    #: "module:function() -> inferstream.api.app_routes.AppRoutes": HTTP routes of its
+    #: own, mounted under ``/v1/apps/<name>`` with the roles it declares for each.
+    routes: str | None = None
+    #: Charts and tables of its own on the dashboard, each read from one of its routes.
+    views: tuple[DashboardView, ...] = ()
+    #: learner name in pipeline files (``retraining:``) -> "module:function": fits a
+    #: model version on labelled records (see :mod:`inferstream.retraining`).
+    learners: Mapping[str, str] = field(default_factory=dict)
+    #: "module:function(pipeline: PipelineSpec) -> object": periodic chores (e.g. purging
+    #: what its retention no longer keeps), run by ``inferstream up`` every minute and
+    #: by ``inferstream housekeep``.
+    housekeeping: str | None = None
 
     def __post_init__(self) -> None:
         if not _APP_NAME.fullmatch(self.name):
@@ -144,19 +190,69 @@ class AppSpec:
                 f"application {self.name!r}: no dashboard panel {', '.join(unknown)}; the "
                 f"panels are {', '.join(PANELS)}"
             )
+        predicting = sorted(PREDICTION_PANELS.intersection(self.panels))
+        if predicting and not self.heads:
+            raise ConfigError(
+                f"application {self.name!r} predicts nothing (no heads), so it has no data for "
+                f"the panel(s) {', '.join(predicting)}; list throughput, stages or newest"
+            )
         for ratio in self.ratios:
             if ratio.label not in self.head(ratio.head).label_names:
                 raise ConfigError(
                     f"application {self.name!r}: ratio {ratio.name!r} counts label "
                     f"{ratio.label!r}, which head {ratio.head!r} does not have"
                 )
+        self._check_views()
+
+    def _check_views(self) -> None:
+        if self.views and self.routes is None:
+            raise ConfigError(
+                f"application {self.name!r} declares views but no routes; a view reads one "
+                "of the application's own GET routes, so declare routes='module:function'"
+            )
+        titles = [view.title for view in self.views]
+        for view in self.views:
+            what = f"application {self.name!r}: view {view.title[:64]!r}"
+            if not view.title.strip() or titles.count(view.title) > 1:
+                raise ConfigError(f"{what}: every view needs a title of its own")
+            if view.kind not in VIEW_KINDS:
+                raise ConfigError(
+                    f"{what}: no view kind {view.kind!r}; the kinds are {', '.join(VIEW_KINDS)}"
+                )
+            if not view.route.startswith("/") or view.route.startswith(RESERVED_PATHS):
+                raise ConfigError(
+                    f"{what}: route {view.route[:64]!r} must be one of the application's own "
+                    f"paths, starting with '/' (relative to /v1/apps/{self.name}) and not "
+                    f"with {', '.join(RESERVED_PATHS)}"
+                )
+            if "{" in view.route:
+                raise ConfigError(
+                    f"{what}: route {view.route[:64]!r} has a path parameter, which the "
+                    "dashboard cannot fill; give the view a route of its own"
+                )
+            if not view.refresh_s >= 1:
+                raise ConfigError(
+                    f"{what}: refresh_s is {view.refresh_s}; ask at most once a second"
+                )
 
     def head(self, name: str) -> Head:
         for head in self.heads:
             if head.name == name:
                 return head
-        known = ", ".join(head.name for head in self.heads)
+        known = ", ".join(head.name for head in self.heads) or "none"
         raise ConfigError(f"application {self.name!r} has no head {name!r}; it has {known}")
+
+    @property
+    def first_head(self) -> Head | None:
+        """The head whose champion a record carries (listings, summaries); None without."""
+        return self.heads[0] if self.heads else None
+
+    @property
+    def dashboard_panels(self) -> tuple[str, ...]:
+        """The panels the dashboard shows: those listed, else every one it has data for."""
+        if self.panels:
+            return self.panels
+        return PANELS if self.heads else tuple(p for p in PANELS if p not in PREDICTION_PANELS)
 
     def attribute(self, name: str) -> Attribute | None:
         return next((a for a in self.attributes if a.name == name), None)
@@ -197,6 +293,14 @@ class AppSpec:
         what = f"application {self.name!r} check"
         return {kind: load_ref(ref, what) for kind, ref in self.checks.items()}
 
+    def check_upload(self, data: bytes, limits: ImageLimits) -> Checked:
+        """An upload checked as this application takes it, wherever it comes from (the
+        API, a watched folder, a DICOM receiver): only its content types, each through
+        its own check where it declares one, else the core codec's."""
+        from inferstream import codecs  # (OpenCV loads here, not at every command's start)
+
+        return codecs.check(data, limits, self.own_checks, self.content_types or None)
+
 
 _REGISTERED: dict[str, AppSpec] = {}
 
@@ -211,27 +315,41 @@ def installed_apps() -> dict[str, AppSpec]:
     """Every application: registered in this process, then installed (entry points)."""
     found = dict(_REGISTERED)
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name in found:
-            continue
-        app = entry.load()
-        if not isinstance(app, AppSpec):
-            raise ConfigError(
-                f"entry point {entry.name!r} of group {ENTRY_POINT_GROUP} names "
-                f"{entry.value}, which is not an inferstream.application.AppSpec"
-            )
-        found[entry.name] = app
+        if entry.name not in found:
+            found[entry.name] = _load_entry(entry)
     return found
 
 
-def app_named(name: str) -> AppSpec:
-    apps = installed_apps()
-    if name not in apps:
+def _load_entry(entry: metadata.EntryPoint) -> AppSpec:
+    try:
+        app = entry.load()
+    except (ImportError, AttributeError) as exc:
         raise ConfigError(
-            f"no application {name!r} is installed; installed: {', '.join(sorted(apps)) or 'none'}"
+            f"application {entry.name!r} is installed but cannot be loaded from "
+            f"{entry.value}: {exc}"
+        ) from exc
+    if not isinstance(app, AppSpec):
+        raise ConfigError(
+            f"entry point {entry.name!r} of group {ENTRY_POINT_GROUP} names "
+            f"{entry.value}, which is not an inferstream.application.AppSpec"
+        )
+    return app
+
+
+def app_named(name: str) -> AppSpec:
+    """The application ``name``; only its own entry point is loaded, so another
+    installed application that cannot load does not stop this one."""
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    entries = metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not entries:
+        installed = sorted({*_REGISTERED, *metadata.entry_points(group=ENTRY_POINT_GROUP).names})
+        raise ConfigError(
+            f"no application {name!r} is installed; installed: {', '.join(installed) or 'none'}"
             " (an application registers in the entry-point group "
             f"{ENTRY_POINT_GROUP!r})"
         )
-    return apps[name]
+    return _load_entry(next(iter(entries)))
 
 
 def find_model(name: str) -> Path | None:
@@ -261,6 +379,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AppSpec",
     "Attribute",
+    "DashboardView",
     "Head",
     "Label",
     "Ratio",

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -29,6 +30,9 @@ DEFAULT_THRESHOLD = 256 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: Tenants become folder names: no dots or slashes, so never a path outside the root.
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+#: A named blob's key: plain segments joined by '/', never '.' or '..' (so never a path
+#: outside the tenant's folder).
+_KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){0,15}")
 
 
 class BlobStore(Protocol):
@@ -37,6 +41,12 @@ class BlobStore(Protocol):
     def put(self, data: bytes, tenant: str) -> BlobRef: ...
 
     def get(self, ref: BlobRef, tenant: str) -> bytes: ...
+
+    def put_at(self, key: str, data: bytes, tenant: str) -> BlobRef: ...
+
+    def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool: ...
+
+    def tenants(self) -> list[str]: ...
 
 
 class LocalBlobStore:
@@ -56,12 +66,37 @@ class LocalBlobStore:
         return self.root / tenant / digest[:2] / digest
 
     def put(self, data: bytes, tenant: str) -> BlobRef:
+        """Keep ``data`` under ``tenant``; bytes already there are not written again, only
+        their time refreshed, so a retention purge sees they are in use again."""
         digest = hashlib.sha256(data).hexdigest()
         path = self._path(digest, tenant)
-        if not _has_size(path, len(data)):
+        if not _touched(path, len(data)):
             self._write(path, data)
         uri = f"{self.url}/{tenant}/{digest[:2]}/{digest}"
         return BlobRef(uri=uri, sha256=digest, size=len(data))
+
+    def put_at(self, key: str, data: bytes, tenant: str) -> BlobRef:
+        """Write ``data`` under a name of the caller's (``<tenant>/<key>``), for blobs
+        people and other tools look up by path; rewriting a key replaces its bytes."""
+        path = self._named_path(key, tenant)
+        self._write(path, data)
+        digest = hashlib.sha256(data).hexdigest()
+        return BlobRef(uri=f"{self.url}/{tenant}/{key}", sha256=digest, size=len(data))
+
+    def _named_path(self, key: str, tenant: str) -> Path:
+        if not _KEY.fullmatch(key) or any(part.strip(".") == "" for part in key.split("/")):
+            raise BlobError(f"blob key {key[:80]!r} is not plain '/'-separated names")
+        if not _TENANT.fullmatch(tenant):
+            raise BlobError(f"tenant {tenant[:80]!r} cannot own blobs; it is not a plain name")
+        return self.root / tenant / key
+
+    def _path_of(self, ref: BlobRef, tenant: str) -> Path:
+        """A content-addressed ref's path from its digest, a named one's from its key."""
+        prefix = f"{self.url}/{tenant}/"
+        key = ref.uri[len(prefix) :] if ref.uri.startswith(prefix) else ""
+        if key and key != f"{ref.sha256[:2]}/{ref.sha256}":
+            return self._named_path(key, tenant)
+        return self._path(ref.sha256, tenant)
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
@@ -83,8 +118,9 @@ class LocalBlobStore:
             raise BlobError(f"could not write blob to {path}: {exc}") from exc
 
     def get(self, ref: BlobRef, tenant: str) -> bytes:
-        """``tenant``'s blob ``ref``; the path comes from the digest, never the URI."""
-        path = self._path(ref.sha256, tenant)
+        """``tenant``'s blob ``ref``: the path comes from the digest, or for a named blob
+        from its key under the tenant's folder; the bytes must match the digest."""
+        path = self._path_of(ref, tenant)
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -93,12 +129,49 @@ class LocalBlobStore:
             raise BlobError(f"blob {ref.uri} does not match its checksum; it is corrupt")
         return data
 
+    def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool:
+        """Remove ``tenant``'s blob ``digest`` (a retention purge); whether it did.
 
-def _has_size(path: Path, size: int) -> bool:
+        Content addressing means one blob may serve several records: the caller deletes
+        only what nothing it keeps refers to, and with ``unused_since_us`` only a blob no
+        :meth:`put` has written or refreshed since then, since a put in flight (a new
+        record on its way) may need it. The blob is moved aside before its time is read,
+        so a put racing the purge either refreshed it first (it is put back) or finds it
+        gone and writes it again.
+        """
+        path = self._path(digest, tenant)
+        doomed = path.with_name(f".purge-{digest}-{uuid.uuid4().hex}")
+        try:
+            path.rename(doomed)
+            if unused_since_us is not None and doomed.stat().st_mtime_ns // 1000 > unused_since_us:
+                doomed.replace(path)  # in use again; a put since wrote the same bytes
+                return False
+            doomed.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BlobError(f"could not delete blob {digest} of {tenant}: {exc}") from exc
+        return True
+
+    def tenants(self) -> list[str]:
+        """Every tenant holding blobs here (a folder of its own under the root)."""
+        try:
+            entries = list(self.root.iterdir())
+        except OSError as exc:
+            raise BlobError(f"cannot list the tenants of blob store {self.root}: {exc}") from exc
+        return sorted(e.name for e in entries if e.is_dir() and _TENANT.fullmatch(e.name))
+
+
+def _touched(path: Path, size: int) -> bool:
+    """Whether ``path`` holds ``size`` bytes, its time refreshed; False when it must be
+    written (absent, torn, or taken by a purge between the two)."""
     try:
-        return path.stat().st_size == size
+        if path.stat().st_size != size:
+            return False
+        os.utime(path)
     except OSError:
         return False
+    return True
 
 
 def open_blob_store(url: str) -> BlobStore:

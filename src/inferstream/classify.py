@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from numpy.typing import NDArray
 from inferstream.application import find_model, installed_apps
 from inferstream.envelope import Envelope, ModelRole, Prediction, from_tensor, now_us
 from inferstream.errors import ConfigError, InvalidInput, ModelError
+from inferstream.metrics import ModelMetrics
 from inferstream.steps import Outcome, Step, StepContext
 
 F32 = NDArray[np.float32]
@@ -147,13 +149,21 @@ def load_model(name_or_path: str | Path) -> Model:
         )
     try:
         info = ModelInfo.from_json(json.loads(json_path.read_text()), json_path)
-        session = ort.InferenceSession(
-            str(onnx_path), sess_options=session_options(), providers=["CPUExecutionProvider"]
-        )
+        graph = onnx_path.read_bytes()
     except (OSError, ValueError) as exc:
         raise ModelError(f"model {name_or_path!r}: cannot read its files: {exc}") from exc
+    return model_from_bytes(graph, info, repr(str(name_or_path)))
+
+
+def model_from_bytes(graph: bytes, info: ModelInfo, where: str = "") -> Model:
+    """A model from its ONNX bytes and metadata (a registry artifact, or files read)."""
+    where = where or f"{info.name} {info.version}"
+    try:
+        session = ort.InferenceSession(
+            graph, sess_options=session_options(), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
-        raise ModelError(f"model {name_or_path!r}: ONNX Runtime cannot load it: {exc}") from exc
+        raise ModelError(f"model {where}: ONNX Runtime cannot load it: {exc}") from exc
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if info.input not in names[0] or info.output not in names[1]:
         raise ModelError(
@@ -168,16 +178,35 @@ class ClassifyStep(Step):
 
     name = "classify"
 
-    def __init__(self, model: Model, role: ModelRole, head: str = "") -> None:
+    def __init__(
+        self, model: Model, role: ModelRole, head: str = "", where: tuple[str, str] = ("", "")
+    ) -> None:
         self.model = model
         self.role = role
         self.head = head
+        #: (pipeline, stage) labelling the model metrics (drift before labels).
+        self.where = where
+        self._metrics: dict[tuple[str, str], ModelMetrics] = {}
+
+    def _observe(self, inputs: F32, labels: list[str], probabilities: F32) -> None:
+        info = self.model.info
+        metrics = self._metrics.get((info.name, info.version))
+        if metrics is None:
+            metrics = ModelMetrics.for_model(*self.where, info.name, info.version, info.labels)
+            self._metrics[(info.name, info.version)] = metrics
+        for label, count in Counter(labels).items():
+            metrics.predictions[label].inc(count)
+        for confidence in probabilities.max(axis=1).tolist():
+            metrics.confidence.observe(confidence)
+        for mean in inputs.reshape(len(inputs), -1).mean(axis=1).tolist():
+            metrics.input_mean.observe(mean)
 
     def _input(self, env: Envelope) -> F32:
         if env.payload.WhichOneof("body") != "tensor":
             raise InvalidInput(
                 f"classify needs a tensor payload, got {env.payload.WhichOneof('body') or 'none'}; "
-                "put a preprocessing step before it"
+                "put a preprocessing step before it (an acting classify step takes the "
+                "tensor: list shadow steps before it)"
             )
         array = from_tensor(env.payload.tensor)
         if array.dtype != np.float32 or tuple(array.shape) != self.model.info.input_shape:
@@ -197,7 +226,9 @@ class ClassifyStep(Step):
             except InvalidInput as exc:
                 outcomes[i] = exc
         if inputs:
-            labels, probabilities = self.model.predict(np.stack(inputs))
+            stacked = np.stack(inputs)
+            labels, probabilities = self.model.predict(stacked)
+            self._observe(stacked, labels, probabilities)
             stamp = now_us()
             for slot, label, probs in zip(slots, labels, probabilities, strict=True):
                 outcomes[slot] = self._annotate(batch[slot], label, probs, stamp)
@@ -218,48 +249,84 @@ class ClassifyStep(Step):
                 predicted_at_us=stamp,
             )
         )
-        out.payload.ClearField("tensor")  # keeps content_type; the bus carries results only
+        if self.role != ModelRole.MODEL_ROLE_SHADOW:
+            # Keeps content_type; the bus carries results only. A shadow step leaves the
+            # tensor for the acting step after it.
+            out.payload.ClearField("tensor")
         return out
 
 
-def classify_step(
-    context: StepContext, model: str = "", role: str = DEFAULT_ROLE, head: str = ""
-) -> ClassifyStep:
-    """Step factory (``classify`` in a pipeline file): ``model`` is a name an installed
-    application ships in its ``models/`` folder, or a path to ``<name>.onnx``; ``head``
-    the application's prediction head it answers (default: the application's first).
+@dataclass(frozen=True)
+class StepModel:
+    """What a ``classify`` step's parameters say, checked (see :func:`classify_step`)."""
 
-    With an application, a model whose labels its head lacks is refused at start, not
-    discovered record by record in the store.
-    """
+    role: ModelRole
+    head: str  # the head the model answers ("" without an application)
+    refusal: Callable[[Model], str | None]  # why a loaded model cannot serve, or None
+
+
+def check_step(context: StepContext, model: str, role: str, head: str) -> StepModel:
+    """Check a ``classify`` step's parameters against its application's heads; the
+    result tells a loaded model whose labels the head lacks (refused at start, not
+    discovered record by record in the store)."""
     if not model:
         raise ConfigError(
             f"classify step in stage {context.stage!r} names no model; write "
-            "{step: classify, model: NAME} with a model an application ships, or a path"
+            "{step: classify, model: NAME} with a model an application ships, a path, "
+            "or NAME@ALIAS in the model registry"
         )
     if role not in ROLES:
         raise ConfigError(
             f"classify step in stage {context.stage!r}: role must be one of "
             f"{sorted(ROLES)}, got {role!r}"
         )
-    loaded = load_model(model)
-    if context.app is None:
-        return ClassifyStep(loaded, ROLES[role], head)
-    answered = context.app.head(head) if head else context.app.heads[0]
-    strangers = sorted(set(loaded.info.labels) - set(answered.label_names))
-    if strangers:
-        raise ConfigError(
-            f"classify step in stage {context.stage!r}: model {loaded.info.name} predicts "
-            f"{', '.join(strangers)}, which head {answered.name!r} of application "
-            f"{context.app.name!r} does not have; pick the model that answers it"
+    app = context.app
+    answered = None
+    if app is not None:
+        answered = app.head(head) if head else app.first_head
+        if answered is None:
+            raise ConfigError(
+                f"classify step in stage {context.stage!r}: application {app.name!r} "
+                "declares no prediction head; add one (heads=...) for the model to answer"
+            )
+
+    def refusal(loaded: Model) -> str | None:
+        if answered is None or app is None:
+            return None
+        strangers = sorted(set(loaded.info.labels) - set(answered.label_names))
+        if not strangers:
+            return None
+        return (
+            f"classify step in stage {context.stage!r}: model {loaded.info.name} "
+            f"{loaded.info.version} predicts {', '.join(strangers)}, which head "
+            f"{answered.name!r} of application {app.name!r} does not have; pick the model "
+            "that answers it"
         )
-    return ClassifyStep(loaded, ROLES[role], answered.name)
+
+    return StepModel(ROLES[role], answered.name if answered else head, refusal)
+
+
+def classify_step(
+    context: StepContext, model: str = "", role: str = DEFAULT_ROLE, head: str = ""
+) -> ClassifyStep:
+    """A ``classify`` step on a model's files: a name an installed application ships in
+    its ``models/`` folder, or a path to ``<name>.onnx``. The pipeline file's
+    ``classify`` is :func:`inferstream.serving.classify_step`, which also takes
+    ``name@alias`` in the model registry."""
+    checked = check_step(context, model, role, head)
+    loaded = load_model(model)
+    problem = checked.refusal(loaded)
+    if problem:
+        raise ConfigError(problem)
+    return ClassifyStep(loaded, checked.role, checked.head, (context.pipeline, context.stage))
 
 
 __all__ = [
     "ClassifyStep",
     "Model",
     "ModelInfo",
+    "StepModel",
+    "check_step",
     "classify_step",
     "load_model",
     "read_model_info",

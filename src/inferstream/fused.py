@@ -38,6 +38,8 @@ class Item:
     outputs: list[Envelope] = field(default_factory=list)
     error: BaseException | None = None
     attempts: int = 0
+    #: Whether a step split this input into a list of outputs (a fan-out frame is due).
+    fanned_out: bool = False
 
 
 def copy(env: Envelope) -> Envelope:
@@ -56,6 +58,7 @@ def run_fused(steps: Sequence[Step], stage: str, items: Sequence[Item]) -> None:
         item.attempts += 1
         item.error = None
         item.outputs = []
+        item.fanned_out = False
         assert item.envelope is not None, "unparsed messages never reach the steps"
         flows.append((item, copy(item.envelope)))  # each attempt starts from the original
     try:
@@ -100,6 +103,8 @@ def _advance(flows: list[Flow], outcomes: list[Outcome]) -> list[Flow]:
             item.error = outcome
             continue
         envs = [outcome] if isinstance(outcome, Envelope) else outcome
+        if isinstance(outcome, list):
+            item.fanned_out = True
         if not isinstance(envs, list) or not all(isinstance(e, Envelope) for e in envs):
             item.error = StepContractError(
                 f"a step returned {type(outcome).__name__}; outcomes must be an Envelope, "

@@ -14,13 +14,19 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from inferstream.application import app_named
+from inferstream.application import app_named, load_ref
 from inferstream.blobs import open_blob_store
 from inferstream.bus import Bus, open_bus
+from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, StageSpec
+from inferstream.replays import ReplayBoard, ReplayWatch
 from inferstream.steps import Step, StepContext, build_step
 from inferstream.worker import StageWorker
+
+if TYPE_CHECKING:
+    from inferstream.dataflow.operator import Operator
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +34,12 @@ log = logging.getLogger(__name__)
 def ensure_topics(bus: Bus, spec: PipelineSpec) -> None:
     """Create every topic the pipeline uses (idempotent), dead-letter topics included."""
     for stage in spec.stages:
-        names = [stage.input, f"{stage.input}.dlq"] + ([stage.output] if stage.output else [])
-        for name in names:
-            bus.create_topic(name, spec.partitions(name.removesuffix(".dlq")))
+        for topic in stage.inputs:
+            suffixes = ("", ".dlq", ".late") if stage.stateful else ("", ".dlq")
+            for suffix in suffixes:
+                bus.create_topic(topic + suffix, spec.partitions(topic + suffix))
+        for topic in stage.router.all_topics():
+            bus.create_topic(topic, spec.partitions(topic))
 
 
 def apply_retention(spec: PipelineSpec) -> int:
@@ -42,6 +51,44 @@ def apply_retention(spec: PipelineSpec) -> int:
         return sum(bus.apply_retention(topic, policy) for topic, policy in spec.retention.items())
     finally:
         bus.close()
+
+
+def housekeep(spec: PipelineSpec) -> list[str]:
+    """One round of the pipeline's chores, each said in a line: topic retention, then
+    its application's own (its ``housekeeping`` hook, e.g. purging expired outputs)."""
+    done = [f"topic retention dropped {apply_retention(spec)} messages"]
+    app = app_named(spec.app) if spec.app else None
+    if app is not None and app.housekeeping:
+        chore = load_ref(app.housekeeping, f"application {app.name!r} housekeeping")
+        outcome = chore(spec)
+        done.append(f"{app.name}: {outcome if outcome is not None else 'done'}")
+    if spec.promotions:
+        done += promote(spec)
+    return done
+
+
+def promote(spec: PipelineSpec) -> list[str]:
+    """One round of the pipeline's promotion policies (``promotion:`` in its file)."""
+    from inferstream.promotion import run_policy
+    from inferstream.registry import ModelRegistry
+    from inferstream.store import ResultsStore
+
+    app = app_named(spec.app) if spec.app else None
+    if app is None:
+        return ["promotion: the pipeline names no application (app: ...); nothing compared"]
+    store = ResultsStore(spec.store)
+    try:
+        registry = ModelRegistry(store, open_blob_store(spec.blobs))
+        lines = []
+        for policy in spec.promotions:
+            tenants = list(policy.labels_from) or store.tenant_names()
+            head = policy.head or (app.first_head.name if app.first_head else "")
+            lines.append("promotion: " + run_policy(
+                registry, policy, app=app.name, head=head, tenants=tenants
+            ))  # fmt: skip
+        return lines
+    finally:
+        store.close()
 
 
 def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[Step]:
@@ -59,20 +106,62 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
 
 
 def make_worker(spec: PipelineSpec, stage_name: str, bus: Bus, replica: int = 0) -> StageWorker:
+    """The worker of one stage: stateful (with an operator and durable state) when the
+    stage has a join, a window or a keyed step first, else the plain micro-batch loop."""
     stage = spec.stage(stage_name)
     worker_id = f"{stage.name}-{replica}@{socket.gethostname()}:{os.getpid()}"
-    return StageWorker(
+    steps = build_steps(spec, stage, worker_id)
+    operator, steps = _operator(stage, steps)
+    settings: dict[str, Any] = {
+        "pipeline": spec.name,
+        "stage": stage.name,
+        "inputs": stage.inputs,
+        "router": stage.router,
+        "start": stage.start,
+        "steps": steps,
+        "max_batch": stage.batch.max_size,
+        "max_wait_s": stage.batch.max_wait_ms / 1000,
+        "max_attempts": stage.max_attempts,
+        "worker_id": worker_id,
+        "replays": ReplayWatch(ReplayBoard(spec.store), stage.group(spec.name)),
+    }
+    if operator is None:
+        return StageWorker(bus, **settings)
+    from inferstream.dataflow.state_store import StateStore
+    from inferstream.dataflow.stateful_worker import StatefulWorker
+
+    state = StateStore(spec.store)
+    return StatefulWorker(
         bus,
-        pipeline=spec.name,
-        stage=stage.name,
-        input_topic=stage.input,
-        output_topic=stage.output,
-        steps=build_steps(spec, stage, worker_id),
-        max_batch=stage.batch.max_size,
-        max_wait_s=stage.batch.max_wait_ms / 1000,
-        max_attempts=stage.max_attempts,
-        worker_id=worker_id,
+        operator=operator,
+        state=state,
+        idle_s=stage.idle_ms / 1000,
+        upstream=spec.upstream(stage.name),
+        **settings,
     )
+
+
+def _operator(stage: StageSpec, steps: list[Step]) -> tuple[Operator | None, list[Step]]:
+    """The stage's operator, and the steps that run on its outputs."""
+    from inferstream.dataflow.join import JoinOperator
+    from inferstream.dataflow.keyed import StatefulStep, StepOperator
+    from inferstream.dataflow.window import WindowOperator
+
+    # A join or window is the stage's operator; else a keyed step may be, if first.
+    for later in steps if stage.stateful else steps[1:]:
+        if isinstance(later, StatefulStep):
+            raise ConfigError(
+                f"stage {stage.name!r}: step {later.name!r} keeps state, so it must be the "
+                "stage's first step, in a stage without a join or window (one stateful "
+                "operator per stage)"
+            )
+    if stage.join is not None:
+        return JoinOperator(stage.join, stage.name, stage.inputs), steps
+    if stage.window is not None:
+        return WindowOperator(stage.window, stage.name, stage.inputs), steps
+    if steps and isinstance(steps[0], StatefulStep):
+        return StepOperator(steps[0], stage.name), steps[1:]
+    return None, steps
 
 
 @contextlib.contextmanager

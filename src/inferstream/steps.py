@@ -55,6 +55,13 @@ class Step(ABC):
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         """Return one outcome per envelope in ``batch``, in the same order."""
 
+    def begin_batch(self, positions: Mapping[tuple[str, int], int]) -> None:  # noqa: B027
+        """Called by the worker before each batch, with the offset of the batch's first
+        message on each (topic, partition) in it: a step that changes what it does
+        (a model switch) does it here, so one batch is all old or all new. Called after
+        an empty poll too (with the next offsets of the partitions read so far), so an
+        idle worker changes before its next message, not with it."""
+
     def close(self) -> None:  # noqa: B027 - most steps hold nothing to release
         """Release resources (connections, sessions); called once at shutdown."""
 
@@ -64,7 +71,7 @@ BUILTIN_STEPS: dict[str, str] = {
     "passthrough": "inferstream.builtin_steps:passthrough",
     "fail_if": "inferstream.builtin_steps:fail_if",
     "tag": "inferstream.builtin_steps:tag",
-    "classify": "inferstream.classify:classify_step",
+    "classify": "inferstream.serving:classify_step",
     "store_results": "inferstream.store:store_step",
 }
 

@@ -60,11 +60,20 @@ def worker_argv(spec: PipelineSpec, stage: str, replica: int) -> list[str]:
 
 
 def pipeline_children(spec: PipelineSpec) -> list[Child]:
-    return [
+    """A worker per stage replica, and the trainer when the file retrains a model."""
+    workers = [
         Child(name=f"{stage.name}-{replica}", argv=worker_argv(spec, stage.name, replica))
         for stage in spec.stages
         for replica in range(stage.replicas)
     ]
+    if not spec.retraining:
+        return workers
+    assert spec.source is not None, "supervised pipelines come from a file"
+    trainer = [
+        sys.executable, "-m", "inferstream", "trainer", str(spec.source),
+        "--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs,
+    ]  # fmt: skip
+    return [*workers, Child(name="trainer", argv=trainer)]
 
 
 def api_child(spec: PipelineSpec, host_port: str) -> Child:

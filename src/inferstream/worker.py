@@ -25,13 +25,15 @@ import functools
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from inferstream.bus import Bus, Consumer, Message, Record
 from inferstream.envelope import (
     DeadLetter,
     Envelope,
+    FanOut,
     LineageStep,
     Payload,
     derive_id,
@@ -41,6 +43,8 @@ from inferstream.envelope import (
 from inferstream.errors import FencedError, InvalidInput, TransientError
 from inferstream.fused import Item, run_fused
 from inferstream.metrics import StageMetrics
+from inferstream.replays import NoReplays, ReplayWatcher
+from inferstream.routing import DROP, Router
 from inferstream.steps import Step
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,9 @@ class _Abandoned(Exception):
 #: How long a poll waits once the input ran dry; a stop request waits at most this.
 IDLE_POLL_S = 0.25
 
+#: Records to produce, by topic.
+Outbox = dict[str, list[Record]]
+
 
 class StageWorker:
     """Runs one stage of a pipeline against a bus; one instance per process or thread."""
@@ -70,28 +77,40 @@ class StageWorker:
         *,
         pipeline: str,
         stage: str,
-        input_topic: str,
-        output_topic: str | None,
+        inputs: Sequence[str],
+        router: Router,
         steps: Sequence[Step],
+        start: Literal["earliest", "latest"] = "earliest",
         max_batch: int = 64,
         max_wait_s: float = 0.01,
         max_attempts: int = 3,
         worker_id: str = "",
+        replays: ReplayWatcher | None = None,
     ) -> None:
         self.bus = bus
         self.pipeline = pipeline
         self.stage = stage
-        self.input_topic = input_topic
-        self.output_topic = output_topic
-        self.dlq_topic = f"{input_topic}.dlq"
+        self.inputs = list(inputs)
+        self.router = router
+        self.start: Literal["earliest", "latest"] = start
         self.steps = list(steps)
+        #: The steps that want to know where each batch starts (Step.begin_batch); the
+        #: positions are worked out only for them.
+        self._positioned = [s for s in self.steps if type(s).begin_batch is not Step.begin_batch]
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_attempts = max_attempts
         self.worker_id = worker_id or stage
+        #: Asked between batches whether an operator wants this stage replayed.
+        self.replays: ReplayWatcher = replays or NoReplays()
         self.metrics = StageMetrics.for_stage(pipeline, stage)
         self._stop = threading.Event()
         self._poll_wait_s = max_wait_s
+        #: Set when the consumer's in-memory positions can no longer be trusted (a
+        #: stateful stage found its task taken over): rejoin to read from the commits.
+        self._rejoin = False
+        #: (topic, partition) -> the offset of the next message expected there.
+        self._next_offsets: dict[tuple[str, int], int] = {}
 
     @property
     def group(self) -> str:
@@ -101,10 +120,21 @@ class StageWorker:
         """Process batches until ``stop`` is set; then finish the batch in hand and leave."""
         self._stop = stop
         try:
-            consumer = self.bus.consumer(self.group, [self.input_topic])
+            consumer = self.bus.consumer(self.group, self.inputs, start=self.start)
             try:
                 while not stop.is_set():
                     self.run_once(consumer)
+                    if self.replays.requested():
+                        consumer.close()  # between batches: nothing is in flight
+                        self._forget_positions()
+                        log.info("stage %s paused for a replay", self.stage)
+                        self.replays.wait_applied(stop)
+                    elif self._rejoin:
+                        consumer.close()
+                        self._forget_positions()
+                    else:
+                        continue
+                    consumer = self.bus.consumer(self.group, self.inputs, start=self.start)
             finally:
                 consumer.close()
         finally:
@@ -119,10 +149,16 @@ class StageWorker:
             # long between polls (cheap when nothing comes) at no cost in latency.
             self._poll_wait_s = self.max_wait_s if messages else IDLE_POLL_S
             if not messages:
+                # Between batches while idle too: a model that moved loads and switches
+                # now, so the next message is scored by what the registry says.
+                self._begin_batch(())
+                self._on_empty_poll(consumer)
                 return 0
             started = time.monotonic()
+            self._begin_batch(messages)
             outputs, dead = self._process(messages)
             self._retry(lambda: self._publish(outputs, dead))
+            self._retry(self._after_publish)
             self._retry(lambda: consumer.commit(messages))
         except FencedError:
             # Another member owns these partitions now and redoes the batch; our outputs
@@ -141,6 +177,32 @@ class StageWorker:
         self.metrics.processing.observe(time.monotonic() - started)
         return len(messages)
 
+    def _begin_batch(self, messages: Sequence[Message]) -> None:
+        """Tell the steps where the batch starts: the offset of its first message on
+        each partition in it, and for partitions read before but absent from it, the
+        offset their next message will have."""
+        if not self._positioned:
+            return
+        positions = dict(self._next_offsets)
+        batch_first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            batch_first.setdefault((message.topic, message.partition), message.offset)
+            self._next_offsets[(message.topic, message.partition)] = message.offset + 1
+        positions.update(batch_first)
+        for step in self._positioned:
+            step.begin_batch(positions)
+
+    def _forget_positions(self) -> None:
+        """The consumer was closed: what was remembered of its partitions is stale."""
+        self._rejoin = False
+        self._next_offsets.clear()
+
+    def _on_empty_poll(self, consumer: Consumer) -> None:
+        """Called when a poll returned nothing (stateful stages advance idle clocks)."""
+
+    def _after_publish(self) -> None:
+        """Called once a batch's outputs are durable, before its offsets are committed."""
+
     def _retry(self, action: Callable[[], T]) -> T:
         """``action()``, retried with backoff while a dependency is unavailable."""
         delay = RETRY_BACKOFF_S[0]
@@ -156,31 +218,60 @@ class StageWorker:
                 self._stop.wait(delay)
                 delay = min(delay * 2, MAX_TRANSIENT_BACKOFF_S)
 
-    def _publish(self, outputs: list[Record], dead: list[Record]) -> None:
-        if outputs and self.output_topic:
-            self.bus.produce(self.output_topic, outputs)
-        if dead:
-            self.bus.produce(self.dlq_topic, dead)
+    def _publish(self, outputs: Outbox, dead: Outbox) -> None:
+        for topic, records in outputs.items():
+            self.bus.produce(topic, records)
+        for topic, records in dead.items():
+            self.bus.produce(topic, records)
 
-    def _process(self, messages: Sequence[Message]) -> tuple[list[Record], list[Record]]:
+    def _process(self, messages: Sequence[Message]) -> tuple[Outbox, Outbox]:
         """Run the steps until every message has outputs or is dead-lettered."""
         items = [self._parse(m) for m in messages]
-        pending = [i for i in items if i.error is None]
-        dead = [self._dead_letter(i) for i in items if i.error is not None]
+        dead = [i for i in items if i.error is not None]
+        dead += self._run_steps([i for i in items if i.error is None])
+        for item in items:
+            self._finish_outputs(item)
+        return self._outboxes(items, dead)
+
+    def _run_steps(self, pending: list[Item]) -> list[Item]:
+        """Run the steps until every item has outputs or failed for good; return the failed."""
+        dead: list[Item] = []
         while pending:
             self._retry(functools.partial(run_fused, self.steps, self.stage, pending))
             pending = self._sort_failures(pending, dead)
             if pending:
                 self.metrics.failed.inc(len(pending))
                 self._stop.wait(RETRY_BACKOFF_S[min(pending[0].attempts, len(RETRY_BACKOFF_S)) - 1])
-        self.metrics.dead_letters.inc(len(dead))
-        for item in items:
-            self._finish_outputs(item)
-        outputs = [_output_record(out) for item in items for out in item.outputs]
-        self.metrics.messages_out.inc(len(outputs))
-        return outputs, dead
+        return dead
 
-    def _sort_failures(self, pending: list[Item], dead: list[Record]) -> list[Item]:
+    def _outboxes(self, items: Sequence[Item], dead: Sequence[Item]) -> tuple[Outbox, Outbox]:
+        """The records to produce: outputs by topic, and dead letters by topic."""
+        outputs, unrouted = self._route(items)
+        dead_letters: Outbox = defaultdict(list)
+        for item in [*dead, *unrouted]:
+            dead_letters[f"{item.message.topic}.dlq"].append(self._dead_letter(item))
+        self.metrics.dead_letters.inc(len(dead) + len(unrouted))
+        self.metrics.messages_out.inc(sum(map(len, outputs.values())))
+        return outputs, dead_letters
+
+    def _route(self, items: Sequence[Item]) -> tuple[Outbox, list[Item]]:
+        """Each output's records by topic, and the outputs no route took (to dead-letter)."""
+        outputs: Outbox = defaultdict(list)
+        unrouted = []
+        for item in items:
+            for env in item.outputs:
+                topics = self.router.topics(env)
+                if not topics:
+                    unrouted.append(_unrouted(item, env))
+                    continue
+                if topics == (DROP,):
+                    continue
+                record = _output_record(env)
+                for topic in topics:
+                    outputs[topic].append(record)
+        return outputs, unrouted
+
+    def _sort_failures(self, pending: list[Item], dead: list[Item]) -> list[Item]:
         """Dead-letter hopeless failures; return the items to try again."""
         retry = []
         for item in pending:
@@ -188,7 +279,7 @@ class StageWorker:
                 continue
             if isinstance(item.error, InvalidInput) or item.attempts >= self.max_attempts:
                 log.info("stage %s dead-letters %s: %s", self.stage, item.input_id, item.error)
-                dead.append(self._dead_letter(item))
+                dead.append(item)
             else:
                 retry.append(item)
         return retry
@@ -228,14 +319,33 @@ class StageWorker:
         return Record(key=item.message.key, value=letter.SerializeToString())
 
     def _finish_outputs(self, item: Item) -> None:
-        """Give ``item``'s outputs deterministic ids, their parent and a lineage entry."""
+        """Give ``item``'s outputs deterministic ids, their parent and a lineage entry;
+        the children of a fan-out also their place among their siblings."""
         stamp = now_us()
+        count = len(item.outputs)
         for index, env in enumerate(item.outputs):
             env.id = derive_id(item.input_id, self.stage, index)
             env.parent_id = item.input_id
             env.lineage.append(LineageStep(stage=self.stage, at_us=stamp, worker=self.worker_id))
+            if item.fanned_out:
+                env.fanout.append(
+                    FanOut(parent_id=item.input_id, index=index, count=count, stage=self.stage)
+                )
         if item.envelope is not None and item.envelope.created_at_us:
             self.metrics.age.observe(max(stamp - item.envelope.created_at_us, 0) / 1e6)
+
+
+class Unrouted(Exception):
+    """An output that no route of the stage takes, and the stage has no ``otherwise``."""
+
+
+def _unrouted(item: Item, env: Envelope) -> Item:
+    """A dead-letter item for output ``env`` of ``item`` that no route took."""
+    reason = Unrouted(
+        f"output {env.id} matches no route of the stage and the stage has no 'otherwise'; "
+        "add one (a topic, or 'drop' to discard such outputs)"
+    )
+    return Item(item.message, env, env.id, error=reason, attempts=item.attempts)
 
 
 def _output_record(env: Envelope) -> Record:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvicorn
 from dicom_builder import make_dataset, to_bytes
 from fastapi.testclient import TestClient
 
 from inferstream.api import ApiSettings, create_app
+from inferstream.api.ops import UVICORN_OPTIONS
 from inferstream.api.permissions import ROLES
 from inferstream.application import AppSpec, Attribute, Head, Label
 
@@ -76,3 +82,30 @@ def start_world(settings: ApiSettings) -> Iterator[World]:
         world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
         add_keys(world, client.app.state.services.accounts)  # type: ignore[attr-defined]
         yield world
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serve_app(settings: ApiSettings, port: int = 0) -> Iterator[int]:
+    """The app under uvicorn as ``inferstream serve`` runs it, on ``port`` (default: a
+    free loopback port)."""
+    if not port:
+        port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, **UVICORN_OPTIONS)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

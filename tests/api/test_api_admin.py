@@ -4,11 +4,16 @@ and the models the pipeline serves."""
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 
+import pytest
 from api_testing import World, dicom_bytes
 from test_api_auth import PASSWORD, login, make_user
 
+from inferstream.api import admin
 from inferstream.apps.eggs import APP
+from inferstream.bus import Bus, Message, Record
+from inferstream.replays import ReplayBoard
 
 
 def _admin(world: World) -> dict[str, str]:
@@ -105,3 +110,51 @@ def test_models_lists_what_the_classify_stage_serves(world: World) -> None:
     assert model["labels"] == ["female", "male", "not_developing"]
     assert model["sha256"] == hashlib.sha256(onnx).hexdigest()
     assert model["macs"] > 0
+
+
+def _read_and_commit(world: World, stage_name: str) -> tuple[Bus, str, list[str]]:
+    """Commit the stage's group past a few messages, as its workers would have."""
+    spec = world.client.app.state.services.settings.pipeline  # type: ignore[attr-defined]
+    bus: Bus = world.client.app.state.services.bus  # type: ignore[attr-defined]
+    stage = spec.stage(stage_name)
+    group, topics = stage.group(spec.name), list(stage.inputs)
+    bus.produce(topics[0], [Record(b"k%d" % i, b"v") for i in range(4)])
+    consumer = bus.consumer(group, topics)
+    got: list[Message] = []
+    while len(got) < 4:
+        got += consumer.poll_batch(10, 0.1)
+    consumer.commit(got)
+    consumer.close()
+    return bus, group, topics
+
+
+def test_replay_moves_the_running_stage_and_resumes_it(world: World) -> None:
+    bus, group, topics = _read_and_commit(world, "classify")
+    answer = world.client.post(
+        "/v1/admin/replay", json={"stage": "classify", "to": "earliest"}, headers=_admin(world)
+    )
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"group": group, "topic": ", ".join(topics), "to": "earliest"}
+    assert sum(p.lag for p in bus.partitions(topics[0], group)) == 4
+    spec = world.client.app.state.services.settings.pipeline  # type: ignore[attr-defined]
+    with closing(ReplayBoard(spec.store)) as board:
+        latest = board.latest(group)
+    assert latest is not None and latest.applied
+
+
+def test_replay_whose_workers_do_not_pause_is_a_409_that_moves_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bus, group, topics = _read_and_commit(world, "classify")
+    monkeypatch.setattr(admin, "REPLAY_TIMEOUT_S", 0.3)
+    old_worker = bus.consumer(group, topics)  # it does not watch for replays
+    try:
+        answer = world.client.post(
+            "/v1/admin/replay", json={"stage": "classify", "to": "earliest"}, headers=_admin(world)
+        )
+    finally:
+        old_worker.close()
+    assert answer.status_code == 409, answer.text
+    assert "did not leave in time" in answer.json()["detail"]
+    assert "nothing was moved" in answer.json()["detail"]
+    assert sum(p.lag for p in bus.partitions(topics[0], group)) == 0

@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -94,6 +95,42 @@ def test_an_application_takes_only_its_content_types(world: World) -> None:
     answer = upload(world, [("b.png", png())])
     assert answer.status_code == 415  # type: ignore[attr-defined]
     assert "application/dicom" in answer.json()["detail"]  # type: ignore[attr-defined]
+
+
+def test_a_batch_answers_per_file_which_were_accepted_and_why_others_were_not(
+    world: World,
+) -> None:
+    answer: Any = upload(world, [
+        ("a.dcm", dicom_bytes(seed=1)), ("cut.dcm", dicom_bytes(seed=3)[:-500]),
+        ("b.png", png()), ("c.dcm", dicom_bytes(seed=2)),
+    ])  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert len(body["ids"]) == 2  # a.dcm and c.dcm are queued
+    refused = [(r["file"], r["name"], r["status"]) for r in body["refused"]]
+    assert refused == [(1, "cut.dcm", 400), (2, "b.png", 415)]
+    assert "DICOM scan rejected" in body["refused"][0]["detail"]
+    assert "application/dicom" in body["refused"][1]["detail"]  # what it takes instead
+    for ident in body["ids"]:  # the accepted ones are really queued
+        status = world.client.get(f"/v1/scans/{ident}", headers=world.headers(world.own, "viewer"))
+        assert status.status_code == 200
+    none: Any = upload(world, [("x.dcm", b"nope"), ("y.png", png())])
+    assert none.status_code == 415  # neither is a kind this application takes
+    detail = none.json()["detail"]
+    assert (
+        detail.startswith("no file accepted: files[0] 'x.dcm': ") and "files[1] 'y.png'" in detail
+    )
+
+
+def test_a_scan_smaller_than_the_model_takes_is_refused_at_ingest(world: World) -> None:
+    """20x20 passes the DICOM contract (16 at least) but not the model (32): a 400 now,
+    not a dead letter later."""
+    from dicom_builder import make_dataset, to_bytes
+
+    small = make_dataset(20, 20, 5, AccessionNumber="TRAY-0042", ClinicalTrialTimePointID="12")
+    answer: Any = upload(world, [("small.dcm", to_bytes(small))])
+    assert answer.status_code == 400
+    assert "smaller than 32x32" in answer.json()["detail"]
 
 
 def test_a_truncated_scan_is_refused_with_the_eggs_decoders_reason(world: World) -> None:

@@ -4,18 +4,15 @@ wrong status or a silent acceptance, each now a precise answer."""
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import uvicorn
-from api_testing import World, dicom_bytes, start_world
+from api_testing import World, dicom_bytes, serve_app, start_world
 
-from inferstream.api import ApiSettings, create_app
-from inferstream.api.ops import MAX_HEADER_BYTES, UVICORN_OPTIONS
+from inferstream.api import ApiSettings
+from inferstream.api.ops import MAX_HEADER_BYTES
 from inferstream.envelope import EnvelopeBatch, new_envelope
 
 NON_FINITE = ["NaN", "Infinity", "-Infinity", "1e999"]
@@ -152,21 +149,8 @@ def test_oversized_headers_are_431_through_the_app(world: World) -> None:
 
 @pytest.fixture
 def served(settings: ApiSettings) -> Iterator[int]:
-    """The app under uvicorn as ``inferstream serve`` runs it, on a free loopback port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, **UVICORN_OPTIONS)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(settings) as port:
+        yield port
 
 
 def test_a_200_kb_header_is_answered_431_not_reset(served: int) -> None:

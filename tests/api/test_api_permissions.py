@@ -6,6 +6,7 @@ so a new route without a permission entry or a test call fails here.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,12 +14,15 @@ from typing import Any
 
 import pytest
 from api_testing import World, dicom_bytes, start_world
+from dicom_builder import make_dataset
 from fastapi.routing import APIWebSocketRoute
 from starlette.routing import Route, WebSocketRoute
+from test_registry import shipped
 
 from inferstream.api import ApiSettings
 from inferstream.api.permissions import PERMISSIONS, PUBLIC, ROLES, WEBSOCKETS
 from inferstream.envelope import derive_id
+from inferstream.registry import ModelRegistry
 from inferstream.store import ResultRow
 
 GROUP = "TRAY-0042"
@@ -33,6 +37,8 @@ class Seeded:
     username: str = "victim"  # listed, never deleted
     doomed: str = "doomed"  # the user the DELETE route removes
     key_id: str = ""
+    #: A private model of the tenant (versions 1 and 2, alias "pick" moved between them).
+    model: str = ""
 
 
 Call = Callable[[Seeded], tuple[str, dict[str, Any]]]
@@ -45,6 +51,22 @@ def _dicom(_: Seeded) -> tuple[str, dict[str, Any]]:
     }
 
 
+def _stow(study: bool) -> Callable[[Seeded], tuple[str, dict[str, Any]]]:
+    """STOW-RS of one instance, into its study or not."""
+
+    def call(_: Seeded) -> tuple[str, dict[str, Any]]:
+        boundary = "stow-boundary"
+        body = (f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+                + dicom_bytes(seed=8) + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
+        kind = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        url = "/dicomweb/studies"
+        if study:
+            url += f"/{make_dataset(seed=8).StudyInstanceUID}"
+        return url, {"content": body, "headers": {"Content-Type": kind}}
+
+    return call
+
+
 REPLAY = {"stage": "store", "to": "earliest"}
 
 
@@ -55,6 +77,8 @@ def _new_user() -> dict[str, str]:
 
 CALLS: dict[str, Call] = {
     "POST /v1/scans": _dicom,
+    "POST /dicomweb/studies": _stow(study=False),
+    "POST /dicomweb/studies/{study}": _stow(study=True),
     "GET /v1/scans/{scan_id}": lambda s: (f"/v1/scans/{s.scan_id}", {}),
     "GET /v1/scans/{scan_id}/image": lambda s: (f"/v1/scans/{s.scan_id}/image", {}),
     "GET /v1/results": lambda s: (f"/v1/results?group={GROUP}", {}),
@@ -79,7 +103,31 @@ CALLS: dict[str, Call] = {
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "device"}}),
     "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
     "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
+    "GET /v1/registry/models": lambda s: ("/v1/registry/models", {}),
+    "GET /v1/registry/models/{name}": lambda s: (f"/v1/registry/models/{s.model}", {}),
+    "GET /v1/registry/models/{name}/evaluation": lambda s: (
+        f"/v1/registry/models/{s.model}/evaluation?champion=pick&challenger=pick", {}
+    ),
+    "GET /v1/registry/models/{name}/timeline": lambda s: (
+        f"/v1/registry/models/{s.model}/timeline?hours=1", {}
+    ),
+    "POST /v1/registry/models": lambda s: ("/v1/registry/models", _model_upload()),
+    "PUT /v1/registry/models/{name}/aliases/{alias}": lambda s: (
+        f"/v1/registry/models/{s.model}/aliases/pick", {"json": {"version": "2", "reason": "r"}}
+    ),
+    "POST /v1/registry/models/{name}/aliases/{alias}/rollback": lambda s: (
+        f"/v1/registry/models/{s.model}/aliases/pick/rollback", {"json": {"reason": "r"}}
+    ),
 }  # fmt: skip
+
+
+def _model_upload() -> dict[str, Any]:
+    """A new private version of a model (the shipped graph), under a fresh name."""
+    graph, info = shipped()
+    return {
+        "files": {"model": ("m.onnx", graph, "application/octet-stream")},
+        "data": {"metadata": json.dumps({**info, "name": f"m{uuid.uuid4().hex[:8]}"})},
+    }
 
 
 def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
@@ -101,12 +149,14 @@ def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
 
 def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     """What an allowed caller of another tenant gets: nothing of the first tenant's."""
-    if any(name in route for name in ("{scan_id}", "{username}", "{key_id}", "{record_id}")):
+    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}")
+    if any(name in route for name in hidden):
         assert answer.status_code == 404, (route, answer.text)
         return
     assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
     assert seeded.scan_id not in answer.text
     assert seeded.key_id not in answer.text
+    assert seeded.model not in answer.text
     if route not in ("POST /v1/admin/users", "GET /v1/whoami"):  # any name may recur
         assert seeded.username not in answer.text
         assert seeded.doomed not in answer.text
@@ -142,7 +192,15 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
         for name in ("victim", "doomed"):
             accounts.create_user(world.own, name, hash_password("correct horse battery"), "viewer")
         key = issue_key(accounts, world.own, "victim key", "device")
-        seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id)
+        services = world.client.app.state.services  # type: ignore[attr-defined]
+        registry, model = ModelRegistry(services.store, services.blobs), "private-seeded"
+        graph, info = shipped()
+        for version in ("1", "2"):
+            registry.register(graph, {**info, "name": model, "version": version},
+                              actor="seed", tenant=world.own)  # fmt: skip
+            registry.set_alias(model, "pick", version, actor="seed", reason="seed",
+                               tenant=world.own)  # fmt: skip
+        seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id, model)
         world.client.app.state.services.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
         yield world, seeded
 
@@ -234,7 +292,12 @@ def test_route_without_credentials_is_401(seeded_world: tuple[World, Seeded], ro
 
 
 def test_docs_table_matches_the_matrix() -> None:
+    """The core's rows and those of every installed application's own routes."""
+    from importlib import metadata
     from pathlib import Path
+
+    from inferstream.api.app_routes import served_permissions
+    from inferstream.application import ENTRY_POINT_GROUP, app_named
 
     doc = Path(__file__).parents[2] / "docs" / "api.md"
     rows = {}
@@ -245,4 +308,7 @@ def test_docs_table_matches_the_matrix() -> None:
             rows[route] = {
                 role for role, cell in zip(ROLES, cells[1:], strict=True) if cell == "yes"
             }
-    assert rows == {route: set(roles) for route, roles in PERMISSIONS.items()}
+    # The installed applications only: other tests register throwaway ones in-process.
+    installed = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    matrix = served_permissions(app_named(entry.name) for entry in installed)
+    assert rows == {route: set(roles) for route, roles in matrix.items()}

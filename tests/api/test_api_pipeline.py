@@ -38,8 +38,8 @@ def test_png_on_the_dicom_pipeline_is_dead_lettered_with_its_reason(images_world
     # The classify stage's first step only: the model is not needed to refuse a PNG.
     context = StepContext(spec.name, stage.name, "t", spec.store, open_blob_store(spec.blobs))
     decode_only = StageWorker(
-        state.bus, pipeline=spec.name, stage=stage.name, input_topic=stage.input,
-        output_topic=stage.output, steps=[build_step("decode_dicom", context, {}, APP.steps)],
+        state.bus, pipeline=spec.name, stage=stage.name, inputs=stage.inputs,
+        router=stage.router, steps=[build_step("decode_dicom", context, {}, APP.steps)],
         max_batch=8, max_wait_s=0.05,
     )  # fmt: skip
     letters = make_worker(spec, "dead-letters", state.bus)

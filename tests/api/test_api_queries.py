@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -13,13 +12,11 @@ import cv2
 import numpy as np
 import pytest
 from api_testing import World, dicom_bytes, start_world
-from sqlalchemy import create_engine, text
+from pg_testing import private_schema
 
 from inferstream.api import ApiSettings
 from inferstream.envelope import derive_id
 from inferstream.store import DeadLetterRow, ResultRow
-
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def ingest(world: World, seed: int, tenant: str | None = None) -> str:
@@ -162,19 +159,10 @@ def test_lists_never_return_another_tenants_data(world: World) -> None:
 
 
 @pytest.fixture
-def pg_world(settings: ApiSettings) -> Iterator[World]:
-    schema = f"api_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{POSTGRES_URL}?options=-c%20search_path%3D{schema}"
-    try:
+def pg_world(settings: ApiSettings, postgres_url: str) -> Iterator[World]:
+    with private_schema(postgres_url, "api") as url:
         spec = settings.pipeline.with_urls(store=url)
         yield from start_world(replace(settings, pipeline=spec))
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.mark.postgres

@@ -6,50 +6,33 @@ plain role that owns the tables: FORCE makes the policy bind even the owner.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text
+from pg_testing import POSTGRES_URL, ensure_role, fresh_schema, schema_url
+from sqlalchemy import text
 
 from inferstream.api.accounts import Accounts, ScanRecord
 from inferstream.api.auth import issue_key
 from inferstream.store import ResultsStore
 from inferstream.store.schema import API_TENANT_TABLES
 
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROLE = "inferstream_api_rls_test"
 
 
 def _url(schema: str, **options: str) -> str:
-    settings = {"search_path": schema, **options}
-    joined = " ".join(f"-c {name}={value}" for name, value in settings.items())
-    return f"{POSTGRES_URL}?options={quote(joined)}"
+    return schema_url(POSTGRES_URL, schema, **options)
 
 
 @pytest.fixture
 def owned_schema() -> Iterator[str]:
-    schema = f"apirls_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        conn.execute(
-            text(
-                f"DO $$ BEGIN CREATE ROLE {ROLE} NOLOGIN; "
-                "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-            )
-        )
-        conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO {ROLE}'))
-    try:
+    with fresh_schema(POSTGRES_URL, "apirls") as schema:
         with ResultsStore(_url(schema)) as store, store.engine.begin() as conn:
+            ensure_role(conn, ROLE)
+            conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO {ROLE}'))
             for table in API_TENANT_TABLES:
                 conn.execute(text(f"ALTER TABLE {table} OWNER TO {ROLE}"))
         yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _scan(tenant: str, ident: str) -> ScanRecord:

@@ -273,3 +273,33 @@ def test_start_latest_skips_what_was_there_before(bus: Bus, unique: Unique) -> N
             got = consumer.poll_batch(100, 0.2)
     assert got
     assert set(values(got)) == {b"new"}
+
+
+def members_when(bus: Bus, group: str, done: Callable[[int], bool], poll: Consumer | None) -> int:
+    """``bus.members(group)`` once ``done`` accepts it or the deadline passes.
+
+    ``poll`` keeps polling a consumer meanwhile: Kafka joins a member only as it polls.
+    """
+    deadline = time.monotonic() + DEADLINE_S
+    while not done(count := bus.members(group)) and time.monotonic() < deadline:
+        if poll is not None:
+            poll.poll_batch(10, 0.2)
+        else:
+            time.sleep(0.05)
+    return count
+
+
+def test_members_counts_the_live_members_of_a_group(bus: Bus, unique: Unique) -> None:
+    topic, group = unique("members"), unique("g")
+    bus.create_topic(topic, partitions=2)
+    bus.produce(topic, numbered(3))
+    assert bus.members(group) == 0
+    consumer = bus.consumer(group, [topic])
+    try:
+        assert members_when(bus, group, lambda n: n > 0, consumer) == 1
+        assert len(poll_until(consumer, has(3))) == 3
+        assert bus.members(group) == 1
+    finally:
+        consumer.close()
+    assert members_when(bus, group, lambda n: n == 0, None) == 0
+    assert bus.members(unique("never-joined")) == 0

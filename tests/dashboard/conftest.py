@@ -1,43 +1,20 @@
-"""Fixtures for the live dashboard tests: stores with two tenants and a row factory."""
+"""Fixtures for the live dashboard tests: stores with two tenants and a row factory.
+
+The store is on SQLite and on PostgreSQL in turn (``store_url`` from the top conftest).
+"""
 
 from __future__ import annotations
 
 import itertools
-import os
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from inferstream.envelope import now_us
 from inferstream.store import ResultRow, ResultsStore
 
-POSTGRES_URL = os.environ.get(
-    "INFERSTREAM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
 RowFactory = Callable[..., ResultRow]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A results store URL: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'results.db'}"
-        return
-    schema = f"live_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{POSTGRES_URL}?options={quote(f'-c search_path={schema}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

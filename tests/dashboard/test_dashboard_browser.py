@@ -269,3 +269,47 @@ def test_screenshot_at_laptop_and_wall_sizes(
     target = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(target), full_page=True)
     assert target.stat().st_size > 10_000
+
+
+def test_the_models_card_shows_versions_aliases_and_their_changes(
+    pages: Pages, world: DashboardWorld, tmp_path: Path
+) -> None:
+    from test_registry import relabelled
+
+    from inferstream.blobs import LocalBlobStore
+    from inferstream.registry import ModelRegistry
+
+    registry = ModelRegistry(world.store, LocalBlobStore(tmp_path / "blobs"))
+    registry.register(*relabelled("1.1.0"), actor="cli:ops")
+    registry.set_alias("egg_sexing", "challenger", "1.0.0", actor="cli:ops", reason="first")
+    registry.set_alias("egg_sexing", "challenger", "1.1.0", actor="cli:ops",
+                       reason="retrained on tray 41")  # fmt: skip
+    page = pages.signed_in(world.login(world.a))
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#table-models tbody tr')].length >= 2"
+    )
+    rows = page.evaluate(
+        "() => [...document.querySelectorAll('#table-models tbody tr')]"
+        ".map(tr => [...tr.cells].slice(0, 3).map(td => td.textContent))"
+    )
+    assert ["egg_sexing", "1.1.0", "challenger"] in rows
+    assert ["egg_sexing", "1.0.0", "champion"] in rows  # the workers' own, adopted
+    changes = page.locator("#table-model-changes tbody tr").all_inner_texts()
+    assert "alias @challenger 1.0.0 → 1.1.0" in changes[0]
+    assert "retrained on tray 41" in changes[0] and "cli:ops" in changes[0]
+    # The versions over time: the acting version's mean confidence (no labels in this
+    # world yet: the estimate), and the alias moves above as triangles with their texts.
+    page.wait_for_function(
+        "() => (Chart.getChart('chart-models')?.data.datasets || []).length >= 2"
+    )
+    drawn = page.evaluate(
+        "() => Chart.getChart('chart-models').data.datasets"
+        ".map(d => [d.label, d.data.filter(v => v !== null).length, (d.events || []).flat()])"
+    )
+    lines = {label: points for label, points, _ in drawn}
+    assert lines.get("1.0.0 (champion) mean confidence", 0) >= 1, drawn
+    (marks,) = [texts for label, _, texts in drawn if label == "changes"]
+    assert any("alias @challenger: 1.0.0 -> 1.1.0" in text for text in marks), marks
+    assert page.evaluate("() => document.getElementById('chart-models').dataset.model") == (
+        "egg_sexing"
+    )

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from store_testing import POSTGRES_URL, postgres_schema_url
+from pg_testing import POSTGRES_URL, fresh_schema
+from store_testing import postgres_schema_url
 
 from inferstream.store import ResultRow, ResultsStore
 
@@ -20,20 +20,14 @@ from inferstream.store import ResultRow, ResultsStore
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh PostgreSQL schema, dropped with everything in it after the test."""
-    schema = f"store_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
+    with fresh_schema(POSTGRES_URL, "store") as schema:
         yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The top conftest's ``store_url``, but on ``pg_schema``: tests that hand the
+    tables to a role ask for the schema's name too."""
     if request.param == "postgres":
         schema: str = request.getfixturevalue("pg_schema")
         return postgres_schema_url(schema)

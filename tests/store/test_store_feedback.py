@@ -130,3 +130,21 @@ def test_feedback_is_an_upsert_per_egg(
         acme, "E9", label, app="eggs", head="sex", source="hatchery", at_us=5
     )
     assert store.get_feedback(acme, "E9", app="eggs", head="sex") == entry
+
+
+def test_a_batch_of_feedback_is_recorded_per_tenant_and_upserts(
+    store: ResultsStore, tenants: tuple[str, str]
+) -> None:
+    from inferstream.store import Feedback
+
+    acme, globex = tenants
+    store.add_feedback(acme, "E1", "male", app="eggs", head="sex")
+    batch = [
+        Feedback(acme, "eggs", "E1", "sex", "female", "hatchery", 7),  # corrects the first
+        Feedback(acme, "eggs", "E2", "sex", "male", "hatchery", 7),
+        Feedback(globex, "eggs", "E1", "sex", "not_developing", "hatchery", 8),
+    ]
+    store.add_feedback_batch(batch)
+    assert store.get_feedback(acme, "E1", app="eggs", head="sex") == batch[0]
+    assert store.get_feedback(acme, "E2", app="eggs", head="sex") == batch[1]
+    assert store.get_feedback(globex, "E1", app="eggs", head="sex") == batch[2]

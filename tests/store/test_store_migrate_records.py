@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from pg_testing import ensure_role
 from sqlalchemy import text
 from store_testing import RLS_ROLE, postgres_schema_url
 
@@ -17,12 +18,7 @@ SCANS = 120  # per tenant, so a copy in batches and both tenants are exercised
 
 def _hand_to_owner(store: ResultsStore, schema: str) -> None:
     with store.engine.begin() as conn:
-        conn.execute(
-            text(
-                f"DO $$ BEGIN CREATE ROLE {RLS_ROLE} NOLOGIN; "
-                "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-            )
-        )
+        ensure_role(conn, RLS_ROLE)
         conn.execute(text(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO {RLS_ROLE}'))
         tables = conn.execute(
             text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pg_testing import ensure_role
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
 from store_testing import RLS_ROLE, postgres_schema_url
@@ -27,12 +28,7 @@ RowFactory = Callable[..., ResultRow]
 def owned_schema(pg_schema: str) -> Iterator[str]:
     """A migrated schema whose tenant tables belong to the unprivileged test role."""
     with ResultsStore(postgres_schema_url(pg_schema)) as store, store.engine.begin() as conn:
-        conn.execute(
-            text(
-                f"DO $$ BEGIN CREATE ROLE {RLS_ROLE} NOLOGIN; "
-                "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
-            )
-        )
+        ensure_role(conn, RLS_ROLE)
         conn.execute(text(f'GRANT USAGE ON SCHEMA "{pg_schema}" TO {RLS_ROLE}'))
         for table in TENANT_TABLES:
             conn.execute(text(f"ALTER TABLE {table} OWNER TO {RLS_ROLE}"))
@@ -127,3 +123,46 @@ def test_only_the_tenancy_module_names_the_tenant() -> None:
         if "set_config('inferstream.tenant'" in path.read_text() and "migrations" not in path.parts
     )
     assert setters == ["store/tenancy.py"]
+
+
+def test_the_model_registry_shows_a_tenant_the_deployments_models_and_its_own(
+    pg_schema: str, tmp_path: Path, tenants: tuple[str, str]
+) -> None:
+    from test_registry import relabelled, shipped
+
+    from inferstream.blobs import LocalBlobStore
+    from inferstream.registry import ModelRegistry, RegistryError
+    from inferstream.store.schema import REGISTRY_TABLES
+
+    acme, globex = tenants
+    with ResultsStore(postgres_schema_url(pg_schema)) as admin, admin.engine.begin() as conn:
+        ensure_role(conn, RLS_ROLE)
+        conn.execute(text(f'GRANT USAGE ON SCHEMA "{pg_schema}" TO {RLS_ROLE}'))
+        for table in REGISTRY_TABLES:
+            conn.execute(text(f"ALTER TABLE {table} OWNER TO {RLS_ROLE}"))
+    url = postgres_schema_url(pg_schema, role=RLS_ROLE)
+    with ResultsStore(url, migrate=False) as store:
+        registry = ModelRegistry(store, LocalBlobStore(tmp_path / "blobs"))
+        registry.register(*shipped(), actor="ops")
+        registry.register(*relabelled("2.0.0-acme"), actor="alice", tenant=acme)
+        assert {v.version for v in registry.versions(tenant=acme)} == {"1.0.0", "2.0.0-acme"}
+        assert {v.version for v in registry.versions(tenant=globex)} == {"1.0.0"}
+        with pytest.raises(RegistryError, match=r"no version '2\.0\.0-acme'"):
+            registry.set_alias("egg_sexing", "x", "2.0.0-acme", actor="g", reason="r",
+                               tenant=globex)  # fmt: skip
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT set_config('inferstream.tenant', :t, true)"), {"t": globex})
+            owners = conn.execute(text("SELECT DISTINCT owner FROM model_versions")).scalars()
+            assert set(owners) == {""}
+        with pytest.raises(ProgrammingError, match="row-level security"), engine.begin() as conn:
+            conn.execute(text("SELECT set_config('inferstream.tenant', :t, true)"), {"t": globex})
+            conn.execute(
+                text(
+                    "INSERT INTO model_aliases (owner, name, alias, version, set_at_us, set_by)"
+                    " VALUES ('', 'egg_sexing', 'champion', '1.0.0', 1, 'g')"
+                )
+            )
+    finally:
+        engine.dispose()

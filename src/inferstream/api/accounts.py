@@ -247,14 +247,21 @@ class Accounts:
             conn.execute(stmt)
 
     def find_scan(self, tenant: str, scan_id: str) -> ScanRecord | None:
-        stmt = select(scans).where(scans.c.tenant == tenant, scans.c.id == scan_id)
+        found = self.find_scans(tenant, [scan_id])
+        return found[0] if found else None
+
+    def find_scans(self, tenant: str, scan_ids: Sequence[str]) -> list[ScanRecord]:
+        """The scans of ``tenant`` among ``scan_ids`` (one primary-key lookup each), by id."""
+        if not scan_ids:
+            return []
+        stmt = (
+            select(scans)
+            .where(scans.c.tenant == tenant, scans.c.id.in_(scan_ids))
+            .order_by(scans.c.id)
+        )
         with self._tenant(tenant, "read scans from") as conn:
-            row = conn.execute(stmt).mappings().first()
-        if row is None:
-            return None
-        values = dict(row)
-        values["group"] = values.pop("group_key")
-        return ScanRecord(**values)
+            rows = conn.execute(stmt).mappings().all()
+        return [_scan_record(row) for row in rows]
 
     def dead_letter_of(self, tenant: str, scan_id: str) -> Mapping[str, Any] | None:
         """The newest dead letter whose root is ``scan_id``, if any stage gave up on it."""
@@ -353,6 +360,12 @@ class Accounts:
                 f"could not {action} the database at {self.store.url}: {type(exc).__name__}; "
                 "check that it is reachable and migrated"
             ) from exc
+
+
+def _scan_record(row: Mapping[Any, Any]) -> ScanRecord:
+    values = dict(row)
+    values["group"] = values.pop("group_key")
+    return ScanRecord(**values)
 
 
 def _fields(record: ScanRecord) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -24,14 +25,20 @@ from inferstream.api.auth import (
 from inferstream.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from inferstream.api.permissions import Role, roles_for
 from inferstream.api.services import services_of
+from inferstream.application import find_model
 from inferstream.bus import InvalidSeekTarget, seek_target
 from inferstream.bus.seek import MAX_OFFSET
-from inferstream.classify import DEFAULT_ROLE, read_model_info
+from inferstream.classify import DEFAULT_ROLE, ModelInfo, read_model_info
 from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
+from inferstream.registry import ModelRegistry, RegistryError, parse_ref
+from inferstream.stage_replay import ReplayNotApplied, replay_stage_in_store
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin"])
+
+#: How long a replay waits for the stage's workers to pause; the request blocks meanwhile.
+REPLAY_TIMEOUT_S = 30.0
 
 
 class Token(BaseModel):
@@ -235,8 +242,11 @@ def served_models(
     request: Request,
     principal: Annotated[Principal, Depends(require(*roles_for("GET /v1/models")))],
 ) -> list[ServedModel]:
-    """The models this pipeline's stages serve: version, role and the file's checksum."""
-    return describe_models(services_of(request).settings.pipeline)
+    """The models this pipeline's stages serve: version, role and the file's checksum
+    (for a step naming ``name@alias``, the version the alias points at now)."""
+    services = services_of(request)
+    registry = ModelRegistry(services.store, services.blobs)
+    return describe_models(services.settings.pipeline, registry)
 
 
 def served_labels(spec: PipelineSpec) -> frozenset[str]:
@@ -244,15 +254,15 @@ def served_labels(spec: PipelineSpec) -> frozenset[str]:
     return frozenset(label for model in describe_models(spec) for label in model.labels)
 
 
-def describe_models(spec: PipelineSpec) -> list[ServedModel]:
+def describe_models(spec: PipelineSpec, registry: ModelRegistry | None = None) -> list[ServedModel]:
     served = []
     for stage in spec.stages:
         for index, step in enumerate(stage.steps):
             if step.ref != "classify":
                 continue
             try:
-                info, digest = read_model_info(str(step.params.get("model", "")))
-            except ModelError as exc:
+                info, digest = _model_info(str(step.params.get("model", "")), registry)
+            except (ModelError, RegistryError) as exc:
                 raise Unavailable(f"stage {stage.name!r}: {exc}") from exc
             served.append(
                 ServedModel(
@@ -264,16 +274,34 @@ def describe_models(spec: PipelineSpec) -> list[ServedModel]:
     return served
 
 
+def _model_info(model: str, registry: ModelRegistry | None) -> tuple[ModelInfo, str]:
+    """A step's model: its files, or the deployment's registry version its
+    ``name@alias`` points at now (what the workers serve)."""
+    if "@" not in model or registry is None:
+        return read_model_info(model)
+    name, alias = parse_ref(model)
+    try:
+        version = registry.resolve(name, alias)
+    except RegistryError:
+        if find_model(name) is None or registry.versions(name):
+            raise
+        return read_model_info(name)  # what the workers take on first use
+    return ModelInfo.from_json(version.info, Path(f"registry:{model}")), version.sha256
+
+
 @router.post("/v1/admin/replay", response_model=ReplayOut, status_code=202)
 def replay(
     body: Replay,
     request: Request,
     principal: Annotated[Principal, Depends(require(*roles_for("POST /v1/admin/replay")))],
 ) -> ReplayOut:
-    """Move a stage's consumer group so its workers reprocess from ``to``.
+    """Make a stage's running workers reprocess from ``to``, without a restart.
 
-    The group is the pipeline's, shared by every tenant: replay re-runs all tenants'
-    messages from that point (sinks upsert, so nothing is doubled).
+    The workers pause, their group's offsets move and the stage's state is reset; the
+    answer comes once they resume (up to 30 s). A 409 means a worker did not pause in
+    time and nothing moved. The group is the pipeline's, shared by every tenant:
+    replay re-runs all tenants' messages from that point (sinks upsert, so nothing is
+    doubled).
     """
     state = services_of(request)
     spec = state.settings.pipeline
@@ -287,6 +315,12 @@ def replay(
         raise BadRequest(str(exc)) from exc
     group = stage.group(spec.name)
     shown = body.to.isoformat() if isinstance(body.to, datetime) else str(body.to)
-    state.bus.seek_group(group, stage.input, target)
+    try:
+        replay_stage_in_store(
+            state.bus, spec.store, group=group, topics=stage.inputs, target=target,
+            timeout_s=REPLAY_TIMEOUT_S,
+        )  # fmt: skip
+    except ReplayNotApplied as exc:
+        raise Conflict(str(exc)) from exc
     log.info("replay", extra={"group": group, "to": shown, "subject": principal.subject})
-    return ReplayOut(group=group, topic=stage.input, to=shown)
+    return ReplayOut(group=group, topic=", ".join(stage.inputs), to=shown)

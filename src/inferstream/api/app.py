@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import ExitStack, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,17 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import Scope
 
-from inferstream.api import admin, ingest, live, ops, queries, records
+from inferstream.api import (
+    admin,
+    app_routes,
+    dicomweb,
+    ingest,
+    live,
+    ops,
+    queries,
+    records,
+    registry,
+)
 from inferstream.api.accounts import Accounts
 from inferstream.api.errors import ApiError
 from inferstream.api.group_commit import GroupCommit
@@ -80,8 +91,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=_lifespan,
     )
     app.state.settings = settings
-    for module in (ingest, queries, records, admin):
+    for module in (ingest, dicomweb, queries, records, admin, registry):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    app_routes.mount(app, settings.application(), ERROR_RESPONSES)
     app.include_router(ops.router)
     app.include_router(live.router)
     app.add_middleware(ops.Observe)
@@ -109,7 +121,7 @@ def _document_pipeline(app: FastAPI, settings: ApiSettings, application: AppSpec
             feedback = schema["components"]["schemas"]["FeedbackIn"]["properties"]
             feedback["label"]["enum"] = sorted(app_labels(application))
             named = feedback["head"]["anyOf"][0]  # the string branch; null means the first
-            named["enum"] = [head.name for head in application.heads]
+            named["enum"] = [head.name for head in application.heads]  # none: no feedback
             listing = schema["paths"]["/v1/apps/{app}/records"]["get"]
             listing["parameters"] = listing.get("parameters", []) + records.query_parameters(
                 settings.application()
@@ -154,7 +166,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
             labels=app_labels(application),
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
-            live=LiveHub(store, shown, spec, bus),
+            live=LiveHub(store, _with_views_served(shown, application), spec, bus),
         )
         app.state.services = services
         refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))
@@ -250,3 +262,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BlobError, unavailable)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
+
+
+def _with_views_served(shown: Sequence[AppSpec], served: AppSpec) -> list[AppSpec]:
+    """The applications the live feed shows; only the served one keeps its dashboard
+    views, since they read its own routes and only its routes are mounted here."""
+    return [app if app.name == served.name else replace(app, views=()) for app in shown]

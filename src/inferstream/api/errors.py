@@ -47,6 +47,12 @@ class Conflict(ApiError):
     status, code = 409, "conflict"
 
 
+class Gone(ApiError):
+    """It existed, and its retention has passed (an expired output)."""
+
+    status, code = 410, "gone"
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 

@@ -31,7 +31,6 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from inferstream import codecs
 from inferstream.api.accounts import ScanRecord
 from inferstream.api.auth import Principal, require
 from inferstream.api.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
@@ -39,8 +38,9 @@ from inferstream.api.permissions import roles_for
 from inferstream.api.services import Services, services_of
 from inferstream.application import AppSpec
 from inferstream.bus import Record
-from inferstream.codecs import Checked, ImageLimits
+from inferstream.codecs import Checked, ImageLimits, UnsupportedContent
 from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope, now_us
+from inferstream.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
@@ -71,9 +71,20 @@ _BODY_TYPES = {
 }
 
 
+class Refusal(BaseModel):
+    """A file of a multipart batch that was refused: which, and why."""
+
+    file: int
+    name: str
+    status: int
+    detail: str
+
+
 class Accepted(BaseModel):
     ids: list[str]
     topic: str
+    #: Files of a multipart batch refused while the others were accepted.
+    refused: list[Refusal] = []
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,27 @@ class Submitted:
     key: str = ""
     trace_id: str = ""
     created_at_us: int = 0
+    #: How an error names this item to the client (``files[2] 'cat.png'``); "" for none.
+    label: str = ""
+    #: The client's file name (multipart), for a per-file answer.
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file part of a multipart body: its field name, the client's file name, bytes."""
+
+    field: str
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Form:
+    """A parsed multipart body: its file parts and its plain fields, in the order sent."""
+
+    files: list[Upload]
+    fields: list[tuple[str, str]]
 
 
 @router.post(
@@ -109,21 +141,28 @@ async def ingest_scans(
             "application/dicom or application/x-protobuf"
         )
     body = await read_body(request, state.settings.max_body_bytes)
+    refused: list[Refusal] = []
     if media == "application/x-protobuf":
         items = await run_in_threadpool(_from_protobuf, body, state)
+        envelopes = await run_in_threadpool(_accept, items, principal, state)
     elif media == "application/dicom":
-        items = [Submitted(body)]
-    else:
+        envelopes = await run_in_threadpool(_accept, [Submitted(body)], principal, state)
+    else:  # a batch of files: each accepted or refused on its own
         items = await _parse_form(request, body, state)
-    envelopes = await run_in_threadpool(_accept, items, principal, state)
+        envelopes, refused = await run_in_threadpool(_accept_each, items, principal, state)
     await state.publisher.publish(principal.tenant, envelopes)
     for env in envelopes:
         log.info("scan accepted", extra={"scan_id": env.id, "trace_id": env.trace_id})
-    return Accepted(ids=[env.id for env in envelopes], topic=state.settings.ingest_topic)
+    return Accepted(
+        ids=[env.id for env in envelopes], topic=state.settings.ingest_topic, refused=refused
+    )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``limit``."""
+async def read_body(
+    request: Request, limit: int, empty: str = "body is empty; send at least one scan"
+) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit``, and
+    with 400 saying ``empty`` when there is none."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
@@ -135,15 +174,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes; send fewer files")
         chunks.append(chunk)
     if not size:
-        raise BadRequest("body is empty; send at least one scan")
+        raise BadRequest(empty)
     return b"".join(chunks)
 
 
-async def _parse_form(request: Request, body: bytes, state: Services) -> list[Submitted]:
+async def parse_form(request: Request, body: bytes, max_files: int) -> Form:
+    """The file parts and fields of a multipart ``body`` (read with :func:`read_body`);
+    413 past ``max_files`` files or 16 fields, 400 when it is malformed."""
+
     async def stream() -> AsyncGenerator[bytes, None]:
         yield body
 
-    max_files, allowed = state.settings.max_batch, state.app.client_attributes
     parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
@@ -154,22 +195,31 @@ async def _parse_form(request: Request, body: bytes, state: Services) -> list[Su
                 "fields per request; split it"
             ) from exc
         raise BadRequest(f"multipart body is malformed: {exc.message}") from exc
-    files: list[bytes] = []
-    fields: dict[str, str] = {}
+    parsed = Form([], [])
     try:
         for name, value in form.multi_items():
             if isinstance(value, UploadFile):
-                files.append(await value.read())
-            elif name in (*allowed, "source"):
-                fields[name] = _plain(name, value)
+                parsed.files.append(Upload(name, value.filename or "", await value.read()))
             else:
-                raise BadRequest(_unknown_fields(state, [name]))
+                parsed.fields.append((name, value))
     finally:
-        await form.close()  # spooled temporary files, even when a field is refused
-    if not files:
+        await form.close()  # spooled temporary files
+    return parsed
+
+
+async def _parse_form(request: Request, body: bytes, state: Services) -> list[Submitted]:
+    form = await parse_form(request, body, state.settings.max_batch)
+    allowed = (*state.app.client_attributes, "source")
+    unknown = [name for name, _ in form.fields if name not in allowed]
+    if unknown:
+        raise BadRequest(_unknown_fields(state, unknown[:1]))
+    fields = {name: _plain(name, value) for name, value in form.fields}
+    if not form.files:
         raise BadRequest("multipart body has no file parts; attach scans as files")
     source = fields.pop("source", "")
-    return [Submitted(data, fields, source) for data in files]
+    return [
+        Submitted(upload.data, fields, source, name=upload.filename[:128]) for upload in form.files
+    ]
 
 
 def _plain(name: str, value: str) -> str:
@@ -244,13 +294,69 @@ def _accept(items: Sequence[Submitted], principal: Principal, state: Services) -
     Runs in a worker thread: checking and keeping scans is blocking work that on the
     event loop stalled every other request (reads too).
     """
+    return wrap_items(check_items(items, state), items, principal, state)
+
+
+def _accept_each(
+    items: Sequence[Submitted], principal: Principal, state: Services
+) -> tuple[list[Envelope], list[Refusal]]:
+    """Each file checked on its own: the good ones kept and wrapped, the others listed
+    with why. Nothing accepted: the refusal as an error (all the files' reasons)."""
+    good, refused = check_each(items, state)
+    if not good:
+        if len(refused) == 1:
+            raise refused[0][2]
+        said = "; ".join(f"files[{i}] {item.name!r}: {exc}" for i, item, exc in refused)
+        every_type = all(isinstance(exc, UnsupportedContent) for _, _, exc in refused)
+        raise (UnsupportedContent if every_type else InvalidInput)(f"no file accepted: {said}")
+    envelopes = wrap_items([c for _, _, c in good], [i for _, i, _ in good], principal, state)
+    refusals = [
+        Refusal(file=i, name=item.name, detail=str(exc),
+                status=415 if isinstance(exc, UnsupportedContent) else 400)
+        for i, item, exc in refused
+    ]  # fmt: skip
+    return envelopes, refusals
+
+
+def check_each(
+    items: Sequence[Submitted], state: Services
+) -> tuple[list[tuple[int, Submitted, Checked]], list[tuple[int, Submitted, InvalidInput]]]:
+    """Each item checked on its own (blocking): (position, item, checked) of those that
+    pass, (position, item, why) of those that do not. Nothing is kept yet."""
     limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
-    app = state.app
-    checks, accepted = app.own_checks, app.content_types or None
-    checked_all = [codecs.check(item.data, limits, checks, accepted) for item in items]
+    good, refused = [], []
+    for i, item in enumerate(items):
+        try:
+            good.append((i, item, _check_one(item, limits, state.app)))
+        except InvalidInput as exc:
+            refused.append((i, item, exc))
+    return good, refused
+
+
+def check_items(items: Sequence[Submitted], state: Services) -> list[Checked]:
+    """Every item checked through its codec and the application's own checks (blocking);
+    400 or 415 naming the item by its label. Nothing is kept yet."""
+    limits = ImageLimits(state.settings.max_image_side, state.settings.max_image_pixels)
+    return [_check_one(item, limits, state.app) for item in items]
+
+
+def _check_one(item: Submitted, limits: ImageLimits, app: AppSpec) -> Checked:
+    try:
+        return app.check_upload(item.data, limits)
+    except InvalidInput as exc:
+        if not item.label:
+            raise
+        kind = UnsupportedContent if isinstance(exc, UnsupportedContent) else InvalidInput
+        raise kind(f"{item.label}: {exc}") from exc
+
+
+def wrap_items(
+    checked: Sequence[Checked], items: Sequence[Submitted], principal: Principal, state: Services
+) -> list[Envelope]:
+    """Keep each checked item's bytes in the caller's tenant's blobs and wrap it in its
+    ingest envelope (blocking); produce them with ``state.publisher``."""
     return [
-        _envelope(checked, item, principal, state)
-        for checked, item in zip(checked_all, items, strict=True)
+        _envelope(one, item, principal, state) for one, item in zip(checked, items, strict=True)
     ]
 
 

@@ -44,31 +44,43 @@ class View:
 
     @classmethod
     def of(cls, app: AppSpec) -> View:
-        head = app.heads[0]
+        head = app.first_head
+        if head is None:  # it predicts nothing: no labels, no ratios
+            return cls(())
         ratios = tuple((r.name, r.label) for r in app.ratios if r.head == head.name)
         return cls(head.label_names, ratios)
 
 
 def describe_app(app: AppSpec) -> dict[str, Any]:
-    """The declaration as the page needs it: names, nouns, labels with colours, ratios."""
-    head = app.heads[0]
-    shown = {label.name: label.shown for label in head.labels}
+    """The declaration as the page needs it: names, nouns, labels with colours, ratios,
+    panels, and the application's own views with the URL each is read from."""
+    head = app.first_head
+    labels = head.labels if head else ()
+    shown = {label.name: label.shown for label in labels}
     return {
         "name": app.name,
         "title": app.title,
         "subject": app.subject,
         "group_noun": app.group_noun,
-        "head": head.name,
+        "head": head.name if head else "",
         "labels": [
-            {"name": label.name, "title": label.shown, "colour": label.colour}
-            for label in head.labels
+            {"name": label.name, "title": label.shown, "colour": label.colour} for label in labels
         ],
         "ratios": [
             {"name": ratio.name, "title": f"{shown.get(ratio.label, ratio.label)} ratio"}
             for ratio in app.ratios
-            if ratio.head == head.name
+            if head and ratio.head == head.name
         ],
-        "panels": list(app.panels),
+        "panels": list(app.dashboard_panels),
+        "views": [
+            {
+                "title": view.title,
+                "kind": view.kind,
+                "refresh_s": view.refresh_s,
+                "url": f"/v1/apps/{app.name}{view.route}",
+            }
+            for view in app.views
+        ],
     }
 
 

@@ -170,16 +170,18 @@ class StageMeters:
             reading: dict[str, Any] = {"rate_per_s": None, "lag": None}
             if self.bus is not None:
                 reading = self._bus_reading(
-                    stage.name, stage.input, stage.group(self.pipeline.name), now
+                    stage.name, stage.inputs, stage.group(self.pipeline.name), now
                 )
             reading["errors"] = int(errors.get(stage.name, 0))
             self.last[stage.name] = reading
         return self.last
 
-    def _bus_reading(self, name: str, topic: str, group: str, now: float) -> dict[str, Any]:
+    def _bus_reading(
+        self, name: str, topics: tuple[str, ...], group: str, now: float
+    ) -> dict[str, Any]:
         assert self.bus is not None
         try:
-            parts = self.bus.partitions(topic, group)
+            parts = [part for topic in topics for part in self.bus.partitions(topic, group)]
         except BusError:
             return {"rate_per_s": None, "lag": None}
         consumed = sum(p.low if p.committed is None else p.committed for p in parts)
@@ -202,7 +204,7 @@ def stage_rows(
         rows.append(
             {
                 "name": stage.name,
-                "input": stage.input,
+                "input": ", ".join(stage.inputs),
                 "group": stage.group(pipeline.name),
                 **meters.get(stage.name, {"rate_per_s": None, "lag": None, "errors": 0}),
                 "dead_letters": info["total"],

@@ -2,7 +2,10 @@
 
 Keys are ``"METHOD /path"`` exactly as the route is declared; every route of the
 app must appear here or in :data:`PUBLIC` (a test walks the app's routes and fails
-on one that is missing). ``docs/api.md`` shows the same table.
+on one that is missing). ``docs/api.md`` shows the same table. An application's own
+routes carry their rows with them (:class:`inferstream.api.app_routes.AppRoutes`),
+written with the role sets below; :func:`inferstream.api.app_routes.served_permissions`
+is the whole matrix of an API.
 """
 
 from __future__ import annotations
@@ -12,38 +15,48 @@ from typing import Literal
 Role = Literal["admin", "operator", "viewer", "device"]
 ROLES: tuple[Role, ...] = ("admin", "operator", "viewer", "device")
 
-_READ: frozenset[Role] = frozenset({"admin", "operator", "viewer"})
-_OPERATE: frozenset[Role] = frozenset({"admin", "operator"})
-_ADMIN: frozenset[Role] = frozenset({"admin"})
+#: Role sets the matrix is written with (an application's routes use them too).
+READ: frozenset[Role] = frozenset({"admin", "operator", "viewer"})
+OPERATE: frozenset[Role] = frozenset({"admin", "operator"})
+ADMIN: frozenset[Role] = frozenset({"admin"})
 # Ingest: devices (scanners, cameras, edge agents) and people who operate the pipeline.
-_INGEST: frozenset[Role] = frozenset({"admin", "operator", "device"})
+INGEST: frozenset[Role] = frozenset({"admin", "operator", "device"})
 
 PERMISSIONS: dict[str, frozenset[Role]] = {
-    "POST /v1/scans": _INGEST,
-    "GET /v1/scans/{scan_id}": _READ,
-    "GET /v1/scans/{scan_id}/image": _READ,
-    "GET /v1/results": _READ,
-    "GET /v1/apps": _READ,
-    "GET /v1/apps/{app}": _READ,
-    "GET /v1/apps/{app}/records": _READ,
-    "GET /v1/apps/{app}/records/{record_id}": _READ,
-    "GET /v1/groups/{group}/summary": _READ,
-    "GET /v1/groups/{group}/export.csv": _READ,
-    "GET /v1/models": _READ,
-    "GET /v1/models/accuracy": _READ,
-    "POST /v1/feedback": _OPERATE,
-    "POST /v1/admin/replay": _OPERATE,
-    "GET /v1/admin/users": _ADMIN,
-    "POST /v1/admin/users": _ADMIN,
-    "DELETE /v1/admin/users/{username}": _ADMIN,
-    "GET /v1/admin/keys": _ADMIN,
-    "POST /v1/admin/keys": _ADMIN,
-    "DELETE /v1/admin/keys/{key_id}": _ADMIN,
+    "POST /v1/scans": INGEST,
+    "POST /dicomweb/studies": INGEST,
+    "POST /dicomweb/studies/{study}": INGEST,
+    "GET /v1/scans/{scan_id}": READ,
+    "GET /v1/scans/{scan_id}/image": READ,
+    "GET /v1/results": READ,
+    "GET /v1/apps": READ,
+    "GET /v1/apps/{app}": READ,
+    "GET /v1/apps/{app}/records": READ,
+    "GET /v1/apps/{app}/records/{record_id}": READ,
+    "GET /v1/groups/{group}/summary": READ,
+    "GET /v1/groups/{group}/export.csv": READ,
+    "GET /v1/models": READ,
+    "GET /v1/models/accuracy": READ,
+    "GET /v1/registry/models": READ,
+    "GET /v1/registry/models/{name}": READ,
+    "GET /v1/registry/models/{name}/evaluation": READ,
+    "GET /v1/registry/models/{name}/timeline": READ,
+    "POST /v1/registry/models": OPERATE,
+    "PUT /v1/registry/models/{name}/aliases/{alias}": OPERATE,
+    "POST /v1/registry/models/{name}/aliases/{alias}/rollback": OPERATE,
+    "POST /v1/feedback": OPERATE,
+    "POST /v1/admin/replay": OPERATE,
+    "GET /v1/admin/users": ADMIN,
+    "POST /v1/admin/users": ADMIN,
+    "DELETE /v1/admin/users/{username}": ADMIN,
+    "GET /v1/admin/keys": ADMIN,
+    "POST /v1/admin/keys": ADMIN,
+    "DELETE /v1/admin/keys/{key_id}": ADMIN,
     "GET /v1/whoami": frozenset(ROLES),
 }
 
 #: WebSocket paths -> roles (the live feed authenticates inside the socket).
-WEBSOCKETS: dict[str, frozenset[Role]] = {"/v1/live": _READ}
+WEBSOCKETS: dict[str, frozenset[Role]] = {"/v1/live": READ}
 
 #: Routes anyone may call: login, probes, metrics (scrape them from inside the network),
 #: the OpenAPI documents, and the dashboard's static page (its data comes over the

@@ -184,7 +184,8 @@ def group_summary(
     throughput of one group of records."""
     state = services_of(request)
     app = state.app  # a record carries the champion of the first head: ratios of it only
-    first = next((r for r in app.ratios if r.head == app.heads[0].name), None)
+    head = app.first_head
+    first = next((r for r in app.ratios if head and r.head == head.name), None)
     ratio = first.label if first else ""
     return GroupSummaryOut.of(state.store.group_summary(principal.tenant, group, ratio))
 
@@ -257,8 +258,10 @@ def post_feedback(
     """
     state = services_of(request)
     app = state.app
+    if app.first_head is None:
+        raise BadRequest(f"application {app.name!r} predicts nothing; there is no label to correct")
     heads = {head.name: head for head in app.heads}
-    head = heads.get(body.head) if body.head else app.heads[0]
+    head = heads.get(body.head) if body.head else app.first_head
     if head is None:
         raise BadRequest(f"head {body.head!r} is not one of {app.name}'s: {', '.join(heads)}")
     if body.label not in head.label_names:

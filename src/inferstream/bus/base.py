@@ -1,8 +1,8 @@
 """The bus interface every backend implements.
 
 Kept deliberately small: create a topic, produce a batch, consume a batch as a
-member of a consumer group, commit, and move a group's offsets (replay). The
-conformance suite in ``tests/bus/`` runs unchanged against every backend.
+member of a consumer group, commit, count a group's members and move its offsets
+(replay). The conformance suite in ``tests/bus/`` runs unchanged against every backend.
 
 Delivery is at-least-once: a consumer commits only after the output of a batch is
 durable, so a crash redelivers the uncommitted tail; stages give outputs
@@ -156,6 +156,14 @@ class Bus(Protocol):
 
         Meant for a group with no running members; running members pick the new
         position up when they next rejoin.
+        """
+        ...
+
+    def members(self, group: str) -> int:
+        """Live members of ``group`` now; 0 for a group nobody has joined.
+
+        A member that crashed counts until the bus declares it dead (its session
+        timeout); one that closed its consumer stops counting at once.
         """
         ...
 

@@ -153,6 +153,10 @@ class EmbeddedBus:
 
         self._write(work)
 
+    def members(self, group: str) -> int:
+        """Members of ``group`` whose heartbeat is not older than their session timeout."""
+        return self._read(lambda c: groups.live_members(c, group, now_ms()))
+
     def partitions(self, topic: str, group: str | None = None) -> list[PartitionInfo]:
         topic_id, _ = self._topic(topic)
 

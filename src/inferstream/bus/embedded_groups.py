@@ -4,7 +4,7 @@ Members of a group are rows with an expiry (last heartbeat + session timeout). A
 member that notices a change — a join, a leave, a member whose heartbeat expired —
 rebalances inside the same write transaction: it bumps the group's generation and
 recomputes who owns which partition, deterministically from the sorted member ids
-(round-robin over the sorted ``(topic, partition)`` list). A partition whose owner
+(partition ``p`` of every topic to member ``p mod n``: co-partitioned). A partition whose owner
 changes gets a new *epoch*; a member remembers the epoch it was given, and a commit
 whose epoch no longer matches is refused (fencing), so a member that stalled past
 its session timeout, and was removed by another member meanwhile, can neither
@@ -103,12 +103,13 @@ def rebalance(conn: sqlite3.Connection, group: str) -> None:
         )
     }
     changes = []
-    index = 0
     for topic in sorted(subscribers):
         for part in range(_partition_count(conn, topic)):
+            # By partition number, like Kafka's range assignor: partition p of every
+            # topic a member reads goes to the same member, so a stage joining several
+            # topics meets every message of one key in one worker (co-partitioning).
             owners = subscribers[topic]
-            owner = owners[index % len(owners)]
-            index += 1
+            owner = owners[part % len(owners)]
             if current.get((topic, part)) != owner:
                 changes.append((group, topic, part, owner))
     conn.executemany(
@@ -122,6 +123,18 @@ def rebalance(conn: sqlite3.Connection, group: str) -> None:
 def _partition_count(conn: sqlite3.Connection, topic: str) -> int:
     row = conn.execute("SELECT partitions FROM topics WHERE name = ?", (topic,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def live_members(conn: sqlite3.Connection, group: str, now: int) -> int:
+    """Members of ``group`` whose heartbeat has not expired at ``now``.
+
+    An expired member still has its row until another member's heartbeat removes it,
+    so the rows alone would count a crashed worker for ever in an idle group.
+    """
+    row = conn.execute(
+        "SELECT COUNT(*) FROM members WHERE grp = ? AND expires_ms >= ?", (group, now)
+    ).fetchone()
+    return int(row[0])
 
 
 def generation(conn: sqlite3.Connection, group: str) -> int:

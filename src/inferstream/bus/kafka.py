@@ -46,7 +46,6 @@ from inferstream.errors import BusError, ConfigError, UnknownTopicError
 #: How long one admin or metadata request may take before we call the cluster unreachable.
 REQUEST_TIMEOUT_S = 10.0
 
-
 #: Answers to AlterConsumerGroupOffsets that mean "the group is not idle".
 _BUSY_GROUP_CODES = ("UNKNOWN_MEMBER_ID", "NON_EMPTY_GROUP", "REBALANCE_IN_PROGRESS")
 
@@ -203,7 +202,8 @@ class KafkaBus:
     ) -> KafkaConsumer:
         for topic in topics:
             self._partition_count(topic)
-        return KafkaConsumer(self.settings.consumer_config(group, start), group, topics)
+        config = self.settings.consumer_config(group, start, copartition=len(topics) > 1)
+        return KafkaConsumer(config, group, topics)
 
     # -- offsets and groups ------------------------------------------------------------
 
@@ -249,6 +249,22 @@ class KafkaBus:
         except self._ck.KafkaException as exc:
             raise translate(f"listing consumer groups on {self.settings.bootstrap}", exc) from exc
         return sorted(group.group_id for group in answer.valid)
+
+    def members(self, group: str) -> int:
+        """Members of ``group`` now (DescribeGroups); 0 for a group the broker does not know."""
+        futures = self._admin_client().describe_consumer_groups(
+            [group], request_timeout=REQUEST_TIMEOUT_S
+        )
+        try:
+            found = futures[group].result()
+        except self._ck.KafkaException as exc:
+            if code_name(exc.args[0]) == "GROUP_ID_NOT_FOUND":
+                return 0
+            raise translate(f"describing group {group!r}", exc) from exc
+        # tansu 0.6 lists no members even for a stable group: a group neither empty nor
+        # dead has at least one.
+        idle = (self._ck.ConsumerGroupState.EMPTY, self._ck.ConsumerGroupState.DEAD)
+        return max(len(found.members), int(found.state not in idle))
 
     def seek_group(self, group: str, topic: str, target: SeekTarget | SeekToTimestamp) -> None:
         """Move ``group`` on every partition of ``topic`` with AlterConsumerGroupOffsets.

@@ -38,10 +38,16 @@ class KafkaSettings:
         return {"linger.ms": "5", **self._base(), "enable.idempotence": "true", "acks": "all"}
 
     def consumer_config(
-        self, group: str, start: Literal["earliest", "latest"] = "earliest"
+        self,
+        group: str,
+        start: Literal["earliest", "latest"] = "earliest",
+        *,
+        copartition: bool = False,
     ) -> dict[str, str]:
+        """Settings of a group member; ``copartition`` gives partition p of every topic
+        to one member (range assignment), which a stage joining several topics needs."""
         defaults = {
-            "partition.assignment.strategy": "cooperative-sticky",
+            "partition.assignment.strategy": "range" if copartition else "cooperative-sticky",
             # Short timeouts: a stalled member loses its partitions quickly, and tansu
             # holds every group join for max.poll.interval.ms.
             "max.poll.interval.ms": "10000",

@@ -3,8 +3,8 @@
 A :class:`Codec` names a content type and knows how to *sniff* it from the first
 bytes, *check* an upload (header sizes first, then a full decode, so a truncated
 file or a decompression bomb is refused at ingest with the reason), *decode* it
-to pixels and so *render* it as a PNG for people. PNG, JPEG, NumPy ``.npy`` and
-DICOM are built in; :func:`register_codec` adds more. An application may take the
+to pixels and so *render* it as a PNG for people. PNG, JPEG, WebP, NumPy ``.npy``
+and DICOM are built in; :func:`register_codec` adds more. An application may take the
 place of a codec's check for its own contract (the scan contract of the bundled
 application), but never skips it: see :func:`check`.
 """
@@ -64,8 +64,8 @@ def sniff(data: bytes) -> Codec:
         if codec.sniff(data):
             return codec
     raise UnsupportedContent(
-        "file is none of the known kinds: DICOM (Part 10, 'DICM' at byte 128), PNG, JPEG or "
-        "NumPy .npy"
+        "file is none of the known kinds: DICOM (Part 10, 'DICM' at byte 128), PNG, JPEG, "
+        "WebP or NumPy .npy"
     )
 
 
@@ -108,6 +108,7 @@ for _codec in (
     Codec(dicom.CONTENT_TYPE, dicom.sniff, dicom.check, dicom.decode, dicom.blank_preamble),
     Codec(raster.PNG, raster.is_png, raster.check_png, raster.decode),
     Codec(raster.JPEG, raster.is_jpeg, raster.check_jpeg, raster.decode),
+    Codec(raster.WEBP, raster.is_webp, raster.check_webp, raster.decode),
     Codec(npy.CONTENT_TYPE, npy.sniff, npy.check, npy.decode),
 ):
     register_codec(_codec)

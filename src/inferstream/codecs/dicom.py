@@ -36,9 +36,9 @@ def blank_preamble(data: bytes) -> bytes:
 
 def check(data: bytes, limits: ImageLimits) -> Checked:
     dataset = _read(data, pixels=False)
-    rows, cols = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    rows, cols = _count(dataset, "Rows", None), _count(dataset, "Columns", None)
     check_dimensions(cols, rows, limits)
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    frames = _count(dataset, "NumberOfFrames", 1)
     if frames != 1:
         raise InvalidInput(f"DICOM holds {frames} frames; send one image per file")
     pixels = decode(data)
@@ -46,7 +46,7 @@ def check(data: bytes, limits: ImageLimits) -> Checked:
         raise InvalidInput(
             f"DICOM pixel data decoded to {pixels.shape}, the header says {rows}x{cols}"
         )
-    modality = str(dataset.get("Modality", ""))
+    modality = str(_value(dataset, "Modality") or "")
     return Checked(data, CONTENT_TYPE, {"width": str(cols), "height": str(rows),
                                         "modality": modality})  # fmt: skip
 
@@ -59,6 +59,30 @@ def decode(data: bytes) -> np.ndarray:
             return np.asarray(dataset.pixel_array)
     except Exception as exc:  # pydicom and its plugins raise many types on damage
         raise InvalidInput(f"DICOM pixel data is unreadable: {exc!s:.300}") from exc
+
+
+def _value(dataset: Any, keyword: str) -> Any:
+    """An element's value; pydicom parses values when asked, so damage shows here."""
+    try:
+        return dataset.get(keyword)
+    except Exception as exc:  # found by fuzzing: any of pydicom's parse errors
+        raise InvalidInput(f"DICOM {keyword} is unreadable: {exc!s:.200}") from exc
+
+
+def _count(dataset: Any, keyword: str, default: int | None) -> int:
+    """A whole number the header must hold (``default`` where it may be absent)."""
+    value = _value(dataset, keyword)
+    if value is None or value == "":
+        if default is None:
+            raise InvalidInput(f"DICOM {keyword} is missing or empty; it must give the image size")
+        return default
+    try:
+        count = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"DICOM {keyword} is {value!r:.40}, not a whole number") from exc
+    if count < 0:
+        raise InvalidInput(f"DICOM {keyword} is {count}, below 0")
+    return count
 
 
 def _read(data: bytes, *, pixels: bool) -> Any:

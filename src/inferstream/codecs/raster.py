@@ -1,4 +1,5 @@
-"""PNG and JPEG: sizes read from the header before decoding, then a full OpenCV decode."""
+"""PNG, JPEG and WebP: sizes read from the header before decoding, then a full OpenCV
+decode."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from inferstream.codecs.limits import Checked, ImageLimits, check_dimensions
 from inferstream.errors import InvalidInput
 
-PNG, JPEG = "image/png", "image/jpeg"
+PNG, JPEG, WEBP = "image/png", "image/jpeg", "image/webp"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (C4, C8 and CC are other segments).
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -22,6 +23,10 @@ def is_png(data: bytes) -> bool:
 
 def is_jpeg(data: bytes) -> bool:
     return data.startswith(b"\xff\xd8\xff")
+
+
+def is_webp(data: bytes) -> bool:
+    return data[:4] == b"RIFF" and data[8:12] == b"WEBP"
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -49,12 +54,30 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     raise InvalidInput("JPEG is truncated or corrupt: no start-of-frame segment found")
 
 
+def webp_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the first chunk of a WebP file (lossy, lossless or extended)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:  # canvas size, 24 bits each, minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:  # 14 bits each, minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    raise InvalidInput("WebP is truncated or corrupt: no VP8, VP8L or VP8X header chunk")
+
+
 def check_png(data: bytes, limits: ImageLimits) -> Checked:
     return _check(data, PNG, png_size(data), limits)
 
 
 def check_jpeg(data: bytes, limits: ImageLimits) -> Checked:
     return _check(data, JPEG, jpeg_size(data), limits)
+
+
+def check_webp(data: bytes, limits: ImageLimits) -> Checked:
+    return _check(data, WEBP, webp_size(data), limits)
 
 
 def _check(data: bytes, kind: str, size: tuple[int, int], limits: ImageLimits) -> Checked:

@@ -11,29 +11,32 @@ a consumer group, runs its steps fused on every micro-batch, and writes one topi
     blobs: file://.inferstream/blobs
     claim_check_kb: 256                       # larger payloads go to the blob store
     topics:
-      scans.raw: {partitions: 4, retention_hours: 24}
+      images.raw: {partitions: 4, retention_hours: 24}
     stages:
       - name: classify
-        input: scans.raw
-        output: scans.predicted
-        steps: [decode_dicom, preprocess_scan, {step: classify, model: egg_sexing}]
+        input: images.raw
+        output: images.predicted
+        steps: [{step: classify, model: my_model}]
         batch: {max_size: 64, max_wait_ms: 5}
         replicas: 2
       - name: store
-        input: scans.predicted
+        input: images.predicted
         steps: [store_results]
 
-Three modules, each importing only those before it:
+Modules, each importing only those before it:
 
 - :mod:`~inferstream.pipeline.spec` — the frozen dataclasses and their defaults.
-- :mod:`~inferstream.pipeline.parse` — a mapping to a spec; wiring checks and warnings.
+- :mod:`~inferstream.pipeline.operators` — ``join:`` and ``window:`` into their specs.
+- :mod:`~inferstream.pipeline.parse` — a mapping to a spec; wiring checks.
+- :mod:`~inferstream.pipeline.hints` — what runs but is likely a mistake (warnings).
 - :mod:`~inferstream.pipeline.load` — the YAML file, its line numbers, ``${VAR}``.
 """
 
 from __future__ import annotations
 
+from inferstream.pipeline.hints import wiring_warnings
 from inferstream.pipeline.load import load_pipeline
-from inferstream.pipeline.parse import validate, wiring_warnings
+from inferstream.pipeline.parse import validate
 from inferstream.pipeline.spec import (
     DEFAULT_BLOBS,
     DEFAULT_BUS,
@@ -41,6 +44,8 @@ from inferstream.pipeline.spec import (
     DEFAULT_STORE,
     BatchSettings,
     PipelineSpec,
+    PromotionSpec,
+    RetrainSpec,
     StageSpec,
     StepSpec,
 )
@@ -52,6 +57,8 @@ __all__ = [
     "DEFAULT_STORE",
     "BatchSettings",
     "PipelineSpec",
+    "PromotionSpec",
+    "RetrainSpec",
     "StageSpec",
     "StepSpec",
     "load_pipeline",

@@ -67,9 +67,14 @@ def _expand_env(value: Any, file: Path) -> Any:
     """Replace ``${NAME}``/``${NAME:-default}``; an unquoted lone reference is retyped."""
     if isinstance(value, str):
         expanded = str(_ENV_PATTERN.sub(lambda m: _env_value(m, file), value))
-        if _retyped(value) and expanded != value:
-            # `replicas: ${REPLICAS:-2}` should be the number 2, as if written so.
-            return yaml.safe_load(expanded) if expanded else expanded
+        if _retyped(value) and expanded != value and expanded:
+            # `replicas: ${REPLICAS:-2}` should be the number 2, as if written so; a value
+            # that is not a YAML scalar (`*x`, `{a`, found by fuzzing) stays the text it is.
+            try:
+                retyped = yaml.safe_load(expanded)
+            except yaml.YAMLError:
+                return expanded
+            return retyped if isinstance(retyped, int | float | bool) else expanded
         return expanded
     if isinstance(value, dict):
         return {_expand_env(k, file): _expand_env(v, file) for k, v in value.items()}
@@ -87,9 +92,14 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
     """Read and validate a pipeline file; :class:`ConfigError` names file and line."""
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read pipeline file {file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:  # (found by fuzzing)
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+            "save the pipeline file as UTF-8"
+        ) from exc
     try:
         raw = yaml.load(text, Loader=_LineLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:

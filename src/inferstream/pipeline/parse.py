@@ -15,6 +15,7 @@ from typing import Any
 from inferstream.application import app_named
 from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
+from inferstream.pipeline.operators import idle_ms, parse_join, parse_window
 from inferstream.pipeline.spec import (
     DEFAULT_BLOBS,
     DEFAULT_BUS,
@@ -22,14 +23,40 @@ from inferstream.pipeline.spec import (
     DEFAULT_STORE,
     BatchSettings,
     PipelineSpec,
+    PromotionSpec,
+    RetrainSpec,
     StageSpec,
     StepSpec,
     did_you_mean,
+    file_prefix,
+    line_prefix,
 )
+from inferstream.routing import parse_routes, topic_list
 from inferstream.steps import resolve_factory
 
-PIPELINE_KEYS = {"name", "app", "bus", "store", "blobs", "claim_check_kb", "topics", "stages"}
-STAGE_KEYS = {"name", "input", "output", "steps", "batch", "replicas", "max_attempts", "nice"}
+PIPELINE_KEYS = {
+    "name", "app", "bus", "store", "blobs", "claim_check_kb", "topics", "stages", "promotion",
+    "retraining",
+}  # fmt: skip
+RETRAIN_KEYS = {"model", "learner", "alias", "head", "min_new_labels", "every_s", "labels_from"}
+PROMOTION_KEYS = {
+    "model", "champion", "challenger", "head", "min_labels", "alpha", "margin",
+    "demote_below", "labels_from",
+}  # fmt: skip
+STAGE_KEYS = {
+    "name",
+    "input",
+    "output",
+    "routes",
+    "start",
+    "steps",
+    "join",
+    "window",
+    "batch",
+    "replicas",
+    "max_attempts",
+    "nice",
+}
 BATCH_KEYS = {"max_size", "max_wait_ms"}
 TOPIC_KEYS = {"partitions", "retention_hours", "max_messages"}
 
@@ -87,7 +114,7 @@ def _parse_step(raw: Any, where: str) -> StepSpec:
         return StepSpec(ref=raw["step"], params=params, line=raw.get("__line__"))
     raise ConfigError(
         f"{where}: a step is a name ('decode_dicom') or a mapping with 'step' and its "
-        f"parameters ({{step: classify, model: egg_sexing}}), got {raw!r}"
+        f"parameters ({{step: classify, model: my_model}}), got {raw!r}"
     )
 
 
@@ -96,26 +123,65 @@ def _parse_stage(raw: Any, file: Path) -> StageSpec:
         raise ConfigError(f"{file}: each stage must be a mapping with name, input and steps")
     where = _at(file, raw)
     _check_keys(raw, STAGE_KEYS, "stage", where)
-    for key in ("name", "input"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise ConfigError(f"{where}: stage needs a {key!r} (a non-empty string)")
-    output = raw.get("output")
-    if output is not None and not isinstance(output, str):
-        raise ConfigError(f"{where}: output must be a topic name, got {output!r}")
-    steps = raw.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise ConfigError(f"{where}: stage {raw['name']!r} needs a non-empty list of steps")
+    if not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise ConfigError(f"{where}: stage needs a 'name' (a non-empty string)")
+    if "input" not in raw:
+        raise ConfigError(f"{where}: stage {raw['name']!r} needs an 'input' topic")
+    join = parse_join(raw.get("join"), where)
+    window = parse_window(raw.get("window"), where)
+    if join is not None and window is not None:
+        raise ConfigError(f"{where}: a stage has a join or a window, not both; use two stages")
     return StageSpec(
         name=raw["name"],
-        input=raw["input"],
-        output=output,
-        steps=tuple(_parse_step(s, where) for s in steps),
+        input=_one_or_many(topic_list(raw["input"], "input", where)),
+        steps=_parse_steps(raw, where, operator=join is not None or window is not None),
+        join=join,
+        window=window,
+        idle_ms=idle_ms(raw, where),
+        start=_start(raw.get("start", "earliest"), where),
         batch=_parse_batch(raw.get("batch"), where),
         replicas=_positive_int(raw, "replicas", 1, where),
         max_attempts=_positive_int(raw, "max_attempts", 3, where),
         nice=_nice(raw.get("nice", 0), where),
         line=raw.get("__line__"),
+        **_parse_destinations(raw, where),
     )
+
+
+def _one_or_many(names: tuple[str, ...]) -> str | tuple[str, ...]:
+    return names[0] if len(names) == 1 else names
+
+
+def _parse_steps(raw: Mapping[str, Any], where: str, *, operator: bool) -> tuple[StepSpec, ...]:
+    """The stage's steps; a join or window stage may have none (the operator is its work)."""
+    steps = raw.get("steps", [] if operator else None)
+    if not isinstance(steps, list) or (not steps and not operator):
+        raise ConfigError(f"{where}: stage {raw['name']!r} needs a non-empty list of steps")
+    return tuple(_parse_step(s, where) for s in steps)
+
+
+def _parse_destinations(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``output`` (one topic or a list: broadcast) or ``routes``; neither makes a sink."""
+    if "output" in raw and "routes" in raw:
+        raise ConfigError(
+            f"{where}: use 'output' (every output to these topics) or 'routes' (by a "
+            "predicate), not both"
+        )
+    if "routes" in raw:
+        routes, otherwise = parse_routes(raw["routes"], where)
+        return {"routes": routes, "otherwise": otherwise}
+    if raw.get("output") is None:
+        return {}
+    return {"output": _one_or_many(topic_list(raw["output"], "output", where))}
+
+
+def _start(value: Any, where: str) -> Any:
+    if value not in ("earliest", "latest"):
+        raise ConfigError(
+            f"{where}: start must be 'earliest' (a new group reads the retained log from its "
+            f"oldest message) or 'latest' (only new messages), got {value!r}"
+        )
+    return value
 
 
 def _nice(value: Any, where: str) -> int:
@@ -143,7 +209,7 @@ def _parse_retention(settings: Mapping[str, Any], where: str) -> RetentionPolicy
 
 def _topic_settings(value: Any, where: str) -> dict[str, Any]:
     if isinstance(value, int) and not isinstance(value, bool):
-        return {"partitions": value}  # `scans.raw: 4` is short for {partitions: 4}
+        return {"partitions": value}  # `images.raw: 4` is short for {partitions: 4}
     if value is None or isinstance(value, dict):
         return value or {}
     raise ConfigError(f"{where}: use {{partitions: N}} (or just N), got {value!r}")
@@ -166,6 +232,85 @@ def _parse_topics(raw: Any, file: Path) -> tuple[dict[str, int], dict[str, Reten
         if policy is not None:
             retention[str(name)] = policy
     return topics, retention
+
+
+def _parse_promotions(raw: Any, file: Path) -> tuple[PromotionSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{file}: promotion is a list of policies, e.g. - model: NAME")
+    made = []
+    for entry in raw:
+        where = f"{_at(file, entry) if isinstance(entry, dict) else file} promotion"
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            raise ConfigError(f"{where}: each policy names its model (model: NAME)")
+        _check_keys(entry, PROMOTION_KEYS, "promotion policy", where)
+        numbers = {}
+        for key, low, high in (
+            ("alpha", 0.0, 1.0),
+            ("margin", 0.0, 1.0),
+            ("demote_below", 0.0, 1.0),
+        ):
+            value = entry.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not low <= value <= high):  # fmt: skip
+                raise ConfigError(f"{where}: {key} must be a number from {low} to {high}")
+            numbers[key] = value
+        tenants = entry.get("labels_from", [])
+        if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
+            raise ConfigError(f"{where}: labels_from is a list of tenant names")
+        made.append(
+            PromotionSpec(
+                model=entry["model"],
+                champion=str(entry.get("champion", "champion")),
+                challenger=str(entry.get("challenger", "challenger")),
+                head=str(entry.get("head", "")),
+                min_labels=_positive_int(entry, "min_labels", 200, where),
+                alpha=float(numbers["alpha"] if numbers["alpha"] is not None else 0.05),
+                margin=float(numbers["margin"] or 0.0),
+                demote_below=numbers["demote_below"],
+                labels_from=tuple(tenants),
+            )
+        )
+    return tuple(made)
+
+
+def _parse_retraining(raw: Any, file: Path) -> tuple[RetrainSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"{file}: retraining is a list of models, e.g. - {{model: NAME, learner: LEARNER}}"
+        )
+    made = []
+    for entry in raw:
+        where = f"{_at(file, entry) if isinstance(entry, dict) else file} retraining"
+        if not isinstance(entry, dict) or not all(
+            isinstance(entry.get(key), str) and entry[key] for key in ("model", "learner")
+        ):
+            raise ConfigError(
+                f"{where}: each entry names its model and the application's learner "
+                "(model: NAME, learner: LEARNER)"
+            )
+        _check_keys(entry, RETRAIN_KEYS, "retraining entry", where)
+        every = entry.get("every_s", 30.0)
+        if isinstance(every, bool) or not isinstance(every, int | float) or not every > 0:
+            raise ConfigError(f"{where}: every_s must be a number of seconds above 0")
+        tenants = entry.get("labels_from", [])
+        if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
+            raise ConfigError(f"{where}: labels_from is a list of tenant names")
+        made.append(
+            RetrainSpec(
+                model=entry["model"],
+                learner=entry["learner"],
+                alias=str(entry.get("alias", "challenger")),
+                head=str(entry.get("head", "")),
+                min_new_labels=_positive_int(entry, "min_new_labels", 200, where),
+                every_s=float(every),
+                labels_from=tuple(tenants),
+            )
+        )
+    return tuple(made)
 
 
 def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
@@ -192,19 +337,17 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
         claim_check_bytes=1024
         * _positive_int(raw, "claim_check_kb", DEFAULT_CLAIM_CHECK_BYTES // 1024, where),
         source=file,
+        promotions=_parse_promotions(raw.get("promotion"), file),
+        retraining=_parse_retraining(raw.get("retraining"), file),
     )
-
-
-def _stage_where(stage: StageSpec) -> str:
-    return f"line {stage.line}: " if stage.line else ""
 
 
 def _has_cycle(spec: PipelineSpec) -> list[str] | None:
     """Return the topics of a cycle (topic -> stage -> topic ...) if there is one."""
     edges: dict[str, list[str]] = {}
     for stage in spec.stages:
-        if stage.output:
-            edges.setdefault(stage.input, []).append(stage.output)
+        for topic in stage.inputs:
+            edges.setdefault(topic, []).extend(stage.router.all_topics())
     state: dict[str, int] = {}
 
     def visit(topic: str, path: list[str]) -> list[str] | None:
@@ -228,73 +371,77 @@ def validate(spec: PipelineSpec) -> None:
     problems = wiring_problems(spec)
     if problems:
         raise ConfigError(
-            _where(spec) + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems)
+            file_prefix(spec) + ("\n  " if len(problems) > 1 else "") + "\n  ".join(problems)
         )
-
-
-def wiring_warnings(spec: PipelineSpec) -> list[str]:
-    """What in a valid pipeline is likely a mistake (it runs as it is), one line each."""
-    return [_where(spec) + warning for warning in unread_dead_letters(spec)]
-
-
-def _where(spec: PipelineSpec) -> str:
-    return f"{spec.source}: " if spec.source else ""
 
 
 def wiring_problems(spec: PipelineSpec) -> list[str]:
     """Every wiring problem: duplicate stages, unknown steps, unfed topics, cycles."""
     problems: list[str] = []
     try:
-        app_steps = app_named(spec.app).steps if spec.app else {}
+        app = app_named(spec.app) if spec.app else None
     except ConfigError as exc:
         problems.append(str(exc))
-        app_steps = {}
+        app = None
+    app_steps = app.steps if app else {}
+    for retrain in spec.retraining:
+        learners = app.learners if app else {}
+        if retrain.learner not in learners:
+            known = ", ".join(sorted(learners)) or "none"
+            problems.append(
+                f"retraining of {retrain.model!r} names learner {retrain.learner!r}, which the "
+                f"pipeline's application does not declare (its learners: {known})"
+            )
     names = [s.name for s in spec.stages]
     problems += [
         f"stage {n!r} is defined twice" for n in sorted({n for n in names if names.count(n) > 1})
     ]
-    produced = set(spec.topics) | {s.output for s in spec.stages if s.output}
-    produced |= {f"{s.input}.dlq" for s in spec.stages}  # the workers write dead letters
+    produced = produced_topics(spec)
     for stage in spec.stages:
-        where = _stage_where(stage)
-        if stage.input not in produced:
-            hint = did_you_mean(stage.input, sorted(produced))
-            problems.append(
-                f"{where}stage {stage.name!r} reads topic {stage.input!r} that no stage writes "
-                f"and that is not declared under 'topics'{hint}"
-            )
-        if stage.output and stage.output.endswith(".dlq"):
-            problems.append(
-                f"{where}stage {stage.name!r} writes {stage.output!r}: .dlq topics are the worker's"
-            )
-        for step in stage.steps:
-            try:
-                resolve_factory(step.ref, app_steps)
-            except ConfigError as exc:
-                line = f"line {step.line}: " if step.line else where
-                problems.append(f"{line}stage {stage.name!r}: {exc}")
+        problems += _stage_problems(spec, stage, produced, app_steps)
     cycle = _has_cycle(spec)
     if cycle:
         problems.append("topics form a cycle: " + " -> ".join(cycle))
     return problems
 
 
-def unread_dead_letters(spec: PipelineSpec) -> list[str]:
-    """A warning for each stage whose dead-letter topic no stage of the pipeline reads.
-
-    Such dead letters pile up on the bus where nobody looks. Stages that themselves
-    read a dead-letter topic are left out: a reader of their ``.dlq.dlq`` would need
-    one of its own, without end.
-    """
-    read = {stage.input for stage in spec.stages}
-    warnings = []
+def produced_topics(spec: PipelineSpec) -> set[str]:
+    """Topics something writes: declared ones, stage outputs, dead letters and late events."""
+    produced = set(spec.topics)
     for stage in spec.stages:
-        dlq = f"{stage.input}.dlq"
-        if stage.input.endswith(".dlq") or dlq in read:
-            continue
-        warnings.append(
-            f"{_stage_where(stage)}stage {stage.name!r} dead-letters failing messages to "
-            f"{dlq!r}, which no stage reads; add a stage reading it (input: {dlq}), e.g. "
-            "with steps: [store_results] to keep them and their errors in the results store"
+        produced |= stage.writes()
+    return produced
+
+
+def _stage_problems(
+    spec: PipelineSpec, stage: StageSpec, produced: set[str], app_steps: Mapping[str, str]
+) -> list[str]:
+    where = line_prefix(stage)
+    problems = []
+    for topic in stage.inputs:
+        if topic not in produced:
+            hint = did_you_mean(topic, sorted(produced))
+            problems.append(
+                f"{where}stage {stage.name!r} reads topic {topic!r} that no stage writes "
+                f"and that is not declared under 'topics'{hint}"
+            )
+    for topic in stage.router.all_topics():
+        if topic.endswith((".dlq", ".late")):
+            problems.append(
+                f"{where}stage {stage.name!r} writes {topic!r}: .dlq and .late topics are "
+                "the worker's"
+            )
+    widths = {spec.partitions(topic) for topic in stage.inputs}
+    if stage.stateful and len(widths) > 1:
+        problems.append(
+            f"{where}stage {stage.name!r} keeps state over {', '.join(stage.inputs)}, which "
+            "have different partition counts; give them the same 'partitions' so one key "
+            "meets the same worker on every input"
         )
-    return warnings
+    for step in stage.steps:
+        try:
+            resolve_factory(step.ref, app_steps)
+        except ConfigError as exc:
+            line = f"line {step.line}: " if step.line else where
+            problems.append(f"{line}stage {stage.name!r}: {exc}")
+    return problems

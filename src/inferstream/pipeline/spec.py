@@ -11,15 +11,22 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
+from inferstream.routing import Route, Router
+
+if TYPE_CHECKING:
+    from inferstream.dataflow.join import JoinSpec
+    from inferstream.dataflow.window import WindowSpec
 
 DEFAULT_BUS = "sqlite:///.inferstream/bus.db"
 DEFAULT_STORE = "sqlite:///.inferstream/results.db"
 DEFAULT_BLOBS = "file://.inferstream/blobs"
 DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
+#: How long a caught-up input of a join or window stays quiet before it counts as idle.
+DEFAULT_IDLE_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -39,10 +46,29 @@ class StepSpec:
 
 @dataclass(frozen=True)
 class StageSpec:
+    """One stage: what it reads, the steps it runs, where its outputs go.
+
+    ``input`` and ``output`` take one topic or a tuple of them (read several topics;
+    broadcast every output to several). ``routes`` replace ``output`` when outputs go
+    to topics by a predicate (:mod:`inferstream.routing`). A stage with ``join`` or
+    ``window`` is stateful: the operator runs first, its outputs then go through the
+    steps (:mod:`inferstream.dataflow`).
+    """
+
     name: str
-    input: str
+    input: str | tuple[str, ...]
     steps: tuple[StepSpec, ...]
-    output: str | None = None
+    output: str | tuple[str, ...] | None = None
+    routes: tuple[Route, ...] = ()
+    #: Topics for outputs that no route takes; ``("drop",)`` discards them.
+    otherwise: tuple[str, ...] = ()
+    #: Where a new consumer group starts reading: the oldest retained message or new ones.
+    start: Literal["earliest", "latest"] = "earliest"
+    join: JoinSpec | None = None
+    window: WindowSpec | None = None
+    #: A join or window input with no lag that sent nothing for this long is idle: its
+    #: watermark follows the clock, so the last window closes and joins time out.
+    idle_ms: float = DEFAULT_IDLE_MS
     batch: BatchSettings = BatchSettings()
     replicas: int = 1
     #: Attempts per message before it goes to ``<input>.dlq``.
@@ -52,9 +78,76 @@ class StageSpec:
     nice: int = 0
     line: int | None = None
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,) if isinstance(self.input, str) else tuple(self.input)
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        if self.output is None:
+            return ()
+        return (self.output,) if isinstance(self.output, str) else tuple(self.output)
+
+    @property
+    def router(self) -> Router:
+        return Router(outputs=self.outputs, routes=self.routes, otherwise=self.otherwise)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the stage keeps durable state (a join or a window)."""
+        return self.join is not None or self.window is not None
+
     def group(self, pipeline: str) -> str:
         """Consumer group id: replicas of a stage share it and split the partitions."""
         return f"{pipeline}.{self.name}"
+
+    def writes(self) -> set[str]:
+        """Every topic the stage's workers may write: its outputs and routes, the dead
+        letters of its inputs, and (a join or window) their late events."""
+        topics = set(self.router.all_topics()) | {f"{topic}.dlq" for topic in self.inputs}
+        if self.stateful:
+            topics |= {f"{topic}.late" for topic in self.inputs}
+        return topics
+
+
+@dataclass(frozen=True)
+class PromotionSpec:
+    """A promotion policy the pipeline's chores apply (``promotion:`` in the file):
+    challenger against champion on labelled records, and demotion of a champion whose
+    accuracy falls below a floor (:mod:`inferstream.promotion`)."""
+
+    model: str
+    champion: str = "champion"
+    challenger: str = "challenger"
+    head: str = ""  # the application's first head by default
+    min_labels: int = 200
+    alpha: float = 0.05
+    margin: float = 0.0
+    #: Roll the champion back when even the upper end of its accuracy's 95 % interval
+    #: is below this (with at least ``min_labels`` labelled records); None: never.
+    demote_below: float | None = None
+    #: Tenants whose labelled records count; empty: every tenant the store knows.
+    labels_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RetrainSpec:
+    """Continuous retraining (``retraining:`` in the file), run by the pipeline's trainer
+    process: once ``min_new_labels`` more records are labelled than the newest retrained
+    version learnt from, the application's ``learner`` fits a new version on every
+    labelled record, which is registered and given ``alias`` (a shadow step follows it),
+    then left to the pipeline's promotion policy (:mod:`inferstream.retraining`)."""
+
+    model: str
+    #: A learner the application declares (``AppSpec.learners``).
+    learner: str
+    alias: str = "challenger"
+    head: str = ""  # the application's first head by default
+    min_new_labels: int = 200
+    #: How often the trainer looks for new labels (and runs the promotion policies).
+    every_s: float = 30.0
+    #: Tenants whose labelled records it learns from; empty: every tenant the store knows.
+    labels_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +166,11 @@ class PipelineSpec:
     source: Path | None = None
     #: The application whose records this pipeline makes (its steps, models, schema).
     app: str | None = None
+    #: Promotion policies the chores apply (``inferstream up`` every minute, and its
+    #: trainer process at its own pace when the file retrains a model).
+    promotions: tuple[PromotionSpec, ...] = ()
+    #: Models retrained while the pipeline runs (a trainer process beside the workers).
+    retraining: tuple[RetrainSpec, ...] = ()
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.stages:
@@ -82,8 +180,37 @@ class PipelineSpec:
         raise ConfigError(f"pipeline {self.name!r} has no stage {name!r}{hint}")
 
     def partitions(self, topic: str) -> int:
-        """Partition count of ``topic``: declared, or that of the pipeline's widest input."""
+        """Partition count of ``topic``: declared, or that of the pipeline's widest input.
+
+        Dead letters and late events keep their message's key, so ``x.dlq`` and
+        ``x.late`` have as many partitions as ``x``: one key stays on one partition
+        number, and a stateful stage reading ``x`` and ``x.dlq`` sees it in one task.
+        """
+        if topic not in self.topics:
+            for suffix in (".dlq", ".late"):
+                if topic.endswith(suffix):
+                    return self.partitions(topic.removesuffix(suffix))
         return self.topics.get(topic, max(self.topics.values(), default=1))
+
+    def upstream(self, stage_name: str) -> tuple[tuple[str, str], ...]:
+        """(topic, group) of every stage input upstream of ``stage_name`` in this file:
+        the readers of whatever writes its inputs, and theirs, to the sources.
+
+        While any of them has lag, messages that may reach the stage are still on their
+        way; a join or window does not treat its inputs as idle then.
+        """
+        found: dict[tuple[str, str], None] = {}
+        wanted, seen = list(self.stage(stage_name).inputs), set()
+        while wanted:
+            topic = wanted.pop()
+            if topic in seen:
+                continue
+            seen.add(topic)
+            for writer in self.stages:
+                if topic in writer.writes():
+                    found.update(dict.fromkeys((i, writer.group(self.name)) for i in writer.inputs))
+                    wanted += writer.inputs
+        return tuple(sorted(found))
 
     def with_urls(
         self, bus: str | None = None, store: str | None = None, blobs: str | None = None
@@ -92,6 +219,16 @@ class PipelineSpec:
         return dataclasses.replace(
             self, bus=bus or self.bus, store=store or self.store, blobs=blobs or self.blobs
         )
+
+
+def file_prefix(spec: PipelineSpec) -> str:
+    """``path: `` of the file a spec came from (nothing for a spec built in Python)."""
+    return f"{spec.source}: " if spec.source else ""
+
+
+def line_prefix(stage: StageSpec) -> str:
+    """``line N: `` of a stage in its file, to start a message about it."""
+    return f"line {stage.line}: " if stage.line else ""
 
 
 def did_you_mean(word: str, candidates: Sequence[str]) -> str:

@@ -8,14 +8,16 @@ write lock instead of failing. ``postgresql://`` URLs are driven by psycopg 3
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from inferstream.errors import ConfigError, MissingExtraError
+from inferstream.errors import ConfigError, MissingExtraError, StoreError
 
 #: How long a SQLite writer waits for another process's write lock.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -88,3 +90,81 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 def describe(url: str | URL) -> str:
     """The URL without its password, for error messages and logs."""
     return make_url(url).render_as_string(hide_password=True)
+
+
+class SideTables:
+    """A few tables of the runtime's own beside the results (task state, replay requests).
+
+    They are made on open rather than by the results store's migrations: workers that
+    keep state open them before any API has run a migration, and dropping them loses
+    nothing a restart cannot rebuild from the log. What the owners share is here: the
+    engine, creation that tolerates another process creating the tables at the same
+    moment, write transactions that lock up front, and errors that name the store.
+    """
+
+    #: What the tables are, for error messages ("the state store").
+    noun = "the store"
+
+    def __init__(self, url: str, metadata: MetaData) -> None:
+        self.url = describe(url)
+        self._engine = make_engine(url)
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        self._metadata = metadata
+        # Made on first use, not here: opening never needs the database up, so a
+        # worker that only watches these tables starts during a store outage.
+        self._ready = False
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _ensure_tables(self) -> None:
+        if self._ready:
+            return
+        with self._errors(f"create the tables of {self.noun} in"):
+            try:
+                self._create()
+            except DBAPIError:
+                # Another process created them between our check and our CREATE; the
+                # second check finds them. A second failure is a real one.
+                self._create()
+        self._ready = True
+
+    def _create(self) -> None:
+        with self._engine.begin() as conn:
+            if self._sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            self._metadata.create_all(conn, checkfirst=True)
+
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A connection for reading, the tables made first if need be."""
+        self._ensure_tables()
+        with self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A transaction that on SQLite takes the write lock at once.
+
+        Python's sqlite3 begins a deferred transaction, whose first read takes a
+        snapshot that a concurrent writer can invalidate: the later write then fails
+        with SQLITE_BUSY without waiting. BEGIN IMMEDIATE waits (busy timeout) for the
+        lock up front, so a read-then-write cannot interleave with another process's.
+        """
+        self._ensure_tables()
+        with self._engine.begin() as conn:
+            if self._sqlite:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Database failures as :class:`StoreError` (transient: callers retry)."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(
+                f"could not {action} {self.noun} at {self.url}: {type(cause).__name__}: "
+                f"{cause}; check that the database is reachable (workers retry until it is)"
+            ) from exc

@@ -206,3 +206,78 @@ auth_failures = Table(
 
 #: The API's per-tenant tables, under row-level security on PostgreSQL.
 API_TENANT_TABLES = ("users", "api_keys", "scans")
+
+# -- the model registry (migration v0006) ------------------------------------
+
+#: Who owns a model row: "" for the deployment's models, else the tenant's own.
+GLOBAL_OWNER = ""
+
+#: Registered model versions: the ONNX file's digest and where it is kept in the blob
+#: store, and its metadata (labels, tensors, input shape), as registered.
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("owner", String(), nullable=False),
+    Column("name", String(), nullable=False),
+    Column("version", String(), nullable=False),
+    Column("sha256", String(), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("artifact_uri", String(), nullable=False),
+    Column("info", JSON, nullable=False),
+    Column("registered_at_us", BigInteger, nullable=False),
+    Column("registered_by", String(), nullable=False),
+    Column("note", Text(), nullable=False),
+    PrimaryKeyConstraint("owner", "name", "version"),
+)
+
+#: Named pointers to versions (champion, challenger, shadow, or any name).
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column("owner", String(), nullable=False),
+    Column("name", String(), nullable=False),
+    Column("alias", String(), nullable=False),
+    Column("version", String(), nullable=False),
+    Column("set_at_us", BigInteger, nullable=False),
+    Column("set_by", String(), nullable=False),
+    PrimaryKeyConstraint("owner", "name", "alias"),
+)
+
+#: Every change to the registry: who, when, why, and what it was before.
+model_audit = Table(
+    "model_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("owner", String(), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("actor", String(), nullable=False),
+    Column("action", String(), nullable=False),
+    Column("name", String(), nullable=False),
+    Column("alias", String(), nullable=False),
+    Column("from_version", String(), nullable=False),
+    Column("to_version", String(), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Index(None, "owner", "name", "id"),
+)
+
+#: When a stage's worker started serving another version of an alias: per partition,
+#: at the offset of the first message the new version scored.
+model_switches = Table(
+    "model_switches",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at_us", BigInteger, nullable=False),
+    Column("pipeline", String(), nullable=False),
+    Column("stage", String(), nullable=False),
+    Column("worker", String(), nullable=False),
+    Column("name", String(), nullable=False),
+    Column("alias", String(), nullable=False),
+    Column("from_version", String(), nullable=False),
+    Column("to_version", String(), nullable=False),
+    Column("positions", JSON, nullable=False),
+    Index(None, "name", "at_us"),
+)
+
+#: Registry tables whose rows a tenant may own, under row-level security on PostgreSQL
+#: (a tenant sees the deployment's rows and its own).
+REGISTRY_TABLES = ("model_versions", "model_aliases", "model_audit")

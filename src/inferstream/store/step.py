@@ -102,11 +102,11 @@ def check_record(env: Envelope, app: AppSpec) -> None:
             )
     heads = {head.name: head for head in app.heads}
     for prediction in env.predictions:
-        head = heads.get(prediction.head) if prediction.head else app.heads[0]
+        head = heads.get(prediction.head) if prediction.head else app.first_head
         if head is None:
             raise InvalidInput(
                 f"{where}: model {prediction.model_name} answers head {prediction.head!r}, "
-                f"which the application does not have ({', '.join(heads)})"
+                f"which the application does not have ({', '.join(heads) or 'it has none'})"
             )
         if prediction.label not in head.label_names:
             raise InvalidInput(
@@ -132,9 +132,12 @@ def record_rows(
     """The record of one envelope and a row for each of its predictions.
 
     The record carries the champion of the application's first head (the last one,
-    when a later stage refined an earlier); without an application, of any head.
+    when a later stage refined an earlier); without an application, of any head. The
+    record of an application without heads (one that runs no model) carries none.
     """
     _require_tenant(env)
+    if app is not None and app.first_head is None:
+        return _record(env, _no_prediction(env, stored_at_us), stored_at_us, app), []
     first_head = app.heads[0].name if app else ""
     answers = [_prediction(env, p, stored_at_us, first_head) for p in env.predictions]
     headline = [a for a in answers if a.role == "champion" and a.head == first_head]
@@ -165,6 +168,15 @@ def _prediction(
         predicted_at_us=prediction.predicted_at_us or stored_at_us,
         stored_at_us=stored_at_us,
     )
+
+
+def _no_prediction(env: Envelope, stored_at_us: int) -> PredictionRow:
+    """The empty headline of a record no model predicted anything about."""
+    return PredictionRow(
+        tenant=env.tenant, record_id=env.id, head="", role="champion", model_name="",
+        model_version="", label="", confidence=0.0, scores={}, predicted_at_us=stored_at_us,
+        stored_at_us=stored_at_us,
+    )  # fmt: skip
 
 
 def _record(

@@ -171,6 +171,17 @@ class ResultsStore:
             conn.execute(stmt, [_feedback_params(entry)])
         return entry
 
+    def add_feedback_batch(self, entries: Sequence[Feedback]) -> None:
+        """Record many ground truths in one transaction per tenant (a lab's batch of
+        results; later entries for a subject and head replace earlier ones)."""
+        stmt = queries.upsert(feedback, self.engine.dialect.name, "update")
+        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for entry in entries:
+            by_tenant[entry.tenant].append(_feedback_params(entry))
+        for tenant, params in by_tenant.items():
+            with self.tenant_transaction(tenant, "record feedback in") as conn:
+                conn.execute(stmt, params)
+
     def _upsert(
         self,
         conn: Connection,
@@ -248,6 +259,12 @@ class ResultsStore:
         with self.tenant_transaction(tenant, "summarise a group in") as conn:
             rows = conn.execute(queries.summary_by_label(tenant, group)).all()
         return summarise(tenant, group, rows, ratio_label)
+
+    def tenant_names(self) -> list[str]:
+        """Every tenant the API has made (the ``tenants`` table spans tenants)."""
+        with self._errors("list tenants in"), self.engine.connect() as conn:
+            rows = conn.execute(select(schema.tenants.c.name).order_by(schema.tenants.c.name))
+            return [str(name) for name in rows.scalars()]
 
     def list_dead_letters(
         self,

@@ -93,3 +93,19 @@ def test_models_load_from_a_path_and_bad_models_are_refused(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="names no model"):
         build_step("classify", CONTEXT, {})
     assert isinstance(build_step("classify", CONTEXT, {"model": "egg_sexing"}), ClassifyStep)
+
+
+def test_a_shadow_step_leaves_the_tensor_for_the_acting_step_after_it() -> None:
+    specs = make_specs(4, seed=779)
+    inputs = preprocess_batch(render_batch(specs))
+    batch = [_scan_envelope(x, s.egg_id) for x, s in zip(inputs, specs, strict=True)]
+    shadow = build_step("classify", CONTEXT, {"model": "egg_sexing", "role": "shadow"})
+    acting = build_step("classify", CONTEXT, {"model": "egg_sexing"})
+    scored = acting.process(shadow.process(batch))  # type: ignore[arg-type]
+    for out in scored:
+        assert isinstance(out, Envelope) and out.payload.WhichOneof("body") is None
+        roles = [p.role for p in out.predictions]
+        assert roles == [ModelRole.MODEL_ROLE_SHADOW, ModelRole.MODEL_ROLE_CHAMPION]
+        assert out.predictions[0].label == out.predictions[1].label  # the same model
+    (after,) = shadow.process(acting.process(batch[:1]))  # type: ignore[arg-type]
+    assert isinstance(after, InvalidInput) and "list shadow steps before it" in str(after)

@@ -281,7 +281,8 @@ MALFORMED: list[tuple[dict[str, Any], str]] = [
     ({"PatientID": "../../etc/passwd"}, "PatientID '../../etc/passwd' is not a valid egg id"),
     ({"BitsAllocated": 8}, "wrong BitsAllocated: expected 16"),
     ({"SamplesPerPixel": 3}, "wrong SamplesPerPixel: expected 1"),
-    ({"PixelRepresentation": 1}, "wrong PixelRepresentation: expected 0"),
+    ({"PixelRepresentation": 1}, "signed pixels (PixelRepresentation 1) with"),  # negatives
+    ({"PixelRepresentation": 2}, "PixelRepresentation must be 0 (unsigned) or 1"),
     ({"PhotometricInterpretation": "RGB"}, "wrong PhotometricInterpretation"),
     ({"NumberOfFrames": 2}, "multi-frame scan"),
     ({"Rows": 60000, "Columns": 60000}, "absurd dimensions: Rows is 60000, outside 16..1024"),
@@ -309,6 +310,35 @@ def test_malformed_scans_are_refused_with_the_reason(
         decoder(data)
     assert reason in str(caught.value)
     assert isinstance(caught.value, InvalidInput)
+
+
+@pytest.mark.parametrize("decoder", BOTH)
+def test_every_problem_of_a_scan_is_said_at_once(decoder: Decoder) -> None:
+    data = scan_bytes(Modality="CT", PatientID=None, ClinicalTrialTimePointID="99")
+    with pytest.raises(InvalidScan) as caught:
+        decoder(data)
+    said = str(caught.value)
+    assert said.startswith("3 problems: (1) wrong modality: expected MR, got CT; (2) missing "
+                           "required tag PatientID"), said  # fmt: skip
+    assert "(3) ClinicalTrialTimePointID (0012,0050) '99'" in said
+
+
+@pytest.mark.parametrize("decoder", BOTH)
+@pytest.mark.parametrize("bits", [16, 12])
+def test_signed_pixels_are_taken_when_none_is_negative(decoder: Decoder, bits: int) -> None:
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 1 << (bits - 1), (64, 64), dtype=np.int16)
+    fields = {"BitsStored": bits, "HighBit": bits - 1}
+    signed = scan_bytes(rows=64, cols=64, PixelRepresentation=1,
+                        PixelData=values.tobytes(), **fields)  # fmt: skip
+    unsigned = scan_bytes(rows=64, cols=64, PixelData=values.astype(np.uint16).tobytes(),
+                          **fields)  # fmt: skip
+    assert np.array_equal(decoder(signed).pixels, decoder(unsigned).pixels)
+    negative = values.copy()
+    negative[10, 10] = -3
+    with pytest.raises(InvalidScan, match="with 1 negative values"):
+        decoder(scan_bytes(rows=64, cols=64, PixelRepresentation=1,
+                           PixelData=negative.tobytes(), **fields))  # fmt: skip
 
 
 def test_a_claimed_huge_image_is_refused_without_allocating() -> None:

@@ -52,6 +52,9 @@ def check_summary(summary: dict[str, float]) -> None:
     assert summary["results_stored"] == 800
     assert summary["lost"] == 0 and summary["duplicates"] == 0
     assert summary["accuracy"] >= ACCURACY_GOAL
+    # The hatch results, as feedback: each version's accuracy equals the run's own.
+    (version, accuracy), *_ = summary["accuracy_by_version"].items()
+    assert version.startswith("egg_sexing 1.0.0") and abs(accuracy - summary["accuracy"]) < 1e-9
     assert 0 < summary["latency_p50_ms"] <= summary["latency_p99_ms"]
     assert summary["throughput_per_s"] > 0
 

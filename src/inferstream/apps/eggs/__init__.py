@@ -49,7 +49,7 @@ APP = AppSpec(
     },
     pipelines={"eggs": "eggs.yaml"},
     example="inferstream.apps.eggs.example:add_example_command",
-    panels=("throughput", "mix", "confidence", "accuracy", "stages", "newest"),
+    panels=("throughput", "mix", "confidence", "accuracy", "models", "stages", "newest"),
 )
 
 __all__ = ["APP", "LABELS"]

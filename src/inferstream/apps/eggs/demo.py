@@ -4,7 +4,9 @@ Starts the eggs pipeline with ``inferstream up`` (supervised worker processes),
 waits until one warm-up scan comes out the other end, then lets the simulated
 scanners send the scans, prints a progress line every second, waits for the last
 result, and summarises: sent, stored, lost, doubled, accuracy against ground truth,
-throughput, and latency from scan creation to stored result.
+throughput, and latency from scan creation to stored result. Then the hatch results
+arrive as feedback (21 days later on the simulator's clock), and the accuracy of each
+model version against them is printed, as the dashboard and the registry see it.
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from inferstream.apps.eggs import APP
@@ -27,9 +28,10 @@ from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool
 from inferstream.bus import open_bus
 from inferstream.envelope import new_id, now_us
 from inferstream.errors import BusFullError, ConfigError, InferstreamError
+from inferstream.examples import fresh_workdir, stop_processes
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
-from inferstream.store import ResultFilter, ResultsStore
+from inferstream.store import Feedback, ResultFilter, ResultRow, ResultsStore
 
 #: Give up waiting for the last results after this long without progress.
 STALL_TIMEOUT_S = 60.0
@@ -66,6 +68,8 @@ class Summary:
     latency_p50_ms: float
     latency_p99_ms: float
     offered_rate_per_s: float
+    #: "model version (role)" -> accuracy against the hatch results (feedback).
+    accuracy_by_version: dict[str, float] = field(default_factory=dict)
 
 
 def pipeline_spec(settings: DemoSettings) -> PipelineSpec:
@@ -76,19 +80,6 @@ def pipeline_spec(settings: DemoSettings) -> PipelineSpec:
         store=settings.store or f"sqlite:///{work / 'results.db'}",
         blobs=f"file://{work / 'blobs'}",
     )
-
-
-#: What the demo keeps in its workdir; a new run deletes these and nothing else.
-WORKDIR_FILES = ("bus.db", "bus.db-wal", "bus.db-shm", "results.db", "results.db-wal",
-                 "results.db-shm", "results.db.migrate-lock")  # fmt: skip
-
-
-def fresh_workdir(settings: DemoSettings) -> None:
-    """Each run starts from an empty embedded bus and store, so its figures are its own."""
-    settings.workdir.mkdir(parents=True, exist_ok=True)
-    for name in WORKDIR_FILES:
-        (settings.workdir / name).unlink(missing_ok=True)
-    shutil.rmtree(settings.workdir / "blobs", ignore_errors=True)
 
 
 def start_pipeline(spec: PipelineSpec, serve: str | None) -> subprocess.Popen[bytes]:
@@ -132,6 +123,41 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def this_run(store: ResultsStore, tenant: str, emission: Emission) -> Iterator[ResultRow]:
+    """The stored records made from this run's scans (a store may hold earlier runs)."""
+    cursor: str | None = None
+    since = ResultFilter(since_us=min(emission.created_us.values(), default=0))
+    while True:
+        page = store.list_results(tenant, since, cursor=cursor, limit=1000)
+        yield from (row for row in page.items if row.root_id in emission.truth)
+        cursor = page.next_cursor
+        if cursor is None:
+            return
+
+
+#: A chick hatches about 21 days after the egg is laid; the scan is earlier still.
+HATCH_AFTER_US = 21 * 24 * 3600 * 1_000_000
+
+
+def hatch(store: ResultsStore, tenant: str, emission: Emission) -> dict[str, float]:
+    """The hatch results, 21 days after each scan on the simulator's clock: every egg of
+    this run gets its true sex as feedback (in one batch, source ``hatchery``), and the
+    accuracy of each model version against them comes back, as the dashboard's
+    accuracy card and ``inferstream models evaluate`` see it."""
+    results = [
+        Feedback(tenant, APP.name, row.subject, "sex", emission.truth[row.root_id],
+                 "hatchery", row.created_at_us + HATCH_AFTER_US)
+        for row in this_run(store, tenant, emission)
+        if row.subject
+    ]  # fmt: skip
+    store.add_feedback_batch(results)
+    return {
+        f"{m.model_name} {m.model_version} ({m.role})": m.correct / m.labelled
+        for m in store.accuracy_by_model_version(tenant, APP.name)
+        if m.labelled
+    }
+
+
 def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float) -> Summary:
     """Score this run's results (those of the emitted scans) against the ground truth.
 
@@ -143,23 +169,14 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
     seen: set[str] = set()
     eggs: set[str | None] = set()
     first_created, last_stored = float("inf"), 0
-    cursor: str | None = None
-    this_run = ResultFilter(since_us=min(emission.created_us.values(), default=0))
-    while True:
-        page = store.list_results(tenant, this_run, cursor=cursor, limit=1000)
-        for row in page.items:
-            if row.root_id not in emission.truth:
-                continue
-            rows += 1
-            seen.add(row.root_id)
-            eggs.add(row.subject)
-            latencies.append(row.latency_ms)
-            correct += emission.truth.get(row.root_id) == row.label
-            first_created = min(first_created, row.created_at_us)
-            last_stored = max(last_stored, row.stored_at_us)
-        cursor = page.next_cursor
-        if cursor is None:
-            break
+    for row in this_run(store, tenant, emission):
+        rows += 1
+        seen.add(row.root_id)
+        eggs.add(row.subject)
+        latencies.append(row.latency_ms)
+        correct += emission.truth.get(row.root_id) == row.label
+        first_created = min(first_created, row.created_at_us)
+        last_stored = max(last_stored, row.stored_at_us)
     span_s = max((last_stored - first_created) / 1e6, 1e-9) if rows else float("nan")
     sent = len(emission.truth)
     return Summary(
@@ -230,7 +247,7 @@ def check_port_free(serve: str) -> None:
 def run_demo(settings: DemoSettings) -> Summary:
     if settings.serve:
         check_port_free(settings.serve)
-    fresh_workdir(settings)
+    fresh_workdir(settings.workdir)
     spec = pipeline_spec(settings)
     bus = open_bus(spec.bus)
     ensure_topics(bus, spec)
@@ -253,8 +270,7 @@ def run_demo(settings: DemoSettings) -> Summary:
         if settings.linger:
             _linger(proc, settings.serve)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop_processes([proc])
         bus.close()
         store.close()
     return summary
@@ -281,6 +297,12 @@ def _send_and_summarise(
     _wait_for_results(progress, len(emission.truth), stall_s)
     progress.stop.set()
     summary = summarise(store, settings.tenant, emission, settings.rate)
+    if stopped is None:  # a run cut short (a full disk) reports what it has, no more
+        print("hatch results arrive (21 days later on the simulator's clock) as feedback...")
+        try:
+            summary = replace(summary, accuracy_by_version=hatch(store, settings.tenant, emission))
+        except InferstreamError as exc:
+            print(f"the hatch results could not be recorded: {exc}")
     _report(summary, settings.summary_json)
     if stopped is not None:
         raise _cut_short(stopped, bus, settings.scans)
@@ -310,6 +332,10 @@ def _linger(proc: subprocess.Popen[bytes], serve: str | None) -> None:
 def _report(summary: Summary, path: Path | None) -> None:
     print("\nsummary")
     for key, value in asdict(summary).items():
+        if isinstance(value, dict):
+            for version, accuracy in value.items():
+                print(f"  {key:<26} {version}: {accuracy:.4f}")
+            continue
         shown = f"{value:.4f}" if isinstance(value, float) and key == "accuracy" else value
         shown = f"{value:.1f}" if isinstance(value, float) and key != "accuracy" else shown
         print(f"  {key:20} {shown}")

@@ -35,10 +35,11 @@ from inferstream.apps.eggs.dicom_checks import (
 )
 from inferstream.apps.eggs.dicom_codestream import BadCodestream, check_frame
 from inferstream.apps.eggs.dicom_fast import Header
+from inferstream.apps.eggs.preprocess import check_scan
 from inferstream.blobs import BlobStore, payload_bytes
 from inferstream.codecs import Checked, ImageLimits
 from inferstream.envelope import Envelope, to_tensor
-from inferstream.errors import BlobError, ConfigError
+from inferstream.errors import BlobError, ConfigError, InvalidInput
 from inferstream.steps import Outcome, Step, StepContext
 
 _PYDICOM_WARNINGS = threading.Lock()
@@ -98,7 +99,18 @@ def decode(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> DecodedScan:
         # pydicom masks the bits above BitsStored; do the same so both paths agree.
         pixels = pixels & np.uint16((1 << info.bits_stored) - 1)
         pixels.flags.writeable = False
+    if info.signed:  # two's complement: a value with the sign bit set is negative
+        _refuse_negative(int((pixels >= (1 << (info.bits_stored - 1))).sum()))
     return _scan(info, pixels)
+
+
+def _refuse_negative(negative: int) -> None:
+    if negative:
+        raise InvalidScan(
+            f"signed pixels (PixelRepresentation 1) with {negative} negative values; the "
+            "model takes unsigned 16-bit grey: send unsigned pixels, or signed ones that are "
+            "all at least 0"
+        )
 
 
 def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> DecodedScan:
@@ -122,6 +134,9 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
             raise
         except Exception as exc:
             raise InvalidScan(f"unreadable DICOM ({type(exc).__name__}): {exc!s:.300}") from exc
+    if info.signed and pixels.dtype.kind == "i":
+        _refuse_negative(int((pixels < 0).sum()))
+        pixels = pixels.astype(np.uint16)
     if pixels.dtype.newbyteorder("=") != np.uint16 or pixels.shape != (info.rows, info.cols):
         raise InvalidScan(
             f"pixel data decoded to {pixels.dtype} {pixels.shape}, but the header says "
@@ -244,10 +259,13 @@ def check_upload(data: bytes, limits: ImageLimits) -> Checked:
     Takes the place of the core's generic DICOM check (see ``APP.checks``), so a scan
     the pipeline would dead-letter is refused at ingest with the decoder's reason.
     """
-    # The scan contract's own limits (ScanLimits) are tighter than any image limit.
+    # The scan contract's own limits (ScanLimits) are tighter than any image limit; the
+    # model's own (preprocess.check_scan: its minimum size) are checked here too, so a
+    # scan the classify stage would refuse is refused now, not dead-lettered later.
     try:
         scan = decode(data)
-    except InvalidScan as exc:
+        check_scan(scan.pixels)
+    except InvalidInput as exc:
         raise InvalidScan(f"DICOM scan rejected: {exc}") from exc
     return Checked(data, "application/dicom", scan.attributes(), key=scan.egg_id)
 

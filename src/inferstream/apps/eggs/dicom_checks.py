@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 from inferstream.apps.eggs.dicom_fast import EXPLICIT_VR_LE, IMPLICIT_VR_LE, Header
 from inferstream.errors import ConfigError, InvalidInput
+
+T = TypeVar("T")
 
 #: Transfer syntaxes accepted, UID -> name. Deflated data sets are left out on purpose:
 #: inflating a whole data set is a decompression bomb nothing can bound beforehand.
@@ -88,6 +92,8 @@ class ScanInfo:
     rows: int
     cols: int
     bits_stored: int
+    #: PixelRepresentation 1: the pixels are signed (accepted when none is negative).
+    signed: bool = False
 
 
 def check_size(data: bytes, limits: ScanLimits) -> None:
@@ -98,37 +104,72 @@ def check_size(data: bytes, limits: ScanLimits) -> None:
         )
 
 
+class _Problems:
+    """Every problem of one scan, so the scanner's operator hears of all of them at once."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def check(self, check: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return check(*args)
+        except InvalidScan as exc:
+            self.found.append(str(exc))
+            return None
+
+    def raise_any(self) -> None:
+        if len(self.found) == 1:
+            raise InvalidScan(self.found[0])
+        if self.found:
+            listed = "; ".join(f"({i}) {problem}" for i, problem in enumerate(self.found, 1))
+            raise InvalidScan(f"{len(self.found)} problems: {listed}")
+
+
 def validate(header: Header, limits: ScanLimits, pixel_length: int | None) -> ScanInfo:
-    """Check the header in the order a scanner operator would want to hear about it."""
-    syntax = _transfer_syntax(header)
+    """Check the header, in the order a scanner operator would want to hear about it;
+    every problem found is in the one :class:`InvalidScan` raised."""
+    problems = _Problems()
+    syntax = problems.check(_transfer_syntax, header)
+    problems.check(_modality, header)
+    ids = {keyword: problems.check(_identifier, header, keyword) for keyword in _REQUIRED_IDS}
+    for keyword in _UIDS:
+        if keyword in header:
+            problems.check(_check_uid, keyword, str(header[keyword]))
+    signed = problems.check(_signed, header)
+    image = problems.check(_check_image, header, limits)
+    if pixel_length is None:
+        problems.found.append("missing pixel data: the file has no Pixel Data (7FE0,0010)")
+    elif image is not None and pixel_length >= 0 and pixel_length != image[0] * image[1] * 2:
+        problems.found.append(
+            f"pixel data is {pixel_length} bytes but Rows x Columns x 2 = "
+            f"{image[0] * image[1] * 2}; the scan is truncated or its header is wrong"
+        )
+    acquired_at = problems.check(_acquired_at, header)
+    incubation_day = problems.check(_incubation_day, header)
+    problems.raise_any()
+    assert syntax is not None and image is not None and acquired_at is not None
+    assert incubation_day is not None and signed is not None and all(ids.values())
+    rows, cols, bits_stored = image
+    return ScanInfo(
+        egg_id=str(ids["PatientID"]),
+        tray=str(ids["AccessionNumber"]),
+        scanner=str(ids["StationName"]),
+        acquired_at=acquired_at,
+        incubation_day=incubation_day,
+        transfer_syntax=syntax,
+        rows=rows,
+        cols=cols,
+        bits_stored=bits_stored,
+        signed=signed,
+    )
+
+
+def _modality(header: Header) -> None:
     modality = header.get("Modality")
     if modality is None:
         raise InvalidScan("missing required tag Modality (0008,0060); expected MR")
     if modality != "MR":
         raise InvalidScan(f"wrong modality: expected MR, got {modality!s:.40}")
-    ids = {keyword: _identifier(header, keyword) for keyword in _REQUIRED_IDS}
-    for keyword in _UIDS:
-        if keyword in header:
-            _check_uid(keyword, str(header[keyword]))
-    rows, cols, bits_stored = _check_image(header, limits)
-    if pixel_length is None:
-        raise InvalidScan("missing pixel data: the file has no Pixel Data (7FE0,0010)")
-    if pixel_length >= 0 and pixel_length != rows * cols * 2:
-        raise InvalidScan(
-            f"pixel data is {pixel_length} bytes but Rows x Columns x 2 = {rows * cols * 2}; "
-            "the scan is truncated or its header is wrong"
-        )
-    return ScanInfo(
-        egg_id=ids["PatientID"],
-        tray=ids["AccessionNumber"],
-        scanner=ids["StationName"],
-        acquired_at=_acquired_at(header),
-        incubation_day=_incubation_day(header),
-        transfer_syntax=syntax,
-        rows=rows,
-        cols=cols,
-        bits_stored=bits_stored,
-    )
 
 
 def _transfer_syntax(header: Header) -> str:
@@ -146,9 +187,10 @@ def _transfer_syntax(header: Header) -> str:
 
 def _identifier(header: Header, keyword: str) -> str:
     value = header.get(keyword)
-    if value is None:
+    if value is None or not str(value).strip():
+        empty = "" if value is None else " (present but empty)"
         raise InvalidScan(
-            f"missing required tag {keyword} (the {_REQUIRED_IDS[keyword]}); "
+            f"missing required tag {keyword} (the {_REQUIRED_IDS[keyword]}){empty}; "
             "the scanner must fill it in"
         )
     text = str(value)
@@ -168,13 +210,23 @@ def _check_uid(keyword: str, uid: str) -> None:
         )
 
 
+def _signed(header: Header) -> bool:
+    """Whether the pixels are signed. Signed ones pass here; a negative one is refused
+    when the pixels are read (the model takes unsigned 16-bit grey)."""
+    representation = header.get("PixelRepresentation")
+    if representation not in (0, 1):
+        raise InvalidScan(
+            f"PixelRepresentation must be 0 (unsigned) or 1 (signed), got {representation!s:.20}"
+        )
+    return representation == 1
+
+
 def _check_image(header: Header, limits: ScanLimits) -> tuple[int, int, int]:
     """Rows, Columns and BitsStored after the Image Pixel checks; no allocation here."""
     expected: dict[str, int | str] = {
         "SamplesPerPixel": 1,
         "PhotometricInterpretation": "MONOCHROME2",
         "BitsAllocated": 16,
-        "PixelRepresentation": 0,
     }
     for keyword, want in expected.items():
         got = header.get(keyword)

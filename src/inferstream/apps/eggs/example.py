@@ -8,9 +8,10 @@ in SQLite, with a live progress line and a final summary. Registered through the
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from inferstream.examples import add_run_arguments, add_serve_arguments, lingers, serve_address
 
 
 def cmd_example_eggs(args: argparse.Namespace) -> int:
@@ -26,8 +27,8 @@ def cmd_example_eggs(args: argparse.Namespace) -> int:
         summary_json=Path(args.summary_json) if args.summary_json else None,
         pool=args.pool,
         tenant=args.tenant,
-        serve=None if args.no_serve else args.serve,
-        linger=args.linger if args.linger is not None else sys.stdin.isatty(),
+        serve=serve_address(args),
+        linger=lingers(args),
         scanners=args.scanners,
     )
     summary = run_demo(settings)
@@ -49,18 +50,6 @@ def add_example_command(kinds: Any) -> None:
     eggs.add_argument("--rate", type=float, default=1000.0, help="scans/s offered (default 1000)")
     eggs.add_argument("--pool", type=int, default=512, help="distinct scans rendered up front")
     eggs.add_argument("--scanners", type=int, default=8, help="virtual MRI scanners (default 8)")
-    eggs.add_argument("--workdir", default=".inferstream/eggs", help="where bus and results live")
-    eggs.add_argument("--bus", help="bus URL (default: embedded log in the workdir)")
-    eggs.add_argument("--store", help="results store URL (default: SQLite in the workdir)")
-    eggs.add_argument("--tenant", default="demo-hatchery", help="tenant of the scans")
-    eggs.add_argument("--summary-json", metavar="FILE", help="write the summary as JSON")
-    eggs.add_argument(
-        "--serve", default="127.0.0.1:8000", metavar="HOST:PORT",
-        help="where the API and live dashboard listen (default 127.0.0.1:8000)",
-    )  # fmt: skip
-    eggs.add_argument("--no-serve", action="store_true", help="run without the API and dashboard")
-    eggs.add_argument(
-        "--linger", action=argparse.BooleanOptionalAction, default=None,
-        help="keep running after the summary until Ctrl-C (default: when run from a terminal)",
-    )  # fmt: skip
+    add_run_arguments(eggs, "eggs", "demo-hatchery")
+    add_serve_arguments(eggs)
     eggs.set_defaults(handler=cmd_example_eggs)

@@ -10,6 +10,8 @@
   let LABEL_NAMES = {};
   let LABEL_COLOURS = {};
   let appKey = "";
+  // An application that runs no model has no labels: its rows show no prediction.
+  let predicts = true;
   const TOKEN_KEY = "inferstream.token";
   const $ = (id) => document.getElementById(id);
 
@@ -18,6 +20,11 @@
   let charts = null;
   let selectedId = null;
   let imageUrl = null;
+  // The application's own views (snapshot.app.views): their timers and charts.
+  let viewTimers = [];
+  let viewCharts = [];
+  const VIEW_PALETTE = ["#0072b2", "#e69f00", "#009e73", "#d55e00", "#cc79a7", "#56b4e9",
+    "#f0e442", "#000000"];
   // What arrived, for people debugging in the console and for the browser tests.
   const RECEIVED_KEPT = 120;
   window.inferstreamDashboard = { snapshots: 0, last: null, received: [] };
@@ -54,6 +61,9 @@
     socket = null;
     clearTimeout(reconnectTimer);
     closePanel();
+    clearViews();
+    applyModels(false);
+    appKey = ""; // signing in again applies the application afresh
     $("dashboard").hidden = true;
     $("logout").hidden = true;
     $("login-view").hidden = false;
@@ -227,6 +237,8 @@
     appKey = key;
     LABEL_NAMES = Object.fromEntries(app.labels.map((l) => [l.name, l.title]));
     LABEL_COLOURS = Object.fromEntries(app.labels.map((l) => [l.name, l.colour]));
+    predicts = app.labels.length > 0;
+    document.querySelectorAll("#table-newest th.prediction").forEach((th) => { th.hidden = !predicts; });
     const group = title(app.group_noun);
     $("mix-title").textContent = `Prediction mix per ${app.group_noun}`;
     $("chart-mix").setAttribute("aria-label", `Stacked bar chart: ${app.labels.map((l) => l.title).join(", ")} per ${app.group_noun}`);
@@ -245,6 +257,268 @@
       label: l.title, data: [], backgroundColor: l.colour, stack: "mix",
     }));
     m.update();
+    applyViews(app.views || []);
+    applyModels(!$("table-models").closest("article").hidden);
+  }
+
+  // ---- the model registry -----------------------------------------------------
+  // Versions and aliases, and the changes (promotions, moves, rollbacks) on a timeline,
+  // read from the registry routes every 10 s while the card is shown.
+
+  let modelsTimer = null;
+
+  function applyModels(shown) {
+    clearInterval(modelsTimer);
+    modelsTimer = null;
+    if (!shown) return;
+    loadModels();
+    modelsTimer = setInterval(loadModels, 10000);
+  }
+
+  async function loadModels() {
+    try {
+      const versions = await (await authFetch("/v1/registry/models")).json();
+      const names = [...new Set(versions.map((v) => v.name))];
+      const shown = await Promise.all(names.map(async (name) =>
+        (await authFetch(`/v1/registry/models/${encodeURIComponent(name)}`)).json()));
+      fillTable("table-models", versions, (tr, v) => {
+        cell(tr, v.name);
+        cell(tr, v.version);
+        cell(tr, v.aliases.join(", ") || "–");
+        cell(tr, new Date(v.registered_at_us / 1000).toLocaleString());
+        cell(tr, v.registered_by);
+      });
+      const changes = shown.flatMap((m) => m.history.map((e) => ({ ...e, name: m.name })))
+        .filter((e) => e.action !== "register")
+        .sort((a, b) => b.at_us - a.at_us).slice(0, 12);
+      fillTable("table-model-changes", changes, (tr, e) => {
+        cell(tr, new Date(e.at_us / 1000).toLocaleString());
+        cell(tr, e.name);
+        const alias = e.alias ? `@${e.alias} ` : "";
+        cell(tr, `${e.action} ${alias}${e.from_version || "–"} → ${e.to_version || "–"}`);
+        cell(tr, e.actor);
+        cell(tr, e.reason);
+      });
+      await drawModelTimeline(names);
+      $("models-error").textContent = "";
+    } catch (err) {
+      $("models-error").textContent = `Could not load the registry: ${err.message}`;
+    }
+  }
+
+  // The first model (by name) that scored any of this tenant's records: each version's
+  // accuracy (solid) and mean confidence (dashed) per time bucket, and the registry's
+  // events as triangles at the top, their texts in the tooltip.
+  let modelsChart = null;
+
+  async function drawModelTimeline(names) {
+    let shown = null;
+    for (const name of names.sort()) {
+      const answer = await authFetch(
+        `/v1/registry/models/${encodeURIComponent(name)}/timeline?hours=24&points=60`);
+      const data = await answer.json();
+      if (data.series && data.series.length) { shown = data; break; }
+    }
+    if (!modelsChart) modelsChart = lineChart($("chart-models"));
+    const chart = modelsChart;
+    $("chart-models").dataset.model = shown ? shown.name : "";
+    if (!shown) {
+      chart.data.labels = [];
+      chart.data.datasets = [];
+      chart.update();
+      return;
+    }
+    const events = new Map();
+    shown.events.forEach((e) => events.set(e.bucket, [...(events.get(e.bucket) || []), e.text]));
+    const labels = [...new Set([...xOrder(shown.series), ...events.keys()])].sort();
+    const versions = [...new Set(shown.series.map((s) => `${s.version} (${s.role})`))];
+    chart.data.labels = labels;
+    chart.data.datasets = shown.series.map((one) => {
+      const at = new Map(one.points.map(([x, y]) => [x, y]));
+      const n = versions.indexOf(`${one.version} (${one.role})`);
+      const colour = VIEW_PALETTE[n % VIEW_PALETTE.length];
+      return { label: one.name, data: labels.map((x) => (at.has(x) ? at.get(x) : null)),
+        borderColor: colour, backgroundColor: colour, spanGaps: true, borderWidth: 2,
+        borderDash: one.kind === "accuracy" ? [] : [6, 4] };
+    });
+    chart.data.datasets.push({
+      label: "changes", data: labels.map((x) => (events.has(x) ? 1.02 : null)),
+      showLine: false, pointStyle: "triangle", pointRadius: 7, borderColor: "#1b1f24",
+      backgroundColor: "#1b1f24", events: labels.map((x) => events.get(x) || []),
+    });
+    chart.options.scales.x.title.text = shown.x_label;
+    chart.options.scales.y.title.text = shown.y_label;
+    chart.options.scales.y.suggestedMax = 1.05;
+    chart.options.plugins.tooltip = { callbacks: { label: (item) => (item.dataset.events
+      ? item.dataset.events[item.dataIndex] : `${item.dataset.label}: ${item.formattedValue}`) } };
+    chart.update();
+  }
+
+  // ---- the application's own views -----------------------------------------
+  // Each is a line chart, a table or a lanes schematic the application declares, read
+  // from one of its own routes with the page's token every refresh_s seconds (the page
+  // knows only the three shapes, never what they hold).
+
+  function clearViews() {
+    viewTimers.forEach(clearInterval);
+    viewTimers = [];
+    viewCharts.forEach((chart) => chart && chart.destroy());
+    viewCharts = [];
+    document.querySelectorAll("[data-view]").forEach((card) => card.remove());
+  }
+
+  function applyViews(views) {
+    clearViews();
+    views.forEach((view, i) => {
+      const card = viewCard(view, i);
+      $("dashboard").appendChild(card);
+      viewCharts.push(view.kind === "lines" ? lineChart(card.querySelector("canvas")) : null);
+      const refresh = () => loadView(view, i, card);
+      refresh();
+      viewTimers.push(setInterval(refresh, view.refresh_s * 1000));
+    });
+  }
+
+  function element(tag, attributes = {}, text = "") {
+    const made = document.createElement(tag);
+    Object.entries(attributes).forEach(([name, value]) => made.setAttribute(name, value));
+    if (text) made.textContent = text;
+    return made;
+  }
+
+  function viewCard(view, i) {
+    const card = element("article", { class: "card wide", "data-view": String(i),
+      "aria-labelledby": `view-${i}-title` });
+    card.append(element("h2", { id: `view-${i}-title` }, view.title),
+      element("p", { class: "hint", id: `view-${i}-note` }));
+    if (view.kind === "lines") {
+      const box = element("div", { class: "chart" });
+      box.append(element("canvas", { id: `view-${i}-chart`, role: "img",
+        "aria-label": `Line chart: ${view.title}` }));
+      card.append(box);
+    } else if (view.kind === "lanes") {
+      card.append(element("div", { class: "lanes", id: `view-${i}-lanes`, role: "img",
+        "aria-label": `Schematic: ${view.title}` }));
+    } else {
+      const table = element("table", { id: `view-${i}-table` });
+      table.append(element("thead"), element("tbody"));
+      card.append(table);
+    }
+    card.append(element("p", { class: "error", role: "alert", id: `view-${i}-error` }));
+    return card;
+  }
+
+  function lineChart(canvas) {
+    return new Chart(canvas, {
+      type: "line",
+      data: { labels: [], datasets: [] },
+      options: {
+        interaction: { mode: "index", intersect: false },
+        scales: { x: axis("", { beginAtZero: false }), y: axis("") },
+      },
+    });
+  }
+
+  async function loadView(view, i, card) {
+    if (card.dataset.loading) return; // the previous answer is still on its way
+    card.dataset.loading = "1";
+    try {
+      const data = await (await authFetch(view.url)).json();
+      if (!card.isConnected) return; // another application was picked meanwhile
+      $(`view-${i}-note`).textContent = data.note || "";
+      if (view.kind === "lines") drawLines(viewCharts[i], data);
+      else if (view.kind === "lanes") drawLanes($(`view-${i}-lanes`), data);
+      else drawTable($(`view-${i}-table`), data);
+      $(`view-${i}-error`).textContent = "";
+    } catch (err) {
+      $(`view-${i}-error`).textContent = `Could not load this view: ${err.message}`;
+    } finally {
+      delete card.dataset.loading;
+    }
+  }
+
+  // x values are ordered as numbers when all are numbers, else as text (ISO dates).
+  function xOrder(series) {
+    const xs = [...new Set(series.flatMap((one) => one.points.map((point) => point[0])))];
+    return xs.every((x) => typeof x === "number") ? xs.sort((a, b) => a - b) : xs.sort();
+  }
+
+  function drawLines(chart, data) {
+    const labels = xOrder(data.series);
+    chart.data.labels = labels;
+    chart.data.datasets = data.series.map((one, n) => {
+      const at = new Map(one.points.map(([x, y]) => [x, y]));
+      const colour = VIEW_PALETTE[n % VIEW_PALETTE.length];
+      return { label: one.name, data: labels.map((x) => (at.has(x) ? at.get(x) : null)),
+        borderColor: colour, backgroundColor: colour, spanGaps: true, borderWidth: 2,
+        borderDash: n >= VIEW_PALETTE.length ? [6, 4] : [] };
+    });
+    chart.options.scales.x.title.text = data.x_label || "";
+    chart.options.scales.y.title.text = data.y_label || "";
+    chart.update();
+  }
+
+  // A schematic in SVG: one row per lane (a bar of its length), its spans on the bar
+  // with their labels, its marks in a thin strip beneath. Each shape names what it is
+  // (data-lane, data-label, data-from, data-to, data-style) and has a tooltip.
+  const SVG = "http://www.w3.org/2000/svg";
+  const LANE = { label: 110, width: 1000, height: 58, bar: 22, mark: 10 };
+
+  function svg(tag, attributes = {}, text = "") {
+    const made = document.createElementNS(SVG, tag);
+    Object.entries(attributes).forEach(([name, value]) => made.setAttribute(name, value));
+    if (text) made.textContent = text;
+    return made;
+  }
+
+  function drawLanes(box, data) {
+    const lanes = data.lanes || [];
+    const unit = data.unit ? ` ${data.unit}` : "";
+    const picture = svg("svg", { viewBox: `0 0 ${LANE.width} ${lanes.length * LANE.height + 4}`,
+      preserveAspectRatio: "xMinYMin meet" });
+    lanes.forEach((lane, n) => {
+      const top = n * LANE.height + 4;
+      const scale = (LANE.width - LANE.label - 10) / (lane.length || 1);
+      const x = (at) => LANE.label + Math.max(0, Math.min(lane.length, at)) * scale;
+      const shape = (part, y, height, kind) => {
+        const from = Math.min(part.from, part.to);
+        const to = Math.max(part.from, part.to);
+        const group = svg("g", { class: `lane-${kind} style-${part.style || "item"}`,
+          "data-lane": lane.name, "data-label": part.label || "", "data-from": from,
+          "data-to": to, "data-style": part.style || "item" });
+        group.append(svg("title", {}, `${lane.name}: ${part.label || ""} ${from}–${to}${unit}`),
+          svg("rect", { x: x(from), y, width: Math.max(x(to) - x(from), 2), height, rx: 3 }));
+        if (part.label && x(to) - x(from) > part.label.length * 7) {
+          group.append(svg("text", { x: (x(from) + x(to)) / 2, y: y + height / 2,
+            "text-anchor": "middle", "dominant-baseline": "central" }, part.label));
+        }
+        return group;
+      };
+      picture.append(svg("text", { class: "lane-name", x: 0, y: top + LANE.bar / 2,
+        "dominant-baseline": "central" }, lane.name),
+      svg("rect", { class: "lane-bar", x: LANE.label, y: top, rx: 3, height: LANE.bar,
+        width: lane.length * scale }));
+      (lane.spans || []).forEach((span) => picture.append(shape(span, top, LANE.bar, "span")));
+      (lane.marks || []).forEach((mark) => picture.append(
+        shape(mark, top + LANE.bar + 4, LANE.mark, "mark")));
+    });
+    box.replaceChildren(picture);
+  }
+
+  function drawTable(table, data) {
+    const head = element("tr");
+    const first = data.rows[0] || [];
+    data.columns.forEach((name, n) => head.append(element("th",
+      { scope: "col", class: typeof first[n] === "number" ? "num" : "" }, String(name))));
+    table.tHead.replaceChildren(head);
+    table.tBodies[0].replaceChildren(...data.rows.map((values) => {
+      const tr = element("tr");
+      values.forEach((value) => {
+        const shown = value === null || value === undefined || value === "" ? "–" : String(value);
+        cell(tr, shown, typeof value === "number" ? "num" : "");
+      });
+      return tr;
+    }));
   }
 
   function renderKpis(totals) {
@@ -332,6 +606,7 @@
       cell(tr, new Date(scan.stored_at_us / 1000).toLocaleTimeString());
       cell(tr, scan.subject || "–");
       cell(tr, scan.group || "–");
+      if (!predicts) return;
       labelCell(tr, scan.label);
       cell(tr, percent(scan.confidence), "num");
       cell(tr, `${scan.model_name} ${scan.model_version}`);
@@ -389,9 +664,11 @@
     fact(facts, $("col-subject").textContent, result.subject);
     fact(facts, $("col-group").textContent, result.group);
     fact(facts, "Source", result.source);
-    fact(facts, "Prediction", LABEL_NAMES[result.label] || result.label);
-    fact(facts, "Confidence", percent(result.confidence));
-    fact(facts, "Model", `${result.model_name || "–"} ${result.model_version || ""}`);
+    if (predicts) {
+      fact(facts, "Prediction", LABEL_NAMES[result.label] || result.label);
+      fact(facts, "Confidence", percent(result.confidence));
+      fact(facts, "Model", `${result.model_name || "–"} ${result.model_version || ""}`);
+    }
     fact(facts, "Latency", result.latency_ms === undefined ? null : `${fmt(result.latency_ms, 1)} ms`);
     const scores = result.scores || {};
     $("scan-scores").replaceChildren(...Object.keys(scores).map((label) => {
