@@ -9,12 +9,15 @@ import io
 import warnings
 from typing import Any
 
+import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEGBaseline8Bit,
     MRImageStorage,
     RLELossless,
     generate_uid,
@@ -72,3 +75,22 @@ def to_bytes(ds: Dataset, syntax: str = ExplicitVRLittleEndian, preamble: bytes 
         warnings.simplefilter("ignore")
         ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def jpeg_baseline_bytes(
+    rows: int = 16, cols: int = 16, claim: tuple[int, int] | None = None
+) -> bytes:
+    """An 8-bit greyscale image as a JPEG Baseline DICOM (any modality's, not an egg's);
+    ``claim`` rewrites the codestream's start-of-frame to another (rows, cols)."""
+    ok, encoded = cv2.imencode(".jpg", np.full((rows, cols), 100, np.uint8))
+    assert ok
+    codestream = bytearray(encoded.tobytes())
+    if claim is not None:
+        sof = codestream.find(b"\xff\xc0")  # SOF0: marker, length, precision, then sizes
+        codestream[sof + 5 : sof + 9] = claim[0].to_bytes(2, "big") + claim[1].to_bytes(2, "big")
+    ds = make_dataset(rows, cols, 5, Modality="CT", BitsAllocated=8, BitsStored=8, HighBit=7)
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.PixelData = encapsulate([bytes(codestream)])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return to_bytes(ds, JPEGBaseline8Bit)

@@ -4,11 +4,13 @@ application's contract in the way."""
 from __future__ import annotations
 
 import io
+import resource
+import zlib
 
 import cv2
 import numpy as np
 import pytest
-from dicom_builder import make_dataset, to_bytes
+from dicom_builder import jpeg_baseline_bytes, make_dataset, to_bytes
 
 from inferstream import codecs
 from inferstream.codecs import Checked, Codec, ImageLimits, UnsupportedContent
@@ -70,6 +72,32 @@ def test_limits_are_read_from_the_header_before_decoding() -> None:
         codecs.check(png(64, 8), ImageLimits(max_side=32))
     with pytest.raises(InvalidInput, match="over the limit"):
         codecs.check(ct_dicom(), ImageLimits(max_side=32))
+
+
+def test_a_compressed_dicom_frame_is_checked_against_the_header_before_decoding() -> None:
+    """Found by fuzzing: 1 KB whose JPEG frame claims 30000x30000 made the decoder take
+    4 GB. The codestream's own size must match Rows and Columns before anything decodes."""
+    checked = codecs.check(jpeg_baseline_bytes(16, 24))
+    assert (checked.attributes["width"], checked.attributes["height"]) == ("24", "16")
+    bomb = jpeg_baseline_bytes(16, 16, claim=(30000, 30000))
+    assert len(bomb) < 2000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for reader in (codecs.check, lambda data: codecs.codec_for("application/dicom").decode(data)):
+        with pytest.raises(InvalidInput, match="claims 30000x30000 pixels but Rows x Columns"):
+            reader(bomb)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200_000, f"refusing the bomb took {grown_kib} KiB"
+
+
+def test_a_deflated_dicom_is_refused_before_it_is_inflated(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = to_bytes(make_dataset(16, 16, 2, Modality="CT"), "1.2.840.10008.1.2.1.99")
+
+    def no_inflating(*_: object, **__: object) -> bytes:
+        raise AssertionError("the data set was inflated before its transfer syntax was checked")
+
+    monkeypatch.setattr(zlib, "decompress", no_inflating)
+    with pytest.raises(InvalidInput, match="deflated data sets are refused"):
+        codecs.check(data)
 
 
 def test_unknown_bytes_and_refused_kinds_are_unsupported() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from dicom_builder import make_dataset, to_bytes
+from dicom_builder import jpeg_baseline_bytes, make_dataset, to_bytes
 
 from inferstream.envelope import EnvelopeBatch, new_envelope
 
@@ -42,6 +42,8 @@ def write_seeds(target: str, folder: Path) -> Path:
             cv2.imencode(".webp", image)[1].tobytes(),
             npy.getvalue(),
             scans[0],
+            scans[2],  # RLE: compressed frames
+            jpeg_baseline_bytes(16, 16),
         ],
         "envelopes": [batch.SerializeToString()],
         "pipeline": [

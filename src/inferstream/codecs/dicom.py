@@ -6,7 +6,9 @@ the header before the pixels are decoded. What an application demands beyond tha
 (the modality, identifiers, an acquisition contract) is the application's check,
 which takes this one's place for its uploads (see :func:`inferstream.codecs.check`).
 The 128-byte preamble, free space where a DICOM/PE polyglot keeps an executable
-header, is zeroed before anything is checked or kept.
+header, is zeroed before anything is checked or kept. Deflated data sets and compressed
+frames whose codestream claims another size are refused before anything is decoded
+(:mod:`inferstream.codecs.dicom_frames`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from inferstream.codecs.dicom_frames import NATIVE, check_frame, first_frame, transfer_syntax
 from inferstream.codecs.limits import Checked, ImageLimits, check_dimensions
 from inferstream.errors import InvalidInput
 
@@ -35,6 +38,7 @@ def blank_preamble(data: bytes) -> bytes:
 
 
 def check(data: bytes, limits: ImageLimits) -> Checked:
+    transfer_syntax(data)  # before the data set is parsed: no inflating
     dataset = _read(data, pixels=False)
     rows, cols = _count(dataset, "Rows", None), _count(dataset, "Columns", None)
     check_dimensions(cols, rows, limits)
@@ -52,13 +56,25 @@ def check(data: bytes, limits: ImageLimits) -> Checked:
 
 
 def decode(data: bytes) -> np.ndarray:
+    syntax = transfer_syntax(data)  # before the data set is parsed: no inflating
     dataset = _read(data, pixels=True)
+    if syntax not in NATIVE:
+        _check_compressed(dataset, syntax)
     try:
         with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.asarray(dataset.pixel_array)
     except Exception as exc:  # pydicom and its plugins raise many types on damage
         raise InvalidInput(f"DICOM pixel data is unreadable: {exc!s:.300}") from exc
+
+
+def _check_compressed(dataset: Any, syntax: str) -> None:
+    """The first frame's codestream must claim the header's size (the decoder trusts it)."""
+    samples = _count(dataset, "SamplesPerPixel", 1)
+    bits = _count(dataset, "BitsAllocated", None)
+    frame = first_frame(dataset.PixelData)
+    check_frame(syntax, frame, _count(dataset, "Rows", None), _count(dataset, "Columns", None),
+                samples=samples, sample_bytes=max(1, -(-bits // 8)))  # fmt: skip
 
 
 def _value(dataset: Any, keyword: str) -> Any:

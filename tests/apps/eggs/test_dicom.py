@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,10 +222,18 @@ def test_files_written_by_dcmtk_decode(
     assert_same(scan, decode_with_pydicom(converted))
 
 
-def test_dcmtk_deflated_file_is_refused(tmp_path: Path) -> None:
+def test_dcmtk_deflated_file_is_refused_before_it_is_inflated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = dcmtk(tmp_path, "dcmconv", scan_bytes(seed=10), "+td")
-    with pytest.raises(InvalidScan, match="deflated"):
-        decode(data)
+
+    def no_inflating(*_: object, **__: object) -> bytes:
+        raise AssertionError("the data set was inflated before its transfer syntax was checked")
+
+    monkeypatch.setattr(zlib, "decompress", no_inflating)
+    for decoder in BOTH:
+        with pytest.raises(InvalidScan, match="deflated"):
+            decoder(data)
 
 
 def test_dcmtk_modified_modality_is_refused(tmp_path: Path) -> None:

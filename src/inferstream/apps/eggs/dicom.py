@@ -31,13 +31,19 @@ from inferstream.apps.eggs.dicom_checks import (
     ScanInfo,
     ScanLimits,
     check_size,
+    check_transfer_syntax,
     validate,
 )
-from inferstream.apps.eggs.dicom_codestream import BadCodestream, check_frame
 from inferstream.apps.eggs.dicom_fast import Header
 from inferstream.apps.eggs.preprocess import check_scan
 from inferstream.blobs import BlobStore, payload_bytes
 from inferstream.codecs import Checked, ImageLimits
+from inferstream.codecs.dicom_frames import (
+    BadCodestream,
+    check_frame,
+    first_frame,
+    read_transfer_syntax,
+)
 from inferstream.envelope import Envelope, to_tensor
 from inferstream.errors import BlobError, ConfigError, InvalidInput
 from inferstream.steps import Outcome, Step, StepContext
@@ -148,10 +154,8 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
 
 
 def _check_compressed(dataset: Any, info: ScanInfo) -> None:
-    from pydicom.encaps import generate_frames
-
-    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
     try:
+        frame = first_frame(dataset.PixelData)
         check_frame(info.transfer_syntax, frame, info.rows, info.cols)
     except BadCodestream as exc:
         raise InvalidScan(str(exc)) from None
@@ -161,6 +165,14 @@ def _read_dataset(data: bytes) -> Any:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
+    # dcmread inflates a deflated data set whole before anything can be checked: the
+    # transfer syntax is read from the file meta group first, and refused there.
+    try:
+        syntax = read_transfer_syntax(data)
+    except InvalidInput:
+        syntax = ""  # dcmread says what is wrong with the meta group
+    if syntax:
+        check_transfer_syntax({"TransferSyntaxUID": syntax})
     try:
         # No defer_size: the bytes are in memory already, and a deferred element loses
         # the declared length that tells a truncated Pixel Data from a whole one.
