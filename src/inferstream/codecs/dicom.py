@@ -72,7 +72,10 @@ def _check_compressed(dataset: Any, syntax: str) -> None:
     """The first frame's codestream must claim the header's size (the decoder trusts it)."""
     samples = _count(dataset, "SamplesPerPixel", 1)
     bits = _count(dataset, "BitsAllocated", None)
-    frame = first_frame(dataset.PixelData)
+    pixel_data = _value(dataset, "PixelData")
+    if not isinstance(pixel_data, bytes):
+        raise InvalidInput("DICOM pixel data is not a byte string; the file is damaged")
+    frame = first_frame(pixel_data)
     check_frame(syntax, frame, _count(dataset, "Rows", None), _count(dataset, "Columns", None),
                 samples=samples, sample_bytes=max(1, -(-bits // 8)))  # fmt: skip
 
