@@ -20,11 +20,12 @@ application costs nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -164,6 +165,13 @@ class AppSpec:
     #: what its retention no longer keeps), run by ``inferstream up`` every minute and
     #: by ``inferstream housekeep``.
     housekeeping: str | None = None
+    #: "module:function(mapping) -> settings": reads an installation's settings of the
+    #: application (the pipeline file's ``settings:`` section), raising ConfigError for
+    #: anything wrong; the result is given to its checks as ``settings=`` and to its
+    #: steps as ``StepContext.app.parsed_settings``. None: it takes no settings.
+    configure: str | None = None
+    #: The installation's settings as written (see :meth:`with_settings`).
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not _APP_NAME.fullmatch(self.name):
@@ -287,11 +295,38 @@ class AppSpec:
             )
         return self.folder / self.pipelines[chosen]
 
+    def with_settings(self, settings: Mapping[str, Any] | None) -> AppSpec:
+        """This application as one installation configured it; the settings are read
+        (and refused with :class:`ConfigError`) here, not at the first upload."""
+        if not settings:
+            return self
+        if self.configure is None:
+            raise ConfigError(
+                f"application {self.name!r} takes no settings; remove the pipeline file's "
+                "settings: section"
+            )
+        configured = dataclasses.replace(self, settings=dict(settings))
+        _ = configured.parsed_settings
+        return configured
+
+    @cached_property
+    def parsed_settings(self) -> Any:
+        """The installation's settings as the application reads them (None: it takes none)."""
+        if self.configure is None:
+            return None
+        return load_ref(self.configure, f"application {self.name!r} settings")(self.settings)
+
     @cached_property
     def own_checks(self) -> dict[str, AppCheck]:
-        """The application's checks, by content type, imported once (see ``checks``)."""
+        """The application's checks, by content type, imported once (see ``checks``), with
+        the installation's settings bound where the application takes settings."""
         what = f"application {self.name!r} check"
-        return {kind: load_ref(ref, what) for kind, ref in self.checks.items()}
+        checks = {kind: load_ref(ref, what) for kind, ref in self.checks.items()}
+        if self.configure is None:
+            return checks
+        return {
+            kind: partial(check, settings=self.parsed_settings) for kind, check in checks.items()
+        }
 
     def check_upload(self, data: bytes, limits: ImageLimits) -> Checked:
         """An upload checked as this application takes it, wherever it comes from (the

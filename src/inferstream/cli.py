@@ -112,10 +112,9 @@ def _admitter(spec: PipelineSpec, bus: Bus, topic: str, tenant: str) -> Admitter
     """Items admitted into ``spec``'s ``topic`` as uploads are: its application's checks,
     its blob store and claim-check size."""
     from inferstream.admit import Admitter
-    from inferstream.application import app_named
     from inferstream.blobs import open_blob_store
 
-    app = app_named(spec.app) if spec.app else None
+    app = spec.application()
     return Admitter(bus, open_blob_store(spec.blobs), topic=topic, tenant=tenant, app=app,
                     claim_check_bytes=spec.claim_check_bytes)  # fmt: skip
 

@@ -233,7 +233,7 @@ def run_trainer(
         )
     if not spec.app:
         raise ConfigError(f"pipeline {spec.name!r} names no application (app: ...) to learn for")
-    app = app_named(spec.app)
+    app = app_named(spec.app).with_settings(spec.settings)
     learners = {r.learner: learner_of(app, r) for r in spec.retraining}
     stop = stop or threading.Event()
     every = min(r.every_s for r in spec.retraining)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from inferstream.application import app_named, load_ref
+from inferstream.application import load_ref
 from inferstream.blobs import open_blob_store
 from inferstream.bus import Bus, open_bus
 from inferstream.errors import ConfigError
@@ -57,7 +57,7 @@ def housekeep(spec: PipelineSpec) -> list[str]:
     """One round of the pipeline's chores, each said in a line: topic retention, then
     its application's own (its ``housekeeping`` hook, e.g. purging expired outputs)."""
     done = [f"topic retention dropped {apply_retention(spec)} messages"]
-    app = app_named(spec.app) if spec.app else None
+    app = spec.application()
     if app is not None and app.housekeeping:
         chore = load_ref(app.housekeeping, f"application {app.name!r} housekeeping")
         outcome = chore(spec)
@@ -73,7 +73,7 @@ def promote(spec: PipelineSpec) -> list[str]:
     from inferstream.registry import ModelRegistry
     from inferstream.store import ResultsStore
 
-    app = app_named(spec.app) if spec.app else None
+    app = spec.application()
     if app is None:
         return ["promotion: the pipeline names no application (app: ...); nothing compared"]
     store = ResultsStore(spec.store)
@@ -92,7 +92,7 @@ def promote(spec: PipelineSpec) -> list[str]:
 
 
 def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[Step]:
-    app = app_named(spec.app) if spec.app else None
+    app = spec.application()
     context = StepContext(
         pipeline=spec.name,
         stage=stage.name,

@@ -66,7 +66,7 @@ class ApiSettings:
                 f"pipeline {self.pipeline.name!r} names no application; add 'app: NAME' "
                 "to the pipeline file (the API needs its records, labels and checks)"
             )
-        return app_named(self.pipeline.app)
+        return app_named(self.pipeline.app).with_settings(self.pipeline.settings)
 
     def applications(self) -> tuple[AppSpec, ...]:
         """Every application shown: the pipeline's first, then the others, each once."""

@@ -36,7 +36,7 @@ from inferstream.steps import resolve_factory
 
 PIPELINE_KEYS = {
     "name", "app", "bus", "store", "blobs", "claim_check_kb", "topics", "stages", "promotion",
-    "retraining",
+    "retraining", "settings",
 }  # fmt: skip
 RETRAIN_KEYS = {"model", "learner", "alias", "head", "min_new_labels", "every_s", "labels_from"}
 PROMOTION_KEYS = {
@@ -325,9 +325,16 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
     app = raw.get("app")
     if app is not None and (not isinstance(app, str) or not app):
         raise ConfigError(f"{where}: 'app' names an installed application, e.g. app: myapp")
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict) or (settings and app is None):
+        raise ConfigError(
+            f"{where}: 'settings' is a mapping of the application's own settings (see its "
+            "docs), beside an 'app:'"
+        )
     return PipelineSpec(
         name=raw["name"],
         app=app,
+        settings=_without_lines(settings),
         stages=tuple(_parse_stage(s, file) for s in stages),
         topics=topics,
         retention=retention,
@@ -383,6 +390,11 @@ def wiring_problems(spec: PipelineSpec) -> list[str]:
     except ConfigError as exc:
         problems.append(str(exc))
         app = None
+    if app is not None:
+        try:
+            app.with_settings(spec.settings)
+        except ConfigError as exc:
+            problems.append(f"settings: {exc}")
     app_steps = app.steps if app else {}
     for retrain in spec.retraining:
         learners = app.learners if app else {}

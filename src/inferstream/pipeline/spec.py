@@ -18,6 +18,7 @@ from inferstream.errors import ConfigError
 from inferstream.routing import Route, Router
 
 if TYPE_CHECKING:
+    from inferstream.application import AppSpec
     from inferstream.dataflow.join import JoinSpec
     from inferstream.dataflow.window import WindowSpec
 
@@ -166,11 +167,20 @@ class PipelineSpec:
     source: Path | None = None
     #: The application whose records this pipeline makes (its steps, models, schema).
     app: str | None = None
+    #: This installation's settings of the application (``settings:``; see its docs).
+    settings: Mapping[str, Any] = field(default_factory=dict)
     #: Promotion policies the chores apply (``inferstream up`` every minute, and its
     #: trainer process at its own pace when the file retrains a model).
     promotions: tuple[PromotionSpec, ...] = ()
     #: Models retrained while the pipeline runs (a trainer process beside the workers).
     retraining: tuple[RetrainSpec, ...] = ()
+
+    def application(self) -> AppSpec | None:
+        """The application the pipeline serves, with this file's settings of it; None
+        when it names none. :class:`ConfigError` if unknown or its settings are wrong."""
+        from inferstream.application import app_named
+
+        return app_named(self.app).with_settings(self.settings) if self.app else None
 
     def stage(self, name: str) -> StageSpec:
         for stage in self.stages:

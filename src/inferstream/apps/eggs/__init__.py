@@ -43,6 +43,7 @@ APP = AppSpec(
     ratios=(Ratio("female_ratio", "sex", "female"),),
     content_types=("application/dicom",),
     checks={"application/dicom": "inferstream.apps.eggs.dicom:check_upload"},
+    configure="inferstream.apps.eggs.tags:parse_settings",
     steps={
         "decode_dicom": "inferstream.apps.eggs.dicom:decode_dicom_step",
         "preprocess_scan": "inferstream.apps.eggs.preprocess:preprocess_step",

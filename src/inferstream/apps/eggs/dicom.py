@@ -36,6 +36,7 @@ from inferstream.apps.eggs.dicom_checks import (
 )
 from inferstream.apps.eggs.dicom_fast import Header
 from inferstream.apps.eggs.preprocess import check_scan
+from inferstream.apps.eggs.tags import NO_MAPPING, EggSettings, TagMapping
 from inferstream.blobs import BlobStore, payload_bytes
 from inferstream.codecs import Checked, ImageLimits
 from inferstream.codecs.dicom_frames import (
@@ -49,6 +50,7 @@ from inferstream.errors import BlobError, ConfigError, InvalidInput
 from inferstream.steps import Outcome, Step, StepContext
 
 _PYDICOM_WARNINGS = threading.Lock()
+DEFAULT_SETTINGS = EggSettings()
 
 #: content_type of the payload once it is a decoded image.
 TENSOR_CONTENT_TYPE = "application/x-inferstream-tensor"
@@ -81,23 +83,26 @@ class DecodedScan:
         }
 
 
-def decode(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> DecodedScan:
-    """Decode and validate one DICOM scan; raise :class:`InvalidScan` with the reason."""
+def decode(
+    data: bytes, limits: ScanLimits = DEFAULT_LIMITS, tags: TagMapping = NO_MAPPING
+) -> DecodedScan:
+    """Decode and validate one DICOM scan; raise :class:`InvalidScan` with the reason.
+    ``tags`` maps an installation's scanner tags to the contract's (``tags.py``)."""
     check_size(data, limits)
     try:
-        found = dicom_fast.read(data)
+        found = dicom_fast.read(data, tags.fast_wanted)
     except dicom_fast.NotFast:
-        return decode_with_pydicom(data, limits)
+        return decode_with_pydicom(data, limits, tags)
     except dicom_fast.Damaged as damage:
         # pydicom is the reference and forgives some damage (a mangled tag, say); the
         # fast reader must never refuse what it accepts. When both refuse, the fast
         # reader's message is the precise one (byte offset and tag).
         try:
-            return decode_with_pydicom(data, limits)
+            return decode_with_pydicom(data, limits, tags)
         except InvalidScan:
             raise InvalidScan(str(damage)) from None
     pixel_length = found.pixel_length if found.pixel_offset >= 0 else None
-    info = validate(found.header, limits, pixel_length)
+    info = validate(found.header, limits, pixel_length, tags)
     pixels = np.frombuffer(
         data, dtype="<u2", count=info.rows * info.cols, offset=found.pixel_offset
     ).reshape(info.rows, info.cols)
@@ -119,7 +124,9 @@ def _refuse_negative(negative: int) -> None:
         )
 
 
-def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> DecodedScan:
+def decode_with_pydicom(
+    data: bytes, limits: ScanLimits = DEFAULT_LIMITS, tags: TagMapping = NO_MAPPING
+) -> DecodedScan:
     """The reference path: pydicom for parsing and pixel decoding, the same validation."""
     check_size(data, limits)
     # pydicom raises a zoo of exception types on damaged input and warns on odd values;
@@ -130,9 +137,9 @@ def decode_with_pydicom(data: bytes, limits: ScanLimits = DEFAULT_LIMITS) -> Dec
         warnings.simplefilter("ignore")
         try:
             dataset = _read_dataset(data)
-            header = _pydicom_header(dataset)
+            header = _pydicom_header(dataset, tags)
             pixel_length = _pydicom_pixel_length(dataset, header)
-            info = validate(header, limits, pixel_length)
+            info = validate(header, limits, pixel_length, tags)
             if info.transfer_syntax not in NATIVE:
                 _check_compressed(dataset, info)
             pixels = dataset.pixel_array
@@ -181,9 +188,10 @@ def _read_dataset(data: bytes) -> Any:
         raise InvalidScan(f"not DICOM: {exc}") from exc
 
 
-def _pydicom_header(dataset: Any) -> Header:
+def _pydicom_header(dataset: Any, tags: TagMapping) -> Header:
     header: Header = {}
-    sources = ((dataset.file_meta, dicom_fast.META_WANTED), (dataset, dicom_fast.DATA_WANTED))
+    data_wanted = {**dicom_fast.DATA_WANTED, **tags.fast_wanted}
+    sources = ((dataset.file_meta, dicom_fast.META_WANTED), (dataset, data_wanted))
     for source, wanted in sources:
         for keyword, kind in wanted.values():
             value = source.get(keyword)
@@ -236,10 +244,13 @@ class DecodeDicomStep(Step):
 
     name = "decode_dicom"
 
-    def __init__(self, blobs: BlobStore | None, limits: ScanLimits, partition_by: str) -> None:
+    def __init__(
+        self, blobs: BlobStore | None, limits: ScanLimits, partition_by: str, tags: TagMapping
+    ) -> None:
         self.blobs = blobs
         self.limits = limits
         self.partition_by = partition_by
+        self.tags = tags
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         return [self._one(env) for env in batch]
@@ -252,7 +263,7 @@ class DecodeDicomStep(Step):
                 "(application/dicom) to this stage"
             )
         try:
-            scan = decode(payload_bytes(env, self.blobs), self.limits)
+            scan = decode(payload_bytes(env, self.blobs), self.limits, self.tags)
         except (InvalidScan, BlobError) as exc:  # BlobError is retried by the worker
             return exc
         out = Envelope()
@@ -265,8 +276,9 @@ class DecodeDicomStep(Step):
         return out
 
 
-def check_upload(data: bytes, limits: ImageLimits) -> Checked:
-    """The eggs application's ingest check of a DICOM upload: the whole scan contract.
+def check_upload(data: bytes, limits: ImageLimits, settings: EggSettings | None = None) -> Checked:
+    """The eggs application's ingest check of a DICOM upload: the whole scan contract,
+    read through the installation's tag mapping (``settings``).
 
     Takes the place of the core's generic DICOM check (see ``APP.checks``), so a scan
     the pipeline would dead-letter is refused at ingest with the decoder's reason.
@@ -275,7 +287,7 @@ def check_upload(data: bytes, limits: ImageLimits) -> Checked:
     # model's own (preprocess.check_scan: its minimum size) are checked here too, so a
     # scan the classify stage would refuse is refused now, not dead-lettered later.
     try:
-        scan = decode(data)
+        scan = decode(data, tags=(settings or DEFAULT_SETTINGS).tags)
         check_scan(scan.pixels)
     except InvalidInput as exc:
         raise InvalidScan(f"DICOM scan rejected: {exc}") from exc
@@ -301,7 +313,9 @@ def decode_dicom_step(
             "must be egg_id, tray or scanner"
         )
     limits = ScanLimits(min_side=min_side, max_side=max_side, max_bytes=max_bytes)
-    return DecodeDicomStep(context.blobs, limits, partition_by)
+    settings = context.app.parsed_settings if context.app is not None else None
+    tags = settings.tags if isinstance(settings, EggSettings) else NO_MAPPING
+    return DecodeDicomStep(context.blobs, limits, partition_by, tags)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from inferstream.apps.eggs.dicom_fast import Header
+from inferstream.apps.eggs.tags import NO_MAPPING, TagMapping
 from inferstream.codecs import dicom_frames
 from inferstream.errors import ConfigError, InvalidInput
 
@@ -37,6 +38,8 @@ _UIDS = (
     "StudyInstanceUID",
     "SeriesInstanceUID",
 )
+_DT_TAG = "AcquisitionDateTime (0008,002A)"
+_DAY_TAG = "ClinicalTrialTimePointID (0012,0050)"
 _REQUIRED_IDS = {"PatientID": "egg id", "AccessionNumber": "tray id", "StationName": "scanner id"}
 # Identifiers become partition keys, attributes and store columns: keep them plain.
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}")
@@ -116,13 +119,17 @@ class _Problems:
             raise InvalidScan(f"{len(self.found)} problems: {listed}")
 
 
-def validate(header: Header, limits: ScanLimits, pixel_length: int | None) -> ScanInfo:
+def validate(
+    header: Header, limits: ScanLimits, pixel_length: int | None, tags: TagMapping = NO_MAPPING
+) -> ScanInfo:
     """Check the header, in the order a scanner operator would want to hear about it;
-    every problem found is in the one :class:`InvalidScan` raised."""
+    every problem found is in the one :class:`InvalidScan` raised. ``tags`` is the
+    installation's mapping of its scanners' tags (:mod:`inferstream.apps.eggs.tags`)."""
+    header = tags.apply(header)
     problems = _Problems()
     syntax = problems.check(check_transfer_syntax, header)
     problems.check(_modality, header)
-    ids = {keyword: problems.check(_identifier, header, keyword) for keyword in _REQUIRED_IDS}
+    ids = {keyword: problems.check(_identifier, header, keyword, tags) for keyword in _REQUIRED_IDS}
     for keyword in _UIDS:
         if keyword in header:
             problems.check(_check_uid, keyword, str(header[keyword]))
@@ -135,8 +142,8 @@ def validate(header: Header, limits: ScanLimits, pixel_length: int | None) -> Sc
             f"pixel data is {pixel_length} bytes but Rows x Columns x 2 = "
             f"{image[0] * image[1] * 2}; the scan is truncated or its header is wrong"
         )
-    acquired_at = problems.check(_acquired_at, header)
-    incubation_day = problems.check(_incubation_day, header)
+    acquired_at = problems.check(_acquired_at, header, tags)
+    incubation_day = problems.check(_incubation_day, header, tags)
     problems.raise_any()
     assert syntax is not None and image is not None and acquired_at is not None
     assert incubation_day is not None and signed is not None and all(ids.values())
@@ -176,19 +183,20 @@ def check_transfer_syntax(header: Header) -> str:
     return syntax
 
 
-def _identifier(header: Header, keyword: str) -> str:
+def _identifier(header: Header, keyword: str, tags: TagMapping) -> str:
     value = header.get(keyword)
     if value is None or not str(value).strip():
         empty = "" if value is None else " (present but empty)"
         raise InvalidScan(
-            f"missing required tag {keyword} (the {_REQUIRED_IDS[keyword]}){empty}; "
-            "the scanner must fill it in"
+            f"missing required tag {tags.named(keyword)} (the {_REQUIRED_IDS[keyword]}){empty}; "
+            "the scanner must fill it in, or the installation map another tag to it "
+            "(settings: tags:, docs/dicom.md)"
         )
     text = str(value)
     if not _ID_RE.fullmatch(text):
         raise InvalidScan(
-            f"{keyword} {text!r:.80} is not a valid {_REQUIRED_IDS[keyword]}: use 1-64 letters, "
-            "digits and . _ : ^ + -, starting with a letter or digit"
+            f"{tags.named(keyword)} {text!r:.80} is not a valid {_REQUIRED_IDS[keyword]}: use "
+            "1-64 letters, digits and . _ : ^ + -, starting with a letter or digit"
         )
     return text
 
@@ -256,14 +264,14 @@ def _number(text: str) -> float:
         return math.nan
 
 
-def _acquired_at(header: Header) -> str:
+def _acquired_at(header: Header, tags: TagMapping) -> str:
     """AcquisitionDateTime as ISO 8601 in UTC, so times from every scanner compare."""
     text = str(header.get("AcquisitionDateTime", ""))
     match = _DT_RE.fullmatch(text)
     if not match:
+        where = tags.named("AcquisitionDateTime").replace("AcquisitionDateTime", _DT_TAG, 1)
         raise InvalidScan(
-            f"AcquisitionDateTime (0008,002A) {text!r:.40} is missing or not "
-            "YYYYMMDDHHMM[SS[.FFFFFF]][+HHMM]"
+            f"{where} {text!r:.40} is missing or not YYYYMMDDHHMM[SS[.FFFFFF]][+HHMM]"
         )
     year, month, day, hour, minute, second, fraction, offset = match.groups()
     try:
@@ -288,11 +296,13 @@ def _zone(offset: str | None, header: Header) -> timezone:
     return timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
 
 
-def _incubation_day(header: Header) -> int:
+def _incubation_day(header: Header, tags: TagMapping) -> int:
     text = str(header.get("ClinicalTrialTimePointID", ""))
     if not re.fullmatch(r"[0-9]{1,3}", text) or int(text) > _MAX_INCUBATION_DAY:
+        where = tags.named("ClinicalTrialTimePointID").replace(
+            "ClinicalTrialTimePointID", _DAY_TAG, 1
+        )
         raise InvalidScan(
-            f"ClinicalTrialTimePointID (0012,0050) {text!r:.40} is missing or not an incubation "
-            f"day 0..{_MAX_INCUBATION_DAY}"
+            f"{where} {text!r:.40} is missing or not an incubation day 0..{_MAX_INCUBATION_DAY}"
         )
     return int(text)

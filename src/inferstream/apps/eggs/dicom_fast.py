@@ -17,6 +17,7 @@ The preamble is never interpreted: it may hold anything, an executable included.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -90,32 +91,34 @@ class FastRead:
     pixel_length: int
 
 
-def read(data: bytes) -> FastRead:
+def read(data: bytes, extra: Mapping[int, tuple[str, str]] | None = None) -> FastRead:
     """Read the header and locate the pixel data, or raise NotFast / Damaged."""
     if len(data) < PREAMBLE + 4:
         raise Damaged(f"not DICOM: {len(data)} bytes is shorter than the 132-byte Part 10 header")
     if data[PREAMBLE : PREAMBLE + 4] != b"DICM":
         raise Damaged("not DICOM: no 'DICM' marker at byte 128; send a DICOM Part 10 file")
     header: Header = {}
-    pos, _ = _walk(data, PREAMBLE + 4, header, explicit=True, meta_only=True)
+    pos, _ = _walk(data, PREAMBLE + 4, header, explicit=True, wanted=META_WANTED)
     syntax = header.get("TransferSyntaxUID")
     if syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
         raise NotFast(f"transfer syntax {syntax!r}")
-    _, pixels = _walk(data, pos, header, explicit=syntax == EXPLICIT_VR_LE, meta_only=False)
+    wanted = {**DATA_WANTED, **extra} if extra else DATA_WANTED
+    explicit = syntax == EXPLICIT_VR_LE
+    _, pixels = _walk(data, pos, header, explicit=explicit, wanted=wanted)
     if pixels is None:
         return FastRead(header, -1, 0)
     return FastRead(header, pixels[0], pixels[1])
 
 
 def _walk(
-    data: bytes, pos: int, header: Header, *, explicit: bool, meta_only: bool
+    data: bytes, pos: int, header: Header, *, explicit: bool, wanted: Mapping[int, tuple[str, str]]
 ) -> tuple[int, tuple[int, int] | None]:
-    """Walk top-level elements from ``pos``; return where it stopped and the pixel span.
-
-    With ``meta_only`` it stops at the first element outside group 0002.
+    """Walk top-level elements from ``pos``, keeping the ``wanted`` ones; return where it
+    stopped and the pixel span. Reading the file meta group (``META_WANTED``), it stops
+    at the first element outside group 0002.
     """
     end = len(data)
-    wanted = META_WANTED if meta_only else DATA_WANTED
+    meta_only = wanted is META_WANTED
     element = _explicit_element if explicit else _implicit_element
     pixels: tuple[int, int] | None = None
     while pos < end:
