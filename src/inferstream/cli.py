@@ -23,6 +23,7 @@ from inferstream.pipeline import PipelineSpec, StageSpec, load_pipeline, wiring_
 
 if TYPE_CHECKING:
     from inferstream.admit import Admitter
+    from inferstream.application import AppSpec
     from inferstream.bus import Bus
 
 Handler = Callable[[argparse.Namespace], int]
@@ -205,9 +206,30 @@ def cmd_edge(args: argparse.Namespace) -> int:
         folder=Path(args.folder) if args.folder else None, dicom=dicom, batch=args.batch,
         report_s=args.report,
     )  # fmt: skip
+    app = app_with_settings(app_named(args.app), args.settings)
     stop = _stop_on_signals()
-    run_edge(settings, app_named(args.app), stop, say=lambda line: print(line, flush=True))
+    run_edge(settings, app, stop, say=lambda line: print(line, flush=True))
     return 0
+
+
+def app_with_settings(app: AppSpec, path: str | None) -> AppSpec:
+    """``app`` with an installation's settings read from ``path``: a YAML file of them,
+    or a pipeline file (its ``settings:`` section), so the edge checks as the centre."""
+    import yaml
+
+    from inferstream.errors import ConfigError
+
+    if path is None:
+        return app
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--settings {path}: cannot read it: {exc}") from exc
+    if isinstance(raw, dict) and "stages" in raw:
+        raw = raw.get("settings") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--settings {path}: expected a mapping of the application's settings")
+    return app.with_settings(raw)
 
 
 def cmd_housekeep(args: argparse.Namespace) -> int:
@@ -335,6 +357,11 @@ def _add_source_commands(add: Callable[[str, Handler, str], argparse.ArgumentPar
         "--app", required=True,
         help="the installed application the scans are for ('inferstream example --help' "
         "lists them); its checks run at the edge",
+    )  # fmt: skip
+    edge.add_argument(
+        "--settings", metavar="YAML",
+        help="the installation's settings of the application (its tag mapping, say): a YAML "
+        "file of them, or the centre's pipeline file (its settings: section)",
     )  # fmt: skip
     edge.add_argument("--api", required=True, help="the central API, e.g. https://centre:8000")
     edge.add_argument(

@@ -141,3 +141,18 @@ def test_a_pipeline_file_with_wrong_settings_does_not_load(tmp_path: Path) -> No
         raw = {"name": "x", "stages": [{"name": "s", "input": "a", "steps": []}]}
         parse_pipeline({**raw, "settings": {"tags": {}}}, tmp_path / "x.yaml")
     assert dataclasses.replace(spec, settings={}).application() is not None
+
+
+def test_the_edge_agent_reads_the_same_settings_as_the_centre(tmp_path: Path) -> None:
+    """``inferstream edge --settings``: a YAML file of them, or the centre's pipeline file."""
+    from inferstream.cli import app_with_settings
+
+    own = tmp_path / "tags.yaml"
+    own.write_text("tags: {egg_id: [PatientID, StudyID], tray: SeriesDescription}\n")
+    for path in (own, pipeline_with(tmp_path, MAPPING)):
+        app = app_with_settings(APP, str(path))
+        assert app.check_upload(other_scanner(**{"ClinicalTrialTimePointID": "9",
+            "AcquisitionDateTime": "20261130101500"}), ImageLimits()).key == "EGG-77"  # fmt: skip
+    own.write_text("tags: {egg_id: NoSuchKeyword}\n")
+    with pytest.raises(ConfigError, match="'NoSuchKeyword' is not a DICOM keyword"):
+        app_with_settings(APP, str(own))
