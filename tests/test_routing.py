@@ -212,3 +212,30 @@ def test_a_sink_stage_ends_its_outputs_there_and_dead_letters_none(local_bus: Bu
     with running(worker(local_bus, ["in"], Router(), [Passthrough()])):
         assert wait_for(lambda: sum(p.lag for p in local_bus.partitions("in", "p.s")) == 0)
     assert sum(p.high for p in local_bus.partitions("in.dlq")) == 0
+
+
+def test_a_step_runs_only_on_what_its_when_and_unless_take(tmp_path: Path) -> None:
+    """``when:``/``unless:`` on a step of a pipeline file: the others pass it unchanged,
+    in their places in the batch."""
+    from inferstream.pipeline.parse import parse_pipeline
+    from inferstream.runner import build_steps
+
+    raw = {
+        "name": "cond", "topics": {"a": 1},
+        "stages": [{"name": "s", "input": "a", "steps": [
+            {"step": "tag", "seen": "yes", "when": {"attributes": {"kind": ["x", "y"]}},
+             "unless": {"attributes": {"skip": "*"}}},
+        ]}],
+    }  # fmt: skip
+    spec = parse_pipeline(raw, tmp_path / "cond.yaml")
+    (step,) = build_steps(spec, spec.stages[0], "w")
+    kinds = [{"kind": "x"}, {"kind": "z"}, {"kind": "y", "skip": "1"}, {"kind": "y"}]
+    batch = [new_envelope(b"", "text/plain", attributes=a) for a in kinds]
+    out = step.process(batch)
+    assert [isinstance(o, Envelope) and o.attributes.get("seen") for o in out] == [
+        "yes", None, None, "yes"
+    ]  # fmt: skip
+    assert out[1] is batch[1] and out[2] is batch[2]
+    bad = {**raw, "stages": [{**raw["stages"][0], "steps": [{"step": "tag", "when": "x"}]}]}
+    with pytest.raises(ConfigError, match="step 'tag' when: 'when' must be a mapping"):
+        parse_pipeline(bad, tmp_path / "bad.yaml")

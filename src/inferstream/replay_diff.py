@@ -30,6 +30,7 @@ from inferstream.errors import ConfigError, InvalidInput
 from inferstream.fused import Item, run_fused
 from inferstream.pipeline import PipelineSpec
 from inferstream.registry import ModelRegistry
+from inferstream.steps import ConditionalStep
 from inferstream.store import ResultsStore
 from inferstream.store.schema import feedback
 
@@ -210,7 +211,8 @@ def replay_diff(
 
 def _pin(stage: str, steps: list[Any], registry: ModelRegistry, version: str) -> tuple[str, str]:
     """Hold the stage's one classify step at ``version``; its model name and head."""
-    classify = [s for s in steps if isinstance(s, ClassifyStep)]
+    unwrapped = (s.inner if isinstance(s, ConditionalStep) else s for s in steps)
+    classify = [s for s in unwrapped if isinstance(s, ClassifyStep)]
     if len(classify) != 1:
         raise ConfigError(
             f"stage {stage!r} has {len(classify)} classify steps; replay with a diff "

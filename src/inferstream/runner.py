@@ -22,7 +22,7 @@ from inferstream.bus import Bus, open_bus
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, StageSpec
 from inferstream.replays import ReplayBoard, ReplayWatch
-from inferstream.steps import Step, StepContext, build_step
+from inferstream.steps import ConditionalStep, Step, StepContext, build_step
 from inferstream.worker import StageWorker
 
 if TYPE_CHECKING:
@@ -102,7 +102,12 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
         app=app,
     )
     app_steps = app.steps if app else {}
-    return [build_step(step.ref, context, step.params, app_steps) for step in stage.steps]
+    built = []
+    for step in stage.steps:
+        made = build_step(step.ref, context, step.params, app_steps)
+        conditional = step.when is not None or step.unless is not None
+        built.append(ConditionalStep(made, step.takes) if conditional else made)
+    return built
 
 
 def make_worker(spec: PipelineSpec, stage_name: str, bus: Bus, replica: int = 0) -> StageWorker:

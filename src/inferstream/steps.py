@@ -66,6 +66,33 @@ class Step(ABC):
         """Release resources (connections, sessions); called once at shutdown."""
 
 
+class ConditionalStep(Step):
+    """A step that runs only on the envelopes its condition takes (``when:`` holds and
+    ``unless:`` does not, in the pipeline file); the others pass it unchanged, in
+    their places in the batch."""
+
+    def __init__(self, inner: Step, takes: Callable[[Envelope], bool]) -> None:
+        self.inner, self.takes = inner, takes
+        self.name = inner.name
+
+    def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
+        chosen = [i for i, env in enumerate(batch) if self.takes(env)]
+        if len(chosen) == len(batch):
+            return self.inner.process(batch)
+        outcomes: list[Outcome] = list(batch)
+        if chosen:
+            done = self.inner.process([batch[i] for i in chosen])
+            for i, outcome in zip(chosen, done, strict=True):
+                outcomes[i] = outcome
+        return outcomes
+
+    def begin_batch(self, positions: Mapping[tuple[str, int], int]) -> None:
+        self.inner.begin_batch(positions)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 #: Built-in step name -> "module:factory".
 BUILTIN_STEPS: dict[str, str] = {
     "passthrough": "inferstream.builtin_steps:passthrough",

@@ -31,7 +31,7 @@ from inferstream.pipeline.spec import (
     file_prefix,
     line_prefix,
 )
-from inferstream.routing import parse_routes, topic_list
+from inferstream.routing import parse_predicate, parse_routes, topic_list
 from inferstream.steps import resolve_factory
 
 PIPELINE_KEYS = {
@@ -110,8 +110,14 @@ def _parse_step(raw: Any, where: str) -> StepSpec:
     if isinstance(raw, str):
         return StepSpec(ref=raw)
     if isinstance(raw, dict) and isinstance(raw.get("step"), str):
-        params = {k: _without_lines(v) for k, v in raw.items() if k not in ("step", "__line__")}
-        return StepSpec(ref=raw["step"], params=params, line=raw.get("__line__"))
+        special = ("step", "__line__", "when", "unless")
+        params = {k: _without_lines(v) for k, v in raw.items() if k not in special}
+        conditions = {
+            key: parse_predicate(raw[key], f"{where} step {raw['step']!r} {key}")
+            for key in ("when", "unless")
+            if key in raw
+        }
+        return StepSpec(ref=raw["step"], params=params, line=raw.get("__line__"), **conditions)
     raise ConfigError(
         f"{where}: a step is a name ('decode_dicom') or a mapping with 'step' and its "
         f"parameters ({{step: classify, model: my_model}}), got {raw!r}"

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
-from inferstream.routing import Route, Router
+from inferstream.routing import Predicate, Route, Router
 
 if TYPE_CHECKING:
     from inferstream.application import AppSpec
     from inferstream.dataflow.join import JoinSpec
     from inferstream.dataflow.window import WindowSpec
+    from inferstream.envelope import Envelope
 
 DEFAULT_BUS = "sqlite:///.inferstream/bus.db"
 DEFAULT_STORE = "sqlite:///.inferstream/results.db"
@@ -43,6 +44,15 @@ class StepSpec:
     ref: str
     params: Mapping[str, Any] = field(default_factory=dict)
     line: int | None = None
+    #: The step runs on an envelope only if ``when`` holds and ``unless`` does not (the
+    #: routing predicates); the others pass it unchanged.
+    when: Predicate | None = None
+    unless: Predicate | None = None
+
+    def takes(self, env: Envelope) -> bool:
+        return (self.when is None or self.when.holds(env)) and not (
+            self.unless is not None and self.unless.holds(env)
+        )
 
 
 @dataclass(frozen=True)

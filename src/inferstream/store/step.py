@@ -21,6 +21,7 @@ from typing import Any
 from inferstream.application import AppSpec
 from inferstream.envelope import Envelope, ModelRole, Prediction, now_us
 from inferstream.errors import ConfigError, InvalidInput
+from inferstream.routing import Predicate, parse_predicate
 from inferstream.steps import Outcome, Step, StepContext
 from inferstream.store.rows import DeadLetterRow, OnConflict, PredictionRow, ResultRow
 from inferstream.store.store import ResultsStore
@@ -32,11 +33,16 @@ class StoreStep(Step):
     name = "store_results"
 
     def __init__(
-        self, store: ResultsStore, on_conflict: OnConflict = "ignore", app: AppSpec | None = None
+        self,
+        store: ResultsStore,
+        on_conflict: OnConflict = "ignore",
+        app: AppSpec | None = None,
+        without_prediction: Predicate | None = None,
     ) -> None:
         self.store = store
         self.on_conflict: OnConflict = on_conflict
         self.app = app
+        self.without_prediction = without_prediction
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         stored_at = now_us()
@@ -51,7 +57,10 @@ class StoreStep(Step):
                 else:
                     if self.app is not None:
                         check_record(env, self.app)
-                    record, answers = record_rows(env, stored_at, self.app)
+                    unpredicted = self.without_prediction is not None and (
+                        self.without_prediction.holds(env)
+                    )
+                    record, answers = record_rows(env, stored_at, self.app, unpredicted=unpredicted)
                     records.append(record)
                     predictions.extend(answers)
             except InvalidInput as exc:  # only this message is unusable
@@ -71,8 +80,18 @@ class StoreStep(Step):
         self.store.close()
 
 
-def store_step(context: StepContext, on_conflict: OnConflict = "ignore") -> StoreStep:
-    """Factory for ``store_results``; ``on_conflict: update`` lets a replay overwrite results."""
+def store_step(
+    context: StepContext,
+    on_conflict: OnConflict = "ignore",
+    without_prediction: Mapping[str, Any] | None = None,
+) -> StoreStep:
+    """Factory for ``store_results``; ``on_conflict: update`` lets a replay overwrite results.
+
+    A record of an application with a model must carry a champion prediction (else a
+    forgotten ``classify`` would store records with no answer); ``without_prediction``
+    (a routing predicate, e.g. ``{attributes: {domain: not_an_egg}}``) names the ones a
+    pipeline deliberately does not classify, stored with no prediction.
+    """
     if not context.store_url:
         raise ConfigError(
             f"stage {context.stage!r} uses store_results but the pipeline has no store URL; "
@@ -86,7 +105,11 @@ def store_step(context: StepContext, on_conflict: OnConflict = "ignore") -> Stor
     store = ResultsStore(context.store_url)
     if context.app is not None:
         store.register_app(context.app)
-    return StoreStep(store, on_conflict, context.app)
+    unpredicted = None
+    if without_prediction is not None:
+        where = f"stage {context.stage!r}: store_results without_prediction"
+        unpredicted = parse_predicate(without_prediction, where)
+    return StoreStep(store, on_conflict, context.app, unpredicted)
 
 
 def check_record(env: Envelope, app: AppSpec) -> None:
@@ -127,13 +150,14 @@ def _parses(value: str, kind: str) -> bool:
 
 
 def record_rows(
-    env: Envelope, stored_at_us: int, app: AppSpec | None = None
+    env: Envelope, stored_at_us: int, app: AppSpec | None = None, *, unpredicted: bool = False
 ) -> tuple[ResultRow, list[PredictionRow]]:
     """The record of one envelope and a row for each of its predictions.
 
     The record carries the champion of the application's first head (the last one,
     when a later stage refined an earlier); without an application, of any head. The
-    record of an application without heads (one that runs no model) carries none.
+    record of an application without heads (one that runs no model) carries none, and
+    so may one the pipeline chose not to classify (``unpredicted``).
     """
     _require_tenant(env)
     if app is not None and app.first_head is None:
@@ -141,6 +165,8 @@ def record_rows(
     first_head = app.heads[0].name if app else ""
     answers = [_prediction(env, p, stored_at_us, first_head) for p in env.predictions]
     headline = [a for a in answers if a.role == "champion" and a.head == first_head]
+    if not headline and unpredicted:
+        return _record(env, _no_prediction(env, stored_at_us), stored_at_us, app), answers
     if not headline:
         raise InvalidInput(
             f"envelope {env.id} reached the store with no champion prediction"

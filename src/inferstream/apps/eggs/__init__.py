@@ -29,6 +29,12 @@ APP = AppSpec(
         Attribute("acquired_at", description="when the scan was acquired (DICOM time)"),
         Attribute("incubation_day", "int", description="day of incubation at the scan"),
         Attribute("modality", description="DICOM modality (MR)"),
+        Attribute(
+            "domain",
+            filterable=True,
+            description="egg, or not_an_egg: outside the model's domain, so not sexed",
+        ),
+        Attribute("domain_score", "float", description="how unlike the eggs learnt (egg_guard)"),
     ),
     heads=(
         Head(
@@ -47,6 +53,7 @@ APP = AppSpec(
     steps={
         "decode_dicom": "inferstream.apps.eggs.dicom:decode_dicom_step",
         "preprocess_scan": "inferstream.apps.eggs.preprocess:preprocess_step",
+        "egg_guard": "inferstream.apps.eggs.domain:egg_guard_step",
     },
     pipelines={"eggs": "eggs.yaml"},
     example="inferstream.apps.eggs.example:add_example_command",

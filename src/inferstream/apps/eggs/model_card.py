@@ -9,6 +9,7 @@ model and rewrites ``docs/model-card.md``.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,10 +148,42 @@ def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: 
         "2 CPU threads",
         f"- wall time (data generation and training): {seconds:.0f} s",
         "",
+        *guard_section(),
         "## Limits",
         "",
         "Trained and evaluated on simulated scans only. Real scanners, real anatomy and real "
         "hatchery class mixes will differ; validate on labelled hatch results before use.",
+        "",
+    ]
+
+
+def guard_section() -> list[str]:
+    """The not-an-egg guard's rates, as ``python -m inferstream.apps.eggs.domain`` measured
+    them (``models/egg_domain.json``)."""
+    from inferstream.apps.eggs import APP
+
+    meta = json.loads((APP.models_dir / "egg_domain.json").read_text())
+    found: dict[str, float] = meta["rates_flagged"]
+    return [
+        "## Out of domain: the not-an-egg guard",
+        "",
+        "The model answers every input with a sex. The `egg_guard` step before it flags scans "
+        "unlike the eggs it learnt (`inferstream.apps.eggs.domain`: the distance of the "
+        f"16x16 model input from the eggs' first principal components, threshold "
+        f"{meta['threshold']:.2f}, and the share of the field of view the egg fills, "
+        f"{meta['extent_range'][0]:.2f} to {meta['extent_range'][1]:.2f}); a flagged scan is "
+        "stored as `domain: not_an_egg` with no sex. Fitted on "
+        f"{meta['trained_on']}; flagged, of {meta['rated_per_kind']} fresh scans of each kind:",
+        "",
+        "| scans | flagged |",
+        "|---|---|",
+        *(f"| {kind} | {share:.2%} |" for kind, share in found.items()),
+        "",
+        "Every public DICOM test image of another subject (pydicom's and pydicom-data's: head "
+        "MR, CT, ultrasound, X-ray; `tests/apps/eggs/test_domain.py`) is flagged. What it cannot "
+        "tell: an egg-shaped object with egg-like contrast that is not an egg, and real eggs "
+        "scanned unlike the simulator's (another field of view or contrast) would be flagged "
+        "until the guard is fitted on them.",
         "",
     ]
 

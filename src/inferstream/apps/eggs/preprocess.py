@@ -31,6 +31,8 @@ F32 = NDArray[np.float32]
 
 OUT_SIZE = 64
 MIN_SIDE = 32
+#: The attribute the step sets to each egg's extent in its scan (see preprocess_with_extents).
+EXTENT = "egg_extent"
 _THUMB = 32
 _BIAS_SIGMA = 5.0  # thumbnail pixels: wide enough to keep anatomy, narrow enough for the bias
 _MASK_LEVEL = 0.35  # egg interior = thumbnail brighter than this share of the bright level
@@ -80,8 +82,9 @@ def _square_boxes(mask: NDArray[np.bool_], height: int, width: int) -> NDArray[n
     return np.stack([y0, x0, side_y, side_x], axis=1)
 
 
-def _preprocess_stack(stack: NDArray[Any]) -> F32:
-    """(N, H, W) scans of one shape -> (N, 1, 64, 64)."""
+def _preprocess_stack(stack: NDArray[Any]) -> tuple[F32, F32]:
+    """(N, H, W) scans of one shape -> (N, 1, 64, 64), and each egg's extent: the side of
+    its crop over the scan's (the not-an-egg guard reads it)."""
     n, height, width = stack.shape
     images = stack.astype(np.float32)
     thumbs = np.stack(
@@ -89,14 +92,16 @@ def _preprocess_stack(stack: NDArray[Any]) -> F32:
     )
     mask, bias = _masks_and_bias(thumbs)
     out = np.empty((n, 1, OUT_SIZE, OUT_SIZE), dtype=np.float32)
-    for i, (y0, x0, sy, sx) in enumerate(_square_boxes(mask, height, width)):
+    boxes = _square_boxes(mask, height, width)
+    extents = np.maximum(boxes[:, 2] / height, boxes[:, 3] / width).astype(np.float32)
+    for i, (y0, x0, sy, sx) in enumerate(boxes):
         # Per-image cv2 upsampling of the field beats a batched matrix product here.
         field = cv2.resize(bias[i], (width, height), interpolation=cv2.INTER_LINEAR)
         crop = images[i, y0 : y0 + sy, x0 : x0 + sx] / field[y0 : y0 + sy, x0 : x0 + sx]
         out[i, 0] = cv2.resize(crop, (OUT_SIZE, OUT_SIZE), interpolation=cv2.INTER_AREA)
     out -= out.mean(axis=(2, 3), keepdims=True)
     out /= out.std(axis=(2, 3), keepdims=True) + 1e-6
-    return out
+    return out, extents
 
 
 def check_scan(image: NDArray[Any]) -> None:
@@ -114,6 +119,11 @@ def check_scan(image: NDArray[Any]) -> None:
 
 def preprocess_batch(images: Sequence[NDArray[Any]] | NDArray[Any]) -> F32:
     """Scans (any 2-D numeric arrays, sizes may differ) -> float32 (N, 1, 64, 64)."""
+    return preprocess_with_extents(images)[0]
+
+
+def preprocess_with_extents(images: Sequence[NDArray[Any]] | NDArray[Any]) -> tuple[F32, F32]:
+    """:func:`preprocess_batch`, and each egg's extent in its scan (N,)."""
     if isinstance(images, np.ndarray) and images.ndim == 3:
         for image in images[:1]:
             check_scan(image)
@@ -121,12 +131,13 @@ def preprocess_batch(images: Sequence[NDArray[Any]] | NDArray[Any]) -> F32:
     for image in images:
         check_scan(image)
     out = np.empty((len(images), 1, OUT_SIZE, OUT_SIZE), dtype=np.float32)
+    extents = np.empty(len(images), dtype=np.float32)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for i, image in enumerate(images):
         by_shape.setdefault(image.shape, []).append(i)
     for indices in by_shape.values():
-        out[indices] = _preprocess_stack(np.stack([images[i] for i in indices]))
-    return out
+        out[indices], extents[indices] = _preprocess_stack(np.stack([images[i] for i in indices]))
+    return out, extents
 
 
 def _scan_of(env: Envelope) -> NDArray[np.uint16]:
@@ -158,11 +169,12 @@ class PreprocessStep(Step):
                 slots.append(i)
             except InvalidInput as exc:
                 outcomes[i] = exc
-        inputs = preprocess_batch(scans) if scans else np.empty((0, 1, OUT_SIZE, OUT_SIZE))
-        for slot, tensor in zip(slots, inputs, strict=True):
+        inputs, extents = preprocess_with_extents(scans) if scans else (np.empty(0), np.empty(0))
+        for slot, tensor, extent in zip(slots, inputs, extents, strict=True):
             out = Envelope()
             out.CopyFrom(batch[slot])
             out.payload.tensor.CopyFrom(to_tensor(tensor))
+            out.attributes[EXTENT] = f"{extent:.4f}"
             outcomes[slot] = out
         return [o for o in outcomes if o is not None]
 
@@ -174,4 +186,12 @@ def preprocess_step(context: StepContext, **params: Any) -> PreprocessStep:
     return PreprocessStep()
 
 
-__all__ = ["OUT_SIZE", "PreprocessStep", "check_scan", "preprocess_batch", "preprocess_step"]
+__all__ = [
+    "EXTENT",
+    "OUT_SIZE",
+    "PreprocessStep",
+    "check_scan",
+    "preprocess_batch",
+    "preprocess_step",
+    "preprocess_with_extents",
+]
