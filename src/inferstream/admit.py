@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from inferstream import codecs
 from inferstream.application import AppSpec
@@ -40,15 +40,25 @@ class Admitter:
         app: AppSpec | None = None,
         claim_check_bytes: int = 64 * 1024,
         limits: ImageLimits | None = None,
+        deidentify: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.bus, self.blobs = bus, blobs
+        self.deidentify = deidentify
         self.topic, self.tenant, self.app = topic, tenant, app
         self.claim_check_bytes = claim_check_bytes
         self.limits = limits or ImageLimits()
         self._produce = threading.Lock()  # sources may call from several threads
 
     def check(self, data: bytes) -> Checked:
-        """The upload's checks: :class:`~inferstream.errors.InvalidInput` saying why."""
+        """The upload's checks: :class:`~inferstream.errors.InvalidInput` saying why. With
+        ``deidentify``, a DICOM file that passes is de-identified and checked again, as
+        the centre will check what it receives."""
+        checked = self._check(data)
+        if self.deidentify is None or checked.content_type != codecs.dicom.CONTENT_TYPE:
+            return checked
+        return self._check(self.deidentify(checked.data))
+
+    def _check(self, data: bytes) -> Checked:
         if self.app is None:
             return codecs.check(data, self.limits)
         return self.app.check_upload(data, self.limits)

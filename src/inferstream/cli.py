@@ -204,12 +204,31 @@ def cmd_edge(args: argparse.Namespace) -> int:
     settings = EdgeSettings(
         buffer=Path(args.buffer), api=args.api, api_key=key,
         folder=Path(args.folder) if args.folder else None, dicom=dicom, batch=args.batch,
-        report_s=args.report,
+        report_s=args.report, deidentify=_deidentifier(args),
     )  # fmt: skip
     app = app_with_settings(app_named(args.app), args.settings)
     stop = _stop_on_signals()
     run_edge(settings, app, stop, say=lambda line: print(line, flush=True))
     return 0
+
+
+def _deidentifier(args: argparse.Namespace) -> Callable[[bytes], bytes] | None:
+    import os
+
+    from inferstream.deidentify import Deidentifier
+    from inferstream.errors import ConfigError
+
+    if not args.deidentify:
+        return None
+    seed = os.environ.get("INFERSTREAM_DEID_SEED", "")
+    if args.deid_seed_file:
+        seed = Path(args.deid_seed_file).read_text().strip()
+    if not seed:
+        raise ConfigError(
+            "--deidentify needs the site's secret seed (it decides every pseudonym, the same "
+            "across restarts): set INFERSTREAM_DEID_SEED or --deid-seed-file FILE"
+        )
+    return Deidentifier(seed, keep=args.deid_keep)
 
 
 def app_with_settings(app: AppSpec, path: str | None) -> AppSpec:
@@ -380,6 +399,17 @@ def _add_source_commands(add: Callable[[str, Handler, str], argparse.ArgumentPar
     edge.add_argument(
         "--calling", action="append", default=[], metavar="AE",
         help="a scanner's AE title allowed to send (repeat; default: any)",
+    )  # fmt: skip
+    edge.add_argument(
+        "--deidentify", action="store_true",
+        help="de-identify every DICOM file before it is buffered (PS3.15 basic profile: "
+        "names replaced, ids and UIDs pseudonymised, dates shifted, all from the site's "
+        "secret seed: $INFERSTREAM_DEID_SEED or --deid-seed-file)",
+    )  # fmt: skip
+    edge.add_argument("--deid-seed-file", metavar="FILE", help="the secret seed, in a file")
+    edge.add_argument(
+        "--deid-keep", action="append", default=[], metavar="KEYWORD",
+        help="a DICOM element to keep as it is (repeat), e.g. StationName",
     )  # fmt: skip
     edge.add_argument("--batch", type=int, default=64, help="scans a request (64)")
     edge.add_argument(

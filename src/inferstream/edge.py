@@ -66,6 +66,8 @@ class EdgeSettings:
     batch: int = 64
     report_s: float = 10.0
     timeout_s: float = 30.0
+    #: De-identifies each DICOM file before it is buffered (``--deidentify``).
+    deidentify: Callable[[bytes], bytes] | None = None
 
 
 @dataclass
@@ -213,7 +215,7 @@ def run_edge(
     # forwarder's and the report's.
     buses = [open_buffer(settings.buffer) for _ in range(3)]
     admitter = Admitter(buses[0], None, topic=OUTBOX, tenant=LOCAL_TENANT, app=app,
-                        claim_check_bytes=2**62)  # fmt: skip
+                        claim_check_bytes=2**62, deidentify=settings.deidentify)  # fmt: skip
     forwarder = Forwarder(buses[1], settings, app, watcher=buses[2])
     threads = [threading.Thread(target=forwarder.run, args=(stop,), name="forward")]
     receiver = None
