@@ -1,4 +1,5 @@
-"""Egg pipeline throughput: scan generation, DICOM encoding, preprocessing, inference.
+"""Egg pipeline throughput: scan generation, DICOM encoding, preprocessing, inference and
+the not-an-egg guard.
 
 ``python bench/eggs_bench.py`` prints figures; nothing here is a test. Inference runs
 the shipped model on one thread (the serving session options) at several batch sizes.
@@ -12,7 +13,8 @@ import numpy as np
 
 from inferstream.apps.eggs.dicomgen import to_dicom_bytes
 from inferstream.apps.eggs.phantom import make_specs, render_batch
-from inferstream.apps.eggs.preprocess import preprocess_batch
+from inferstream.apps.eggs.domain import load_domain
+from inferstream.apps.eggs.preprocess import preprocess_batch, preprocess_with_extents
 from inferstream.classify import load_model
 
 
@@ -45,6 +47,13 @@ def main() -> None:
         for i in range(0, 512, batch):
             model.predict(inputs[i : i + batch])
         _rate(f"inference, batch {batch}, 1 thread", 512, time.perf_counter() - started, "images")
+    # The not-an-egg guard runs on every scan before inference: its cost beside it.
+    guard = load_domain()
+    _, extents = preprocess_with_extents(scans[:1024])
+    started = time.perf_counter()
+    for i in range(0, 1024, 64):
+        guard.is_egg(guard.scores(inputs[i : i + 64]), extents[i : i + 64])
+    _rate("egg_guard, batch 64", 1024, time.perf_counter() - started, "scans")
 
 
 if __name__ == "__main__":
