@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from inferstream.apps.eggs.dicomgen import to_dicom_bytes
-from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.apps.eggs.domain import load_domain
+from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.apps.eggs.preprocess import preprocess_batch, preprocess_with_extents
 from inferstream.classify import load_model
 

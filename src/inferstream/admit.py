@@ -75,23 +75,11 @@ class Admitter:
         """Keep the checked bytes in the tenant's blobs and wrap them in an envelope;
         ``subject`` is used where the content names none of its own. Without a blob
         store (an edge agent's buffer) the bytes stay inline in the envelope."""
-        if self.blobs is None:
-            digest = hashlib.sha256(checked.data).hexdigest()
-        else:
-            digest = self.blobs.put(checked.data, self.tenant).sha256
-        found = {**(attributes or {}), **checked.attributes, "blob_sha256": digest}
-        if self.app is not None and subject and not found.get(self.app.subject):
-            found[self.app.subject] = subject
-        env = new_envelope(
-            checked.data,
-            checked.content_type,
-            tenant=self.tenant,
-            key=checked.key or subject,
-            source=source,
-            attributes=found,
-            envelope_id=ident,
-        )
-        return env if self.blobs is None else check_in(env, self.blobs, self.claim_check_bytes)
+        return wrap_checked(
+            checked, tenant=self.tenant, app=self.app, blobs=self.blobs,
+            claim_check_bytes=self.claim_check_bytes, ident=ident, source=source,
+            subject=subject, attributes=attributes,
+        )  # fmt: skip
 
     def produce(self, envelopes: Sequence[Envelope]) -> None:
         """Durable on return (the bus's promise)."""
@@ -100,4 +88,37 @@ class Admitter:
             self.bus.produce(self.topic, records)
 
 
-__all__ = ["Admitter", "source_id"]
+def wrap_checked(
+    checked: Checked,
+    *,
+    tenant: str,
+    app: AppSpec | None,
+    blobs: BlobStore | None,
+    claim_check_bytes: int,
+    ident: str,
+    source: str,
+    subject: str = "",
+    attributes: Mapping[str, str] | None = None,
+) -> Envelope:
+    """An admitted item's envelope (see :meth:`Admitter.wrap`): what the content says of
+    itself wins over ``attributes``, its digest is kept, and a big one is claim-checked."""
+    if blobs is None:
+        digest = hashlib.sha256(checked.data).hexdigest()
+    else:
+        digest = blobs.put(checked.data, tenant).sha256
+    found = {**(attributes or {}), **checked.attributes, "blob_sha256": digest}
+    if app is not None and subject and not found.get(app.subject):
+        found[app.subject] = subject
+    env = new_envelope(
+        checked.data,
+        checked.content_type,
+        tenant=tenant,
+        key=checked.key or subject,
+        source=source,
+        attributes=found,
+        envelope_id=ident,
+    )
+    return env if blobs is None else check_in(env, blobs, claim_check_bytes)
+
+
+__all__ = ["Admitter", "source_id", "wrap_checked"]

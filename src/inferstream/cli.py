@@ -190,7 +190,12 @@ def cmd_edge(args: argparse.Namespace) -> int:
     key = os.environ.get("INFERSTREAM_API_KEY", "")
     if args.api_key_file:
         key = Path(args.api_key_file).read_text().strip()
-    if not key:
+    if (args.api is None) == (args.bus is None):
+        raise ConfigError(
+            "say where the centre is: --api URL (its HTTP API), or --bus kafka://... with "
+            "--tenant (its bus, where a check_ingest stage checks what arrives)"
+        )
+    if args.bus is None and not key:
         raise ConfigError(
             "the edge agent needs the centre's API key of a device: set INFERSTREAM_API_KEY "
             "or --api-key-file FILE (inferstream admin create-key ... --role device)"
@@ -202,7 +207,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
             ae_title=args.ae_title, host=args.dicom_host, port=args.dicom_port, calling=calling
         )
     settings = EdgeSettings(
-        buffer=Path(args.buffer), api=args.api, api_key=key,
+        buffer=Path(args.buffer), api=args.api or "", api_key=key, bus=args.bus,
+        topic=args.topic, tenant=args.tenant or "",
         folder=Path(args.folder) if args.folder else None, dicom=dicom, batch=args.batch,
         report_s=args.report, deidentify=_deidentifier(args),
     )  # fmt: skip
@@ -382,7 +388,14 @@ def _add_source_commands(add: Callable[[str, Handler, str], argparse.ArgumentPar
         help="the installation's settings of the application (its tag mapping, say): a YAML "
         "file of them, or the centre's pipeline file (its settings: section)",
     )  # fmt: skip
-    edge.add_argument("--api", required=True, help="the central API, e.g. https://centre:8000")
+    edge.add_argument("--api", help="the central API, e.g. https://centre:8000")
+    edge.add_argument(
+        "--bus", metavar="URL",
+        help="instead of the API, the central bus (kafka://broker:9092): a check_ingest "
+        "stage there checks what arrives (docs/sources.md)",
+    )  # fmt: skip
+    edge.add_argument("--topic", default="scans.edge", help="its topic (scans.edge)")
+    edge.add_argument("--tenant", help="with --bus: the tenant the scans are for")
     edge.add_argument(
         "--api-key-file", metavar="FILE",
         help="a device API key of the centre (default: $INFERSTREAM_API_KEY)",

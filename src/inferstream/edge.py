@@ -58,7 +58,7 @@ LOCAL_TENANT = "edge"
 @dataclass(frozen=True)
 class EdgeSettings:
     buffer: Path
-    #: The central API's base URL, e.g. https://inferstream.example:8000
+    #: The central API's base URL, e.g. https://inferstream.example:8000 ("" with ``bus``)
     api: str
     api_key: str
     folder: Path | None = None
@@ -68,6 +68,11 @@ class EdgeSettings:
     timeout_s: float = 30.0
     #: De-identifies each DICOM file before it is buffered (``--deidentify``).
     deidentify: Callable[[bytes], bytes] | None = None
+    #: Instead of the API: the central bus (``kafka://...``), its topic, and the tenant
+    #: the scans are for; a ``check_ingest`` stage there checks them as the API would.
+    bus: str | None = None
+    topic: str = "scans.edge"
+    tenant: str = ""
 
 
 @dataclass
@@ -100,10 +105,14 @@ class Forwarder:
     ``bus`` is its own handle on the buffer (a bus handle serves one thread);
     :meth:`backlog` may be asked from another thread with ``watcher``, another one."""
 
-    def __init__(self, bus: Bus, settings: EdgeSettings, app: AppSpec, watcher: Bus) -> None:
+    def __init__(
+        self, bus: Bus, settings: EdgeSettings, app: AppSpec, watcher: Bus,
+        uplink: Uplink | None = None,
+    ) -> None:  # fmt: skip
         self.bus, self.settings, self.app, self.watcher = bus, settings, app, watcher
         self.counts = Forwarded()
         self.url = settings.api.rstrip("/") + "/v1/scans"
+        self.uplink: Uplink = uplink or self._post
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -140,7 +149,7 @@ class Forwarder:
         """Send until accepted; the scans the centre refuses for good, with why."""
         tries = 0
         while True:
-            status, detail = self._post(envelopes)
+            status, detail = self.uplink(envelopes)
             if status == 202:
                 return []
             if status is None or status in RETRY_STATUSES or status in (401, 403):
@@ -161,7 +170,7 @@ class Forwarder:
             return self._send(envelopes[:half], stop) + self._send(envelopes[half:], stop)
 
     def _post(self, envelopes: list[Envelope]) -> tuple[int | None, str]:
-        batch = EnvelopeBatch(envelopes=[self._wire(env) for env in envelopes])
+        batch = EnvelopeBatch(envelopes=[wire(env, self.app) for env in envelopes])
         request = urllib.request.Request(
             self.url,
             data=batch.SerializeToString(),
@@ -176,19 +185,45 @@ class Forwarder:
         except (urllib.error.URLError, OSError) as exc:
             return None, str(getattr(exc, "reason", exc))
 
-    def _wire(self, env: Envelope) -> Envelope:
-        """What the centre takes from an edge agent: the scan inline and what a client
-        may say of it; everything else it derives again from the scan."""
-        allowed = set(self.app.client_attributes)
-        out = Envelope(
-            schema_version=env.schema_version, id=env.id, root_id=env.root_id,
-            partition_key=env.partition_key, source=env.source,
-            created_at_us=env.created_at_us, trace_id=env.trace_id,
-        )  # fmt: skip
-        out.payload.content_type = env.payload.content_type
-        out.payload.inline = env.payload.inline
-        out.attributes.update({k: v for k, v in env.attributes.items() if k in allowed})
-        return out
+
+def wire(env: Envelope, app: AppSpec, tenant: str = "") -> Envelope:
+    """What the centre takes from an edge agent: the scan inline and what a client may
+    say of it; everything else it derives again from the scan."""
+    allowed = set(app.client_attributes)
+    out = Envelope(
+        schema_version=env.schema_version, id=env.id, root_id=env.root_id,
+        partition_key=env.partition_key, source=env.source,
+        created_at_us=env.created_at_us, trace_id=env.trace_id, tenant=tenant,
+    )  # fmt: skip
+    out.payload.content_type = env.payload.content_type
+    out.payload.inline = env.payload.inline
+    out.attributes.update({k: v for k, v in env.attributes.items() if k in allowed})
+    return out
+
+
+#: Hands a batch to the centre: (202, "accepted"), (4xx, why) for refused for good, or
+#: (None or 5xx, why) to try again later.
+Uplink = Callable[[list[Envelope]], tuple[int | None, str]]
+
+
+class BusUplink:
+    """The central bus as the uplink: a batch is the centre's once the bus has it
+    durably (its produce returns); any failure is tried again, as an outage is."""
+
+    def __init__(self, url: str, topic: str, tenant: str, app: AppSpec) -> None:
+        self.bus, self.topic, self.tenant, self.app = open_bus(url), topic, tenant, app
+
+    def __call__(self, envelopes: list[Envelope]) -> tuple[int | None, str]:
+        wired = [wire(env, self.app, self.tenant) for env in envelopes]
+        records = [Record(e.partition_key.encode(), e.SerializeToString()) for e in wired]
+        try:
+            self.bus.produce(self.topic, records)
+        except InferstreamError as exc:  # the bus's errors: down, unreachable, timed out
+            return None, str(exc)
+        return 202, "accepted"
+
+    def close(self) -> None:
+        self.bus.close()
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
@@ -205,6 +240,14 @@ def _rejected(env: Envelope, why: str) -> Record:
     return Record(env.partition_key.encode(), env.SerializeToString())
 
 
+def _bus_uplink(settings: EdgeSettings, app: AppSpec) -> BusUplink | None:
+    if settings.bus is None:
+        return None
+    if not settings.tenant:
+        raise InferstreamError("an edge agent writing to the bus must say its --tenant")
+    return BusUplink(settings.bus, settings.topic, settings.tenant, app)
+
+
 def run_edge(
     settings: EdgeSettings, app: AppSpec, stop: threading.Event, say: Callable[[str], None] = print
 ) -> None:
@@ -216,7 +259,8 @@ def run_edge(
     buses = [open_buffer(settings.buffer) for _ in range(3)]
     admitter = Admitter(buses[0], None, topic=OUTBOX, tenant=LOCAL_TENANT, app=app,
                         claim_check_bytes=2**62, deidentify=settings.deidentify)  # fmt: skip
-    forwarder = Forwarder(buses[1], settings, app, watcher=buses[2])
+    uplink = _bus_uplink(settings, app)
+    forwarder = Forwarder(buses[1], settings, app, watcher=buses[2], uplink=uplink)
     threads = [threading.Thread(target=forwarder.run, args=(stop,), name="forward")]
     receiver = None
     if settings.folder is not None:
@@ -231,7 +275,8 @@ def run_edge(
         say(f"DICOM receiver {settings.dicom.ae_title} on port {receiver.port}")
     for thread in threads:
         thread.start()
-    say(f"edge agent: buffer {settings.buffer}, forwarding to {settings.api}")
+    centre = f"{settings.bus} topic {settings.topic}" if settings.bus else settings.api
+    say(f"edge agent: buffer {settings.buffer}, forwarding to {centre}")
     try:
         while not stop.wait(settings.report_s):
             c = forwarder.counts
@@ -245,6 +290,17 @@ def run_edge(
             thread.join(timeout=60)
         for bus in buses:
             bus.close()
+        if uplink is not None:
+            uplink.close()
 
 
-__all__ = ["OUTBOX", "REJECTED", "EdgeSettings", "Forwarder", "open_buffer", "run_edge"]
+__all__ = [
+    "OUTBOX",
+    "REJECTED",
+    "BusUplink",
+    "EdgeSettings",
+    "Forwarder",
+    "open_buffer",
+    "run_edge",
+    "wire",
+]

@@ -100,6 +100,7 @@ BUILTIN_STEPS: dict[str, str] = {
     "tag": "inferstream.builtin_steps:tag",
     "classify": "inferstream.serving:classify_step",
     "store_results": "inferstream.store:store_step",
+    "check_ingest": "inferstream.ingest_step:check_ingest_step",
 }
 
 StepFactory = Callable[..., Step]

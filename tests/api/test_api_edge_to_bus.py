@@ -1,0 +1,112 @@
+"""``inferstream edge --bus``: an edge agent hands its buffer to the central bus, where a
+``check_ingest`` stage holds every item to the API's checks. On the real Kafka-protocol
+broker and the embedded log: every scan is one record (counted by id), and what the
+stage refuses is dead-lettered with the check's reason, as a client would hear a 4xx."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from api_testing import dicom_bytes
+
+from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.dicomgen import to_dicom_bytes
+from inferstream.apps.eggs.phantom import make_specs, render_batch
+from inferstream.bus import Record, open_bus
+from inferstream.edge import EdgeSettings, run_edge
+from inferstream.envelope import new_envelope
+from inferstream.pipeline import StageSpec, StepSpec, load_pipeline
+from inferstream.store import ResultsStore
+from inferstream.testing import pipeline_threads
+
+SCANS = 12
+
+
+def central(tmp_path: Path, bus_url: str):  # type: ignore[no-untyped-def]
+    """The flagship pipeline with an ingest stage in front: scans.edge -> scans.raw."""
+    spec = load_pipeline(APP.pipeline_path()).with_urls(
+        bus=bus_url, store=f"sqlite:///{tmp_path / 'results.db'}",
+        blobs=f"file://{tmp_path / 'blobs'}",
+    )  # fmt: skip
+    ingest = StageSpec(name="ingest", input="scans.edge", output="scans.raw",
+                       steps=(StepSpec("check_ingest"),))  # fmt: skip
+    refused = StageSpec(name="ingest-dead-letters", input="scans.edge.dlq",
+                        steps=(StepSpec("store_results"),))  # fmt: skip
+    return dataclasses.replace(
+        spec, stages=(ingest, refused, *spec.stages), topics={"scans.edge": 2, **spec.topics}
+    )
+
+
+@pytest.mark.parametrize("bus_kind", ["embedded", "kafka"])
+def test_scans_sent_by_the_bus_are_checked_and_stored_once(
+    tmp_path: Path, bus_kind: str, request: pytest.FixtureRequest
+) -> None:
+    bus_url = (
+        request.getfixturevalue("kafka_url")
+        if bus_kind == "kafka"
+        else f"sqlite:///{tmp_path / 'central-bus.db'}"
+    )
+    spec = central(tmp_path, bus_url)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    specs = make_specs(SCANS, seed=500)
+    for i, (egg, scan) in enumerate(zip(specs, render_batch(specs), strict=True)):
+        (inbox / f".{i}.part").write_bytes(to_dicom_bytes(scan, egg))
+        os.replace(inbox / f".{i}.part", inbox / f"scan-{i}.dcm")
+    settings = EdgeSettings(
+        buffer=tmp_path / "buffer", api="", api_key="", folder=inbox, bus=bus_url,
+        topic="scans.edge", tenant="farm", report_s=0.5,
+    )  # fmt: skip
+    stop = threading.Event()
+    store = ResultsStore(spec.store)
+    bus = open_bus(bus_url)
+    try:
+        with pipeline_threads(spec, replicas=1):
+            agent = threading.Thread(target=run_edge, args=(settings, APP, stop, lambda _: None))
+            agent.start()
+            # What no edge agent checked: a file that is no scan.
+            bad = [new_envelope(b"not a scan", "application/dicom", tenant="farm", key="x")]
+            bus.produce("scans.edge", [Record(e.partition_key.encode(), e.SerializeToString())
+                                       for e in bad])  # fmt: skip
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                letters = store.list_dead_letters("farm", limit=10).items
+                if store.count_results("farm") >= SCANS and letters:
+                    break
+                time.sleep(0.3)
+            stop.set()
+            agent.join(timeout=60)
+        records = store.list_results("farm", limit=100).items
+        letters = store.list_dead_letters("farm", limit=10).items
+    finally:
+        stop.set()
+        bus.close()
+        store.close()
+    assert sorted(r.subject for r in records) == sorted(egg.egg_id for egg in specs)
+    assert len({r.root_id for r in records}) == SCANS and all(r.label for r in records)
+    assert [(d.stage, d.error_type) for d in letters] == [("ingest", "UnsupportedContent")]
+    assert "none of the known kinds" in letters[0].message
+
+
+def test_an_item_with_no_tenant_or_a_client_attribute_it_may_not_send() -> None:
+    """The stage keeps only what a client may say, derives the rest, and refuses an item
+    whose producer named no tenant."""
+    from inferstream.ingest_step import check_ingest_step
+    from inferstream.steps import StepContext
+
+    step = check_ingest_step(StepContext(pipeline="eggs", stage="ingest", app=APP))
+    forged = {"tray": "TRAY-9", "egg_id": "FORGED", "domain": "egg"}
+    sent = new_envelope(dicom_bytes(seed=7), "application/dicom", tenant="farm", key="k",
+                        attributes=forged)  # fmt: skip
+    orphan = new_envelope(dicom_bytes(seed=8), "application/dicom", key="k")
+    orphan.tenant = ""
+    out, refused = step.process([sent, orphan])
+    assert not isinstance(out, BaseException)
+    assert out.attributes["egg_id"] == "EGG-000007" and out.attributes["tray"] == "TRAY-0042"
+    assert "domain" not in out.attributes and out.id == sent.id and out.tenant == "farm"
+    assert isinstance(refused, BaseException) and "names no tenant" in str(refused)
