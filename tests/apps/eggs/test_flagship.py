@@ -52,6 +52,7 @@ def check_summary(summary: dict[str, float]) -> None:
     assert summary["results_stored"] == 800
     assert summary["lost"] == 0 and summary["duplicates"] == 0
     assert summary["accuracy"] >= ACCURACY_GOAL
+    assert summary["not_eggs"] <= 4  # the guard's target: at most 0.5% of eggs flagged
     # The hatch results, as feedback: each version's accuracy equals the run's own.
     (version, accuracy), *_ = summary["accuracy_by_version"].items()
     assert version.startswith("egg_sexing 1.0.0") and abs(accuracy - summary["accuracy"]) < 1e-9

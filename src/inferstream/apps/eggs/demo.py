@@ -68,6 +68,8 @@ class Summary:
     latency_p50_ms: float
     latency_p99_ms: float
     offered_rate_per_s: float
+    #: Scans the not-an-egg guard flagged (stored without a sex; counted as wrong above).
+    not_eggs: int = 0
     #: "model version (role)" -> accuracy against the hatch results (feedback).
     accuracy_by_version: dict[str, float] = field(default_factory=dict)
 
@@ -165,7 +167,7 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
     deterministic ids, so a double would mean a scan ingested twice under two ids.
     """
     latencies: list[float] = []
-    correct = rows = 0
+    correct = rows = not_eggs = 0
     seen: set[str] = set()
     eggs: set[str | None] = set()
     first_created, last_stored = float("inf"), 0
@@ -175,6 +177,7 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
         eggs.add(row.subject)
         latencies.append(row.latency_ms)
         correct += emission.truth.get(row.root_id) == row.label
+        not_eggs += row.attributes.get("domain") == "not_an_egg"
         first_created = min(first_created, row.created_at_us)
         last_stored = max(last_stored, row.stored_at_us)
     span_s = max((last_stored - first_created) / 1e6, 1e-9) if rows else float("nan")
@@ -189,6 +192,7 @@ def summarise(store: ResultsStore, tenant: str, emission: Emission, rate: float)
         latency_p50_ms=_percentile(latencies, 0.50),
         latency_p99_ms=_percentile(latencies, 0.99),
         offered_rate_per_s=rate,
+        not_eggs=not_eggs,
     )
 
 
