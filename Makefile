@@ -35,8 +35,9 @@ system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prom
 demo: $(STAMP) ## Run the flagship pipeline end to end on the embedded defaults
 	$(BIN)/inferstream example eggs
 
-faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses
+faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses; the database down 5 minutes
 	FAULT_KILLS=40 FAULT_PHOTOS=3000 $(BIN)/pytest -q -p no:cacheprovider tests/dataflow/test_dataflow_faults.py
+	DB_OUTAGE_S=300 $(BIN)/pytest -q -p no:cacheprovider tests/api/test_api_database_down.py
 
 fuzz: $(STAMP) ## Fuzz every reader of outside bytes for FUZZ_SECONDS each (300; corpus kept in .fuzz/)
 	@PYTHONPATH=tests:tests/fuzz $(BIN)/python tests/fuzz/fuzz_seeds.py .fuzz
