@@ -30,8 +30,11 @@ def read(data: bytes) -> pydicom.Dataset:
 
 
 def scan(seed: int = 3) -> bytes:
-    return to_bytes(make_dataset(64, 64, seed, PatientBirthDate="19700101",
-                                 InstitutionName="Hatchery Ltd"))  # fmt: skip
+    dataset = make_dataset(64, 64, seed, PatientBirthDate="19700101",
+                           InstitutionName="Hatchery Ltd")  # fmt: skip
+    block = dataset.private_block(0x0011, "ACME scanner", create=True)
+    block.add_new(0x01, "LO", "operator Jane Doe")
+    return to_bytes(dataset)
 
 
 def test_identifying_elements_are_replaced_and_pixels_kept() -> None:
@@ -42,6 +45,7 @@ def test_identifying_elements_are_replaced_and_pixels_kept() -> None:
                     "StudyInstanceUID", "AcquisitionDateTime"):  # fmt: skip
         assert str(after.get(keyword)) != str(before.get(keyword)), keyword
     assert after.PatientIdentityRemoved == "YES" and "PS3.15" in after.DeidentificationMethod
+    assert any(e.tag.is_private for e in before) and not any(e.tag.is_private for e in after)
     assert after.PixelData == before.PixelData and after.Rows == before.Rows
     assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
 

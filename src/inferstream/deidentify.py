@@ -4,7 +4,7 @@ An edge agent beside a scanner may be asked (``inferstream edge --deidentify``) 
 what identifies a person from every DICOM file before it is buffered and forwarded:
 names are replaced, identifiers (patient id, accession number, ...) and UIDs become
 pseudonyms, dates and times are shifted, addresses and equipment names replaced,
-free-text identifying elements removed, and PatientIdentityRemoved and
+free-text identifying elements and private elements removed, and PatientIdentityRemoved and
 DeidentificationMethod are set. The work is dicognito's (a library made for this,
 following PS3.15's basic profile); here it is made **consistent**: pseudonyms and the
 date shift come from a secret seed, so the same patient (egg, tray) gets the same
@@ -60,6 +60,7 @@ class Deidentifier:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 dataset = pydicom.dcmread(io.BytesIO(data))
+                dataset.remove_private_tags()  # the basic profile removes them (X)
                 with self._lock:
                     self._anonymizer.anonymize(dataset)
                 dataset.PatientIdentityRemoved = "YES"

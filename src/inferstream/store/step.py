@@ -89,7 +89,7 @@ def store_step(
 
     A record of an application with a model must carry a champion prediction (else a
     forgotten ``classify`` would store records with no answer); ``without_prediction``
-    (a routing predicate, e.g. ``{attributes: {domain: not_an_egg}}``) names the ones a
+    (a routing predicate, e.g. ``{attributes: {screened: out}}``) names the ones a
     pipeline deliberately does not classify, stored with no prediction.
     """
     if not context.store_url:
