@@ -5,6 +5,7 @@ write), then through the flagship pipeline end to end."""
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +43,7 @@ FOLDERS = (
 )
 
 
+@functools.cache
 def public_images() -> dict[str, np.ndarray]:
     """Every public test image pydicom decodes to one grey slice of 32 x 32 or more (the
     first frame, the first channel), scaled to the 12-bit range our scanners give."""
