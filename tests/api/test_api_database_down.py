@@ -55,6 +55,7 @@ def wait_for(count: int, store: ResultsStore, tenant: str, seconds: float = 120)
     return stored
 
 
+@pytest.mark.timeout(OUTAGE_S + 240)
 def test_the_database_down_loses_nothing_and_the_api_says_503(tmp_path: Path) -> None:
     with private_cluster(free_port()) as cluster:
         spec = load_pipeline(APP.pipeline_path()).with_urls(
