@@ -158,6 +158,10 @@ class ReplayWatcher(Protocol):
         """Block until the replay is applied (True), or ``stop`` is set or time runs out."""
         ...
 
+    def close(self) -> None:
+        """Release the board's connections (the worker is leaving)."""
+        ...
+
 
 class ReplayWatch:
     """A worker's view of the board for its group (one per consumer; not thread-safe).
@@ -168,7 +172,7 @@ class ReplayWatch:
     """
 
     def __init__(self, board: ReplayBoard, group: str, *, check_every_s: float = 1.0) -> None:
-        self._board = board
+        self._board = board  # the watch's own: :meth:`close` closes it
         self._group = group
         self._check_every_s = check_every_s
         self._handled = 0
@@ -255,6 +259,9 @@ class ReplayWatch:
             timeout_s,
         )
 
+    def close(self) -> None:
+        self._board.close()
+
 
 class NoReplays:
     """The watcher of a worker with no board: replay is never requested."""
@@ -264,3 +271,6 @@ class NoReplays:
 
     def wait_applied(self, stop: threading.Event, timeout_s: float = WAIT_APPLIED_S) -> bool:
         return True
+
+    def close(self) -> None:
+        pass

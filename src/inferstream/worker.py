@@ -140,6 +140,7 @@ class StageWorker:
         finally:
             for step in self.steps:
                 step.close()
+            self.replays.close()
 
     def run_once(self, consumer: Consumer) -> int:
         """Consume, process, produce and commit one batch; return its size."""
