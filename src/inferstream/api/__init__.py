@@ -16,9 +16,31 @@ Reading guide:
 
 from __future__ import annotations
 
-from inferstream.api.app import create_app
-from inferstream.api.auth import Principal, principal_for, principal_from_token, require
-from inferstream.api.settings import ApiSettings
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from inferstream.api.app import create_app
+    from inferstream.api.auth import Principal, principal_for, principal_from_token, require
+    from inferstream.api.settings import ApiSettings
+
+#: Imported when first asked for, not with the package: ``inferstream.api.cli`` (every
+#: command line's parser) must not pay for FastAPI and the whole service (1.4 s).
+_LAZY = {
+    "create_app": "inferstream.api.app",
+    "Principal": "inferstream.api.auth",
+    "principal_for": "inferstream.api.auth",
+    "principal_from_token": "inferstream.api.auth",
+    "require": "inferstream.api.auth",
+    "ApiSettings": "inferstream.api.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'inferstream.api' has no attribute {name!r}")
+
 
 __all__ = [
     "ApiSettings",
