@@ -10,19 +10,15 @@ is told to try again. Afterwards every scan is one record, counted by id: 0 lost
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
+from egg_scans import egg_envelopes, flagship, wait_for_records
+from flow_testing import produce_envelopes
 
-from inferstream.apps.eggs import APP
-from inferstream.apps.eggs.dicomgen import to_dicom_bytes
-from inferstream.apps.eggs.phantom import make_specs, render_batch
-from inferstream.bus import Bus, Record, open_bus
-from inferstream.envelope import new_envelope
-from inferstream.errors import TransientError
-from inferstream.pipeline import load_pipeline
+from inferstream.bus import open_bus
+from inferstream.errors import BusFullError
 from inferstream.store import ResultsStore
 from inferstream.testing import pipeline_threads
 
@@ -30,16 +26,6 @@ pytestmark = pytest.mark.slow
 
 TENANT = "farm"
 FULL_S = 5.0
-
-
-def scans(n: int, seed: int) -> list[Record]:
-    specs = make_specs(n, seed=seed)
-    envelopes = [
-        new_envelope(to_dicom_bytes(scan, egg), "application/dicom", tenant=TENANT,
-                     key=egg.egg_id)
-        for egg, scan in zip(specs, render_batch(specs), strict=True)
-    ]  # fmt: skip
-    return [Record(e.partition_key.encode(), e.SerializeToString()) for e in envelopes]
 
 
 def fill(folder: Path) -> Path:
@@ -55,25 +41,6 @@ def fill(folder: Path) -> Path:
     return filler
 
 
-def wait_for(store: ResultsStore, count: int, seconds: float = 120) -> int:
-    deadline = time.monotonic() + seconds
-    while store.count_results(TENANT) < count and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return store.count_results(TENANT)
-
-
-def produce_until_taken(bus: Bus, records: list[Record]) -> int:
-    """Produce, trying again while the bus says it cannot now; the refusals counted."""
-    refusals = 0
-    while True:
-        try:
-            bus.produce("scans.raw", records)
-            return refusals
-        except TransientError:
-            refusals += 1
-            time.sleep(0.5)
-
-
 def check_once_each(store: ResultsStore, sent: int) -> None:
     records = store.list_results(TENANT, limit=500).items
     roots = [r.root_id for r in records]
@@ -82,21 +49,18 @@ def check_once_each(store: ResultsStore, sent: int) -> None:
 
 
 def test_the_store_disk_fills_and_space_returns(tmp_path: Path, small_disk: Path) -> None:
-    spec = load_pipeline(APP.pipeline_path()).with_urls(
-        bus=f"sqlite:///{tmp_path / 'bus.db'}", store=f"sqlite:///{small_disk / 'results.db'}",
-        blobs=f"file://{tmp_path / 'blobs'}",
-    )  # fmt: skip
+    spec = flagship(tmp_path, store=f"sqlite:///{small_disk / 'results.db'}")
     bus, store = open_bus(spec.bus), ResultsStore(spec.store)
     try:
         with pipeline_threads(spec, replicas=1):
-            bus.produce("scans.raw", scans(20, seed=1))
-            assert wait_for(store, 20) == 20
+            produce_envelopes(bus, "scans.raw", egg_envelopes(20, seed=1, tenant=TENANT))
+            assert wait_for_records(store, TENANT, 20) == 20
             filler = fill(small_disk)
-            bus.produce("scans.raw", scans(60, seed=2))
+            produce_envelopes(bus, "scans.raw", egg_envelopes(60, seed=2, tenant=TENANT))
             time.sleep(FULL_S)
             stalled = store.count_results(TENANT)
             filler.unlink()  # space returns
-            assert wait_for(store, 80) == 80
+            assert wait_for_records(store, TENANT, 80) == 80
         check_once_each(store, 80)
     finally:
         bus.close()
@@ -105,23 +69,20 @@ def test_the_store_disk_fills_and_space_returns(tmp_path: Path, small_disk: Path
 
 
 def test_the_bus_disk_fills_and_space_returns(tmp_path: Path, small_disk: Path) -> None:
-    spec = load_pipeline(APP.pipeline_path()).with_urls(
-        bus=f"sqlite:///{small_disk / 'bus.db'}", store=f"sqlite:///{tmp_path / 'results.db'}",
-        blobs=f"file://{tmp_path / 'blobs'}",
-    )  # fmt: skip
+    spec = flagship(tmp_path, bus=f"sqlite:///{small_disk / 'bus.db'}")
     bus, store = open_bus(spec.bus), ResultsStore(spec.store)
     try:
         with pipeline_threads(spec, replicas=1):
-            bus.produce("scans.raw", scans(20, seed=3))
-            assert wait_for(store, 20) == 20
+            produce_envelopes(bus, "scans.raw", egg_envelopes(20, seed=3, tenant=TENANT))
+            assert wait_for_records(store, TENANT, 20) == 20
             filler = fill(small_disk)
-            late = scans(20, seed=4)
-            with pytest.raises(TransientError):
-                bus.produce("scans.raw", late)  # no room for them: the producer is told so
+            late = egg_envelopes(20, seed=4, tenant=TENANT)
+            with pytest.raises(BusFullError, match="disk is full"):
+                produce_envelopes(bus, "scans.raw", late)  # the producer is told so
             time.sleep(FULL_S)
-            os.remove(filler)  # space returns
-            assert produce_until_taken(bus, late) >= 0
-            assert wait_for(store, 40) == 40
+            filler.unlink()  # space returns
+            produce_envelopes(bus, "scans.raw", late)
+            assert wait_for_records(store, TENANT, 40) == 40
         check_once_each(store, 40)
     finally:
         bus.close()

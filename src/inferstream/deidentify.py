@@ -4,14 +4,15 @@ An edge agent beside a scanner may be asked (``inferstream edge --deidentify``) 
 what identifies a person from every DICOM file before it is buffered and forwarded:
 names are replaced, identifiers (patient id, accession number, ...) and UIDs become
 pseudonyms, dates and times are shifted, addresses and equipment names replaced,
-free-text identifying elements and private elements removed, and PatientIdentityRemoved and
-DeidentificationMethod are set. The work is dicognito's (a library made for this,
-following PS3.15's basic profile); here it is made **consistent**: pseudonyms and the
-date shift come from a secret seed, so the same patient (egg, tray) gets the same
-pseudonym in every file and across restarts, and a file sent twice is the same file
-twice (the centre's ids stay stable). Elements an installation must keep (a contract's
-incubation day, say) are named with ``keep``. Pixels are never touched: burnt-in text
-is out of scope (PS3.15's Clean Pixel Data option).
+free-text identifying elements and private elements removed, and
+PatientIdentityRemoved and DeidentificationMethod are set. The work is dicognito's (a
+library made for this, following PS3.15's basic profile); here it is made
+**consistent**: pseudonyms and the date shift come from a secret seed, so the same
+patient (study, accession) gets the same pseudonym in every file and across restarts,
+and a file sent twice is the same file twice (the centre's ids stay stable). Elements
+an installation must keep (the station name, PS3.15's Retain Device Identity option,
+say) are named with ``keep``. Pixels are never touched: burnt-in text is out of scope
+(PS3.15's Clean Pixel Data option).
 
 The application's checks run on the de-identified file, exactly as the centre will.
 """

@@ -273,4 +273,4 @@ class NoReplays:
         return True
 
     def close(self) -> None:
-        pass
+        """Nothing to release: it holds no board."""

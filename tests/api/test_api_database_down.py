@@ -18,15 +18,13 @@ from pathlib import Path
 
 import pytest
 from api_testing import JWT_SECRET, free_port, start_world
+from egg_scans import egg_envelopes, flagship, wait_for_records
+from flow_testing import produce_envelopes
 from pg_testing import private_cluster
 
 from inferstream.api import ApiSettings
 from inferstream.apps.eggs import APP
-from inferstream.apps.eggs.dicomgen import to_dicom_bytes
-from inferstream.apps.eggs.phantom import make_specs, render_batch
-from inferstream.bus import Record, open_bus
-from inferstream.envelope import new_envelope
-from inferstream.pipeline import load_pipeline
+from inferstream.bus import open_bus
 from inferstream.store import ResultsStore
 
 pytestmark = pytest.mark.slow
@@ -35,33 +33,10 @@ OUTAGE_S = float(os.environ.get("DB_OUTAGE_S", "30"))
 PER_PHASE = 60
 
 
-def scans(seed: int, tenant: str) -> list[Record]:
-    specs = make_specs(PER_PHASE, seed=seed)
-    envelopes = [
-        new_envelope(to_dicom_bytes(scan, egg), "application/dicom", tenant=tenant,
-                     key=egg.egg_id)
-        for egg, scan in zip(specs, render_batch(specs), strict=True)
-    ]  # fmt: skip
-    return [Record(e.partition_key.encode(), e.SerializeToString()) for e in envelopes]
-
-
-def wait_for(count: int, store: ResultsStore, tenant: str, seconds: float = 120) -> int:
-    deadline, stored = time.monotonic() + seconds, 0
-    while time.monotonic() < deadline:
-        stored = store.count_results(tenant)
-        if stored >= count:
-            break
-        time.sleep(0.3)
-    return stored
-
-
 @pytest.mark.timeout(OUTAGE_S + 240)
 def test_the_database_down_loses_nothing_and_the_api_says_503(tmp_path: Path) -> None:
     with private_cluster(free_port()) as cluster:
-        spec = load_pipeline(APP.pipeline_path()).with_urls(
-            bus=f"sqlite:///{tmp_path / 'bus.db'}", store=cluster.url,
-            blobs=f"file://{tmp_path / 'blobs'}",
-        )  # fmt: skip
+        spec = flagship(tmp_path, store=cluster.url)
         world_runs = start_world(ApiSettings(spec, "scans.raw", JWT_SECRET, rate_per_s=1e6,
                                              burst=10**6))  # fmt: skip
         world = next(world_runs)
@@ -77,17 +52,18 @@ def test_the_database_down_loses_nothing_and_the_api_says_503(tmp_path: Path) ->
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
         try:
-            bus.produce("scans.raw", scans(1, tenant))
-            assert wait_for(PER_PHASE, store, tenant) == PER_PHASE
+            produce_envelopes(bus, "scans.raw", egg_envelopes(PER_PHASE, 1, tenant))
+            assert wait_for_records(store, tenant, PER_PHASE) == PER_PHASE
             cluster.stop("immediate")
             down_at = time.monotonic()
-            bus.produce("scans.raw", scans(2, tenant))  # the bus is up: ingest goes on
+            # The bus is up: ingest goes on.
+            produce_envelopes(bus, "scans.raw", egg_envelopes(PER_PHASE, 2, tenant))
             while time.monotonic() - down_at < OUTAGE_S:
                 answer = world.client.get("/v1/results", headers=headers)
                 outage.append((answer.status_code, answer.headers.get("Retry-After")))
                 time.sleep(1.0)
             cluster.start()
-            stored = wait_for(2 * PER_PHASE, store, tenant)
+            stored = wait_for_records(store, tenant, 2 * PER_PHASE)
             records = store.list_results(tenant, limit=500).items
             letters = store.list_dead_letters(tenant, limit=10).items
         finally:

@@ -8,31 +8,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from api_testing import dicom_bytes
+from egg_scans import egg_envelopes, flagship, wait_for_records
+from flow_testing import produce_envelopes, wait_for
 
 from inferstream.apps.eggs import APP
-from inferstream.apps.eggs.dicomgen import to_dicom_bytes
-from inferstream.apps.eggs.phantom import make_specs, render_batch
-from inferstream.bus import Record, open_bus
+from inferstream.bus import open_bus
 from inferstream.edge import EdgeSettings, run_edge
 from inferstream.envelope import new_envelope
-from inferstream.pipeline import StageSpec, StepSpec, load_pipeline
+from inferstream.pipeline import PipelineSpec, StageSpec, StepSpec
 from inferstream.store import ResultsStore
 from inferstream.testing import pipeline_threads
 
 SCANS = 12
 
 
-def central(tmp_path: Path, bus_url: str):  # type: ignore[no-untyped-def]
+def central(tmp_path: Path, bus_url: str) -> PipelineSpec:
     """The flagship pipeline with an ingest stage in front: scans.edge -> scans.raw."""
-    spec = load_pipeline(APP.pipeline_path()).with_urls(
-        bus=bus_url, store=f"sqlite:///{tmp_path / 'results.db'}",
-        blobs=f"file://{tmp_path / 'blobs'}",
-    )  # fmt: skip
+    spec = flagship(tmp_path, bus=bus_url)
     ingest = StageSpec(name="ingest", input="scans.edge", output="scans.raw",
                        steps=(StepSpec("check_ingest"),))  # fmt: skip
     refused = StageSpec(name="ingest-dead-letters", input="scans.edge.dlq",
@@ -54,9 +50,9 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
     spec = central(tmp_path, bus_url)
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    specs = make_specs(SCANS, seed=500)
-    for i, (egg, scan) in enumerate(zip(specs, render_batch(specs), strict=True)):
-        (inbox / f".{i}.part").write_bytes(to_dicom_bytes(scan, egg))
+    scans = egg_envelopes(SCANS, seed=500)
+    for i, scan in enumerate(scans):
+        (inbox / f".{i}.part").write_bytes(scan.payload.inline)
         os.replace(inbox / f".{i}.part", inbox / f"scan-{i}.dcm")
     settings = EdgeSettings(
         buffer=tmp_path / "buffer", api="", api_key="", folder=inbox, bus=bus_url,
@@ -71,14 +67,9 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
             agent.start()
             # What no edge agent checked: a file that is no scan.
             bad = [new_envelope(b"not a scan", "application/dicom", tenant="farm", key="x")]
-            bus.produce("scans.edge", [Record(e.partition_key.encode(), e.SerializeToString())
-                                       for e in bad])  # fmt: skip
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                letters = store.list_dead_letters("farm", limit=10).items
-                if store.count_results("farm") >= SCANS and letters:
-                    break
-                time.sleep(0.3)
+            produce_envelopes(bus, "scans.edge", bad)
+            wait_for_records(store, "farm", SCANS)
+            wait_for(lambda: bool(store.list_dead_letters("farm", limit=1).items), 30)
             stop.set()
             agent.join(timeout=60)
         records = store.list_results("farm", limit=100).items
@@ -87,7 +78,7 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
         stop.set()
         bus.close()
         store.close()
-    assert sorted(r.subject for r in records) == sorted(egg.egg_id for egg in specs)
+    assert sorted(r.subject for r in records) == sorted(scan.partition_key for scan in scans)
     assert len({r.root_id for r in records}) == SCANS and all(r.label for r in records)
     assert [(d.stage, d.error_type) for d in letters] == [("ingest", "UnsupportedContent")]
     assert "none of the known kinds" in letters[0].message

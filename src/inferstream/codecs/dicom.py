@@ -38,14 +38,14 @@ def blank_preamble(data: bytes) -> bytes:
 
 
 def check(data: bytes, limits: ImageLimits) -> Checked:
-    transfer_syntax(data)  # before the data set is parsed: no inflating
-    dataset = _read(data, pixels=False)
+    syntax = transfer_syntax(data)  # before the data set is parsed: no inflating
+    dataset = _read(data)  # parsed once: the header checked, then the pixels decoded
     rows, cols = _count(dataset, "Rows", None), _count(dataset, "Columns", None)
     check_dimensions(cols, rows, limits)
     frames = _count(dataset, "NumberOfFrames", 1)
     if frames != 1:
         raise InvalidInput(f"DICOM holds {frames} frames; send one image per file")
-    pixels = decode(data)
+    pixels = _pixels(dataset, syntax)
     if pixels.shape[:2] != (rows, cols):
         raise InvalidInput(
             f"DICOM pixel data decoded to {pixels.shape}, the header says {rows}x{cols}"
@@ -57,7 +57,13 @@ def check(data: bytes, limits: ImageLimits) -> Checked:
 
 def decode(data: bytes) -> np.ndarray:
     syntax = transfer_syntax(data)  # before the data set is parsed: no inflating
-    dataset = _read(data, pixels=True)
+    return _pixels(_read(data), syntax)
+
+
+def _pixels(dataset: Any, syntax: str) -> np.ndarray:
+    """The decoded pixels, a compressed frame first held to the header's size."""
+    if "PixelData" not in dataset:
+        raise InvalidInput("DICOM holds no pixel data; send an image")
     if syntax not in NATIVE:
         _check_compressed(dataset, syntax)
     try:
@@ -104,15 +110,13 @@ def _count(dataset: Any, keyword: str, default: int | None) -> int:
     return count
 
 
-def _read(data: bytes, *, pixels: bool) -> Any:
+def _read(data: bytes) -> Any:
+    """The parsed data set; its pixel data is bytes until :func:`_pixels` decodes it."""
     import pydicom
 
     try:
         with _WARNINGS, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+            return pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # a zoo of exception types, all meaning "unusable"
         raise InvalidInput(f"DICOM is unreadable ({type(exc).__name__}): {exc!s:.300}") from exc
-    if pixels and "PixelData" not in dataset:
-        raise InvalidInput("DICOM holds no pixel data; send an image")
-    return dataset

@@ -75,7 +75,10 @@ def read_transfer_syntax(data: bytes) -> str:
                             stop_when=lambda tag, *_: tag.group != 2)  # fmt: skip
         return str(meta.get("TransferSyntaxUID") or "")
     except Exception as exc:  # pydicom's parse errors are of many types
-        raise InvalidInput(f"DICOM file meta group is unreadable: {exc!s:.200}") from exc
+        raise InvalidInput(
+            f"DICOM file meta group is unreadable: {exc!s:.200}; send a DICOM Part 10 file "
+            "(preamble, 'DICM', then the file meta group), e.g. as dcmconv writes it"
+        ) from exc
 
 
 def transfer_syntax(data: bytes) -> str:
@@ -83,7 +86,10 @@ def transfer_syntax(data: bytes) -> str:
     one of :data:`TRANSFER_SYNTAXES`."""
     syntax = read_transfer_syntax(data)
     if not syntax:
-        raise InvalidInput("DICOM file meta group has no TransferSyntaxUID (0002,0010)")
+        raise InvalidInput(
+            "DICOM file meta group has no TransferSyntaxUID (0002,0010); export the file "
+            "again as DICOM Part 10 (dcmconv adds one)"
+        )
     if syntax not in TRANSFER_SYNTAXES:
         raise InvalidInput(
             f"unsupported transfer syntax {syntax!r:.80}; send one of: "
@@ -118,7 +124,8 @@ def check_frame(
     if claimed[:2] != (rows, cols):
         raise BadCodestream(
             f"compressed frame claims {claimed[0]}x{claimed[1]} pixels but Rows x Columns is "
-            f"{rows}x{cols}; refusing to decode a mismatched (possibly hostile) codestream"
+            f"{rows}x{cols}; refusing to decode a mismatched (possibly hostile) codestream; "
+            "export the image again, or send it uncompressed"
         )
     if claimed[2] != samples:
         raise BadCodestream(

@@ -6,7 +6,6 @@ write), then through the flagship pipeline end to end."""
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from pathlib import Path
 
@@ -14,9 +13,10 @@ import data_store
 import numpy as np
 import pydicom
 import pytest
+from egg_scans import egg_envelopes, flagship, wait_for_records
+from flow_testing import produce_envelopes
 
 from inferstream.apps.eggs import APP
-from inferstream.apps.eggs.dicomgen import to_dicom_bytes
 from inferstream.apps.eggs.domain import (
     DOMAIN,
     EGG,
@@ -30,9 +30,7 @@ from inferstream.apps.eggs.domain import (
 from inferstream.apps.eggs.negatives import KINDS, negatives
 from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.apps.eggs.preprocess import preprocess_with_extents
-from inferstream.bus import Record, open_bus
-from inferstream.envelope import new_envelope
-from inferstream.pipeline import load_pipeline
+from inferstream.bus import open_bus
 from inferstream.steps import StepContext
 from inferstream.store import ResultsStore
 from inferstream.testing import pipeline_threads
@@ -107,10 +105,9 @@ def test_the_step_marks_scans_and_takes_the_input_from_non_eggs() -> None:
     from inferstream.apps.eggs.preprocess import preprocess_step
 
     context = StepContext(pipeline="eggs", stage="classify", app=APP)
-    specs = make_specs(3, seed=21)
-    scans = [*render_batch(specs), *negatives("other anatomy (head-like)", 2, seed=21)]
-    envelopes = [new_envelope(to_dicom_bytes(scan, specs[i % 3]), "application/dicom")
-                 for i, scan in enumerate(scans)]  # fmt: skip
+    eggs = render_batch(make_specs(3, seed=21))
+    scans = [*eggs, *negatives("other anatomy (head-like)", 2, seed=21)]
+    envelopes = egg_envelopes(5, seed=21, images=scans)
     for step in (decode_dicom_step(context), preprocess_step(context), egg_guard_step(context)):
         envelopes = step.process(envelopes)  # type: ignore[assignment]
     assert [env.attributes[DOMAIN] for env in envelopes] == [EGG] * 3 + [NOT_AN_EGG] * 2
@@ -122,27 +119,16 @@ def test_non_eggs_go_through_the_pipeline_stored_as_such_without_a_sex(tmp_path:
     """A head MR slice, a phantom and noise sent as scans among eggs: every scan is one
     record (counted by id); the three are domain not_an_egg with no prediction, so no
     sex ratio counts them; the eggs are sexed."""
-    spec = load_pipeline(APP.pipeline_path()).with_urls(
-        bus=f"sqlite:///{tmp_path / 'bus.db'}", store=f"sqlite:///{tmp_path / 'results.db'}",
-        blobs=f"file://{tmp_path / 'blobs'}",
-    )  # fmt: skip
-    specs = make_specs(23, seed=31)
+    spec = flagship(tmp_path)
     head = public_images()["MR_small.dcm"]
     others = [head, *negatives("ring phantom", 1, 31), *negatives("noise", 1, 31)]
-    scans = [*render_batch(specs[:20]), *others]
-    envelopes = [
-        new_envelope(to_dicom_bytes(scan, spec_), "application/dicom", tenant="farm",
-                     key=spec_.egg_id)
-        for spec_, scan in zip(specs, scans, strict=True)
-    ]  # fmt: skip
+    scans = [*render_batch(make_specs(20, seed=31)), *others]
+    envelopes = egg_envelopes(23, seed=31, images=scans)
     bus, store = open_bus(spec.bus), ResultsStore(spec.store)
     try:
         with pipeline_threads(spec, replicas=1):
-            bus.produce("scans.raw", [Record(e.partition_key.encode(), e.SerializeToString())
-                                      for e in envelopes])  # fmt: skip
-            deadline = time.monotonic() + 120
-            while store.count_results("farm") < len(envelopes) and time.monotonic() < deadline:
-                time.sleep(0.2)
+            produce_envelopes(bus, "scans.raw", envelopes)
+            wait_for_records(store, "farm", len(envelopes))
         records = {r.root_id: r for r in store.list_results("farm", limit=100).items}
     finally:
         bus.close()

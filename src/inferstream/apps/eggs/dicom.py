@@ -90,7 +90,7 @@ def decode(
     ``tags`` maps an installation's scanner tags to the contract's (``tags.py``)."""
     check_size(data, limits)
     try:
-        found = dicom_fast.read(data, tags.fast_wanted)
+        found = dicom_fast.read(data, tags.wanted)
     except dicom_fast.NotFast:
         return decode_with_pydicom(data, limits, tags)
     except dicom_fast.Damaged as damage:
@@ -190,8 +190,7 @@ def _read_dataset(data: bytes) -> Any:
 
 def _pydicom_header(dataset: Any, tags: TagMapping) -> Header:
     header: Header = {}
-    data_wanted = {**dicom_fast.DATA_WANTED, **tags.fast_wanted}
-    sources = ((dataset.file_meta, dicom_fast.META_WANTED), (dataset, data_wanted))
+    sources = ((dataset.file_meta, dicom_fast.META_WANTED), (dataset, tags.wanted))
     for source, wanted in sources:
         for keyword, kind in wanted.values():
             value = source.get(keyword)

@@ -91,7 +91,7 @@ class FastRead:
     pixel_length: int
 
 
-def read(data: bytes, extra: Mapping[int, tuple[str, str]] | None = None) -> FastRead:
+def read(data: bytes, wanted: Mapping[int, tuple[str, str]] = DATA_WANTED) -> FastRead:
     """Read the header and locate the pixel data, or raise NotFast / Damaged."""
     if len(data) < PREAMBLE + 4:
         raise Damaged(f"not DICOM: {len(data)} bytes is shorter than the 132-byte Part 10 header")
@@ -102,7 +102,6 @@ def read(data: bytes, extra: Mapping[int, tuple[str, str]] | None = None) -> Fas
     syntax = header.get("TransferSyntaxUID")
     if syntax not in (EXPLICIT_VR_LE, IMPLICIT_VR_LE):
         raise NotFast(f"transfer syntax {syntax!r}")
-    wanted = {**DATA_WANTED, **extra} if extra else DATA_WANTED
     explicit = syntax == EXPLICIT_VR_LE
     _, pixels = _walk(data, pos, header, explicit=explicit, wanted=wanted)
     if pixels is None:

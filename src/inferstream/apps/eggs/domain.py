@@ -27,6 +27,7 @@ and count in no sex ratio.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -76,12 +77,18 @@ class DomainModel:
 
     def scores(self, inputs: NDArray[np.float32]) -> F64:
         """How unlike the eggs each model input is (about 1 to 3 for eggs)."""
-        centred = features(inputs) - self.mean
-        projected = centred @ self.components.T
-        mahalanobis = (projected**2 / self.variances).sum(axis=1) / len(self.variances)
-        residual = ((centred - projected @ self.components) ** 2).sum(axis=1)
+        mahalanobis, residual = self.distances(features(inputs))
         scores: F64 = mahalanobis + residual / self.residual_scale
         return scores
+
+    def distances(self, x: F64) -> tuple[F64, F64]:
+        """Of features ``x``: the Mahalanobis distance within the components (per
+        component), and the energy left outside them."""
+        centred = x - self.mean
+        projected = centred @ self.components.T
+        mahalanobis: F64 = (projected**2 / self.variances).sum(axis=1) / len(self.variances)
+        residual: F64 = ((centred - projected @ self.components) ** 2).sum(axis=1)
+        return mahalanobis, residual
 
     def is_egg(self, scores: F64, extents: NDArray[np.floating[Any]]) -> NDArray[np.bool_]:
         low, high = self.extent_range
@@ -124,10 +131,8 @@ def fit(n: int = 4000, seed: int = 1, holdout_seed: int = 2) -> tuple[DomainMode
     mean = x.mean(axis=0)
     _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
     variances = singular[:COMPONENTS] ** 2 / (len(x) - 1)
-    centred = x - mean
-    residual = ((centred - centred @ vt[:COMPONENTS].T @ vt[:COMPONENTS]) ** 2).sum(axis=1)
-    draft = DomainModel(mean, vt[:COMPONENTS], variances, float(np.median(residual)), np.inf,
-                        (0.0, 1.0))  # fmt: skip
+    draft = DomainModel(mean, vt[:COMPONENTS], variances, 1.0, np.inf, (0.0, 1.0))
+    draft = dataclasses.replace(draft, residual_scale=float(np.median(draft.distances(x)[1])))
     held_inputs, held_extents = preprocess_with_extents(generated_eggs(n, holdout_seed))
     held = draft.scores(held_inputs)
     # A margin above the eggs' 99.9th percentile: at most about 0.1% of eggs flagged.
@@ -135,8 +140,7 @@ def fit(n: int = 4000, seed: int = 1, holdout_seed: int = 2) -> tuple[DomainMode
     all_extents = np.concatenate([extents, held_extents])
     extent_range = (float(np.quantile(all_extents, 0.0005) * 0.8),
                     float(min(1.0, np.quantile(all_extents, 0.9995) * 1.06)))  # fmt: skip
-    model = DomainModel(draft.mean, draft.components, draft.variances, draft.residual_scale,
-                        threshold, extent_range)  # fmt: skip
+    model = dataclasses.replace(draft, threshold=threshold, extent_range=extent_range)
     return model, {"trained_on": f"{n} generated eggs (seed {seed}), threshold from {n} "
                    f"held out (seed {holdout_seed})"}  # fmt: skip
 

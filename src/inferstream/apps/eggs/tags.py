@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from inferstream.apps.eggs.dicom_fast import DATA_WANTED, Header
 from inferstream.errors import ConfigError
 
 #: Field -> the contract's keyword for it.
@@ -37,7 +38,6 @@ FIELDS: dict[str, str] = {
     "acquired_at": "AcquisitionDateTime",
     "incubation_day": "ClinicalTrialTimePointID",
 }
-Header = dict[str, str | int]
 
 
 @dataclass(frozen=True)
@@ -89,15 +89,16 @@ class TagMapping:
         return mapped
 
     @cached_property
-    def fast_wanted(self) -> dict[int, tuple[str, str]]:
-        """The fast reader's entries for the mapping's keywords: tag -> (keyword, "text")."""
+    def wanted(self) -> dict[int, tuple[str, str]]:
+        """Every tag the DICOM readers keep, tag -> (keyword, kind): the contract's and the
+        mapping's (text), made once per mapping, not per scan."""
         from pydicom.datadict import tag_for_keyword
 
-        found: dict[int, tuple[str, str]] = {}
+        found = dict(DATA_WANTED)
         for keyword in sorted(self.keywords):
             tag = tag_for_keyword(keyword)
             assert tag is not None  # checked when the settings were read
-            found[int(tag)] = (keyword, "text")
+            found.setdefault(int(tag), (keyword, "text"))
         return found
 
     def named(self, keyword: str) -> str:
