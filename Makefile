@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps demo test check lint typecheck proto bench faults fuzz clean
 
-# Debian packages the tests drive for real: DICOM tools, a browser, promtool.
-SYSTEM_TOOLS := dcmconv:dcmtk chromium:chromium promtool:prometheus
+# Debian packages the tests drive for real: DICOM tools, a browser, promtool, and
+# libfaketime (one process's clock stepped, tests/test_faults_clock.py).
+SYSTEM_TOOLS := dcmconv:dcmtk chromium:chromium promtool:prometheus faketime:faketime
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -21,7 +22,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install inferstream with its dev extras
 
-system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prometheus), if missing
+system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prometheus, faketime), if missing
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
 	done; \

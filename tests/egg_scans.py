@@ -4,6 +4,8 @@ its pipeline file on a test's own URLs, and waiting for its records. At the top 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.dicomgen import to_dicom_bytes
 from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.envelope import Envelope, new_envelope
-from inferstream.pipeline import PipelineSpec, load_pipeline
+from inferstream.pipeline import PipelineSpec, StageSpec, StepSpec, load_pipeline
 from inferstream.store import ResultsStore
 
 
@@ -40,6 +42,27 @@ def flagship(folder: Path, *, bus: str | None = None, store: str | None = None) 
         store=store or f"sqlite:///{folder / 'results.db'}",
         blobs=f"file://{folder / 'blobs'}",
     )
+
+
+def flagship_behind_ingest(folder: Path, bus: str, *, store: str | None = None) -> PipelineSpec:
+    """The flagship with an ingest stage in front, as a centre fed by edge agents over
+    the bus runs it: scans.edge -> ``check_ingest`` -> scans.raw, refusals stored."""
+    spec = flagship(folder, bus=bus, store=store)
+    ingest = StageSpec(name="ingest", input="scans.edge", output="scans.raw",
+                       steps=(StepSpec("check_ingest"),))  # fmt: skip
+    refused = StageSpec(name="ingest-dead-letters", input="scans.edge.dlq",
+                        steps=(StepSpec("store_results"),))  # fmt: skip
+    return dataclasses.replace(
+        spec, stages=(ingest, refused, *spec.stages), topics={"scans.edge": 2, **spec.topics}
+    )
+
+
+def drop_scans(inbox: Path, scans: Sequence[Envelope], prefix: str = "scan") -> None:
+    """Write each scan's DICOM into ``inbox`` as a scanner does: whole files, renamed in."""
+    inbox.mkdir(exist_ok=True)
+    for i, scan in enumerate(scans):
+        (inbox / f".{prefix}-{i}.part").write_bytes(scan.payload.inline)
+        os.replace(inbox / f".{prefix}-{i}.part", inbox / f"{prefix}-{i}.dcm")
 
 
 def wait_for_records(store: ResultsStore, tenant: str, count: int, timeout_s: float = 120) -> int:

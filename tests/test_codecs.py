@@ -89,6 +89,21 @@ def test_a_compressed_dicom_frame_is_checked_against_the_header_before_decoding(
     assert grown_kib < 200_000, f"refusing the bomb took {grown_kib} KiB"
 
 
+def test_a_png_chunk_longer_than_the_file_is_refused_before_decoding() -> None:
+    """Found by fuzzing: 131 bytes whose IDAT chunk claims 2 GB made OpenCV's reader
+    take 2 GB to refuse them. Each chunk's length must fit in what follows."""
+    good = png()
+    assert codecs.check(good + b"trailing bytes after IEND").content_type == "image/png"
+    bomb = good[:33] + (2_098_215_125).to_bytes(4, "big") + good[37:]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InvalidInput, match=r"chunk 1 \(b'IDAT'\) at byte 33 claims 2098215125"):
+        codecs.check(bomb)
+    with pytest.raises(InvalidInput, match="no IEND chunk"):
+        codecs.check(good[:-12])
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200_000, f"refusing the bomb took {grown_kib} KiB"
+
+
 def test_a_deflated_dicom_is_refused_before_it_is_inflated(monkeypatch: pytest.MonkeyPatch) -> None:
     data = to_bytes(make_dataset(16, 16, 2, Modality="CT"), "1.2.840.10008.1.2.1.99")
 

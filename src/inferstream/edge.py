@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from inferstream.admit import Admitter
 from inferstream.application import AppSpec
@@ -149,7 +150,7 @@ class Forwarder:
         """Send until accepted; the scans the centre refuses for good, with why."""
         tries = 0
         while True:
-            status, detail = self.uplink(envelopes)
+            status, detail, retry_after_s = self.uplink(envelopes)
             if status == 202:
                 return []
             if status is None or status in RETRY_STATUSES or status in (401, 403):
@@ -159,7 +160,8 @@ class Forwarder:
                 else:
                     log.warning("cannot forward now (%s); trying again", detail)
                 self.counts.retries += 1
-                if stop.wait(BACKOFF_S[min(tries, len(BACKOFF_S) - 1)]):
+                backoff = BACKOFF_S[min(tries, len(BACKOFF_S) - 1)]
+                if stop.wait(backoff if retry_after_s is None else retry_after_s):
                     raise _Stopped
                 tries += 1
                 continue
@@ -169,7 +171,7 @@ class Forwarder:
             half = len(envelopes) // 2  # find the ones it refuses
             return self._send(envelopes[:half], stop) + self._send(envelopes[half:], stop)
 
-    def _post(self, envelopes: list[Envelope]) -> tuple[int | None, str]:
+    def _post(self, envelopes: list[Envelope]) -> Answer:
         batch = EnvelopeBatch(envelopes=[wire(env, self.app) for env in envelopes])
         request = urllib.request.Request(
             self.url,
@@ -179,11 +181,11 @@ class Forwarder:
         )
         try:
             with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as answer:
-                return int(answer.status), "accepted"
+                return Answer(int(answer.status), "accepted")
         except urllib.error.HTTPError as exc:
-            return exc.code, _detail(exc)
+            return Answer(exc.code, _detail(exc), _retry_after(exc))
         except (urllib.error.URLError, OSError) as exc:
-            return None, str(getattr(exc, "reason", exc))
+            return Answer(None, str(getattr(exc, "reason", exc)))
 
 
 def wire(env: Envelope, app: AppSpec, tenant: str = "") -> Envelope:
@@ -201,9 +203,19 @@ def wire(env: Envelope, app: AppSpec, tenant: str = "") -> Envelope:
     return out
 
 
-#: Hands a batch to the centre: (202, "accepted"), (4xx, why) for refused for good, or
-#: (None or 5xx, why) to try again later.
-Uplink = Callable[[list[Envelope]], tuple[int | None, str]]
+class Answer(NamedTuple):
+    """The centre's answer to a batch: 202 accepted; a 4xx other than those in
+    :data:`RETRY_STATUSES`, refused for good; None (unreachable) or a retry status, to
+    try again, after ``retry_after_s`` when the centre said (a 429 or 503's
+    Retry-After), else after the agent's own back-off."""
+
+    status: int | None
+    detail: str
+    retry_after_s: float | None = None
+
+
+#: Hands a batch to the centre and says what it answered.
+Uplink = Callable[[list[Envelope]], Answer]
 
 
 class BusUplink:
@@ -213,17 +225,25 @@ class BusUplink:
     def __init__(self, url: str, topic: str, tenant: str, app: AppSpec) -> None:
         self.bus, self.topic, self.tenant, self.app = open_bus(url), topic, tenant, app
 
-    def __call__(self, envelopes: list[Envelope]) -> tuple[int | None, str]:
+    def __call__(self, envelopes: list[Envelope]) -> Answer:
         wired = [wire(env, self.app, self.tenant) for env in envelopes]
         records = [Record(e.partition_key.encode(), e.SerializeToString()) for e in wired]
         try:
             self.bus.produce(self.topic, records)
         except InferstreamError as exc:  # the bus's errors: down, unreachable, timed out
-            return None, str(exc)
-        return 202, "accepted"
+            return Answer(None, str(exc))
+        return Answer(202, "accepted")
 
     def close(self) -> None:
         self.bus.close()
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    """The seconds a 429 or 503 asks us to wait (at most the longest back-off)."""
+    said = exc.headers.get("Retry-After", "") if exc.headers else ""
+    if not said.isdigit():
+        return None  # absent, or an HTTP date: our own back-off then
+    return min(float(said), BACKOFF_S[-1])
 
 
 def _detail(exc: urllib.error.HTTPError) -> str:
@@ -297,6 +317,7 @@ def run_edge(
 __all__ = [
     "OUTBOX",
     "REJECTED",
+    "Answer",
     "BusUplink",
     "EdgeSettings",
     "Forwarder",

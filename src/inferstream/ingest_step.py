@@ -13,9 +13,12 @@ Each message's bytes go through its application's upload check (the codec's or t
 application's own, with the installation's settings); only the attributes a client may
 send are kept and everything else is derived again from the bytes; the bytes are kept
 in the tenant's blobs (claim-checked above ``claim_check_kb``). A refused item is
-dead-lettered with the check's reason, as a 4xx would have told a client. The tenant is
-the one the producer wrote: the bus is trusted as the API's keys are (give edge agents
-their own credentials and topic ACLs on a real broker).
+dead-lettered with the check's reason, as a 4xx would have told a client. So is one
+whose event time is further ahead of this host's clock than the pipeline's
+``max_clock_skew_s`` (:mod:`inferstream.event_time`): a producer with a clock stepped
+ahead would otherwise close every other producer's windows early. The tenant is the one
+the producer wrote: the bus is trusted as the API's keys are (give edge agents their
+own credentials and topic ACLs on a real broker).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from inferstream.blobs import BlobStore, payload_bytes
 from inferstream.codecs import ImageLimits
 from inferstream.envelope import Envelope
 from inferstream.errors import BlobError, ConfigError, InvalidInput
+from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S, check_event_time
 from inferstream.pipeline.spec import DEFAULT_CLAIM_CHECK_BYTES
 from inferstream.steps import Outcome, Step, StepContext
 
@@ -38,10 +42,16 @@ class IngestCheckStep(Step):
     name = "check_ingest"
 
     def __init__(
-        self, app: AppSpec, blobs: BlobStore | None, limits: ImageLimits, claim_check_bytes: int
+        self,
+        app: AppSpec,
+        blobs: BlobStore | None,
+        limits: ImageLimits,
+        claim_check_bytes: int,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
     ) -> None:
         self.app, self.blobs, self.limits = app, blobs, limits
         self.claim_check_bytes = claim_check_bytes
+        self.max_clock_skew_s = max_clock_skew_s
         self.allowed = frozenset(app.client_attributes)
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
@@ -54,6 +64,7 @@ class IngestCheckStep(Step):
                 "whose it is (inferstream edge --tenant)"
             )
         try:
+            check_event_time(env.created_at_us, self.max_clock_skew_s)
             checked = self.app.check_upload(payload_bytes(env, self.blobs), self.limits)
         except (InvalidInput, BlobError) as exc:  # BlobError: retried by the worker
             return exc
@@ -83,7 +94,9 @@ def check_ingest_step(
             "application takes uploads; name it with app: in the pipeline file"
         )
     limits = ImageLimits(max_side=max_side, max_pixels=max_pixels)
-    return IngestCheckStep(context.app, context.blobs, limits, claim_check_kb * 1024)
+    return IngestCheckStep(
+        context.app, context.blobs, limits, claim_check_kb * 1024, context.max_clock_skew_s
+    )
 
 
 __all__ = ["IngestCheckStep", "check_ingest_step"]

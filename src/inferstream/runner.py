@@ -100,6 +100,7 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
         store_url=spec.store,
         blobs=open_blob_store(spec.blobs),
         app=app,
+        max_clock_skew_s=spec.max_clock_skew_s,
     )
     app_steps = app.steps if app else {}
     built = []

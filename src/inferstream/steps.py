@@ -27,6 +27,7 @@ from inferstream.application import AppSpec
 from inferstream.blobs import BlobStore
 from inferstream.envelope import Envelope
 from inferstream.errors import ConfigError
+from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S
 
 Outcome = Envelope | list[Envelope] | BaseException
 
@@ -42,6 +43,9 @@ class StepContext:
     blobs: BlobStore | None = None
     #: The application the pipeline serves (``app:`` in the file), when it names one.
     app: AppSpec | None = None
+    #: The pipeline's ``max_clock_skew_s``: a step taking outside producers' event times
+    #: refuses those further ahead of this host's clock (:mod:`inferstream.event_time`).
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

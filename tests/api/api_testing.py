@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -12,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from broker_testing import free_port
 from dicom_builder import make_dataset, to_bytes
 from fastapi.testclient import TestClient
 
@@ -82,12 +82,6 @@ def start_world(settings: ApiSettings) -> Iterator[World]:
         world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
         add_keys(world, client.app.state.services.accounts)  # type: ignore[attr-defined]
         yield world
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from broker_testing import free_port
 
 from inferstream.apps.eggs import APP
 from inferstream.cli import main
@@ -28,12 +28,6 @@ def _urls(tmp_path: Path) -> list[str]:
         "--store", f"sqlite:///{tmp_path / 'results.db'}",
         "--blobs", f"file://{tmp_path / 'blobs'}",
     ]  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
@@ -84,7 +78,7 @@ def test_admin_commands_then_serve_over_tls(
     assert main(["admin", "create-key", pipeline, *_urls(tmp_path), *missing]) == 2
 
     cert, private = _self_signed(tmp_path)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferstream", "serve", pipeline, *_urls(tmp_path),
          "--port", str(port), "--certfile", str(cert), "--keyfile", str(private)],
@@ -150,7 +144,7 @@ def test_serve_workers_accept_each_others_tokens(
     args = ["--tenant", "acme", "--username", "bob", "--role", "viewer"]
     assert main(["admin", "create-user", pipeline, *_urls(tmp_path), *args]) == 0
     monkeypatch.delenv("INFERSTREAM_JWT_SECRET", raising=False)  # serve must make one to share
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferstream", "serve", pipeline, *_urls(tmp_path),
          "--port", str(port), "--workers", "2"],
@@ -207,7 +201,7 @@ def test_other_admin_commands_in_a_fresh_directory_say_what_to_do(
 
 
 def test_serve_makes_the_folder_of_a_new_store(fresh_directory: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferstream", "serve", str(APP.pipeline_path()),
          "--store", "sqlite:///data/results.db", "--port", str(port)],

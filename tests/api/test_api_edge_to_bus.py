@@ -5,37 +5,22 @@ stage refuses is dead-lettered with the check's reason, as a client would hear a
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import threading
 from pathlib import Path
 
 import pytest
 from api_testing import dicom_bytes
-from egg_scans import egg_envelopes, flagship, wait_for_records
+from egg_scans import drop_scans, egg_envelopes, flagship_behind_ingest, wait_for_records
 from flow_testing import produce_envelopes, wait_for
 
 from inferstream.apps.eggs import APP
 from inferstream.bus import open_bus
 from inferstream.edge import EdgeSettings, run_edge
 from inferstream.envelope import new_envelope
-from inferstream.pipeline import PipelineSpec, StageSpec, StepSpec
 from inferstream.store import ResultsStore
 from inferstream.testing import pipeline_threads
 
 SCANS = 12
-
-
-def central(tmp_path: Path, bus_url: str) -> PipelineSpec:
-    """The flagship pipeline with an ingest stage in front: scans.edge -> scans.raw."""
-    spec = flagship(tmp_path, bus=bus_url)
-    ingest = StageSpec(name="ingest", input="scans.edge", output="scans.raw",
-                       steps=(StepSpec("check_ingest"),))  # fmt: skip
-    refused = StageSpec(name="ingest-dead-letters", input="scans.edge.dlq",
-                        steps=(StepSpec("store_results"),))  # fmt: skip
-    return dataclasses.replace(
-        spec, stages=(ingest, refused, *spec.stages), topics={"scans.edge": 2, **spec.topics}
-    )
 
 
 @pytest.mark.parametrize("bus_kind", ["embedded", "kafka"])
@@ -47,13 +32,10 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
         if bus_kind == "kafka"
         else f"sqlite:///{tmp_path / 'central-bus.db'}"
     )
-    spec = central(tmp_path, bus_url)
+    spec = flagship_behind_ingest(tmp_path, bus_url)
     inbox = tmp_path / "inbox"
-    inbox.mkdir()
     scans = egg_envelopes(SCANS, seed=500)
-    for i, scan in enumerate(scans):
-        (inbox / f".{i}.part").write_bytes(scan.payload.inline)
-        os.replace(inbox / f".{i}.part", inbox / f"scan-{i}.dcm")
+    drop_scans(inbox, scans)
     settings = EdgeSettings(
         buffer=tmp_path / "buffer", api="", api_key="", folder=inbox, bus=bus_url,
         topic="scans.edge", tenant="farm", report_s=0.5,

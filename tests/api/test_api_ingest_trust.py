@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from api_testing import World, dicom_bytes
 
-from inferstream.envelope import Envelope, EnvelopeBatch, Prediction, new_envelope
+from inferstream.envelope import Envelope, EnvelopeBatch, Prediction, new_envelope, now_us
 
 
 def post_batch(world: World, *envelopes: Envelope, tenant: str | None = None) -> object:
@@ -151,6 +151,23 @@ def test_client_values_are_validated(images_world: World) -> None:
     assert post_batch(world, env).status_code == 400  # type: ignore[attr-defined]
     future = new_envelope(png(), "image/png", created_at_us=2**62)
     assert post_batch(world, future).status_code == 400  # type: ignore[attr-defined]
+
+
+def test_a_creation_time_ahead_of_the_centres_clock_is_refused_naming_the_skew(
+    images_world: World,
+) -> None:
+    """An edge agent whose clock stepped an hour ahead would hold every window an hour
+    ahead (docs/dataflow.md); one an hour behind sends a backlog, which is fine."""
+    hour_us = 3600 * 1_000_000
+    ahead = new_envelope(png(), "image/png", created_at_us=now_us() + hour_us)
+    answer = post_batch(images_world, ahead)
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    detail = answer.json()["detail"]  # type: ignore[attr-defined]
+    assert "s ahead of this host's clock, more than the 60 s allowed" in detail
+    assert "max_clock_skew_s" in detail and "Set it right (NTP)" in detail
+    for offset_us in (-hour_us, 30 * 1_000_000):  # behind, or ahead within the skew
+        env = new_envelope(png(), "image/png", created_at_us=now_us() + offset_us)
+        assert post_batch(images_world, env).status_code == 202  # type: ignore[attr-defined]
 
 
 def test_predictions_and_errors_cannot_be_injected(images_world: World) -> None:

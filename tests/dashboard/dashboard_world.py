@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import threading
 import time
 import urllib.request
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from broker_testing import free_port
 
 from inferstream.api import ApiSettings, create_app
 from inferstream.api.auth import hash_password, issue_key
@@ -36,12 +36,6 @@ from inferstream.testing import pipeline_threads
 
 JWT_SECRET = "dashboard-test-secret-" + "0123456789abcdef" * 3
 PASSWORD = "correct horse battery staple"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -127,7 +121,7 @@ def _add_accounts(app: Any, a: str, b: str) -> dict[str, str]:
 def api_server(settings: ApiSettings) -> Iterator[tuple[str, Any]]:
     """uvicorn serving the real app on a free loopback port: (base URL, app)."""
     app = create_app(settings)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
     )

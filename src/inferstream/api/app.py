@@ -136,6 +136,13 @@ def _document_pipeline(app: FastAPI, settings: ApiSettings, application: AppSpec
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _tenant_quota(settings: ApiSettings) -> RateLimiter | None:
+    if settings.tenant_scans_per_s is None:
+        return None
+    return RateLimiter(settings.tenant_scans_per_s, settings.tenant_quota_burst,
+                       unit="scans", whose="this tenant (its share of the pipeline)")  # fmt: skip
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ApiSettings = app.state.settings
@@ -164,6 +171,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             throttle=GuessThrottle(accounts),
             blobs=open_blob_store(spec.blobs),
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
+            tenant_quota=_tenant_quota(settings),
             labels=app_labels(application),
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
             live=LiveHub(store, _with_views_served(shown, application), spec, bus),

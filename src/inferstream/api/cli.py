@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = {
         "pipeline": args.pipeline, "bus": args.bus, "store": args.store, "blobs": args.blobs,
         "ingest_topic": args.ingest_topic, "rate": args.rate, "burst": args.burst,
+        "tenant_rate": args.tenant_rate, "tenant_burst": args.tenant_burst,
         "max_body_mb": args.max_body_mb, "verbose": args.verbose, "show": args.show,
     }  # fmt: skip
     target: Any = _app_for(options)  # fails here, once, on a bad pipeline or secret
@@ -95,6 +96,8 @@ def _app_for(options: dict[str, Any]) -> Any:
         ApiSettings.for_pipeline(spec, options["ingest_topic"]),
         rate_per_s=options["rate"],
         burst=options["burst"],
+        tenant_scans_per_s=options.get("tenant_rate"),
+        tenant_burst=options.get("tenant_burst"),
         max_body_bytes=int(options["max_body_mb"] * 1024 * 1024),
         also_apps=tuple(app_named(name) for name in options.get("show") or ()),
     )
@@ -192,6 +195,17 @@ def add_api_commands(sub: Any) -> None:
     serve.add_argument("--ingest-topic", help="topic scans go to (default: first in the file)")
     serve.add_argument("--rate", type=float, default=200.0, help="requests/s per credential")
     serve.add_argument("--burst", type=int, default=400, help="burst per credential")
+    serve.add_argument(
+        "--tenant-rate", type=float, metavar="SCANS_PER_S",
+        help="scans/s one tenant may send, all its credentials together (its share of the "
+        "pipeline; default: unbounded); beyond it the tenant hears 429 with Retry-After, "
+        "so one tenant's flood cannot queue ahead of the others' scans",
+    )  # fmt: skip
+    serve.add_argument(
+        "--tenant-burst", type=int, metavar="SCANS",
+        help="scans a tenant may send at once (default: 2 s of --tenant-rate, at least one "
+        "batch)",
+    )  # fmt: skip
     serve.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")
     serve.add_argument(
         "--show", action="append", metavar="APP", default=[],

@@ -13,7 +13,9 @@ the 202.
 A client may name only what it knows better than the scan: an id (stable across
 an edge agent's retries; scoped to the caller's tenant), a partition key, a
 source, a trace id, a creation time and the attributes its application marks as a
-client's.
+client's. A creation time further ahead of this host's clock than the pipeline's
+``max_clock_skew_s`` is refused (400 naming the skew): windows and joins cut by it
+(:mod:`inferstream.event_time`).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from inferstream.api.services import Services, services_of
 from inferstream.application import AppSpec
 from inferstream.bus import Record
 from inferstream.codecs import Checked, ImageLimits, UnsupportedContent
-from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope, now_us
+from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope
 from inferstream.errors import InvalidInput
+from inferstream.event_time import ClockSkewError, check_event_time
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
@@ -51,8 +54,6 @@ _ENVELOPE_FIELDS = frozenset(
     {"schema_version", "id", "root_id", "tenant", "partition_key", "source", "created_at_us",
      "ingested_at_us", "attributes", "payload", "trace_id"}
 )  # fmt: skip
-#: How far in the future a client's clock may put a scan's creation time.
-MAX_CLOCK_SKEW_US = 24 * 3600 * 1_000_000
 #: A client's field in the schema (the application's own are added per pipeline).
 FIELD_SCHEMA = {"type": "string", "pattern": FIELD_PATTERN}
 _BODY_TYPES = {
@@ -271,8 +272,10 @@ def _submitted(env: Envelope, state: Services) -> Submitted:
     unknown = sorted(set(env.attributes) - set(state.app.client_attributes))
     if unknown:
         raise BadRequest(f"envelope {name}: {_unknown_fields(state, unknown)}")
-    if not 0 <= env.created_at_us <= now_us() + MAX_CLOCK_SKEW_US:
-        raise BadRequest(f"envelope {name} has created_at_us {env.created_at_us} out of range")
+    try:
+        check_event_time(env.created_at_us, state.settings.pipeline.max_clock_skew_s)
+    except ClockSkewError as exc:
+        raise BadRequest(f"envelope {name}: {exc}") from exc
     return Submitted(
         data=env.payload.inline,
         fields={key: _plain(key, value) for key, value in env.attributes.items()},
@@ -294,6 +297,7 @@ def _accept(items: Sequence[Submitted], principal: Principal, state: Services) -
     Runs in a worker thread: checking and keeping scans is blocking work that on the
     event loop stalled every other request (reads too).
     """
+    _within_share(items, principal, state)
     return wrap_items(check_items(items, state), items, principal, state)
 
 
@@ -302,6 +306,7 @@ def _accept_each(
 ) -> tuple[list[Envelope], list[Refusal]]:
     """Each file checked on its own: the good ones kept and wrapped, the others listed
     with why. Nothing accepted: the refusal as an error (all the files' reasons)."""
+    _within_share(items, principal, state)
     good, refused = check_each(items, state)
     if not good:
         if len(refused) == 1:
@@ -316,6 +321,13 @@ def _accept_each(
         for i, item, exc in refused
     ]  # fmt: skip
     return envelopes, refusals
+
+
+def _within_share(items: Sequence[Submitted], principal: Principal, state: Services) -> None:
+    """Spend the tenant's quota on these scans, before any work is done on them: 429
+    when the tenant is over its share (the whole request; its client tries again)."""
+    if state.tenant_quota is not None:
+        state.tenant_quota.take(principal.tenant, len(items))
 
 
 def check_each(

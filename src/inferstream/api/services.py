@@ -37,6 +37,8 @@ class Services:
     throttle: GuessThrottle
     blobs: BlobStore
     limiter: RateLimiter
+    #: Scans per tenant (``ApiSettings.tenant_scans_per_s``); None when unbounded.
+    tenant_quota: RateLimiter | None
     #: Every label some served model predicts (what feedback may say).
     labels: frozenset[str]
     publisher: GroupCommit

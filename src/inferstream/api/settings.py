@@ -5,6 +5,7 @@ TLS is not here: it belongs to the server (``inferstream serve --certfile --keyf
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from dataclasses import dataclass
@@ -25,6 +26,10 @@ class ApiSettings:
     """What :func:`inferstream.api.create_app` needs.
 
     ``rate_per_s``/``burst`` are the token bucket of each caller (API key or user).
+    ``tenant_scans_per_s``/``tenant_burst`` bound the scans one tenant may send, all its
+    credentials together (its share of the pipeline; off when None): beyond it the
+    tenant hears 429 with Retry-After and its clients retry, so a tenant flooding the
+    service cannot fill the bus ahead of the others' scans.
     ``max_body_bytes`` bounds every request body; ``max_batch`` the envelopes of one
     protobuf batch and the files of one multipart upload; ``max_keys`` the working
     API keys of one tenant.
@@ -42,6 +47,9 @@ class ApiSettings:
     max_image_side: int = 4096
     max_image_pixels: int = 50_000_000
     max_keys: int = MAX_ACTIVE_KEYS
+    tenant_scans_per_s: float | None = None
+    #: Default: two seconds of the tenant's rate, and never less than one whole batch.
+    tenant_burst: int | None = None
     #: The application served; by default the one the pipeline file names (``app:``).
     app: AppSpec | None = None
     #: Further applications whose records this API shows (read side and dashboard):
@@ -56,6 +64,20 @@ class ApiSettings:
             )
         if self.rate_per_s <= 0 or self.burst < 1 or self.max_body_bytes < 1:
             raise ConfigError("rate_per_s, burst and max_body_bytes must be positive")
+        if self.tenant_scans_per_s is not None and self.tenant_scans_per_s <= 0:
+            raise ConfigError(f"tenant scans/s must be positive, not {self.tenant_scans_per_s}")
+        if self.tenant_burst is not None and self.tenant_burst < self.max_batch:
+            raise ConfigError(
+                f"a tenant's burst of {self.tenant_burst} scans is smaller than one batch "
+                f"({self.max_batch}), which could then never be accepted; raise it"
+            )
+
+    @property
+    def tenant_quota_burst(self) -> int:
+        """The scans a tenant may send at once (see ``tenant_burst``)."""
+        if self.tenant_burst is not None:
+            return self.tenant_burst
+        return max(self.max_batch, math.ceil(2 * (self.tenant_scans_per_s or 0)))
 
     def application(self) -> AppSpec:
         """The application this API serves: given, or named by the pipeline file."""

@@ -33,7 +33,9 @@ class Record(NamedTuple):
 
     key: bytes | None
     value: bytes
-    #: Producer-side timestamp, ms since epoch; the bus fills it in when None.
+    #: Timestamp, ms since epoch, for a caller that must choose it (tests, tools); when
+    #: None the producing process stamps its clock (the append time on the embedded
+    #: log; librdkafka's CreateTime on Kafka).
     timestamp_ms: int | None = None
 
 

@@ -4,8 +4,12 @@
 OS processes produce to and consume from at once. Topics have partitions; a key
 picks its partition with :func:`~inferstream.bus.base.partition_for` and keyless
 records go round-robin. Offsets are dense per partition from 0; timestamps are
-milliseconds since the epoch. Producing a batch is one transaction, so a batch is
-either wholly in the log or not at all.
+milliseconds since the epoch, the append time by the clock of the process that appends
+(the log has no broker of its own: on one machine that is the machine's clock).
+Retention by age drops only a prefix of a partition, up to the first message young
+enough, so a message stamped older than one before it (a clock stepped back) is never
+dropped ahead of that one. Producing a batch is one transaction, so a batch is either
+wholly in the log or not at all.
 
 URL options: ``session_timeout_s`` (default 10) — a consumer-group member whose
 heartbeat is older than this is dead and its partitions move to the others (a

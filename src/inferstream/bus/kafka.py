@@ -162,10 +162,11 @@ class KafkaBus:
         while in_flight > 0:
             in_flight = producer.flush(1.0)
         if failures:
-            if any(error.fatal() for error in failures):
-                # An idempotent producer that hit a fatal error refuses everything after;
-                # the next produce() starts a fresh one (new producer id).
-                self._producer = None
+            # A producer with a failed batch is dropped: an idempotent one that hit a
+            # fatal error refuses everything after, and one whose records timed out
+            # (the cluster unreachable) can be left fenced (tansu answers its epoch bump
+            # with PRODUCER_FENCED). The next produce() starts a fresh one.
+            self._producer = None
             raise translate_error(
                 f"producing {len(failures)} of {len(records)} records to {topic!r} "
                 "(the batch may be partly written; produce it again, ids make it safe)",

@@ -14,6 +14,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 from inferstream.errors import ConfigError
 
+#: How long a produced record may wait for the cluster's acknowledgement (override
+#: with ``?message.timeout.ms=`` in the bus URL).
+PRODUCE_TIMEOUT_MS = 5000
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -35,7 +39,11 @@ class KafkaSettings:
     def producer_config(self) -> dict[str, str]:
         # Idempotence and acks=all are what make "produce returned" mean "durable,
         # once, in order"; the URL cannot switch them off.
-        return {"linger.ms": "5", **self._base(), "enable.idempotence": "true", "acks": "all"}
+        # A record not acknowledged within message.timeout.ms fails its produce() as a
+        # transient error: the API answers 503 and a worker retries its batch, rather
+        # than both waiting librdkafka's default five minutes for a cluster that is down.
+        defaults = {"linger.ms": "5", "message.timeout.ms": str(PRODUCE_TIMEOUT_MS)}
+        return {**defaults, **self._base(), "enable.idempotence": "true", "acks": "all"}
 
     def consumer_config(
         self,

@@ -10,6 +10,7 @@ a consumer group, runs its steps fused on every micro-batch, and writes one topi
     store: sqlite:///.inferstream/results.db  # or postgresql+psycopg://...
     blobs: file://.inferstream/blobs
     claim_check_kb: 256                       # larger payloads go to the blob store
+    max_clock_skew_s: 60                      # producers' event times at most this far ahead
     topics:
       images.raw: {partitions: 4, retention_hours: 24}
     stages:

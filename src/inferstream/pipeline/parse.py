@@ -15,6 +15,7 @@ from typing import Any
 from inferstream.application import app_named
 from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
+from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S
 from inferstream.pipeline.operators import idle_ms, parse_join, parse_window
 from inferstream.pipeline.spec import (
     DEFAULT_BLOBS,
@@ -35,8 +36,8 @@ from inferstream.routing import parse_predicate, parse_routes, topic_list
 from inferstream.steps import resolve_factory
 
 PIPELINE_KEYS = {
-    "name", "app", "bus", "store", "blobs", "claim_check_kb", "topics", "stages", "promotion",
-    "retraining", "settings",
+    "name", "app", "bus", "store", "blobs", "claim_check_kb", "max_clock_skew_s", "topics",
+    "stages", "promotion", "retraining", "settings",
 }  # fmt: skip
 RETRAIN_KEYS = {"model", "learner", "alias", "head", "min_new_labels", "every_s", "labels_from"}
 PROMOTION_KEYS = {
@@ -79,6 +80,16 @@ def _positive_int(raw: Mapping[str, Any], key: str, default: int, where: str) ->
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: {key} must be a whole number of at least 1, got {value!r}")
     return value
+
+
+def _max_clock_skew(raw: Mapping[str, Any], where: str) -> float:
+    value = raw.get("max_clock_skew_s", DEFAULT_MAX_CLOCK_SKEW_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(
+            f"{where}: max_clock_skew_s must be a number of seconds above 0 (how far ahead "
+            f"of this host's clock a producer's event time may be), got {value!r}"
+        )
+    return float(value)
 
 
 def _parse_batch(raw: Any, where: str) -> BatchSettings:
@@ -349,6 +360,7 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
         blobs=str(raw.get("blobs") or DEFAULT_BLOBS),
         claim_check_bytes=1024
         * _positive_int(raw, "claim_check_kb", DEFAULT_CLAIM_CHECK_BYTES // 1024, where),
+        max_clock_skew_s=_max_clock_skew(raw, where),
         source=file,
         promotions=_parse_promotions(raw.get("promotion"), file),
         retraining=_parse_retraining(raw.get("retraining"), file),

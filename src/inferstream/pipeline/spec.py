@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
+from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S
 from inferstream.routing import Predicate, Route, Router
 
 if TYPE_CHECKING:
@@ -174,6 +175,9 @@ class PipelineSpec:
     blobs: str = DEFAULT_BLOBS
     #: Payloads larger than this travel as a claim check (blob reference), not inline.
     claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
+    #: How far ahead of the ingesting host's clock a producer's event time may be, at the
+    #: API and at ``check_ingest`` (:mod:`inferstream.event_time`); further is refused.
+    max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
     source: Path | None = None
     #: The application whose records this pipeline makes (its steps, models, schema).
     app: str | None = None
