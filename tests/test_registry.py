@@ -4,6 +4,7 @@ owners, and loads checked against the registered digest."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from inferstream.application import find_model
 from inferstream.blobs import LocalBlobStore
 from inferstream.errors import ModelError
-from inferstream.registry import ModelRegistry, RegistryError, parse_ref
+from inferstream.registry import ADOPTER, ModelRegistry, RegistryError, parse_ref
 from inferstream.store import ResultsStore
 
 SHIPPED = find_model("egg_sexing")
@@ -118,6 +119,25 @@ def test_a_lost_artifact_of_a_shipped_model_is_restored_from_its_files(
     model = registry.load(version)  # the shipped graph has the registered digest
     assert model.info.version == "2.0.0" and model.info.labels[0] == "male"
     assert (stored / "model.onnx").read_bytes() == shipped()[0]
+
+
+def test_replicas_starting_together_all_adopt_the_shipped_model(registry: Any) -> None:
+    """Found by the soak: two workers on a fresh store both adopt the shipped model; the
+    second saw the first's version before its alias, gave up, and stayed down. It now
+    waits for the alias the adopter is about to point."""
+    assert SHIPPED is not None
+    first = registry.register_files(SHIPPED / "egg_sexing.onnx", actor=ADOPTER, reason="first")
+    point = {"actor": ADOPTER, "reason": "first"}
+    pointer = threading.Timer(
+        0.5, registry.set_alias, args=("egg_sexing", "champion", first.version), kwargs=point
+    )
+    pointer.start()
+    adopted = registry.adopt_shipped("egg_sexing", "champion")
+    pointer.join()
+    assert adopted is not None and adopted.version == first.version
+    # A version a person registered, with no alias: nothing to wait for.
+    registry.register(*relabelled("9.0.0"), actor="ops")
+    assert registry.adopt_shipped("egg_sexing", "canary") is None
 
 
 def test_a_tenants_private_model_is_its_own(registry: Any) -> None:

@@ -88,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.serve:
         from inferstream.supervisor import api_child
 
-        children.append(api_child(spec, args.serve))
+        share = ["--tenant-rate", str(args.tenant_rate)] if args.tenant_rate else []
+        children.append(api_child(spec, args.serve, share))
     supervisor = Supervisor(
         children,
         drain_timeout_s=args.drain_timeout,
@@ -470,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also run the service API on HOST:PORT (e.g. 127.0.0.1:8000), supervised",
     )
+    up.add_argument(
+        "--tenant-rate", type=float, metavar="SCANS_PER_S",
+        help="with --serve: scans/s one tenant may send (its share; see serve --tenant-rate)",
+    )  # fmt: skip
     worker = add("worker", cmd_worker, "Run one stage in this process (one replica, for clusters).")
     _add_pipeline_args(worker)
     worker.add_argument("--stage", required=True, help="stage name from the pipeline file")

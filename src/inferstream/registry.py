@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,9 @@ ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 DEFAULT_ALIAS = "champion"
 #: Who the audit log names for what the platform does by itself.
 ADOPTER = "inferstream"
+#: How long a replica waits for another, adopting the same shipped model, to point its
+#: alias (one transaction after registering it).
+ADOPTION_WAIT_S = 10.0
 
 
 class RegistryError(InferstreamError):
@@ -382,15 +386,34 @@ class ModelRegistry:
         an installed application ships the model, register its files and point the
         alias at them (an audit entry says so). None when nothing ships it."""
         folder = find_model(name)
-        if folder is None or self.versions(name):
+        if folder is None:
             return None
+        known = self.versions(name)
+        if known:  # adopted by another replica a moment ago, or registered by a person
+            return self._adopted_by_another(name, alias, known)
         reason = f"shipped with the application; first use of {name}@{alias}"
         try:
             version = self.register_files(folder / f"{name}.onnx", actor=ADOPTER, reason=reason)
         except RejectedWrite:  # another replica registered it at the same moment
-            return self.resolve(name, alias)
+            return self._adopted_by_another(name, alias, self.versions(name))
         self.set_alias(name, alias, version.version, actor=ADOPTER, reason=reason)
         return self.resolve(name, alias)
+
+    def _adopted_by_another(
+        self, name: str, alias: str, known: list[ModelVersion]
+    ) -> ModelVersion | None:
+        """Replicas starting together race to adopt: the one that registered the files
+        points the alias a moment later. Wait for that (up to ``ADOPTION_WAIT_S``) when
+        every version there is the adopter's; None otherwise, or if it never comes."""
+        if not known or any(v.registered_by != ADOPTER for v in known):
+            return None
+        deadline = time.monotonic() + ADOPTION_WAIT_S
+        while time.monotonic() < deadline:
+            try:
+                return self.resolve(name, alias)
+            except RegistryError:
+                time.sleep(0.1)
+        return None
 
     def load(self, version: ModelVersion) -> Model:
         """The version's model, its bytes checked against the registered digest."""

@@ -76,8 +76,9 @@ def pipeline_children(spec: PipelineSpec) -> list[Child]:
     return [*workers, Child(name="trainer", argv=trainer)]
 
 
-def api_child(spec: PipelineSpec, host_port: str) -> Child:
-    """The service API (``inferstream serve``) as one more supervised child."""
+def api_child(spec: PipelineSpec, host_port: str, options: Sequence[str] = ()) -> Child:
+    """The service API (``inferstream serve``, with ``options``) as one more supervised
+    child."""
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit():
         from inferstream.errors import ConfigError
@@ -87,7 +88,7 @@ def api_child(spec: PipelineSpec, host_port: str) -> Child:
     argv = [
         sys.executable, "-m", "inferstream", "serve", str(spec.source),
         "--host", host, "--port", port,
-        "--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs,
+        "--bus", spec.bus, "--store", spec.store, "--blobs", spec.blobs, *options,
     ]  # fmt: skip
     return Child(name="api", argv=argv)
 

@@ -29,8 +29,8 @@ from processes import start_up, wait_until, with_short_sessions, worker_pids
 from inferstream.bus import Bus, Message
 from inferstream.envelope import Envelope, new_envelope, parse
 
-KILLS = int(os.environ.get("FAULT_KILLS", "12"))
-PHOTOS = int(os.environ.get("FAULT_PHOTOS", "600"))
+KILLS = int(os.environ.get("FAULT_KILLS", "8"))
+PHOTOS = int(os.environ.get("FAULT_PHOTOS", "400"))
 PARTS = 2
 KEYS = 4
 WINDOW_US = 1_000_000
