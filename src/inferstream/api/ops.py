@@ -22,6 +22,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inferstream.api.errors import Unavailable
+from inferstream.api.lag import lag_exposition
 from inferstream.api.services import services_of
 from inferstream.metrics import LATENCY_BUCKETS, render
 
@@ -73,10 +74,13 @@ def readyz(request: Request) -> Health:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-async def metrics() -> Response:
-    """Prometheus metrics: the API's and, under ``inferstream up``, the workers'."""
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: the API's and, under ``inferstream up``, the workers'; and the
+    consumer lag of every stage, per partition, read from the bus now (:mod:`.lag`)."""
+    state = services_of(request)
     body, content_type = await run_in_threadpool(render)
-    return Response(body, media_type=content_type)
+    lag = await run_in_threadpool(lag_exposition, state.settings.pipeline, state.bus)
+    return Response(body + lag, media_type=content_type)
 
 
 class Observe:
