@@ -101,7 +101,10 @@ class EmbeddedConsumer:
         """Commit per partition; partitions this member lost are refused with FencedError.
 
         The offsets of partitions it still owns are stored even when others are
-        refused, so their messages are not redelivered to anyone.
+        refused, so their messages are not redelivered to anyone. A batch polled before
+        this member lost a partition and got it back may end behind what the owner in
+        between committed, or beyond what this member has read since: an offset never
+        moves back, and this member never hands out again what it committed.
         """
         # Plain tuples while scanning: hashing a frozen dataclass per message is slow.
         last: dict[tuple[str, int], int] = {}
@@ -120,11 +123,14 @@ class EmbeddedConsumer:
                 groups.heartbeat(conn, self._member, now_ms())
                 lost = groups.fenced(known, groups.owned(conn, self._member), list(offsets))
                 kept = {tp: offset for tp, offset in offsets.items() if tp not in lost}
-                groups.store_offsets(conn, self._member.group, kept)
+                groups.advance_offsets(conn, self._member.group, kept)
                 self._adopt(conn)
                 return lost
 
             lost = run(self._conn, work)
+            for tp, offset in offsets.items():
+                if tp not in lost:
+                    self._positions[tp] = max(self._positions[tp], offset)
             self._next_heartbeat = time.monotonic() + self._heartbeat_every_s
         if lost:
             names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in lost)

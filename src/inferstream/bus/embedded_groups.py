@@ -167,6 +167,19 @@ def store_offsets(conn: sqlite3.Connection, group: str, offsets: dict[TopicParti
     )
 
 
+def advance_offsets(
+    conn: sqlite3.Connection, group: str, offsets: dict[TopicPartition, int]
+) -> None:
+    """Store ``offsets`` where they are ahead of the stored ones (a commit); unlike
+    :func:`store_offsets` (a seek), never moves a group's offset back."""
+    conn.executemany(
+        "INSERT INTO offsets (grp, topic, part, next_offset) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (grp, topic, part) DO UPDATE "
+        "SET next_offset = MAX(next_offset, excluded.next_offset)",
+        [(group, tp.topic, tp.partition, offset) for tp, offset in offsets.items()],
+    )
+
+
 def fenced(before: Owned, now: Owned, partitions: Sequence[TopicPartition]) -> list[TopicPartition]:
     """Partitions among ``partitions`` this member no longer owns at the epoch it knew."""
     return sorted(
