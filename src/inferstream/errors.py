@@ -58,6 +58,15 @@ class BlobError(InferstreamError):
     """A claim-check payload could not be stored, found or verified."""
 
 
+class BlobStoreUnavailable(TransientError):
+    """The blob store could not be reached, or answered with a server error or a request
+    to slow down (an S3 server's 5xx, ``SlowDown``).
+
+    Not a :class:`BlobError` on purpose: steps that turn a missing or corrupt blob into
+    that message's failure let this one through, so the worker waits the outage out.
+    """
+
+
 class InvalidInput(InferstreamError):
     """A message is unusable (bad image, bad DICOM, wrong schema).
 

@@ -3,7 +3,9 @@
 One set of metric families, labelled by pipeline and stage. When several worker
 processes run under ``inferstream up`` they write to a shared folder named by
 ``PROMETHEUS_MULTIPROC_DIR`` (set by the supervisor before the workers start) and
-:func:`render` aggregates them; a single process just uses the default registry.
+:func:`render` aggregates them; a single process just uses the default registry. On a
+cluster each worker is a pod of its own and serves its own page (:func:`serve`,
+``inferstream worker --metrics-port``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
+    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
+
+from inferstream.errors import ConfigError
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -189,10 +195,29 @@ class ModelMetrics:
         )
 
 
-def render() -> tuple[bytes, str]:
-    """The metrics page (body, content type), aggregated over processes when shared."""
+def _registry() -> CollectorRegistry:
+    """This process's metrics, or every process's when they share a folder (``up``)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        return registry
+    return REGISTRY
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page (body, content type), aggregated over processes when shared."""
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
+
+
+def serve(port: int) -> None:
+    """Serve the metrics page on ``port`` (every address) from a daemon thread.
+
+    For ``inferstream worker --metrics-port`` on a cluster: each worker is a pod of its
+    own there, so no supervisor gathers its metrics for the API to show.
+    """
+    try:
+        start_http_server(port, registry=_registry())
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on port {port}: {exc.strerror}; choose another --metrics-port"
+        ) from exc

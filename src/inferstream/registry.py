@@ -34,7 +34,7 @@ from inferstream.application import find_model
 from inferstream.blobs import BlobStore
 from inferstream.classify import Model, ModelInfo, model_from_bytes
 from inferstream.envelope import BlobRef, now_us
-from inferstream.errors import InferstreamError, ModelError
+from inferstream.errors import InferstreamError, ModelError, TransientError
 from inferstream.store import RejectedWrite, ResultsStore
 from inferstream.store import schema as tables
 from inferstream.store.queries import upsert
@@ -424,6 +424,8 @@ class ModelRegistry:
         ref = BlobRef(uri=uri, sha256=version.sha256, size=version.size)
         try:
             graph = self.blobs.get(ref, folder)
+        except TransientError:
+            raise  # the blob store is down, not the artifact lost: wait, heal nothing
         except InferstreamError as exc:
             shipped = self._shipped_copy(version)
             if shipped is None:

@@ -71,10 +71,11 @@ def imageops_spec(
     bus_url: str | None = None,
     retention_hours: float | None = None,
     suffix: str | None = None,
+    blobs: str | None = None,
 ) -> PipelineSpec:
-    """The application's own pipeline file on ``folder``'s store and blobs, its name and
-    topics made unique by ``suffix`` (tests share one Kafka broker); ``retention_hours``
-    replaces the file's."""
+    """The application's own pipeline file on ``folder``'s store and blobs (or the blob
+    store ``blobs``), its name and topics made unique by ``suffix`` (tests share one
+    Kafka broker); ``retention_hours`` replaces the file's."""
     suffix = suffix or uuid.uuid4().hex[:8]
     text = APP.pipeline_path().read_text()
     text = text.replace("name: imageops\n", f"name: imageops-{suffix}\n")
@@ -86,7 +87,7 @@ def imageops_spec(
     return load_pipeline(path).with_urls(
         bus=bus_url or f"sqlite:///{folder / 'bus.db'}",
         store=f"sqlite:///{folder / 'results.db'}",
-        blobs=f"file://{folder / 'blobs'}",
+        blobs=blobs or f"file://{folder / 'blobs'}",
     )
 
 

@@ -1,5 +1,6 @@
 """Retention: an output answers 410 Gone once its retention is over, and the purge
-deletes the bytes only expired outputs use, never those a live output shares.
+deletes the bytes only expired outputs use, never those a live output shares; with the
+blobs in a folder, then in a bucket of the S3 test server.
 
 The API serves the pipeline file as shipped (24 hours); the pipeline's workers run
 the same file with a retention so short that what they make is expired at once, then
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from blob_worlds import BlobWorld, LocalWorld, s3_world
 from imageops_world import World, imageops_spec, running_api, wait_done
 
 from inferstream.apps.imageops.images import encoded
 from inferstream.apps.imageops.retention import purge_expired, retention_hours
+from inferstream.blobs import content_key
 from inferstream.pipeline import PipelineSpec
 from inferstream.runner import housekeep
 from inferstream.testing import pipeline_threads
@@ -30,8 +32,10 @@ SHARED = encoded(512, 512, seed=40)
 class Setting:
     """The world, and the pipeline files with the two retentions."""
 
-    def __init__(self, world: World, short: PipelineSpec, long: PipelineSpec) -> None:
-        self.world, self.short, self.long = world, short, long
+    def __init__(
+        self, world: World, short: PipelineSpec, long: PipelineSpec, blobs: BlobWorld
+    ) -> None:
+        self.world, self.short, self.long, self.blobs = world, short, long, blobs
 
     def run(self, spec: PipelineSpec, image: bytes) -> Any:
         with pipeline_threads(spec, replicas=1):
@@ -40,19 +44,28 @@ class Setting:
         assert status["status"] == "done", status
         return status
 
-    def blob(self, digest: str) -> Path:
-        root = Path(self.world.spec.blobs.removeprefix("file://"))
-        return root / self.world.own / digest[:2] / digest
+    def kept(self, digest: str) -> bool:
+        return self.blobs.raw(content_key(digest, self.world.own)) is not None
 
 
-@pytest.fixture(scope="module")
-def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting]:
+@pytest.fixture(scope="module", params=["file", "s3"])
+def setting(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Setting]:
     folder = tmp_path_factory.mktemp("retention")
-    suffix = uuid.uuid4().hex[:8]
-    long = imageops_spec(folder, suffix=suffix)
-    short = imageops_spec(folder, retention_hours=1e-9, suffix=suffix)
-    with running_api(long) as world:
-        yield Setting(world, short, long)
+    with pytest.MonkeyPatch.context() as env:
+        if request.param == "s3":
+            blobs: BlobWorld = s3_world(env, request.getfixturevalue("s3"), "imageops")
+        else:
+            blobs = LocalWorld(folder / "blobs")
+        suffix = uuid.uuid4().hex[:8]
+        long = imageops_spec(folder, suffix=suffix, blobs=blobs.store.url)
+        short = imageops_spec(folder, retention_hours=1e-9, suffix=suffix, blobs=blobs.store.url)
+        try:
+            with running_api(long) as world:
+                yield Setting(world, short, long, blobs)
+        finally:
+            blobs.close()
 
 
 def outputs(status: Any) -> list[Any]:
@@ -87,14 +100,15 @@ def test_the_purge_keeps_what_a_live_output_shares(setting: Setting) -> None:
     doomed = {o["sha256"] for o in outputs(gone)}
     kept = {o["sha256"] for o in outputs(shared_live)}
     assert kept == {o["sha256"] for o in outputs(shared_expired)}  # content-addressed
-    assert all(setting.blob(d).exists() for d in doomed | kept)
+    assert all(setting.kept(d) for d in doomed | kept)
 
     # Under the long retention nothing is old enough yet: a queued job may still need it.
     assert purge_expired(setting.long).blobs_deleted == 0
+    setting.blobs.tick()  # the short retention over by the store's clock too (S3: seconds)
     purged = purge_expired(setting.short)
     assert purged.blobs_deleted >= len(doomed) + 1  # its outputs and its uploaded image
-    assert not any(setting.blob(d).exists() for d in doomed)
-    assert all(setting.blob(d).exists() for d in kept)
+    assert not any(setting.kept(d) for d in doomed)
+    assert all(setting.kept(d) for d in kept)
     for output in outputs(shared_live):
         assert world.client.get(output["url"], headers=world.headers()).status_code == 200
     # The records stay: the expired job still says what it made, and that it is gone.

@@ -1,7 +1,8 @@
-"""The leaves pipeline end to end on both buses, every output checked by id against
-the simulator's truth: each leaf crop graded once per disease and joined once (0 lost,
-0 doubled), at the blob paths the issue names; then a replay of one grader with a new
-version, whose records carry it while the old grades stay, and the diff between them."""
+"""The leaves pipeline end to end on both buses, and with its photos and crops in a
+bucket of the S3 test server, every output checked by id against the simulator's truth:
+each leaf crop graded once per disease and joined once (0 lost, 0 doubled), at the blob
+paths the issue names; then a replay of one grader with a new version, whose records
+carry it while the old grades stay, and the diff between them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from blob_worlds import BlobWorld, LocalWorld, s3_world
+from broker_testing import S3Server
 
 from inferstream.apps.leaves import APP
 from inferstream.apps.leaves.analysis import trial_analysis, version_diff
@@ -30,10 +33,11 @@ _TOPIC = re.compile(r"(?<![\w.])(photos|crops|grades\.[a-z]+|leaves\.graded)(?=[
 
 
 def leaves_pipeline(
-    tmp_path: Path, bus_url: str, prefix: str, rust_model: str = ""
+    tmp_path: Path, bus_url: str, prefix: str, rust_model: str = "", blobs: str = ""
 ) -> PipelineSpec:
     """The shipped pipeline file with this test's topic names (the Kafka broker is shared
-    by the session) and, optionally, another version of the rust grader."""
+    by the session), its blobs in ``tmp_path`` or at ``blobs``, and, optionally, another
+    version of the rust grader."""
     text = _TOPIC.sub(lambda m: f"{prefix}.{m.group(1)}", APP.pipeline_path().read_text())
     text = text.replace("name: leaves\n", f"name: {prefix}\n")
     if rust_model:
@@ -42,7 +46,7 @@ def leaves_pipeline(
     path.write_text(text)
     return load_pipeline(path).with_urls(
         bus=bus_url, store=f"sqlite:///{tmp_path / 'results.db'}",
-        blobs=f"file://{tmp_path / 'blobs'}",
+        blobs=blobs or f"file://{tmp_path / 'blobs'}",
     )  # fmt: skip
 
 
@@ -69,8 +73,22 @@ def wait_for(condition, store: ResultsStore, timeout_s: float = 180.0) -> None: 
 def test_every_leaf_is_graded_once_per_disease_and_joined_once(
     tmp_path: Path, bus_url: str
 ) -> None:
+    graded_once_each(tmp_path, bus_url, LocalWorld(tmp_path / "blobs"))
+
+
+def test_photos_and_crops_in_a_bucket_of_s3(
+    tmp_path: Path, s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = s3_world(monkeypatch, s3, "drone-trial")
+    try:
+        graded_once_each(tmp_path, f"sqlite:///{tmp_path / 'bus.db'}", blobs)
+    finally:
+        blobs.close()
+
+
+def graded_once_each(tmp_path: Path, bus_url: str, blobs: BlobWorld) -> None:
     prefix = f"lv{uuid.uuid4().hex[:8]}"
-    spec = leaves_pipeline(tmp_path, bus_url, prefix)
+    spec = leaves_pipeline(tmp_path, bus_url, prefix, blobs=blobs.store.url)
     photos = list(simulate(2, 2, seed=11, tenant=TENANT))
     expected = expected_crops(photos, load_model("leaf_detector"))
     run(spec, photos, prefix, len(expected) * (len(DISEASES) + 1))
@@ -84,7 +102,7 @@ def test_every_leaf_is_graded_once_per_disease_and_joined_once(
     assert len(grades) == len(expected) * len(DISEASES) and len(leaves) == len(expected)
     assert result.partial_leaves == 0
     assert result.detector_precision == 1.0 and result.detector_recall == 1.0
-    _check_fields_and_blobs(tmp_path / "blobs", photos, grades, leaves)
+    _check_fields_and_blobs(blobs, photos, grades, leaves)
     assert {(c["date"], c["area"], c["disease"]) for c in answer["cells"]} == {
         (p.date, p.area, d) for p in photos for d in DISEASES
     }
@@ -111,9 +129,9 @@ def _analysis_over_http(spec: PipelineSpec, prefix: str) -> dict[str, object]:
         return answer.json()  # type: ignore[no-any-return]
 
 
-def _check_fields_and_blobs(blobs: Path, photos: list[Photo], grades, leaves) -> None:  # type: ignore[no-untyped-def]
+def _check_fields_and_blobs(blobs: BlobWorld, photos: list[Photo], grades, leaves) -> None:  # type: ignore[no-untyped-def]
     for photo in photos:
-        assert (blobs / photo.blob_path).is_file()
+        assert blobs.raw(photo.blob_path) is not None
     by_leaf: dict[str, dict[str, int]] = {}
     for row in grades:
         a = row.attributes
@@ -127,7 +145,7 @@ def _check_fields_and_blobs(blobs: Path, photos: list[Photo], grades, leaves) ->
         a = row.attributes
         assert {d: a[f"grade_{d}"] for d in DISEASES} == by_leaf[str(row.subject)]
         key = f"{a['position_id']}/{a['date']}/leaf_detector/1.0.0/{a['leaf_crop_idx']}.png"
-        assert a["crop_path"] == f"{TENANT}/{key}" and (blobs / a["crop_path"]).is_file()
+        assert a["crop_path"] == f"{TENANT}/{key}" and blobs.raw(a["crop_path"]) is not None
 
 
 def test_a_new_rust_grader_replayed_keeps_the_old_grades_and_reports_the_diff(

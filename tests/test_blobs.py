@@ -1,0 +1,60 @@
+"""The claim-check blob store's promises, on every blob store: content addressed under
+the tenant, checked against the digest on every read, and a read names the tenant."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from blob_worlds import BlobWorld
+
+from inferstream.blobs import check_in, content_key, payload_bytes
+from inferstream.envelope import BlobRef, new_envelope
+from inferstream.errors import BlobError
+
+
+def test_bytes_are_kept_under_their_digest_in_the_tenants_folder(blob_world: BlobWorld) -> None:
+    store = blob_world.store
+    data = b"\x00scan" * 1000
+    ref = store.put(data, "farm")
+    digest = hashlib.sha256(data).hexdigest()
+    assert (ref.sha256, ref.size) == (digest, len(data))
+    assert ref.uri == f"{store.url}/farm/{digest[:2]}/{digest}"
+    assert blob_world.stored_keys() == {f"farm/{digest[:2]}/{digest}"}
+    assert store.put(data, "farm") == ref  # a redelivery: the same blob
+    assert store.get(BlobRef(uri="", sha256=digest, size=0), "farm") == data  # by digest
+
+
+def test_a_blob_changed_behind_the_stores_back_is_refused(blob_world: BlobWorld) -> None:
+    store = blob_world.store
+    ref = store.put(b"the scan as sent", "farm")
+    key = content_key(ref.sha256, "farm")
+    blob_world.write_raw(key, b"the scan as sent, but not quite")
+    with pytest.raises(BlobError, match="does not match its checksum") as refused:
+        store.get(ref, "farm")
+    assert key in str(refused.value)  # says which blob
+    blob_world.remove_raw(key)
+    with pytest.raises(BlobError, match="missing"):
+        store.get(ref, "farm")
+
+
+def test_a_digest_never_reaches_another_tenants_bytes(blob_world: BlobWorld) -> None:
+    store = blob_world.store
+    ref = store.put(b"farm a's scan", "farm-a")
+    with pytest.raises(BlobError, match="missing"):
+        store.get(ref, "farm-b")  # its full URI, read as farm-b: looked up in farm-b's folder
+    with pytest.raises(BlobError, match="not a plain name"):
+        store.get(ref, "../farm-a")
+    with pytest.raises(BlobError, match="not a SHA-256"):
+        store.get(BlobRef(uri="", sha256="../../x", size=0), "farm-a")
+    assert store.get(ref, "farm-a") == b"farm a's scan"
+
+
+def test_a_claim_check_carries_the_reference_and_reads_back(blob_world: BlobWorld) -> None:
+    store = blob_world.store
+    big, small = b"\x01" * 2048, b"\x02" * 16
+    envs = [new_envelope(data, "application/octet-stream", tenant="farm") for data in (big, small)]
+    checked = [check_in(env, store, threshold=1024) for env in envs]
+    assert [e.payload.WhichOneof("body") for e in checked] == ["blob", "inline"]
+    assert checked[0].payload.blob.uri.startswith(store.url + "/farm/")
+    assert [payload_bytes(e, store) for e in checked] == [big, small]
