@@ -156,9 +156,10 @@ def test_the_broker_restarted_keeps_its_log_and_everyone_resumes(tmp_path: Path)
 
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
-def test_a_slow_link_that_drops_its_connections_loses_nothing(tmp_path: Path) -> None:
+def test_a_slow_link_that_drops_its_connections_then_a_partition_loses_nothing(tmp_path: Path) -> None:
     """20 ms on every chunk both ways, to the broker and to PostgreSQL, and every
-    connection reset every 2 s while the scans flow."""
+    connection reset every 2 s while the scans flow; then the database partitioned
+    away for 5 s."""
     port = free_port()
     with ExitStack() as stack:
         to_broker = stack.enter_context(TcpProxy(port))
@@ -179,6 +180,11 @@ def test_a_slow_link_that_drops_its_connections_loses_nothing(tmp_path: Path) ->
             resets += to_broker.reset_connections() + to_db.reset_connections()
         for link in (to_broker, to_db):
             link.delay_s = 0.0
+        # A partition: the database's packets dropped for 5 s, no reset; open
+        # connections hang, then carry on as TCP delivers what waited.
+        to_db.partition()
         eggs += run.drop(3)
+        time.sleep(5.0)
+        to_db.up()
         run.assert_each_scan_stored_once(eggs)
     assert resets > 0
