@@ -94,6 +94,12 @@ class Model:
         self.info = info
         self._session = session
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session: the raw graph, tensors in and out (the v2 protocol
+        serves it so, :mod:`inferstream.api.v2`)."""
+        return self._session
+
     def logits(self, batch: NDArray[Any]) -> F32:
         expected = self.info.input_shape
         if batch.ndim != len(expected) + 1 or tuple(batch.shape[1:]) != expected:

@@ -156,7 +156,9 @@ def test_the_broker_restarted_keeps_its_log_and_everyone_resumes(tmp_path: Path)
 
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
-def test_a_slow_link_that_drops_its_connections_then_a_partition_loses_nothing(tmp_path: Path) -> None:
+def test_a_slow_link_that_drops_its_connections_then_a_partition_loses_nothing(
+    tmp_path: Path,
+) -> None:
     """20 ms on every chunk both ways, to the broker and to PostgreSQL, and every
     connection reset every 2 s while the scans flow; then the database partitioned
     away for 5 s."""

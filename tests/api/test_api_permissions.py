@@ -37,7 +37,8 @@ class Seeded:
     username: str = "victim"  # listed, never deleted
     doomed: str = "doomed"  # the user the DELETE route removes
     key_id: str = ""
-    #: A private model of the tenant (versions 1 and 2, alias "pick" moved between them).
+    #: A private model of the tenant (versions 1 and 2, alias "pick" moved between them),
+    #: and the name of its private version of the served model (egg_sexing).
     model: str = ""
 
 
@@ -118,7 +119,28 @@ CALLS: dict[str, Call] = {
     "POST /v1/registry/models/{name}/aliases/{alias}/rollback": lambda s: (
         f"/v1/registry/models/{s.model}/aliases/pick/rollback", {"json": {"reason": "r"}}
     ),
+    # The v2 protocol: the served model (every tenant's), and a private version of it
+    # that only the owning tenant may name.
+    "GET /v2": lambda s: ("/v2", {}),
+    "GET /v2/models/{name}": lambda s: ("/v2/models/egg_sexing", {}),
+    "GET /v2/models/{name}/ready": lambda s: ("/v2/models/egg_sexing/ready", {}),
+    "POST /v2/models/{name}/infer": lambda s: ("/v2/models/egg_sexing/infer", _infer_body()),
+    "GET /v2/models/{name}/versions/{version}": lambda s: (
+        f"/v2/models/egg_sexing/versions/{s.model}", {}
+    ),
+    "GET /v2/models/{name}/versions/{version}/ready": lambda s: (
+        f"/v2/models/egg_sexing/versions/{s.model}/ready", {}
+    ),
+    "POST /v2/models/{name}/versions/{version}/infer": lambda s: (
+        f"/v2/models/egg_sexing/versions/{s.model}/infer", _infer_body()
+    ),
 }  # fmt: skip
+
+
+def _infer_body() -> dict[str, Any]:
+    """One blank scan for the flagship's model, as v2 JSON."""
+    scan = {"name": "scan", "shape": [1, 1, 64, 64], "datatype": "FP32", "data": [0.0] * 4096}
+    return {"json": {"inputs": [scan]}}
 
 
 def _model_upload() -> dict[str, Any]:
@@ -147,10 +169,18 @@ def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
         assert seeded.key_id in [key["key_id"] for key in answer.json()]
 
 
+def _hidden_from_others(route: str) -> bool:
+    """Whether the route names something of the first tenant's (the v2 routes name the
+    served model, every tenant's, and hide the tenant's own versions)."""
+    if " /v2" in route:
+        return "{version}" in route
+    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}")
+    return any(name in route for name in hidden)
+
+
 def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     """What an allowed caller of another tenant gets: nothing of the first tenant's."""
-    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}")
-    if any(name in route for name in hidden):
+    if _hidden_from_others(route):
         assert answer.status_code == 404, (route, answer.text)
         return
     assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
@@ -200,6 +230,9 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
                               actor="seed", tenant=world.own)  # fmt: skip
             registry.set_alias(model, "pick", version, actor="seed", reason="seed",
                                tenant=world.own)  # fmt: skip
+        # The served model at a private version named like the private model, so no
+        # answer to another tenant may hold that name.
+        registry.register(graph, {**info, "version": model}, actor="seed", tenant=world.own)
         seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id, model)
         world.client.app.state.services.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
         yield world, seeded
@@ -274,7 +307,9 @@ def test_route_role_tenant(
     answer = world.client.request(method, url, headers=headers, **kwargs)
     if role not in PERMISSIONS[route]:
         assert answer.status_code == 403, (route, role, answer.text)
-        assert answer.json()["error"] == "forbidden"
+        # The v2 protocol's error body is the message alone.
+        refusal = "role" if " /v2" in route else "forbidden"
+        assert answer.json()["error"].startswith(refusal), answer.text
     elif caller == "own":
         _same_tenant_check(route, answer, seeded)
     else:

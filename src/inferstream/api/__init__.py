@@ -10,6 +10,9 @@ Reading guide:
 - :mod:`~inferstream.api.ingest` — ``POST /v1/scans`` (checks through :mod:`inferstream.codecs`).
 - :mod:`~inferstream.api.queries` — the read side.
 - :mod:`~inferstream.api.admin` — login, users, keys, replay.
+- :mod:`~inferstream.api.v2` — the v2 inference protocol (KServe, Triton) on the served
+  models; :mod:`~inferstream.api.v2_tensors` its tensors,
+  :mod:`~inferstream.api.served_models` which models and versions, loaded.
 - :mod:`~inferstream.api.ops` — probes, metrics, JSON logs.
 - :mod:`~inferstream.api.cli` — ``inferstream serve`` and ``inferstream admin``.
 """

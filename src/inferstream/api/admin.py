@@ -24,14 +24,14 @@ from inferstream.api.auth import (
 )
 from inferstream.api.errors import BadRequest, Conflict, NotFound, Unavailable
 from inferstream.api.permissions import Role, roles_for
+from inferstream.api.served_models import serving_source
 from inferstream.api.services import services_of
-from inferstream.application import find_model
 from inferstream.bus import InvalidSeekTarget, seek_target
 from inferstream.bus.seek import MAX_OFFSET
 from inferstream.classify import DEFAULT_ROLE, ModelInfo, read_model_info
 from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
-from inferstream.registry import ModelRegistry, RegistryError, parse_ref
+from inferstream.registry import ModelRegistry, RegistryError
 from inferstream.stage_replay import ReplayNotApplied, replay_stage_in_store
 
 log = logging.getLogger(__name__)
@@ -277,16 +277,10 @@ def describe_models(spec: PipelineSpec, registry: ModelRegistry | None = None) -
 def _model_info(model: str, registry: ModelRegistry | None) -> tuple[ModelInfo, str]:
     """A step's model: its files, or the deployment's registry version its
     ``name@alias`` points at now (what the workers serve)."""
-    if "@" not in model or registry is None:
-        return read_model_info(model)
-    name, alias = parse_ref(model)
-    try:
-        version = registry.resolve(name, alias)
-    except RegistryError:
-        if find_model(name) is None or registry.versions(name):
-            raise
-        return read_model_info(name)  # what the workers take on first use
-    return ModelInfo.from_json(version.info, Path(f"registry:{model}")), version.sha256
+    source = serving_source(model, registry)
+    if isinstance(source, str):
+        return read_model_info(source)
+    return ModelInfo.from_json(source.info, Path(f"registry:{model}")), source.sha256
 
 
 @router.post("/v1/admin/replay", response_model=ReplayOut, status_code=202)

@@ -36,12 +36,14 @@ from inferstream.api import (
     queries,
     records,
     registry,
+    v2,
 )
 from inferstream.api.accounts import Accounts
 from inferstream.api.errors import ApiError
 from inferstream.api.group_commit import GroupCommit
 from inferstream.api.live_hub import LiveHub
 from inferstream.api.ratelimit import RateLimiter
+from inferstream.api.served_models import GraphCache
 from inferstream.api.services import Services
 from inferstream.api.settings import ApiSettings
 from inferstream.api.throttle import GuessThrottle
@@ -94,6 +96,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     for module in (ingest, dicomweb, queries, records, admin, registry):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app_routes.mount(app, settings.application(), ERROR_RESPONSES)
+    app.include_router(v2.router)
     app.include_router(ops.router)
     app.include_router(live.router)
     app.add_middleware(ops.Observe)
@@ -126,6 +129,10 @@ def _document_pipeline(app: FastAPI, settings: ApiSettings, application: AppSpec
             listing["parameters"] = listing.get("parameters", []) + records.query_parameters(
                 settings.application()
             )
+            for path, operations in schema["paths"].items():
+                if v2.speaks_v2(path):  # which answers invalid requests 400 (v2.error_response)
+                    for operation in operations.values():
+                        operation["responses"].pop("422", None)
             upload = schema["paths"]["/v1/scans"]["post"]["requestBody"]["content"]
             fields = upload["multipart/form-data"]["schema"]["properties"]
             fields |= {
@@ -175,6 +182,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             labels=app_labels(application),
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
             live=LiveHub(store, _with_views_served(shown, application), spec, bus),
+            graphs=GraphCache(),
         )
         app.state.services = services
         refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))
@@ -202,8 +210,10 @@ async def _refresh_statistics(store: ResultsStore, throttle: GuessThrottle) -> N
 
 
 def _error(
-    status: int, code: str, detail: Any, headers: dict[str, str] | None = None
+    request: Request, status: int, code: str, detail: Any, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    if v2.speaks_v2(request.url.path):  # the v2 protocol has an error body of its own
+        return v2.error_response(status, detail, headers)
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
@@ -237,30 +247,30 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return _error(exc.status, exc.code, exc.detail, exc.headers)
+        return _error(request, exc.status, exc.code, exc.detail, exc.headers)
 
-    async def invalid(_: Request, exc: Exception) -> JSONResponse:
-        return _error(400, "bad_request", str(exc))
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        return _error(request, 400, "bad_request", str(exc))
 
-    async def unsupported(_: Request, exc: Exception) -> JSONResponse:
-        return _error(415, "unsupported_media_type", str(exc))
+    async def unsupported(request: Request, exc: Exception) -> JSONResponse:
+        return _error(request, 415, "unsupported_media_type", str(exc))
 
-    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable", extra={"error": type(exc).__name__})
-        return _error(503, "unavailable", str(exc), {"Retry-After": "1"})
+        return _error(request, 503, "unavailable", str(exc), {"Retry-After": "1"})
 
-    async def validation(_: Request, exc: Exception) -> JSONResponse:
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return _error(422, "invalid_request", json_safe(jsonable_encoder(exc.errors())))
+        return _error(request, 422, "invalid_request", json_safe(jsonable_encoder(exc.errors())))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # Starlette names only the first route that matched
             headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
-        return _error(exc.status_code, "http_error", str(exc.detail), headers)
+        return _error(request, exc.status_code, "http_error", str(exc.detail), headers)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(UnsupportedContent, unsupported)

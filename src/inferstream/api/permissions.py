@@ -53,19 +53,29 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "POST /v1/admin/keys": ADMIN,
     "DELETE /v1/admin/keys/{key_id}": ADMIN,
     "GET /v1/whoami": frozenset(ROLES),
+    # The v2 inference protocol (inferstream.api.v2): who may read models may run them.
+    "GET /v2": READ,
+    "GET /v2/models/{name}": READ,
+    "GET /v2/models/{name}/versions/{version}": READ,
+    "GET /v2/models/{name}/ready": READ,
+    "GET /v2/models/{name}/versions/{version}/ready": READ,
+    "POST /v2/models/{name}/infer": READ,
+    "POST /v2/models/{name}/versions/{version}/infer": READ,
 }
 
 #: WebSocket paths -> roles (the live feed authenticates inside the socket).
 WEBSOCKETS: dict[str, frozenset[Role]] = {"/v1/live": READ}
 
-#: Routes anyone may call: login, probes, metrics (scrape them from inside the network),
-#: the OpenAPI documents, and the dashboard's static page (its data comes over the
-#: authenticated WebSocket).
+#: Routes anyone may call: login, probes (the v2 protocol's too), metrics (scrape them
+#: from inside the network), the OpenAPI documents, and the dashboard's static page (its
+#: data comes over the authenticated WebSocket).
 PUBLIC: frozenset[str] = frozenset(
     {
         "POST /auth/token",
         "GET /healthz",
         "GET /readyz",
+        "GET /v2/health/live",
+        "GET /v2/health/ready",
         "GET /metrics",
         "GET /openapi.json",
         "GET /docs",

@@ -14,6 +14,7 @@ from inferstream.api.accounts import Accounts
 from inferstream.api.group_commit import GroupCommit
 from inferstream.api.live_hub import LiveHub
 from inferstream.api.ratelimit import RateLimiter
+from inferstream.api.served_models import GraphCache
 from inferstream.api.settings import ApiSettings
 from inferstream.api.throttle import GuessThrottle
 from inferstream.application import AppSpec
@@ -43,6 +44,8 @@ class Services:
     labels: frozenset[str]
     publisher: GroupCommit
     live: LiveHub
+    #: The graphs the v2 protocol has loaded, by digest (:mod:`inferstream.api.v2`).
+    graphs: GraphCache
 
 
 def services_of(connection: HTTPConnection) -> Services:

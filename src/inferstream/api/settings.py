@@ -31,8 +31,8 @@ class ApiSettings:
     tenant hears 429 with Retry-After and its clients retry, so a tenant flooding the
     service cannot fill the bus ahead of the others' scans.
     ``max_body_bytes`` bounds every request body; ``max_batch`` the envelopes of one
-    protobuf batch and the files of one multipart upload; ``max_keys`` the working
-    API keys of one tenant.
+    protobuf batch, the files of one multipart upload and the batch of one v2 inference
+    request; ``max_keys`` the working API keys of one tenant.
     """
 
     pipeline: PipelineSpec
