@@ -29,8 +29,10 @@ fencing), :mod:`~inferstream.bus.embedded_consumer` (polling),
 from __future__ import annotations
 
 import itertools
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
@@ -50,6 +52,9 @@ from inferstream.bus.embedded_wake import Bells
 from inferstream.errors import BusError, ConfigError, UnknownTopicError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: How often a producer restarts the write-ahead log (see ``EmbeddedBus._restart_wal``).
+WAL_RESTART_EVERY_S = 5.0
 
 #: Messages deleted per retention transaction.
 RETENTION_CHUNK = 10_000
@@ -67,6 +72,7 @@ class EmbeddedBus:
         self._round_robin = itertools.count()
         # Topics are never deleted or resized, so a looked-up topic stays valid.
         self._topics: dict[str, tuple[int, int]] = {}
+        self._next_restart = time.monotonic() + WAL_RESTART_EVERY_S
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         """Create ``name`` if missing; an existing topic keeps its partition count."""
@@ -125,6 +131,28 @@ class EmbeddedBus:
         with self._lock:
             run(self._conn, work)
             self._bells.ring(topic_id)  # committed: wake the topic's idle consumers
+            if time.monotonic() >= self._next_restart:
+                self._restart_wal()
+
+    def _restart_wal(self) -> None:
+        """Checkpoint the whole write-ahead log and start it again from its beginning.
+
+        SQLite's automatic checkpoints copy the log into the file but rewind it only at
+        a moment no reader is using it. Every worker polls, so under load there is
+        always one: the log then only grows (13 GB after 50 minutes at 1,000 scans/s in
+        the soak, every read slower, until workers missed their heartbeats). RESTART
+        waits (up to the busy timeout) for the readers of older snapshots to finish,
+        which they do within milliseconds, checkpoints, and makes the next write
+        start the log over. A producer does it every ``WAL_RESTART_EVERY_S``.
+        """
+        self._next_restart = time.monotonic() + WAL_RESTART_EVERY_S
+        try:
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:  # never fails a produce: the next one tries again
+            log.warning("could not checkpoint the embedded bus's log: %s", exc)
+            return
+        if busy:
+            log.info("the embedded bus's log was busy; it is checkpointed again later")
 
     def consumer(
         self,

@@ -33,6 +33,8 @@ _BUSY_TIMEOUT_MS = 5_000
 #: with 4 KB pages, and 1 KiB messages ~25 % less (measured; see docs/benchmarks.md).
 PAGE_SIZE = 16_384
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
+#: Bytes the write-ahead log's file keeps when the log starts over.
+WAL_SIZE_LIMIT = 64 * 2**20
 _PREFIX = "sqlite:///"
 
 SCHEMA = """
@@ -145,6 +147,8 @@ def connect(settings: EmbeddedSettings) -> sqlite3.Connection:
     # create the file retry.
     run(conn, lambda c: c.execute("PRAGMA journal_mode = WAL"), transaction="none")
     conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
+    # When the log starts over, its file is cut back to this (EmbeddedBus._restart_wal).
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
     run(conn, lambda c: c.executescript(SCHEMA), transaction="none")
     return conn
 
