@@ -59,8 +59,13 @@ typecheck: $(STAMP) ## mypy (strict on the package)
 
 check: lint typecheck ## Lint and type-check
 
+# Two test processes, a test file each at a time (most tests wait on a broker, a
+# database or a child process, so two share the two cores well); TEST_PROCESSES=0 runs
+# them in this one process.
+TEST_PROCESSES ?= 2
+
 test: system-deps check ## Set up, lint, type-check and run the whole test suite
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile
 
 proto: $(STAMP) ## Regenerate the committed protobuf code from proto/
 	$(BIN)/python -m inferstream.protogen .

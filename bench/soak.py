@@ -199,10 +199,12 @@ def _row(t: float, up: psutil.Process, bus: str, groups: dict[str, str], db: Pat
     stages = {name: _rss_mib(procs) for name, procs in sorted(_workers(up).items())}
     lag = _lag(bus, groups)
     stored, _ = _stored(db)
+    wal = db.with_name("bus.db-wal")
+    wal_mib = wal.stat().st_size / 2**20 if wal.exists() else 0.0
     print(f"  {t / 60:5.1f} min | supervisor {_rss_mib([up]):6.1f} MiB | "
           + " | ".join(f"{name} {mib:6.1f} MiB" for name, mib in stages.items())
           + " | lag " + ", ".join(f"{s} {n:,}" for s, n in lag.items())
-          + f" | stored {stored:,}", flush=True)  # fmt: skip
+          + f" | stored {stored:,} | bus log {wal_mib:,.0f} MiB", flush=True)  # fmt: skip
     return t, _rss_mib([up]), stages, lag, stored
 
 
