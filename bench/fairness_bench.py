@@ -6,9 +6,12 @@ latency? The flagship under ``inferstream up --serve``, fed over HTTP by two ten
 Three phases, each with fresh tenants, in one run (so the ratios hold on a noisy host):
 
 1. **alone**: the fair tenant sends its share; nobody else (the baseline);
-2. **flood, quotas on** (``--tenant-rate SHARE``): the same, while the heavy tenant
-   offers ten times the share (its excess answered 429, its client not retrying);
-3. **flood, no quotas**: the same flood with the API taking everything.
+2. **flood honouring Retry-After, quotas on** (``--tenant-rate SHARE``): the same, while
+   the heavy tenant offers ten times the share from clients that wait what a 429's
+   Retry-After says and then send the same scan again (as the edge agent does);
+3. **flood ignoring 429s, quotas on**: the heavy tenant's clients go on at ten times the
+   share whatever they hear (refused scans dropped by the client);
+4. **flood, no quotas**: that flood with the API taking everything.
 
 For the fair tenant: end-to-end latency (accepted -> stored) p50/p99 from its records,
 its failed requests, and its p99 against the baseline's; for the heavy one, what it got
@@ -18,6 +21,7 @@ stored. Single-scan ``POST /v1/scans`` with raw DICOM, as a scanner sends them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
 import tempfile
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from flagship_load import HttpStats, http_load, phase_rows, wait_stored
 from flagship_systems import free_port, http_status
+from http_lite import Connection
 
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
@@ -96,9 +101,47 @@ class Phase:
         thread.start()
         return thread
 
+    def send_politely(self, tenant: str, keys: list[str], rate: float) -> threading.Thread:
+        """``rate`` scans/s offered as edge agents offer them: a client told 429 waits
+        what Retry-After says, then sends the same scan again (nothing dropped)."""
 
-def phase(load: Phase, store: ResultsStore, name: str, share: float, *, flood: bool
+        def run() -> None:
+            self.stats[tenant] = asyncio.run(self._polite(tenant, keys, rate))
+
+        thread = threading.Thread(target=run, name=tenant)
+        thread.start()
+        return thread
+
+    async def _polite(self, tenant: str, keys: list[str], rate: float) -> HttpStats:
+        stats, url = HttpStats(), f"http://{self.pipe.serve}"
+        lanes = CONNECTIONS
+        started = time.monotonic()
+
+        async def lane(index: int) -> None:
+            conn, number = Connection(url), index
+            while time.monotonic() - started < self.seconds:
+                due = started + number / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                scan, scanner = self.pool.pick(number, 8)
+                data, _, _ = stamp(scan, number, tenant, scanner)
+                headers = {"content-type": "application/dicom", "x-api-key": keys[index % 8]}
+                answer = await conn.request("POST", "/v1/scans", body=data, headers=headers)
+                if answer.status == 429:
+                    stats.errors += 1  # refused for now; the same scan again, later
+                    await asyncio.sleep(float(answer.headers.get("retry-after", "1")))
+                    continue
+                stats.ok += answer.status < 300
+                number += lanes
+            await conn.close()
+
+        await asyncio.gather(*(lane(i) for i in range(lanes)))
+        stats.sent = stats.ok + stats.errors
+        return stats
+
+
+def phase(load: Phase, store: ResultsStore, name: str, share: float, *, flood: str
           ) -> dict[str, float]:  # fmt: skip
+    """One phase; ``flood`` is "" (none), "blind" (429s ignored) or "polite" (waited)."""
     accounts = Accounts(store)
     fair, heavy = f"fair-{name}", f"heavy-{name}"
     keys = {}
@@ -106,8 +149,10 @@ def phase(load: Phase, store: ResultsStore, name: str, share: float, *, flood: b
         accounts.create_tenant(tenant)
         keys[tenant] = [issue_key(accounts, tenant, f"k{i}", "device").secret for i in range(8)]
     senders = [load.send(fair, keys[fair], share)]
-    if flood:
+    if flood == "blind":
         senders.append(load.send(heavy, keys[heavy], 10 * share))
+    elif flood == "polite":
+        senders.append(load.send_politely(heavy, keys[heavy], 10 * share))
     for sender in senders:
         sender.join()
     stats = load.stats
@@ -132,8 +177,10 @@ def main() -> int:
     pipe = Pipeline(folder)
     results = {}
     pool = ScanPool.build(64, seed=7)
-    plan = (("alone", args.share, False), ("flood, quotas on", args.share, True),
-            ("flood, no quotas", None, True))  # fmt: skip
+    plan = (("alone", args.share, ""),
+            ("flood honouring Retry-After, quotas on", args.share, "polite"),
+            ("flood ignoring 429s, quotas on", args.share, "blind"),
+            ("flood, no quotas", None, "blind"))  # fmt: skip
     for index, (name, quota, flood) in enumerate(plan):
         print(f"phase {name}: {args.seconds:g} s ...", flush=True)
         pipe.start(quota)

@@ -139,7 +139,7 @@ def test_an_image_kind_the_application_does_not_take_is_a_415(world: World) -> N
 def test_a_corrupt_image_is_a_400_naming_the_file(world: World) -> None:
     answer = world.submit([("ok.png", SMALL), ("torn.png", SMALL[: len(SMALL) // 2])])
     assert answer.status_code == 400
-    assert answer.json()["detail"].startswith("files[1] 'torn.png': image/png image is truncated")
+    assert answer.json()["detail"].startswith("files[1] 'torn.png': PNG is truncated or corrupt")
 
 
 @pytest.mark.parametrize(
