@@ -13,7 +13,8 @@ Three phases, each with fresh tenants, in one run (so the ratios hold on a noisy
    share whatever they hear (refused scans dropped by the client);
 4. **flood, no quotas**: that flood with the API taking everything.
 
-For the fair tenant: end-to-end latency (accepted -> stored) p50/p99 from its records,
+Each phase starts after 5 s of unmeasured traffic (the workers' first batches). For the
+fair tenant: end-to-end latency (accepted -> stored) p50/p99 from its records,
 its failed requests, and its p99 against the baseline's; for the heavy one, what it got
 stored. Single-scan ``POST /v1/scans`` with raw DICOM, as a scanner sends them.
 """
@@ -186,6 +187,9 @@ def main() -> int:
         pipe.start(quota)
         store = ResultsStore(f"sqlite:///{folder / 'results.db'}")
         try:
+            # Unmeasured first: the workers' first batches (model loads, caches) would
+            # otherwise fall in the first phase's tail.
+            phase(Phase(pipe, pool, 5.0), store, f"warm{index}", args.share, flood="")
             load = Phase(pipe, pool, args.seconds)
             results[name] = phase(load, store, f"p{index}", args.share, flood=flood)
         finally:
