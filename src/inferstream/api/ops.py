@@ -62,10 +62,7 @@ def readyz(request: Request) -> Health:
         state.bus.topics()
     except Exception as exc:  # any failure of the dependency means not ready
         raise Unavailable(f"the bus at {state.bus.url} is not reachable: {exc}") from exc
-    try:
-        state.accounts.ping()
-    except Exception as exc:
-        raise Unavailable(f"the store at {state.store.url} is not reachable: {exc}") from exc
+    state.check_store()
     return Health(status="ready")
 
 

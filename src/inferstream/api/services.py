@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from inferstream.api.accounts import Accounts
+from inferstream.api.errors import Unavailable
 from inferstream.api.group_commit import GroupCommit
 from inferstream.api.live_hub import LiveHub
 from inferstream.api.ratelimit import RateLimiter
@@ -46,6 +47,13 @@ class Services:
     live: LiveHub
     #: The graphs the v2 protocol has loaded, by digest (:mod:`inferstream.api.v2`).
     graphs: GraphCache
+
+    def check_store(self) -> None:
+        """:class:`Unavailable` (503 with Retry-After) unless the store answers now."""
+        try:
+            self.accounts.ping()
+        except Exception as exc:  # any failure of the dependency means not ready
+            raise Unavailable(f"the store at {self.store.url} is not reachable: {exc}") from exc
 
 
 def services_of(connection: HTTPConnection) -> Services:

@@ -185,11 +185,7 @@ def live() -> Response:
 )
 def ready(request: Request) -> Response:
     """The store, where the registry lives, answers; 503 otherwise."""
-    services = services_of(request)
-    try:
-        services.accounts.ping()
-    except Exception as exc:  # any failure of the dependency means not ready
-        raise Unavailable(f"the store at {services.store.url} is not reachable: {exc}") from exc
+    services_of(request).check_store()
     return Response(status_code=200)
 
 
