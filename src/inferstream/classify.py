@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -85,6 +85,17 @@ def softmax(logits: F32) -> F32:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities: F32 = (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
     return probabilities
+
+
+class Classifier(Protocol):
+    """What a :class:`ClassifyStep` runs: a loaded :class:`Model`, or a model on a remote
+    server (:class:`inferstream.remote_classify.RemoteModel`). ``info`` names the model
+    that made the last :meth:`predict`."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def predict(self, batch: NDArray[Any]) -> tuple[list[str], F32]: ...
 
 
 class Model:
@@ -185,7 +196,7 @@ class ClassifyStep(Step):
     name = "classify"
 
     def __init__(
-        self, model: Model, role: ModelRole, head: str = "", where: tuple[str, str] = ("", "")
+        self, model: Classifier, role: ModelRole, head: str = "", where: tuple[str, str] = ("", "")
     ) -> None:
         self.model = model
         self.role = role
@@ -268,7 +279,7 @@ class StepModel:
 
     role: ModelRole
     head: str  # the head the model answers ("" without an application)
-    refusal: Callable[[Model], str | None]  # why a loaded model cannot serve, or None
+    refusal: Callable[[ModelInfo], str | None]  # why a model (its metadata) cannot serve, or None
 
 
 def check_step(context: StepContext, model: str, role: str, head: str) -> StepModel:
@@ -296,15 +307,15 @@ def check_step(context: StepContext, model: str, role: str, head: str) -> StepMo
                 "declares no prediction head; add one (heads=...) for the model to answer"
             )
 
-    def refusal(loaded: Model) -> str | None:
+    def refusal(info: ModelInfo) -> str | None:
         if answered is None or app is None:
             return None
-        strangers = sorted(set(loaded.info.labels) - set(answered.label_names))
+        strangers = sorted(set(info.labels) - set(answered.label_names))
         if not strangers:
             return None
         return (
-            f"classify step in stage {context.stage!r}: model {loaded.info.name} "
-            f"{loaded.info.version} predicts {', '.join(strangers)}, which head "
+            f"classify step in stage {context.stage!r}: model {info.name} "
+            f"{info.version} predicts {', '.join(strangers)}, which head "
             f"{answered.name!r} of application {app.name!r} does not have; pick the model "
             "that answers it"
         )
@@ -321,13 +332,14 @@ def classify_step(
     ``name@alias`` in the model registry."""
     checked = check_step(context, model, role, head)
     loaded = load_model(model)
-    problem = checked.refusal(loaded)
+    problem = checked.refusal(loaded.info)
     if problem:
         raise ConfigError(problem)
     return ClassifyStep(loaded, checked.role, checked.head, (context.pipeline, context.stage))
 
 
 __all__ = [
+    "Classifier",
     "ClassifyStep",
     "Model",
     "ModelInfo",

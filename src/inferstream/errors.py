@@ -67,6 +67,16 @@ class BlobStoreUnavailable(TransientError):
     """
 
 
+class RemoteModelUnavailable(TransientError):
+    """A remote model server could not be reached, timed out, or answered that it is
+    overloaded or restarting; the worker retries the batch until it answers.
+
+    A server that answers and refuses raises :class:`ModelError` instead: retried with
+    backoff, then dead-lettered with the server's reason, so a refusing model never
+    holds a partition up for good.
+    """
+
+
 class InvalidInput(InferstreamError):
     """A message is unusable (bad image, bad DICOM, wrong schema).
 

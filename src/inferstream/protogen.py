@@ -1,4 +1,5 @@
-"""Regenerate the Python code for the envelope schema in `proto/`.
+"""Regenerate the Python code for the schemas in `proto/`: the envelope, and the part of
+the Open Inference Protocol (v2, gRPC) the remote inference step speaks.
 
 The generated modules are committed so that serving needs no compiler; the test
 suite calls :func:`generate` into a temporary folder and fails when the committed
@@ -12,12 +13,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-SCHEMA = Path("inferstream/v1/envelope.proto")
-OUTPUTS = ("envelope_pb2.py", "envelope_pb2.pyi")
+SCHEMAS = (Path("inferstream/v1/envelope.proto"), Path("inference/open_inference.proto"))
 
 
 def generate(proto_root: Path, out_dir: Path) -> list[Path]:
-    """Compile the schema under ``proto_root`` into ``out_dir``; return the files written."""
+    """Compile the schemas under ``proto_root`` into ``out_dir``; return the files written."""
     try:
         from grpc_tools import protoc
     except ImportError as exc:  # pragma: no cover - dev extra missing
@@ -28,16 +28,18 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
             f"-I{proto_root}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
-            str(proto_root / SCHEMA),
+            *(str(proto_root / schema) for schema in SCHEMAS),
         ]
         if protoc.main(args) != 0:
-            raise SystemExit(f"protoc failed on {proto_root / SCHEMA}")
+            raise SystemExit(f"protoc failed on {', '.join(map(str, SCHEMAS))}")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in OUTPUTS:
-            target = out_dir / name
-            shutil.copyfile(Path(tmp) / SCHEMA.parent / name, target)
-            written.append(target)
+        for schema in SCHEMAS:
+            for suffix in ("_pb2.py", "_pb2.pyi"):
+                name = schema.stem + suffix
+                target = out_dir / name
+                shutil.copyfile(Path(tmp) / schema.parent / name, target)
+                written.append(target)
         return written
 
 

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from inferstream.classify import DEFAULT_ROLE, ROLES, ClassifyStep, Model, check_step
+from inferstream.classify import DEFAULT_ROLE, ROLES, ClassifyStep, Model, ModelInfo, check_step
 from inferstream.classify import classify_step as classify_files_step
 from inferstream.envelope import Envelope, ModelRole, now_us
 from inferstream.errors import ConfigError, InferstreamError, TransientError
@@ -60,7 +60,7 @@ class ModelFollower:
         context: StepContext,
         *,
         refresh_s: float = DEFAULT_REFRESH_S,
-        accept: Callable[[Model], str | None] = lambda model: None,
+        accept: Callable[[ModelInfo], str | None] = lambda info: None,
         until_set: bool = False,
     ) -> None:
         self.registry = registry
@@ -91,7 +91,7 @@ class ModelFollower:
     def _load(self, version: ModelVersion) -> Model:
         try:
             model = self.registry.load(version)
-            problem = self.accept(model)
+            problem = self.accept(model.info)
             if problem:
                 raise InferstreamError(problem)
         except InferstreamError as exc:

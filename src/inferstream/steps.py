@@ -103,6 +103,7 @@ BUILTIN_STEPS: dict[str, str] = {
     "fail_if": "inferstream.builtin_steps:fail_if",
     "tag": "inferstream.builtin_steps:tag",
     "classify": "inferstream.serving:classify_step",
+    "remote_classify": "inferstream.remote_classify:remote_classify_step",
     "store_results": "inferstream.store:store_step",
     "check_ingest": "inferstream.ingest_step:check_ingest_step",
 }
