@@ -7,7 +7,10 @@ restart with a new version, counted by id."""
 from __future__ import annotations
 
 import dataclasses
+import http.server
+import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,13 @@ from inferstream.apps.eggs import APP
 from inferstream.bus import open_bus
 from inferstream.classify import ClassifyStep, load_model
 from inferstream.envelope import Envelope, ModelRole, new_envelope, to_tensor
-from inferstream.errors import ConfigError, RemoteModelUnavailable, TransientError
+from inferstream.errors import (
+    ConfigError,
+    InferstreamError,
+    ModelError,
+    RemoteModelUnavailable,
+    TransientError,
+)
 from inferstream.pipeline import PipelineSpec, StepSpec
 from inferstream.remote_classify import remote_classify_step
 from inferstream.steps import StepContext
@@ -174,3 +183,57 @@ def test_the_flagship_on_a_remote_model_waits_out_a_restart_and_stamps_the_new_v
     assert {version[s.id] for s in first} == {"7"}
     assert {version[s.id] for s in second} == {"8"}
     assert {r.model_name for r in records} == {MODEL}
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """A v2 REST server that answers the flagship model's metadata, then ``status``."""
+
+    status = 200
+
+    def do_GET(self) -> None:
+        body = json.dumps({
+            "name": MODEL, "versions": ["1"], "platform": "",
+            "inputs": [{"name": "scan", "datatype": "FP32", "shape": [-1, 1, 64, 64]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
+        }).encode()  # fmt: skip
+        self._send(200, body)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(self.status, json.dumps({"error": f"answered {self.status}"}).encode())
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"), [(503, True), (429, True), (504, True), (500, False), (400, False)]
+)
+def test_overloaded_is_transient_and_a_refusal_is_the_models_error(
+    status: int, transient: bool
+) -> None:
+    handler = type("Answers", (_Answers,), {"status": status})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    step = remote_classify_step(context(), url=url, model=MODEL)
+    try:
+        with pytest.raises(InferstreamError) as failed:
+            step.process(tensors(2))
+    finally:
+        step.close()
+        server.shutdown()
+        server.server_close()
+    # Transient: retried without limit. A refusal: retried with backoff, then the
+    # message is dead-lettered with the server's words, so a partition never sticks.
+    assert isinstance(failed.value, TransientError) is transient
+    assert isinstance(failed.value, ModelError) is not transient
+    assert f"answered {status}" in str(failed.value)
