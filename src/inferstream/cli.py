@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from inferstream.errors import InferstreamError
 from inferstream.logs import log_level
 from inferstream.pipeline import PipelineSpec, StageSpec, load_pipeline, wiring_warnings
+from inferstream.tracing_config import add_otlp_option, export_to
 
 if TYPE_CHECKING:
     from inferstream.admit import Admitter
@@ -70,6 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from inferstream.runner import run_stage
 
     spec = _load(args)
+    export_to(args.otlp_endpoint)
     if args.metrics_port is not None:
         from inferstream.metrics import serve
 
@@ -84,6 +86,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from inferstream.supervisor import Supervisor, pipeline_children
 
     spec = _load(args)
+    export_to(args.otlp_endpoint)  # the env every child starts with
     bus = open_bus(spec.bus)
     try:
         ensure_topics(bus, spec)
@@ -268,6 +271,21 @@ def cmd_housekeep(args: argparse.Namespace) -> int:
 
     for line in housekeep(_load(args)):
         print(line)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from inferstream.store import ResultsStore
+
+    with ResultsStore(_load(args).store, migrate=False) as store:
+        done = store.migrate()
+    if done.newer:
+        print(f"{store.url}: at revision {done.after}, newer than this release's {done.head} "
+              "(a newer release migrated it); nothing to do")  # fmt: skip
+    elif done.before == done.after:
+        print(f"{store.url}: already at revision {done.after}")
+    else:
+        print(f"{store.url}: migrated from {done.before or 'an empty database'} to {done.after}")
     return 0
 
 
@@ -480,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tenant-rate", type=float, metavar="SCANS_PER_S",
         help="with --serve: scans/s one tenant may send (its share; see serve --tenant-rate)",
     )  # fmt: skip
+    add_otlp_option(up)
     worker = add("worker", cmd_worker, "Run one stage in this process (one replica, for clusters).")
     _add_pipeline_args(worker)
     worker.add_argument("--stage", required=True, help="stage name from the pipeline file")
@@ -491,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve this worker's Prometheus metrics at http://0.0.0.0:PORT/metrics (on a "
         "cluster, where no supervisor gathers them for the API; default: off)",
     )  # fmt: skip
+    add_otlp_option(worker)
     _add_pipeline_args(add("topics", cmd_topics, "List topics, partitions and consumer-group lag."))
     _add_pipeline_args(
         add(
@@ -498,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
             cmd_housekeep,
             "Run the pipeline's chores once: topic retention and its application's own (e.g. "
             "purging expired outputs); 'up' runs them every minute.",
+        )
+    )
+    _add_pipeline_args(
+        add(
+            "migrate",
+            cmd_migrate,
+            "Bring the store's schema to this release's newest revision, then exit (the "
+            "first step of an upgrade; every process also does it when it opens the store).",
         )
     )
     _add_source_commands(add)

@@ -23,6 +23,7 @@ from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, StageSpec
 from inferstream.replays import ReplayBoard, ReplayWatch
 from inferstream.steps import ConditionalStep, Step, StepContext, build_step
+from inferstream.tracing import NO_TRACING, Tracing
 from inferstream.worker import StageWorker
 
 if TYPE_CHECKING:
@@ -111,9 +112,16 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
     return built
 
 
-def make_worker(spec: PipelineSpec, stage_name: str, bus: Bus, replica: int = 0) -> StageWorker:
+def make_worker(
+    spec: PipelineSpec,
+    stage_name: str,
+    bus: Bus,
+    replica: int = 0,
+    tracing: Tracing = NO_TRACING,
+) -> StageWorker:
     """The worker of one stage: stateful (with an operator and durable state) when the
-    stage has a join, a window or a keyed step first, else the plain micro-batch loop."""
+    stage has a join, a window or a keyed step first, else the plain micro-batch loop;
+    a span per message it handles when ``tracing`` is on."""
     stage = spec.stage(stage_name)
     worker_id = f"{stage.name}-{replica}@{socket.gethostname()}:{os.getpid()}"
     steps = build_steps(spec, stage, worker_id)
@@ -130,6 +138,7 @@ def make_worker(spec: PipelineSpec, stage_name: str, bus: Bus, replica: int = 0)
         "max_attempts": stage.max_attempts,
         "worker_id": worker_id,
         "replays": ReplayWatch(ReplayBoard(spec.store), stage.group(spec.name)),
+        "tracing": tracing,
     }
     if operator is None:
         return StageWorker(bus, **settings)
@@ -213,16 +222,21 @@ def lower_priority(nice: int) -> None:
 
 def run_stage(spec: PipelineSpec, stage_name: str, replica: int = 0) -> None:
     """Run ``stage_name`` until SIGTERM/SIGINT; drains cleanly."""
+    from inferstream.tracing_config import open_tracing
+
     stop = threading.Event()
     watch_parent(stop)
     lower_priority(spec.stage(stage_name).nice)
+    resource = {"inferstream.pipeline": spec.name, "inferstream.stage": stage_name}
+    tracing = open_tracing("inferstream-worker", resource)
     bus = open_bus(spec.bus)
     try:
         ensure_topics(bus, spec)
-        worker = make_worker(spec, stage_name, bus, replica)
+        worker = make_worker(spec, stage_name, bus, replica, tracing)
         with drain_on_signals(stop):
             log.info("stage %s (%s) started on %s", stage_name, worker.worker_id, spec.bus)
             worker.run(stop)
         log.info("stage %s drained and stopped", stage_name)
     finally:
         bus.close()
+        tracing.close()  # the spans still pending are exported

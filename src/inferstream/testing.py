@@ -16,11 +16,15 @@ from contextlib import ExitStack, contextmanager
 from inferstream.bus import open_bus
 from inferstream.pipeline import PipelineSpec
 from inferstream.runner import ensure_topics, make_worker
+from inferstream.tracing import NO_TRACING, Tracing
 
 
 @contextmanager
-def pipeline_threads(spec: PipelineSpec, replicas: int | None = None) -> Iterator[None]:
-    """Every stage of ``spec`` (``replicas`` each, default the file's) in threads."""
+def pipeline_threads(
+    spec: PipelineSpec, replicas: int | None = None, tracing: Tracing = NO_TRACING
+) -> Iterator[None]:
+    """Every stage of ``spec`` (``replicas`` each, default the file's) in threads, making
+    their spans with ``tracing``."""
     stop = threading.Event()
     threads: list[threading.Thread] = []
     with ExitStack() as stack:
@@ -31,7 +35,7 @@ def pipeline_threads(spec: PipelineSpec, replicas: int | None = None) -> Iterato
             for replica in range(replicas or stage.replicas):
                 bus = open_bus(spec.bus)
                 stack.callback(bus.close)
-                worker = make_worker(spec, stage.name, bus, replica)
+                worker = make_worker(spec, stage.name, bus, replica, tracing)
                 thread = threading.Thread(
                     target=worker.run, args=(stop,), name=f"{stage.name}-{replica}"
                 )

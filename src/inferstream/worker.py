@@ -46,6 +46,7 @@ from inferstream.metrics import StageMetrics
 from inferstream.replays import NoReplays, ReplayWatcher
 from inferstream.routing import DROP, Router
 from inferstream.steps import Step
+from inferstream.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class StageWorker:
         max_attempts: int = 3,
         worker_id: str = "",
         replays: ReplayWatcher | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
         self.bus = bus
         self.pipeline = pipeline
@@ -104,6 +106,8 @@ class StageWorker:
         #: Asked between batches whether an operator wants this stage replayed.
         self.replays: ReplayWatcher = replays or NoReplays()
         self.metrics = StageMetrics.for_stage(pipeline, stage)
+        #: A span per message when tracing is on; with it off, calls that do nothing.
+        self.spans = tracing.stage_spans(stage)
         self._stop = threading.Event()
         self._poll_wait_s = max_wait_s
         #: Set when the consumer's in-memory positions can no longer be trusted (a
@@ -156,6 +160,7 @@ class StageWorker:
                 self._on_empty_poll(consumer)
                 return 0
             started = time.monotonic()
+            self.spans.begin()
             self._begin_batch(messages)
             outputs, dead = self._process(messages)
             self._retry(lambda: self._publish(outputs, dead))
@@ -164,11 +169,13 @@ class StageWorker:
         except FencedError:
             # Another member owns these partitions now and redoes the batch; our outputs
             # have deterministic ids, so the redelivery cannot double them.
+            self.spans.abandon("the stage lost its partitions; their new owner redoes it")
             log.warning(
                 "stage %s lost its partitions mid-batch; their new owner redoes it", self.stage
             )
             return 0
         except _Abandoned:
+            self.spans.abandon("stopped during an outage; the batch will be redelivered")
             log.warning(
                 "stage %s stops with its batch uncommitted; it will be redelivered", self.stage
             )
@@ -224,6 +231,7 @@ class StageWorker:
             self.bus.produce(topic, records)
         for topic, records in dead.items():
             self.bus.produce(topic, records)
+        self.spans.close()
 
     def _process(self, messages: Sequence[Message]) -> tuple[Outbox, Outbox]:
         """Run the steps until every message has outputs or is dead-lettered."""
@@ -247,6 +255,7 @@ class StageWorker:
 
     def _outboxes(self, items: Sequence[Item], dead: Sequence[Item]) -> tuple[Outbox, Outbox]:
         """The records to produce: outputs by topic, and dead letters by topic."""
+        self.spans.open(items, dead)  # before the outputs are serialized: their trace_parent
         outputs, unrouted = self._route(items)
         dead_letters: Outbox = defaultdict(list)
         for item in [*dead, *unrouted]:

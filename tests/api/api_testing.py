@@ -19,6 +19,7 @@ from inferstream.api import ApiSettings, create_app
 from inferstream.api.ops import UVICORN_OPTIONS
 from inferstream.api.permissions import ROLES
 from inferstream.application import AppSpec, Attribute, Head, Label
+from inferstream.tracing import NO_TRACING, Tracing
 
 #: An application defined here through the public API that takes any image the core
 #: has a codec for, with the core's own checks: the generic ingest tests run on it.
@@ -76,9 +77,9 @@ def add_keys(world: World, accounts: Any) -> None:
             world.keys[(tenant, role)] = issue_key(accounts, tenant, f"{role} key", role).secret
 
 
-def start_world(settings: ApiSettings) -> Iterator[World]:
+def start_world(settings: ApiSettings, tracing: Tracing = NO_TRACING) -> Iterator[World]:
     suffix = uuid.uuid4().hex[:6]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings, tracing)) as client:
         world = World(client, (f"acme-{suffix}", f"globex-{suffix}"))
         add_keys(world, client.app.state.services.accounts)  # type: ignore[attr-defined]
         yield world

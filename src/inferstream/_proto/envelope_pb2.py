@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinferstream/v1/envelope.proto\x12\x0einferstream.v1\"\x97\x04\n\x08\x45nvelope\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07root_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x15\n\rpartition_key\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x15\n\rcreated_at_us\x18\x07 \x01(\x03\x12\x16\n\x0eingested_at_us\x18\x08 \x01(\x03\x12<\n\nattributes\x18\t \x03(\x0b\x32(.inferstream.v1.Envelope.AttributesEntry\x12(\n\x07payload\x18\n \x01(\x0b\x32\x17.inferstream.v1.Payload\x12/\n\x0bpredictions\x18\x0b \x03(\x0b\x32\x1a.inferstream.v1.Prediction\x12,\n\x07lineage\x18\x0c \x03(\x0b\x32\x1b.inferstream.v1.LineageStep\x12\x10\n\x08trace_id\x18\r \x01(\t\x12)\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x1a.inferstream.v1.DeadLetter\x12\x11\n\tparent_id\x18\x0f \x01(\t\x12&\n\x06\x66\x61nout\x18\x10 \x03(\x0b\x32\x16.inferstream.v1.FanOut\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x06\x46\x61nOut\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\r\n\x05stage\x18\x04 \x01(\t\"\x8c\x01\n\x07Payload\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x10\n\x06inline\x18\x02 \x01(\x0cH\x00\x12\'\n\x04\x62lob\x18\x03 \x01(\x0b\x32\x17.inferstream.v1.BlobRefH\x00\x12(\n\x06tensor\x18\x04 \x01(\x0b\x32\x16.inferstream.v1.TensorH\x00\x42\x06\n\x04\x62ody\"4\n\x07\x42lobRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xfd\x01\n\nPrediction\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.inferstream.v1.ModelRole\x12\r\n\x05label\x18\x04 \x01(\t\x12\x36\n\x06scores\x18\x05 \x03(\x0b\x32&.inferstream.v1.Prediction.ScoresEntry\x12\x17\n\x0fpredicted_at_us\x18\x06 \x01(\x03\x12\x0c\n\x04head\x18\x07 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\";\n\x0bLineageStep\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05\x61t_us\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\"\x84\x01\n\nDeadLetter\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x11\n\tpartition\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\x03\"<\n\rEnvelopeBatch\x12+\n\tenvelopes\x18\x01 \x03(\x0b\x32\x18.inferstream.v1.Envelope*W\n\tModelRole\x12\x1a\n\x16MODEL_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_ROLE_CHAMPION\x10\x01\x12\x15\n\x11MODEL_ROLE_SHADOW\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dinferstream/v1/envelope.proto\x12\x0einferstream.v1\"\xad\x04\n\x08\x45nvelope\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07root_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\x15\n\rpartition_key\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x15\n\rcreated_at_us\x18\x07 \x01(\x03\x12\x16\n\x0eingested_at_us\x18\x08 \x01(\x03\x12<\n\nattributes\x18\t \x03(\x0b\x32(.inferstream.v1.Envelope.AttributesEntry\x12(\n\x07payload\x18\n \x01(\x0b\x32\x17.inferstream.v1.Payload\x12/\n\x0bpredictions\x18\x0b \x03(\x0b\x32\x1a.inferstream.v1.Prediction\x12,\n\x07lineage\x18\x0c \x03(\x0b\x32\x1b.inferstream.v1.LineageStep\x12\x10\n\x08trace_id\x18\r \x01(\t\x12)\n\x05\x65rror\x18\x0e \x01(\x0b\x32\x1a.inferstream.v1.DeadLetter\x12\x11\n\tparent_id\x18\x0f \x01(\t\x12&\n\x06\x66\x61nout\x18\x10 \x03(\x0b\x32\x16.inferstream.v1.FanOut\x12\x14\n\x0ctrace_parent\x18\x11 \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\x06\x46\x61nOut\x12\x11\n\tparent_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\r\n\x05stage\x18\x04 \x01(\t\"\x8c\x01\n\x07Payload\x12\x14\n\x0c\x63ontent_type\x18\x01 \x01(\t\x12\x10\n\x06inline\x18\x02 \x01(\x0cH\x00\x12\'\n\x04\x62lob\x18\x03 \x01(\x0b\x32\x17.inferstream.v1.BlobRefH\x00\x12(\n\x06tensor\x18\x04 \x01(\x0b\x32\x16.inferstream.v1.TensorH\x00\x42\x06\n\x04\x62ody\"4\n\x07\x42lobRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xfd\x01\n\nPrediction\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.inferstream.v1.ModelRole\x12\r\n\x05label\x18\x04 \x01(\t\x12\x36\n\x06scores\x18\x05 \x03(\x0b\x32&.inferstream.v1.Prediction.ScoresEntry\x12\x17\n\x0fpredicted_at_us\x18\x06 \x01(\x03\x12\x0c\n\x04head\x18\x07 \x01(\t\x1a-\n\x0bScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\";\n\x0bLineageStep\x12\r\n\x05stage\x18\x01 \x01(\t\x12\r\n\x05\x61t_us\x18\x02 \x01(\x03\x12\x0e\n\x06worker\x18\x03 \x01(\t\"\x84\x01\n\nDeadLetter\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\nerror_type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\r\x12\r\n\x05topic\x18\x05 \x01(\t\x12\x11\n\tpartition\x18\x06 \x01(\x05\x12\x0e\n\x06offset\x18\x07 \x01(\x03\"<\n\rEnvelopeBatch\x12+\n\tenvelopes\x18\x01 \x03(\x0b\x32\x18.inferstream.v1.Envelope*W\n\tModelRole\x12\x1a\n\x16MODEL_ROLE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_ROLE_CHAMPION\x10\x01\x12\x15\n\x11MODEL_ROLE_SHADOW\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,28 +35,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTION_SCORESENTRY']._loaded_options = None
   _globals['_PREDICTION_SCORESENTRY']._serialized_options = b'8\001'
-  _globals['_MODELROLE']._serialized_start=1426
-  _globals['_MODELROLE']._serialized_end=1513
+  _globals['_MODELROLE']._serialized_start=1448
+  _globals['_MODELROLE']._serialized_end=1535
   _globals['_ENVELOPE']._serialized_start=50
-  _globals['_ENVELOPE']._serialized_end=585
-  _globals['_ENVELOPE_ATTRIBUTESENTRY']._serialized_start=536
-  _globals['_ENVELOPE_ATTRIBUTESENTRY']._serialized_end=585
-  _globals['_FANOUT']._serialized_start=587
-  _globals['_FANOUT']._serialized_end=659
-  _globals['_PAYLOAD']._serialized_start=662
-  _globals['_PAYLOAD']._serialized_end=802
-  _globals['_BLOBREF']._serialized_start=804
-  _globals['_BLOBREF']._serialized_end=856
-  _globals['_TENSOR']._serialized_start=858
-  _globals['_TENSOR']._serialized_end=910
-  _globals['_PREDICTION']._serialized_start=913
-  _globals['_PREDICTION']._serialized_end=1166
-  _globals['_PREDICTION_SCORESENTRY']._serialized_start=1121
-  _globals['_PREDICTION_SCORESENTRY']._serialized_end=1166
-  _globals['_LINEAGESTEP']._serialized_start=1168
-  _globals['_LINEAGESTEP']._serialized_end=1227
-  _globals['_DEADLETTER']._serialized_start=1230
-  _globals['_DEADLETTER']._serialized_end=1362
-  _globals['_ENVELOPEBATCH']._serialized_start=1364
-  _globals['_ENVELOPEBATCH']._serialized_end=1424
+  _globals['_ENVELOPE']._serialized_end=607
+  _globals['_ENVELOPE_ATTRIBUTESENTRY']._serialized_start=558
+  _globals['_ENVELOPE_ATTRIBUTESENTRY']._serialized_end=607
+  _globals['_FANOUT']._serialized_start=609
+  _globals['_FANOUT']._serialized_end=681
+  _globals['_PAYLOAD']._serialized_start=684
+  _globals['_PAYLOAD']._serialized_end=824
+  _globals['_BLOBREF']._serialized_start=826
+  _globals['_BLOBREF']._serialized_end=878
+  _globals['_TENSOR']._serialized_start=880
+  _globals['_TENSOR']._serialized_end=932
+  _globals['_PREDICTION']._serialized_start=935
+  _globals['_PREDICTION']._serialized_end=1188
+  _globals['_PREDICTION_SCORESENTRY']._serialized_start=1143
+  _globals['_PREDICTION_SCORESENTRY']._serialized_end=1188
+  _globals['_LINEAGESTEP']._serialized_start=1190
+  _globals['_LINEAGESTEP']._serialized_end=1249
+  _globals['_DEADLETTER']._serialized_start=1252
+  _globals['_DEADLETTER']._serialized_end=1384
+  _globals['_ENVELOPEBATCH']._serialized_start=1386
+  _globals['_ENVELOPEBATCH']._serialized_end=1446
 # @@protoc_insertion_point(module_scope)

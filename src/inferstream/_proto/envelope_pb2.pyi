@@ -17,7 +17,7 @@ MODEL_ROLE_CHAMPION: ModelRole
 MODEL_ROLE_SHADOW: ModelRole
 
 class Envelope(_message.Message):
-    __slots__ = ("schema_version", "id", "root_id", "tenant", "partition_key", "source", "created_at_us", "ingested_at_us", "attributes", "payload", "predictions", "lineage", "trace_id", "error", "parent_id", "fanout")
+    __slots__ = ("schema_version", "id", "root_id", "tenant", "partition_key", "source", "created_at_us", "ingested_at_us", "attributes", "payload", "predictions", "lineage", "trace_id", "error", "parent_id", "fanout", "trace_parent")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,7 @@ class Envelope(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PARENT_ID_FIELD_NUMBER: _ClassVar[int]
     FANOUT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_PARENT_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     id: str
     root_id: str
@@ -57,7 +58,8 @@ class Envelope(_message.Message):
     error: DeadLetter
     parent_id: str
     fanout: _containers.RepeatedCompositeFieldContainer[FanOut]
-    def __init__(self, schema_version: _Optional[int] = ..., id: _Optional[str] = ..., root_id: _Optional[str] = ..., tenant: _Optional[str] = ..., partition_key: _Optional[str] = ..., source: _Optional[str] = ..., created_at_us: _Optional[int] = ..., ingested_at_us: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., lineage: _Optional[_Iterable[_Union[LineageStep, _Mapping]]] = ..., trace_id: _Optional[str] = ..., error: _Optional[_Union[DeadLetter, _Mapping]] = ..., parent_id: _Optional[str] = ..., fanout: _Optional[_Iterable[_Union[FanOut, _Mapping]]] = ...) -> None: ...
+    trace_parent: str
+    def __init__(self, schema_version: _Optional[int] = ..., id: _Optional[str] = ..., root_id: _Optional[str] = ..., tenant: _Optional[str] = ..., partition_key: _Optional[str] = ..., source: _Optional[str] = ..., created_at_us: _Optional[int] = ..., ingested_at_us: _Optional[int] = ..., attributes: _Optional[_Mapping[str, str]] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., predictions: _Optional[_Iterable[_Union[Prediction, _Mapping]]] = ..., lineage: _Optional[_Iterable[_Union[LineageStep, _Mapping]]] = ..., trace_id: _Optional[str] = ..., error: _Optional[_Union[DeadLetter, _Mapping]] = ..., parent_id: _Optional[str] = ..., fanout: _Optional[_Iterable[_Union[FanOut, _Mapping]]] = ..., trace_parent: _Optional[str] = ...) -> None: ...
 
 class FanOut(_message.Message):
     __slots__ = ("parent_id", "index", "count", "stage")

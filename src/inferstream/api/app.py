@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -54,6 +55,7 @@ from inferstream.codecs import UnsupportedContent
 from inferstream.errors import BlobError, InvalidInput, StoreError, TransientError
 from inferstream.runner import ensure_topics
 from inferstream.store import InvalidQuery, ResultsStore
+from inferstream.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger("inferstream.api")
 
@@ -84,13 +86,19 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
-    """The API for ``settings.pipeline``: its bus, store and blob store."""
+#: Requests never traced: probes and scrapes, every few seconds, would bury the rest.
+UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def create_app(settings: ApiSettings, tracing: Tracing = NO_TRACING) -> FastAPI:
+    """The API for ``settings.pipeline``: its bus, store and blob store; a span per
+    request when ``tracing`` is on."""
     app = FastAPI(
         title="inferstream",
         version="1",
         summary="Ingest scans, read predictions, manage tenants' users and keys.",
         lifespan=_lifespan,
+        telemetry=_telemetry(tracing),
     )
     app.state.settings = settings
     for module in (ingest, dicomweb, queries, records, admin, registry):
@@ -104,6 +112,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
     _add_error_handlers(app)
     _document_pipeline(app, settings, settings.application())
     return app
+
+
+def _telemetry(tracing: Tracing) -> TelemetryConfig:
+    """FastAPI's own server span per request (it continues a ``traceparent`` header and
+    is the current span while the route runs), made by our provider; never FastAPI's
+    exporter set-up, metrics or logs, so nothing of it runs with tracing off."""
+    return {
+        "tracer_provider": tracing.provider,
+        "tracing": tracing.provider is not None,
+        "metrics": False,
+        "logs": False,
+        "operation_spans": False,
+        "auto_configure": False,
+        "exclude": lambda scope: scope.get("path") in UNTRACED_PATHS,
+    }
 
 
 def app_labels(app: AppSpec) -> frozenset[str]:

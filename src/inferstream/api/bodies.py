@@ -73,6 +73,12 @@ class DeadLetter(BaseModel):
     at_us: int
 
 
+TRACE_URL_TEXT = (
+    "its trace (trace_id) in the deployment's trace viewer (serve --trace-url); null when "
+    "none is configured"
+)
+
+
 class ScanStatus(BaseModel):
     id: str
     status: Literal["queued", "processed", "dead_lettered"]
@@ -88,6 +94,7 @@ class ScanStatus(BaseModel):
         default_factory=list, description="every prediction of that record, shadows too"
     )
     dead_letter: DeadLetter | None = None
+    trace_url: str | None = Field(default=None, description=TRACE_URL_TEXT)
 
 
 class ResultPage(BaseModel):

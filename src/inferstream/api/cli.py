@@ -18,6 +18,7 @@ from typing import Any
 from inferstream.api.permissions import ROLES
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, load_pipeline
+from inferstream.tracing_config import add_otlp_option, export_to
 
 
 def _pipeline_args(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +45,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("TLS needs both --certfile and --keyfile (or neither)")
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers}: run at least one worker process")
+    export_to(args.otlp_endpoint)  # the env, so --workers processes trace too
     options = {
         "pipeline": args.pipeline, "bus": args.bus, "store": args.store, "blobs": args.blobs,
         "ingest_topic": args.ingest_topic, "rate": args.rate, "burst": args.burst,
         "tenant_rate": args.tenant_rate, "tenant_burst": args.tenant_burst,
         "max_body_mb": args.max_body_mb, "verbose": args.verbose, "show": args.show,
+        "trace_url": args.trace_url,
     }  # fmt: skip
     target: Any = _app_for(options)  # fails here, once, on a bad pipeline or secret
     if args.workers > 1:
@@ -88,21 +91,26 @@ def _app_for(options: dict[str, Any]) -> Any:
     from inferstream.api.settings import ApiSettings
     from inferstream.application import app_named
     from inferstream.logs import log_level
+    from inferstream.tracing_config import open_tracing
 
     spec = load_pipeline(options["pipeline"]).with_urls(
         bus=options["bus"], store=options["store"], blobs=options["blobs"]
     )
+    defaults = ApiSettings.for_pipeline(spec, options["ingest_topic"])
     settings = dataclasses.replace(
-        ApiSettings.for_pipeline(spec, options["ingest_topic"]),
+        defaults,
         rate_per_s=options["rate"],
         burst=options["burst"],
         tenant_scans_per_s=options.get("tenant_rate"),
         tenant_burst=options.get("tenant_burst"),
         max_body_bytes=int(options["max_body_mb"] * 1024 * 1024),
         also_apps=tuple(app_named(name) for name in options.get("show") or ()),
+        trace_url=options.get("trace_url") or defaults.trace_url,
     )
     use_json_logs(log_level(options["verbose"]))
-    return create_app(settings)
+    # Exported at exit (the provider flushes then); one provider per server process.
+    tracing = open_tracing("inferstream-api", {"inferstream.pipeline": spec.name})
+    return create_app(settings, tracing)
 
 
 def _accounts(args: argparse.Namespace) -> Any:
@@ -212,6 +220,12 @@ def add_api_commands(sub: Any) -> None:
         help="also show this installed application's records (its pipeline runs elsewhere, "
         "on the same store); repeatable; the dashboard lets people pick one",
     )  # fmt: skip
+    serve.add_argument(
+        "--trace-url", metavar="TEMPLATE",
+        help="link GET of a record to its trace in your trace viewer, e.g. "
+        "'http://jaeger:16686/trace/{trace_id}' (default: $INFERSTREAM_TRACE_URL)",
+    )  # fmt: skip
+    add_otlp_option(serve)
     serve.add_argument(
         "--workers",
         type=int,

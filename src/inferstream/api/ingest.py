@@ -15,7 +15,8 @@ an edge agent's retries; scoped to the caller's tenant), a partition key, a
 source, a trace id, a creation time and the attributes its application marks as a
 client's. A creation time further ahead of this host's clock than the pipeline's
 ``max_clock_skew_s`` is refused (400 naming the skew): windows and joins cut by it
-(:mod:`inferstream.event_time`).
+(:mod:`inferstream.event_time`). With tracing on, each envelope takes the request's
+trace id (unless the client named its own) and the request's span as its parent.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from inferstream.codecs import Checked, ImageLimits, UnsupportedContent
 from inferstream.envelope import Envelope, EnvelopeBatch, new_envelope
 from inferstream.errors import InvalidInput
 from inferstream.event_time import ClockSkewError, check_event_time
+from inferstream.tracing import stamp_ingest
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"])
@@ -385,8 +387,7 @@ def _envelope(checked: Checked, item: Submitted, principal: Principal, state: Se
         envelope_id=item.envelope_id or None,
         created_at_us=item.created_at_us or None,
     )
-    if item.trace_id:
-        env.trace_id = item.trace_id
+    stamp_ingest(env, item.trace_id)  # the request's trace, or the client's own id
     if len(checked.data) > state.settings.pipeline.claim_check_bytes:
         env.payload.blob.CopyFrom(blob)  # the claim check: the bus carries the reference
     return env

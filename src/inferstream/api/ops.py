@@ -2,8 +2,8 @@
 
 Request metrics are labelled by the route *template* (``/v1/scans/{scan_id}``), never
 the raw path, so ids cannot blow up the number of series. Log lines are JSON with the
-request id, and the scan and trace ids when a route adds them; headers, bodies and
-query strings (where tokens or passwords could be) are never logged.
+request id, the trace id when tracing is on, and the scan id when a route adds it;
+headers, bodies and query strings (where tokens or passwords could be) are never logged.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from inferstream.api.errors import Unavailable
 from inferstream.api.lag import lag_exposition
 from inferstream.api.services import services_of
 from inferstream.metrics import LATENCY_BUCKETS, render
+from inferstream.tracing import current_trace_hex
 
 log = logging.getLogger("inferstream.api")
 router = APIRouter(tags=["operations"])
@@ -135,6 +136,7 @@ def _record(scope: Scope, status: int, elapsed: float, request_id: str) -> None:
                 "route": route,
                 "status": status,
                 "ms": round(elapsed * 1000, 2),
+                "trace_id": current_trace_hex(),  # None (left out) with tracing off
             },
         )
 

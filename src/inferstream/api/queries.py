@@ -37,6 +37,7 @@ from inferstream.envelope import BlobRef
 from inferstream.errors import BlobError, InvalidInput
 from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
+from inferstream.tracing import trace_link
 
 router = APIRouter(tags=["queries"])
 GroupPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:^+-]{0,63}$")]
@@ -73,6 +74,7 @@ def get_scan(
         )  # fmt: skip
     elif record is None:
         raise NotFound(f"no scan {scan_id!r} in your tenant")
+    status.trace_url = trace_link(state.settings.trace_url, status.trace_id)
     if made:
         status.status, status.result, status.records = "processed", Result.of(made[0]), len(made)
         answers = state.store.list_predictions(principal.tenant, made[0].id)

@@ -18,13 +18,14 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from inferstream.api.auth import Principal, require
-from inferstream.api.bodies import PredictionOut, Result, ResultPage
+from inferstream.api.bodies import TRACE_URL_TEXT, PredictionOut, Result, ResultPage
 from inferstream.api.errors import BadRequest, NotFound
 from inferstream.api.permissions import roles_for
 from inferstream.api.services import services_of
 from inferstream.application import AppSpec
 from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
+from inferstream.tracing import trace_link
 
 router = APIRouter(tags=["records"])
 
@@ -72,6 +73,7 @@ class RecordOut(BaseModel):
     record: Result
     predictions: list[PredictionOut]
     image: str = Field(description="where the ingested item's image is (as PNG)")
+    trace_url: str | None = Field(default=None, description=TRACE_URL_TEXT)
 
 
 def _guard(route: str) -> Any:
@@ -152,7 +154,8 @@ def get_record(
 ) -> RecordOut:
     """One record with every prediction of it (each head, model and role)."""
     served_app(request, app)
-    store = services_of(request).store
+    services = services_of(request)
+    store = services.store
     row = store.get_result(principal.tenant, record_id)
     if row is None or row.app != app:
         raise NotFound(f"no record {record_id[:64]!r} of {app!r} in your tenant")
@@ -161,6 +164,7 @@ def get_record(
         record=Result.of(row),
         predictions=[PredictionOut.of(answer) for answer in answers],
         image=f"/v1/scans/{row.root_id}/image",
+        trace_url=trace_link(services.settings.trace_url, row.trace_id),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from inferstream.application import AppSpec, app_named
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec
+from inferstream.tracing import TRACE_URL_ENV, check_trace_url
 
 #: Environment variable holding the JWT signing secret (shared by every API replica).
 JWT_SECRET_ENV = "INFERSTREAM_JWT_SECRET"
@@ -55,8 +56,12 @@ class ApiSettings:
     #: Further applications whose records this API shows (read side and dashboard):
     #: their pipelines run elsewhere and write to the same store.
     also_apps: tuple[AppSpec, ...] = ()
+    #: The trace viewer's page of a trace, ``{trace_id}`` in it (``GET`` of a record
+    #: links its trace there); "" for none.
+    trace_url: str = ""
 
     def __post_init__(self) -> None:
+        check_trace_url(self.trace_url)
         if len(self.jwt_secret) < 32:
             raise ConfigError(
                 f"the JWT secret is {len(self.jwt_secret)} characters; use at least 32 "
@@ -97,7 +102,8 @@ class ApiSettings:
 
     @classmethod
     def for_pipeline(cls, spec: PipelineSpec, ingest_topic: str | None = None) -> ApiSettings:
-        """Settings for ``spec``: ingest into its first declared topic, secret from the env.
+        """Settings for ``spec``: ingest into its first declared topic, secret and trace
+        viewer (``INFERSTREAM_TRACE_URL``) from the env.
 
         Without ``INFERSTREAM_JWT_SECRET`` a random secret is made, so tokens die with
         the process and replicas do not accept each other's: fine for one machine.
@@ -108,4 +114,5 @@ class ApiSettings:
                 f"pipeline {spec.name!r} declares no ingest topic; add one under 'topics:'"
             )
         secret = os.environ.get(JWT_SECRET_ENV) or secrets.token_hex(32)
-        return cls(pipeline=spec, ingest_topic=topic, jwt_secret=secret)
+        trace_url = os.environ.get(TRACE_URL_ENV, "")
+        return cls(pipeline=spec, ingest_topic=topic, jwt_secret=secret, trace_url=trace_url)

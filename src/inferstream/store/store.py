@@ -27,7 +27,7 @@ from inferstream.errors import InferstreamError, StoreError
 from inferstream.store import queries, schema
 from inferstream.store.attributes import create_index
 from inferstream.store.engine import describe, make_engine
-from inferstream.store.migrate import upgrade
+from inferstream.store.migrate import Migration, upgrade
 from inferstream.store.rows import (
     DeadLetterRow,
     Feedback,
@@ -70,12 +70,18 @@ class ResultsStore:
         self.url = describe(url)
         self.engine: Engine = make_engine(url, **engine_args)
         if migrate:
-            self.migrate()
+            try:
+                self.migrate()
+            except BaseException:
+                self.engine.dispose()  # a refused schema must not leave a connection open
+                raise
 
-    def migrate(self, revision: str = "head") -> None:
-        """Apply the shipped migrations up to ``revision``; a no-op when already there."""
+    def migrate(self, revision: str = "head") -> Migration:
+        """Apply the shipped migrations up to ``revision``; a no-op when already there,
+        or when a newer release has migrated the database further (see
+        :func:`~inferstream.store.migrate.upgrade`)."""
         with self._errors("migrate the schema of"):
-            upgrade(self.engine, revision)
+            return upgrade(self.engine, revision)
 
     def register_app(self, app: AppSpec) -> None:
         """Index the application's filterable attributes (those without a column of
