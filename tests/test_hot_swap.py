@@ -120,8 +120,8 @@ def test_a_version_that_cannot_serve_leaves_the_old_one_serving(tmp_path: Path) 
     registry.register(graph, {**info, "version": "9.0.0", "labels": ["a", "b", "c"]}, actor="ops")
     registry.set_alias("egg_sexing", "champion", "1.0.0", actor="ops", reason="start")
 
-    def accept(model: Any) -> str | None:
-        return None if "a" not in model.info.labels else "labels the head lacks: a, b, c"
+    def accept(info: Any) -> str | None:
+        return None if "a" not in info.labels else "labels the head lacks: a, b, c"
 
     context = StepContext(pipeline="p", stage="score", worker="w")
     follower = ModelFollower(registry, "egg_sexing", "champion", context, refresh_s=0.0,
