@@ -21,6 +21,7 @@ from broker_testing import S3Server, free_port, s3_server, stop, tansu
 from pg_testing import POSTGRES_URL, private_schema
 
 from inferstream.bus import Bus, open_bus
+from inferstream.store import ResultsStore
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +75,24 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     server: str = request.getfixturevalue("postgres_url")
     with private_schema(server, "store") as url:
         yield url
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[ResultsStore]:
+    """A results store on ``store_url`` (which a folder's conftest may narrow), closed
+    after the test."""
+    opened = ResultsStore(store_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def tenants() -> tuple[str, str]:
+    """Two tenant names unique to this test."""
+    suffix = uuid.uuid4().hex[:8]
+    return f"acme-{suffix}", f"globex-{suffix}"
 
 
 @pytest.fixture(scope="session")

@@ -549,11 +549,13 @@ def build_parser() -> argparse.ArgumentParser:
     from inferstream.examples import add_example_commands
 
     add_example_commands(sub)
+    from inferstream.analytics.cli import add_analytics_commands
     from inferstream.api.cli import add_api_commands
     from inferstream.registry_cli import add_models_commands
 
     add_api_commands(sub)
     add_models_commands(sub)
+    add_analytics_commands(sub)
     return parser
 
 

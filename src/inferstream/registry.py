@@ -30,13 +30,15 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
-from inferstream.application import find_model
 from inferstream.blobs import BlobStore
 from inferstream.classify import Model, ModelInfo, model_from_bytes
 from inferstream.envelope import BlobRef, now_us
 from inferstream.errors import InferstreamError, ModelError, TransientError
+from inferstream.shipped import served_by_default, shipped_versions
 from inferstream.store import RejectedWrite, ResultsStore
 from inferstream.store import schema as tables
+from inferstream.store.audit import AuditEntry as AuditLogEntry
+from inferstream.store.audit import AuditLog, audit_key_from_env, target_of
 from inferstream.store.queries import upsert
 from inferstream.store.schema import GLOBAL_OWNER
 
@@ -184,9 +186,13 @@ class ModelRegistry:
     sees the deployment's models and the tenant's own, and writes the tenant's own.
     """
 
-    def __init__(self, store: ResultsStore, blobs: BlobStore) -> None:
+    def __init__(
+        self, store: ResultsStore, blobs: BlobStore, audit: AuditLog | None = None
+    ) -> None:
         self.store = store
         self.blobs = blobs
+        #: Every change is also an entry of the audit log (its owner's chain).
+        self.audit = audit or AuditLog(store, audit_key_from_env())
 
     # -- versions ---------------------------------------------------------------
 
@@ -383,20 +389,26 @@ class ModelRegistry:
 
     def adopt_shipped(self, name: str, alias: str) -> ModelVersion | None:
         """First use of ``name@alias`` where the registry has no version of ``name``: if
-        an installed application ships the model, register its files and point the
-        alias at them (an audit entry says so). None when nothing ships it."""
-        folder = find_model(name)
-        if folder is None:
+        an installed application ships the model, register every version of it that it
+        ships and point the alias at the one it serves by default (:mod:`inferstream.shipped`;
+        an audit entry says so). None when nothing ships it."""
+        shipped = shipped_versions(name)
+        if not shipped:
             return None
         known = self.versions(name)
         if known:  # adopted by another replica a moment ago, or registered by a person
             return self._adopted_by_another(name, alias, known)
         reason = f"shipped with the application; first use of {name}@{alias}"
         try:
-            version = self.register_files(folder / f"{name}.onnx", actor=ADOPTER, reason=reason)
+            for each in shipped:
+                self.register_files(each.path, actor=ADOPTER, reason=reason)
         except RejectedWrite:  # another replica registered it at the same moment
             return self._adopted_by_another(name, alias, self.versions(name))
-        self.set_alias(name, alias, version.version, actor=ADOPTER, reason=reason)
+        served = served_by_default(shipped)
+        others = [v.version for v in shipped if v is not served]
+        if others:
+            reason += f"; the version it serves by default (also registered: {', '.join(others)})"
+        self.set_alias(name, alias, served.version, actor=ADOPTER, reason=reason)
         return self.resolve(name, alias)
 
     def _adopted_by_another(
@@ -441,11 +453,11 @@ class ModelRegistry:
     def _shipped_copy(version: ModelVersion) -> bytes | None:
         """The bytes of the version, if an installed application ships exactly them (a
         registry whose blob store was lost or moved heals from them)."""
-        folder = find_model(version.name)
-        if folder is None:
-            return None
-        graph = (folder / f"{version.name}.onnx").read_bytes()
-        return graph if hashlib.sha256(graph).hexdigest() == version.sha256 else None
+        for shipped in shipped_versions(version.name):
+            graph = shipped.path.read_bytes()
+            if hashlib.sha256(graph).hexdigest() == version.sha256:
+                return graph
+        return None
 
     # -- switches ---------------------------------------------------------------
 
@@ -500,15 +512,21 @@ class ModelRegistry:
         row = conn.execute(stmt).mappings().first()
         return None if row is None else Alias(**row)
 
-    @staticmethod
-    def _audit(conn: Connection, owner: str, actor: str, action: str, **what: str) -> None:
-        """One audit entry: ``what`` holds name, alias, from_version, to_version, reason."""
+    def _audit(self, conn: Connection, owner: str, actor: str, action: str, **what: str) -> None:
+        """One entry of the registry's log and of the audit log, in the change's
+        transaction: ``what`` holds name, alias, from_version, to_version, reason."""
         entry = {"alias": "", "from_version": "", "to_version": "", "reason": "", **what}
+        at_us = now_us()
         conn.execute(
             tables.model_audit.insert().values(
-                owner=owner, at_us=now_us(), actor=actor, action=action, **entry
+                owner=owner, at_us=at_us, actor=actor, action=action, **entry
             )
         )
+        change = AuditLogEntry(
+            tenant=owner, at_us=at_us, actor=actor, actor_kind="registry", role="",
+            action=f"model {action}", target=target_of(entry), source="", status=200,
+        )  # fmt: skip
+        self.audit.append_in(conn, owner, [change])
 
 
 def _key(name: str, version: str) -> str:

@@ -60,28 +60,41 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def cmd_shipped(args: argparse.Namespace) -> int:
-    """Register the models the pipeline's application ships, and point the alias at
-    each where it points nowhere yet (an existing alias is left alone)."""
+    """Register the models the pipeline's application ships, and point the alias of each
+    where it points nowhere yet at the version the application serves by default (an
+    existing alias is left alone)."""
     from inferstream.application import app_named
-    from inferstream.registry import RegistryError
+    from inferstream.shipped import versions_in
 
     registry, spec = _registry(args)
     if not spec.app:
         raise ConfigError(f"pipeline {spec.name!r} names no application (app: ...)")
     try:
-        for path in sorted(app_named(spec.app).models_dir.glob("*.onnx")):
-            version = registry.register_files(path, actor=_actor(), reason="shipped model")
-            try:
-                current = registry.resolve(version.name, args.alias)
-                print(f"{version.name} {version.version}: registered; "
-                      f"@{args.alias} stays at {current.version}")  # fmt: skip
-            except RegistryError:
-                registry.set_alias(version.name, args.alias, version.version, actor=_actor(),
-                                   reason="shipped model")  # fmt: skip
-                print(f"{version.name} {version.version}: registered, @{args.alias}")
+        for name, shipped in versions_in(app_named(spec.app).models_dir).items():
+            for each in shipped:
+                registry.register_files(each.path, actor=_actor(), reason="shipped model")
+            _point_at_shipped(registry, name, shipped, args.alias)
     finally:
         registry.store.close()
     return 0
+
+
+def _point_at_shipped(registry: Any, name: str, shipped: list[Any], alias: str) -> None:
+    """Point ``name@alias`` at the version served by default, unless it points somewhere;
+    print a line per version."""
+    from inferstream.registry import RegistryError
+    from inferstream.shipped import served_by_default
+
+    try:
+        current, moved = registry.resolve(name, alias).version, False
+    except RegistryError:
+        current, moved = served_by_default(shipped).version, True
+        registry.set_alias(name, alias, current, actor=_actor(), reason="shipped model")
+    for each in shipped:
+        where = f"; @{alias} stays at {current}" if not moved else ""
+        if moved and each.version == current:
+            where = f", @{alias}"
+        print(f"{name} {each.version}: registered{where}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:

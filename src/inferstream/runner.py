@@ -56,7 +56,9 @@ def apply_retention(spec: PipelineSpec) -> int:
 
 def housekeep(spec: PipelineSpec) -> list[str]:
     """One round of the pipeline's chores, each said in a line: topic retention, then
-    its application's own (its ``housekeeping`` hook, e.g. purging expired outputs)."""
+    its application's own (its ``housekeeping`` hook, e.g. purging expired outputs),
+    promotion policies, and the analytics export and daily reports when
+    ``INFERSTREAM_ANALYTICS_DIR`` is set."""
     done = [f"topic retention dropped {apply_retention(spec)} messages"]
     app = spec.application()
     if app is not None and app.housekeeping:
@@ -65,7 +67,21 @@ def housekeep(spec: PipelineSpec) -> list[str]:
         done.append(f"{app.name}: {outcome if outcome is not None else 'done'}")
     if spec.promotions:
         done += promote(spec)
+    folder = os.environ.get("INFERSTREAM_ANALYTICS_DIR")
+    if folder:
+        done += analytics(spec, folder)
     return done
+
+
+def analytics(spec: PipelineSpec, folder: str) -> list[str]:
+    """The analytics chore (``docs/analytics.md``): export, then yesterday's reports."""
+    from pathlib import Path
+
+    from inferstream.analytics.chore import analytics_chore
+    from inferstream.store import ResultsStore
+
+    with ResultsStore(spec.store) as store:
+        return analytics_chore(store, Path(folder))
 
 
 def promote(spec: PipelineSpec) -> list[str]:

@@ -6,10 +6,12 @@ so a new route without a permission entry or a test call fails here.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -40,6 +42,8 @@ class Seeded:
     #: A private model of the tenant (versions 1 and 2, alias "pick" moved between them),
     #: and the name of its private version of the served model (egg_sexing).
     model: str = ""
+    #: The tenant all of it belongs to.
+    owner: str = ""
 
 
 Call = Callable[[Seeded], tuple[str, dict[str, Any]]]
@@ -104,6 +108,16 @@ CALLS: dict[str, Call] = {
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "device"}}),
     "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
     "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
+    "GET /v1/analytics/queries": lambda s: ("/v1/analytics/queries", {}),
+    "GET /v1/analytics/queries/{name}": lambda s: ("/v1/analytics/queries/seeded", {}),
+    "PUT /v1/analytics/queries/{name}": lambda s: (
+        "/v1/analytics/queries/put-query", {"json": {"sql": "SELECT count(*) FROM records"}}
+    ),
+    "DELETE /v1/analytics/queries/{name}": lambda s: ("/v1/analytics/queries/doomed", {}),
+    "GET /v1/analytics/reports/{day}": lambda s: ("/v1/analytics/reports/1970-01-01", {}),
+    "GET /v1/audit": lambda s: ("/v1/audit?limit=5", {}),
+    "GET /v1/audit/export": lambda s: ("/v1/audit/export?format=csv", {}),
+    "GET /v1/audit/verify": lambda s: ("/v1/audit/verify", {}),
     "GET /v1/registry/models": lambda s: ("/v1/registry/models", {}),
     "GET /v1/registry/models/{name}": lambda s: (f"/v1/registry/models/{s.model}", {}),
     "GET /v1/registry/models/{name}/evaluation": lambda s: (
@@ -167,6 +181,8 @@ def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
         assert seeded.username in [user["username"] for user in answer.json()]
     if route == "GET /v1/admin/keys":
         assert seeded.key_id in [key["key_id"] for key in answer.json()]
+    if route == "GET /v1/audit/verify":
+        assert answer.json()["ok"], answer.text
 
 
 def _hidden_from_others(route: str) -> bool:
@@ -174,12 +190,19 @@ def _hidden_from_others(route: str) -> bool:
     served model, every tenant's, and hide the tenant's own versions)."""
     if " /v2" in route:
         return "{version}" in route
-    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}")
+    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}", "{day}")
     return any(name in route for name in hidden)
 
 
 def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
     """What an allowed caller of another tenant gets: nothing of the first tenant's."""
+    if route.startswith("GET /v1/audit"):  # its own log, whose targets may name any id
+        assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
+        assert seeded.owner not in answer.text
+        return
+    if route == "PUT /v1/analytics/queries/{name}":  # saved among the caller's own
+        assert 200 <= answer.status_code < 300, (route, answer.status_code, answer.text)
+        return
     if _hidden_from_others(route):
         assert answer.status_code == 404, (route, answer.text)
         return
@@ -200,7 +223,6 @@ def _other_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
 def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, Seeded]]:
     from api_testing import JWT_SECRET
 
-    from inferstream.api.auth import hash_password, issue_key
     from inferstream.apps.eggs import APP
     from inferstream.pipeline import load_pipeline
 
@@ -210,32 +232,61 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
         store=f"sqlite:///{folder / 'results.db'}",
         blobs=f"file://{folder / 'blobs'}",
     )
-    settings = ApiSettings(spec, "scans.raw", JWT_SECRET, rate_per_s=1e6, burst=10**6)
+    analytics = str(folder / "analytics")
+    settings = ApiSettings(
+        spec, "scans.raw", JWT_SECRET, rate_per_s=1e6, burst=10**6, analytics_dir=analytics
+    )
     for world in start_world(settings):
-        answer = world.client.post(
-            "/v1/scans",
-            content=dicom_bytes(seed=1),
-            headers={**world.headers(world.own, "device"), "Content-Type": "application/dicom"},
+        yield world, seed(world)
+
+
+def seed(world: World) -> Seeded:
+    """A scan, two users, a key and private models in the world's first tenant."""
+    from inferstream.api.auth import hash_password, issue_key
+
+    answer = world.client.post(
+        "/v1/scans",
+        content=dicom_bytes(seed=1),
+        headers={**world.headers(world.own, "device"), "Content-Type": "application/dicom"},
+    )
+    (scan_id,) = answer.json()["ids"]
+    services = world.client.app.state.services  # type: ignore[attr-defined]
+    for name in ("victim", "doomed"):
+        services.accounts.create_user(
+            world.own, name, hash_password("correct horse battery"), "viewer"
         )
-        (scan_id,) = answer.json()["ids"]
-        accounts = world.client.app.state.services.accounts  # type: ignore[attr-defined]
-        for name in ("victim", "doomed"):
-            accounts.create_user(world.own, name, hash_password("correct horse battery"), "viewer")
-        key = issue_key(accounts, world.own, "victim key", "device")
-        services = world.client.app.state.services  # type: ignore[attr-defined]
-        registry, model = ModelRegistry(services.store, services.blobs), "private-seeded"
-        graph, info = shipped()
-        for version in ("1", "2"):
-            registry.register(graph, {**info, "name": model, "version": version},
-                              actor="seed", tenant=world.own)  # fmt: skip
-            registry.set_alias(model, "pick", version, actor="seed", reason="seed",
-                               tenant=world.own)  # fmt: skip
-        # The served model at a private version named like the private model, so no
-        # answer to another tenant may hold that name.
-        registry.register(graph, {**info, "version": model}, actor="seed", tenant=world.own)
-        seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id, model)
-        world.client.app.state.services.store.upsert_results([_result(world.own, seeded)])  # type: ignore[attr-defined]
-        yield world, seeded
+    key = issue_key(services.accounts, world.own, "victim key", "device")
+    registry, model = ModelRegistry(services.store, services.blobs), "private-seeded"
+    graph, info = shipped()
+    for version in ("1", "2"):
+        registry.register(graph, {**info, "name": model, "version": version},
+                          actor="seed", tenant=world.own)  # fmt: skip
+        registry.set_alias(model, "pick", version, actor="seed", reason="seed",
+                           tenant=world.own)  # fmt: skip
+    # The served model at a private version named like the private model, so no
+    # answer to another tenant may hold that name.
+    registry.register(graph, {**info, "version": model}, actor="seed", tenant=world.own)
+    seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id, model, world.own)
+    services.store.upsert_results([_result(world.own, seeded)])
+    _seed_analytics(world, services)
+    return seeded
+
+
+def _seed_analytics(world: World, services: Any) -> None:
+    """The store exported, two saved queries of the first tenant's and its report (when
+    the world has an export folder: a world made without one answers 404 there)."""
+    from inferstream.analytics.export import export
+    from inferstream.analytics.report import write_report
+    from inferstream.analytics.saved import SavedQueries
+
+    if not services.settings.analytics_dir:
+        return
+    folder = Path(services.settings.analytics_dir)
+    export(services.store, folder, settle_s=0)
+    saved = SavedQueries(folder)
+    for name in ("seeded", "doomed"):
+        saved.save(world.own, name, "SELECT root_id, subject FROM records", "seed")
+    write_report(services.store, folder, world.own, dt.date(1970, 1, 1))
 
 
 def _result(tenant: str, seeded: Seeded) -> ResultRow:

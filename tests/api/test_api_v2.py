@@ -24,15 +24,17 @@ from numpy.typing import NDArray
 from tritonclient.utils import InferenceServerException
 
 from inferstream.api import ApiSettings
-from inferstream.application import find_model
 from inferstream.blobs import open_blob_store
 from inferstream.classify import softmax
 from inferstream.envelope import Envelope, from_tensor
 from inferstream.registry import ModelRegistry
 from inferstream.runner import build_steps
+from inferstream.shipped import served_by_default, shipped_versions
 from inferstream.store import ResultsStore
 
 MODEL = "egg_sexing"
+#: The versions the application ships (fp32, int8), all registered on first use.
+SHIPPED = [shipped.version for shipped in shipped_versions(MODEL)]
 MAX_BATCH = 8
 MAX_BODY = 1024 * 1024
 
@@ -63,10 +65,10 @@ def _negated(graph: bytes) -> bytes:
 
 
 def _shipped() -> tuple[bytes, dict[str, Any]]:
-    folder = find_model(MODEL)
-    assert folder is not None
-    graph = (folder / f"{MODEL}.onnx").read_bytes()
-    return graph, json.loads((folder / f"{MODEL}.json").read_text())
+    """The files of the version the pipeline serves on first use (the application says which)."""
+    served = served_by_default(shipped_versions(MODEL))
+    graph = served.path.read_bytes()
+    return graph, json.loads(served.path.with_suffix(".json").read_text())
 
 
 def _through_the_pipeline(settings: ApiSettings) -> tuple[NDArray[np.float32], list[Envelope]]:
@@ -143,7 +145,7 @@ def test_model_metadata_is_the_graph_the_pipeline_serves(served: Served) -> None
     meta = served.client.get_model_metadata(MODEL, headers=other)
     assert meta == {
         "name": MODEL,
-        "versions": ["1.0.0"],
+        "versions": SHIPPED,
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": "scan", "datatype": "FP32", "shape": [-1, 1, 64, 64]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
@@ -163,7 +165,7 @@ def test_inference_is_what_the_classify_step_computes(served: Served, binary: bo
                                  request_id="batch-1", headers=served.headers())  # fmt: skip
     answer = result.get_response()
     assert (answer["model_name"], answer["model_version"], answer["id"]) == (
-        MODEL, "1.0.0", "batch-1"
+        MODEL, _shipped()[1]["version"], "batch-1"
     )  # fmt: skip
     logits = result.as_numpy("logits")
     assert logits.dtype == np.float32
@@ -254,7 +256,9 @@ def test_a_tenants_private_version_is_its_own(served: Served) -> None:
     )
     for hidden in (hidden_metadata, hidden_infer):
         assert hidden.status() == "404"
-        assert "no version 'acme-neg' you can use; its versions: 1.0.0" in hidden.message()
+        assert f"no version 'acme-neg' you can use; its versions: {', '.join(SHIPPED)}" in (
+            hidden.message()
+        )
 
 
 def test_the_served_version_follows_the_deployments_alias(served: Served) -> None:
@@ -268,4 +272,5 @@ def test_the_served_version_follows_the_deployments_alias(served: Served) -> Non
         assert result.get_response()["model_version"] == "2.0.0"
         assert softmax(-result.as_numpy("logits")).tolist() == served.scores[:2]
     finally:
-        served.registry.set_alias(MODEL, "champion", "1.0.0", actor="test", reason="v2 test")
+        served.registry.set_alias(MODEL, "champion", _shipped()[1]["version"], actor="test",
+                                  reason="v2 test")  # fmt: skip

@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 from inferstream.envelope import now_us
-from inferstream.store import ResultRow, ResultsStore
+from inferstream.store import ResultRow
 
 RowFactory = Callable[..., ResultRow]
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[ResultsStore]:
-    opened = ResultsStore(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 @pytest.fixture

@@ -293,7 +293,7 @@ def test_the_models_card_shows_versions_aliases_and_their_changes(
         ".map(tr => [...tr.cells].slice(0, 3).map(td => td.textContent))"
     )
     assert ["egg_sexing", "1.1.0", "challenger"] in rows
-    assert ["egg_sexing", "1.0.0", "champion"] in rows  # the workers' own, adopted
+    assert ["egg_sexing", "1.0.0-int8", "champion"] in rows  # the workers' own, adopted
     changes = page.locator("#table-model-changes tbody tr").all_inner_texts()
     assert "alias @challenger 1.0.0 → 1.1.0" in changes[0]
     assert "retrained on tray 41" in changes[0] and "cli:ops" in changes[0]
@@ -307,7 +307,7 @@ def test_the_models_card_shows_versions_aliases_and_their_changes(
         ".map(d => [d.label, d.data.filter(v => v !== null).length, (d.events || []).flat()])"
     )
     lines = {label: points for label, points, _ in drawn}
-    assert lines.get("1.0.0 (champion) mean confidence", 0) >= 1, drawn
+    assert lines.get("1.0.0-int8 (champion) mean confidence", 0) >= 1, drawn
     (marks,) = [texts for label, _, texts in drawn if label == "changes"]
     assert any("alias @challenger: 1.0.0 -> 1.1.0" in text for text in marks), marks
     assert page.evaluate("() => document.getElementById('chart-models').dataset.model") == (

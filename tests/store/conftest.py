@@ -6,7 +6,6 @@ URL) that is dropped afterwards, so test runs sharing the database never meet.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from pg_testing import POSTGRES_URL, fresh_schema
 from store_testing import postgres_schema_url
 
-from inferstream.store import ResultRow, ResultsStore
+from inferstream.store import ResultRow
 
 
 @pytest.fixture
@@ -32,22 +31,6 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         schema: str = request.getfixturevalue("pg_schema")
         return postgres_schema_url(schema)
     return f"sqlite:///{tmp_path / 'results.db'}"
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[ResultsStore]:
-    opened = ResultsStore(store_url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
-def tenants() -> tuple[str, str]:
-    """Two tenant names unique to this test."""
-    suffix = uuid.uuid4().hex[:8]
-    return f"acme-{suffix}", f"globex-{suffix}"
 
 
 RowFactory = Callable[..., ResultRow]

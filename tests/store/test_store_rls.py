@@ -132,13 +132,14 @@ def test_the_model_registry_shows_a_tenant_the_deployments_models_and_its_own(
 
     from inferstream.blobs import LocalBlobStore
     from inferstream.registry import ModelRegistry, RegistryError
-    from inferstream.store.schema import REGISTRY_TABLES
+    from inferstream.store.schema import AUDIT_TABLES, REGISTRY_TABLES
 
     acme, globex = tenants
     with ResultsStore(postgres_schema_url(pg_schema)) as admin, admin.engine.begin() as conn:
         ensure_role(conn, RLS_ROLE)
         conn.execute(text(f'GRANT USAGE ON SCHEMA "{pg_schema}" TO {RLS_ROLE}'))
-        for table in REGISTRY_TABLES:
+        # The registry writes each change into the audit log too.
+        for table in (*REGISTRY_TABLES, *AUDIT_TABLES):
             conn.execute(text(f"ALTER TABLE {table} OWNER TO {RLS_ROLE}"))
     url = postgres_schema_url(pg_schema, role=RLS_ROLE)
     with ResultsStore(url, migrate=False) as store:

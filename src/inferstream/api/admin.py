@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
+from inferstream.api.audit import claim_login
 from inferstream.api.auth import (
     Principal,
     check_role,
@@ -130,6 +131,7 @@ async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
     """OAuth2 password login; ``username`` is ``<tenant>/<name>``. Answers a short-lived JWT."""
     state = services_of(request)
     # Per login name, so guessing one user's password is throttled like any API call.
+    claim_login(request, form.username[:200])
     state.limiter.take(f"login/{form.username[:200]}")
     principal = await run_in_threadpool(
         sign_in_with_password,
@@ -139,6 +141,7 @@ async def token(request: Request, form: Annotated[OAuth2PasswordRequestForm, Dep
         client_address(request),
     )
     log.info("login", extra={"subject": principal.subject, "tenant": principal.tenant})
+    request.state.principal = principal  # for its audit entry
     return Token(
         access_token=issue_token(state.settings, principal),
         expires_in=state.settings.token_ttl_s,

@@ -29,7 +29,9 @@ from starlette.types import Scope
 
 from inferstream.api import (
     admin,
+    analytics,
     app_routes,
+    audit,
     dicomweb,
     ingest,
     live,
@@ -40,6 +42,7 @@ from inferstream.api import (
     v2,
 )
 from inferstream.api.accounts import Accounts
+from inferstream.api.audit_writer import AuditWriter
 from inferstream.api.errors import ApiError
 from inferstream.api.group_commit import GroupCommit
 from inferstream.api.live_hub import LiveHub
@@ -55,6 +58,7 @@ from inferstream.codecs import UnsupportedContent
 from inferstream.errors import BlobError, InvalidInput, StoreError, TransientError
 from inferstream.runner import ensure_topics
 from inferstream.store import InvalidQuery, ResultsStore
+from inferstream.store.audit import AuditLog
 from inferstream.tracing import NO_TRACING, Tracing
 
 log = logging.getLogger("inferstream.api")
@@ -101,12 +105,14 @@ def create_app(settings: ApiSettings, tracing: Tracing = NO_TRACING) -> FastAPI:
         telemetry=_telemetry(tracing),
     )
     app.state.settings = settings
-    for module in (ingest, dicomweb, queries, records, admin, registry):
+    for module in (ingest, dicomweb, queries, records, admin, registry, audit, analytics):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app_routes.mount(app, settings.application(), ERROR_RESPONSES)
     app.include_router(v2.router)
     app.include_router(ops.router)
     app.include_router(live.router)
+    if settings.audit:
+        app.add_middleware(audit.Record)  # inside Observe: it has the request id by then
     app.add_middleware(ops.Observe)
     app.add_middleware(ops.HeaderLimit)  # outermost: refused before anything else runs
     _add_error_handlers(app)
@@ -187,6 +193,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = ResultsStore(spec.store, pool_size=20, max_overflow=20)
         stack.callback(store.close)
         accounts = Accounts(store)
+        audit_key = settings.audit_key.encode() or None
+        writer = AuditWriter(AuditLog(store, audit_key), settings.audit_buffer)
+        writer.start()
+        stack.callback(writer.close)  # before the store closes: what is pending is written
         application = settings.application()
         shown = settings.applications()
         for app_spec in shown:
@@ -206,6 +216,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             publisher=GroupCommit(lambda envelopes: ingest.record_and_produce(services, envelopes)),
             live=LiveHub(store, _with_views_served(shown, application), spec, bus),
             graphs=GraphCache(),
+            audit=writer,
         )
         app.state.services = services
         refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))

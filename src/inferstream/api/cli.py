@@ -15,6 +15,7 @@ import secrets
 import sys
 from typing import Any
 
+from inferstream.api.audit_cli import add_audit_commands, record_cli
 from inferstream.api.permissions import ROLES
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, load_pipeline
@@ -124,6 +125,7 @@ def cmd_create_tenant(args: argparse.Namespace) -> int:
     accounts = _accounts(args)
     try:
         accounts.create_tenant(args.name)
+        record_cli(accounts.store, None, "create-tenant", tenant=args.name)
     finally:
         accounts.store.close()
     print(f"tenant {args.name!r} created")
@@ -147,6 +149,7 @@ def cmd_create_user(args: argparse.Namespace) -> int:
         _require_tenant(accounts, args.tenant)
         role = check_role(args.role)
         accounts.create_user(args.tenant, args.username, hash_password(_read_password()), role)
+        record_cli(accounts.store, args.tenant, "create-user", username=args.username, role=role)
     finally:
         accounts.store.close()
     print(f"user {args.tenant}/{args.username} ({args.role}) created; log in as "
@@ -161,6 +164,7 @@ def cmd_create_key(args: argparse.Namespace) -> int:
     try:
         _require_tenant(accounts, args.tenant)
         issued = issue_key(accounts, args.tenant, args.name, args.role)
+        record_cli(accounts.store, args.tenant, "create-key", key_id=issued.key_id, role=args.role)
     finally:
         accounts.store.close()
     print(f"key {issued.key_id} ({issued.role}) for tenant {issued.tenant}; shown once:",
@@ -178,6 +182,7 @@ def cmd_revoke_key(args: argparse.Namespace) -> int:
                 f"tenant {args.tenant!r} has no key {args.key_id!r}; the key id is the "
                 "third part of isk.<tenant>.<key id>.<secret>"
             )
+        record_cli(accounts.store, args.tenant, "revoke-key", key_id=args.key_id)
     finally:
         accounts.store.close()
     print(f"key {args.key_id} of tenant {args.tenant} revoked; its next request answers 401")
@@ -260,3 +265,4 @@ def add_api_commands(sub: Any) -> None:
     _pipeline_args(revoke)
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("key_id", help="the key id: third part of isk.<tenant>.<key id>.<secret>")
+    add_audit_commands(sub)

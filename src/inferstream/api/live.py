@@ -24,8 +24,10 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 
+from inferstream.api.audit import socket_entry
 from inferstream.api.auth import Principal, client_address, principal_for
 from inferstream.api.errors import ApiError, NotFound
+from inferstream.api.live_hub import Channel
 from inferstream.api.services import services_of
 
 log = logging.getLogger(__name__)
@@ -97,21 +99,10 @@ async def live_feed(websocket: WebSocket, token: str | None = None, app: str | N
     """Authenticate, then stream one snapshot per tick of the caller's tenant's records
     of one application (``app``; default: the pipeline's)."""
     await websocket.accept()
-    try:
-        credential, wanted = await _hello(websocket, token, app)
-        principal = _principal(websocket, credential)
-    except (ApiError, TimeoutError) as exc:
-        await websocket.close(CLOSE_UNAUTHORIZED, reason=_reason(exc, "not authenticated"))
-        return
-    if principal.role not in VIEW_ROLES:
-        await websocket.close(CLOSE_FORBIDDEN, reason=f"role {principal.role!r} may not view")
+    channel = await _admit(websocket, token, app)
+    if channel is None:
         return
     hub = services_of(websocket).live
-    try:
-        channel = hub.channel(principal.tenant, wanted)
-    except KeyError as exc:
-        await websocket.close(CLOSE_NOT_FOUND, reason=_reason(exc, "no such application"))
-        return
     queue = hub.subscribe(channel)
     sender = asyncio.create_task(_send_snapshots(websocket, queue))
     try:
@@ -121,6 +112,30 @@ async def live_feed(websocket: WebSocket, token: str | None = None, app: str | N
         hub.unsubscribe(channel, queue)
         with contextlib.suppress(asyncio.CancelledError):
             await sender
+
+
+async def _admit(websocket: WebSocket, token: str | None, app: str | None) -> Channel | None:
+    """The channel of an authenticated caller who may view, else None once the socket is
+    closed with the reason; either way one audit entry for the subscription."""
+    principal: Principal | None = None
+    credential, wanted = "", app
+    outcome, reason, channel = 101, "", None
+    try:
+        credential, wanted = await _hello(websocket, token, app)
+        principal = _principal(websocket, credential)
+        if principal.role not in VIEW_ROLES:
+            outcome, reason = CLOSE_FORBIDDEN, f"role {principal.role!r} may not view"
+        else:
+            channel = services_of(websocket).live.channel(principal.tenant, wanted)
+    except (ApiError, TimeoutError) as exc:
+        outcome, reason = CLOSE_UNAUTHORIZED, _reason(exc, "not authenticated")
+    except KeyError as exc:
+        outcome, reason = CLOSE_NOT_FOUND, _reason(exc, "no such application")
+    entry = socket_entry(websocket, principal, credential, outcome, wanted or "")
+    services_of(websocket).audit.submit(entry)
+    if channel is None:
+        await websocket.close(outcome, reason=reason)
+    return channel
 
 
 async def _send_snapshots(websocket: WebSocket, queue: asyncio.Queue[str]) -> None:

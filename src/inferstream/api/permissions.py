@@ -53,6 +53,15 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "POST /v1/admin/keys": ADMIN,
     "DELETE /v1/admin/keys/{key_id}": ADMIN,
     "GET /v1/whoami": frozenset(ROLES),
+    # Saved analytical queries over the tenant's Parquet export (inferstream.api.analytics).
+    "GET /v1/analytics/queries": READ,
+    "GET /v1/analytics/queries/{name}": READ,
+    "PUT /v1/analytics/queries/{name}": ADMIN,
+    "DELETE /v1/analytics/queries/{name}": ADMIN,
+    "GET /v1/analytics/reports/{day}": READ,
+    "GET /v1/audit": ADMIN,
+    "GET /v1/audit/export": ADMIN,
+    "GET /v1/audit/verify": ADMIN,
     # The v2 inference protocol (inferstream.api.v2): who may read models may run them.
     "GET /v2": READ,
     "GET /v2/models/{name}": READ,

@@ -51,7 +51,7 @@ class Reason(BaseModel):
 
 def _registry(request: Request) -> ModelRegistry:
     services = services_of(request)
-    return ModelRegistry(services.store, services.blobs)
+    return ModelRegistry(services.store, services.blobs, services.audit.log)
 
 
 def _actor(principal: Principal) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from starlette.requests import HTTPConnection
 
 from inferstream.api.accounts import Accounts
+from inferstream.api.audit_writer import AuditWriter
 from inferstream.api.errors import Unavailable
 from inferstream.api.group_commit import GroupCommit
 from inferstream.api.live_hub import LiveHub
@@ -47,6 +48,8 @@ class Services:
     live: LiveHub
     #: The graphs the v2 protocol has loaded, by digest (:mod:`inferstream.api.v2`).
     graphs: GraphCache
+    #: Appends the audit log's entries off the request path (:mod:`.audit`).
+    audit: AuditWriter
 
     def check_store(self) -> None:
         """:class:`Unavailable` (503 with Retry-After) unless the store answers now."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from inferstream.analytics.export import ANALYTICS_DIR_ENV
 from inferstream.application import AppSpec, app_named
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec
+from inferstream.store.audit import AUDIT_KEY_ENV
 from inferstream.tracing import TRACE_URL_ENV, check_trace_url
 
 #: Environment variable holding the JWT signing secret (shared by every API replica).
@@ -59,9 +61,21 @@ class ApiSettings:
     #: The trace viewer's page of a trace, ``{trace_id}`` in it (``GET`` of a record
     #: links its trace there); "" for none.
     trace_url: str = ""
+    #: The analytics export folder the saved queries run over (``inferstream analytics
+    #: export --to``; ``INFERSTREAM_ANALYTICS_DIR``); "" for none.
+    analytics_dir: str = field(default_factory=lambda: os.environ.get(ANALYTICS_DIR_ENV, ""))
+    #: The key of the audit chain heads' HMAC (``INFERSTREAM_AUDIT_KEY``); without it a
+    #: database admin who recomputes a whole chain is not caught (``docs/audit.md``).
+    audit_key: str = ""
+    #: Audit entries kept in memory while the store is down, before requests get 503.
+    audit_buffer: int = 100_000
+    #: Record an entry per request. Off only to measure what the audit costs.
+    audit: bool = True
 
     def __post_init__(self) -> None:
         check_trace_url(self.trace_url)
+        if self.audit_buffer < 1:
+            raise ConfigError(f"audit_buffer must be positive, not {self.audit_buffer}")
         if len(self.jwt_secret) < 32:
             raise ConfigError(
                 f"the JWT secret is {len(self.jwt_secret)} characters; use at least 32 "
@@ -115,4 +129,5 @@ class ApiSettings:
             )
         secret = os.environ.get(JWT_SECRET_ENV) or secrets.token_hex(32)
         trace_url = os.environ.get(TRACE_URL_ENV, "")
-        return cls(pipeline=spec, ingest_topic=topic, jwt_secret=secret, trace_url=trace_url)
+        return cls(pipeline=spec, ingest_topic=topic, jwt_secret=secret, trace_url=trace_url,
+                   audit_key=os.environ.get(AUDIT_KEY_ENV, ""))  # fmt: skip

@@ -11,6 +11,7 @@ Reading guide:
 - :mod:`~inferstream.store.engine` — URL -> engine (SQLite WAL, psycopg 3).
 - :mod:`~inferstream.store.migrate` and ``migrations/`` — Alembic, run from code.
 - :mod:`~inferstream.store.step` — the ``store_results`` sink step.
+- :mod:`~inferstream.store.audit` — the audit log: per-tenant hash chains, verify.
 
 Adding a migration (e.g. the API's ``users``, ``api_keys`` and ``tenants``):
 

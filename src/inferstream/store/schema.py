@@ -281,3 +281,42 @@ model_switches = Table(
 #: Registry tables whose rows a tenant may own, under row-level security on PostgreSQL
 #: (a tenant sees the deployment's rows and its own).
 REGISTRY_TABLES = ("model_versions", "model_aliases", "model_audit")
+
+# -- the audit log (migration v0007; inferstream.store.audit) ----------------
+
+#: One row per audited action, per tenant a hash chain (``seq`` 1, 2, ...). Append-only:
+#: triggers refuse UPDATE and DELETE.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("actor", String(), nullable=False),
+    Column("actor_kind", String(), nullable=False),
+    Column("role", String(), nullable=False),
+    Column("action", String(), nullable=False),
+    Column("target", Text(), nullable=False),
+    Column("source", String(), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("request_id", String(), nullable=False),
+    Column("trace_id", String(), nullable=False),
+    Column("prev_hash", String(), nullable=False),
+    Column("hash", String(), nullable=False),
+    PrimaryKeyConstraint("tenant", "seq"),
+    Index(None, "tenant", "at_us"),
+)
+
+#: Each tenant's chain head: the last seq and hash, and their HMAC when a key is set.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(), nullable=False),
+    Column("mac", String(), nullable=False),
+    PrimaryKeyConstraint("tenant"),
+)
+
+#: The audit tables, under row-level security on PostgreSQL.
+AUDIT_TABLES = ("audit_log", "audit_heads")

@@ -3,7 +3,8 @@
 Kept apart from :mod:`inferstream.apps.eggs.train` so evaluation needs no PyTorch: it
 measures the exported ONNX model through :mod:`inferstream.classify`, the same code
 that serves it. ``python -m inferstream.apps.eggs.model_card`` re-measures the shipped
-model and rewrites ``docs/model-card.md``.
+model and rewrites ``docs/model-card.md``; the card's int8 section reports what
+:mod:`inferstream.apps.eggs.quantize` measured (``models/egg_sexing_int8.json``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from inferstream.apps.eggs import LABELS
+from inferstream.apps.eggs import APP, LABELS
+from inferstream.apps.eggs.int8_card import int8_section
 from inferstream.apps.eggs.phantom import DEFAULT_DIFFICULTY, DEFAULT_MIX, generate
 from inferstream.apps.eggs.preprocess import preprocess_batch
 from inferstream.classify import Model, ModelInfo, load_model
 
 DIFFICULTIES = (0.25, 0.5, 0.75, 1.0)
 ECE_BINS = 15
+#: The card's held-out scans (never used in training).
+CARD_SEED, CARD_SCANS = 1001, 3000
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: 
         "2 CPU threads",
         f"- wall time (data generation and training): {seconds:.0f} s",
         "",
+        *int8_section(),
         *guard_section(),
         "## Limits",
         "",
@@ -160,8 +165,6 @@ def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: 
 def guard_section() -> list[str]:
     """The not-an-egg guard's rates, as ``python -m inferstream.apps.eggs.domain`` measured
     them (``models/egg_domain.json``)."""
-    from inferstream.apps.eggs import APP
-
     meta = json.loads((APP.models_dir / "egg_domain.json").read_text())
     found: dict[str, float] = meta["rates_flagged"]
     return [
@@ -201,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate an egg model and write its card.")
     parser.add_argument("--model", default="egg_sexing", help="model name or path")
     parser.add_argument("--card", type=Path, default=Path("docs/model-card.md"))
-    parser.add_argument("--seed", type=int, default=1001, help="held-out seed")
-    parser.add_argument("-n", type=int, default=3000, help="held-out scans")
+    parser.add_argument("--seed", type=int, default=CARD_SEED, help="held-out seed")
+    parser.add_argument("-n", type=int, default=CARD_SCANS, help="held-out scans")
     args = parser.parse_args(argv)
     model = load_model(args.model)
     seconds = float(dict(model.info.extra).get("trained_on", {}).get("train_seconds", 0))
@@ -215,4 +218,12 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DIFFICULTIES", "Evaluation", "evaluate", "expected_calibration_error", "write_card"]
+__all__ = [
+    "CARD_SCANS",
+    "CARD_SEED",
+    "DIFFICULTIES",
+    "Evaluation",
+    "evaluate",
+    "expected_calibration_error",
+    "write_card",
+]

@@ -1,0 +1,121 @@
+"""DuckDB over an export: the views ``records``, ``predictions``, ``feedback``,
+``feedback_history`` and ``dead_letters``, for every tenant or confined to one.
+
+:func:`open_tenant` is the confinement the API's saved queries run in: the views read
+only ``DIR/tenant=T/``, then DuckDB is told to allow no other file
+(``allowed_directories`` with ``enable_external_access = false``) and the
+configuration is locked, so SQL cannot name another tenant's files or change the
+setting back; :func:`check_select` admits one ``SELECT`` only, since a ``COPY``
+could still write inside the allowed directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inferstream.analytics.export import TABLES, ExportTable, arrow_schema, pyarrow_module
+from inferstream.errors import InferstreamError, MissingExtraError
+
+#: Partition keys DuckDB reads from the path, with their types (a tenant named "123"
+#: stays text).
+_HIVE_TYPES = "{'tenant': 'VARCHAR', 'app': 'VARCHAR', 'date': 'DATE'}"
+_HIVE_TYPES_NO_APP = "{'tenant': 'VARCHAR', 'date': 'DATE'}"
+#: The latest ground truth per subject and head (a correction is exported again).
+_LATEST_FEEDBACK = (
+    "SELECT * FROM feedback_history QUALIFY row_number() OVER "
+    "(PARTITION BY tenant, app, subject, head ORDER BY at_us DESC) = 1"
+)
+
+
+class AnalyticsQueryError(InferstreamError):
+    """A query DuckDB refused, or one that is not a single SELECT."""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def duckdb_module() -> Any:
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise MissingExtraError("duckdb", "analytics") from exc
+    return duckdb
+
+
+def open_export(folder: Path) -> Any:
+    """An in-memory DuckDB connection with views over every tenant's files."""
+    return _connect(folder, "tenant=*")
+
+
+def open_tenant(folder: Path, tenant: str) -> Any:
+    """A connection whose views and SQL reach only ``tenant``'s files (see above)."""
+    root = folder.resolve() / f"tenant={tenant}"
+    conn = _connect(folder.resolve(), f"tenant={tenant}")
+    conn.execute("SET allowed_directories = $1", [[f"{root}/"]])
+    conn.execute("SET enable_external_access = false")
+    conn.execute("SET lock_configuration = true")
+    return conn
+
+
+def _connect(folder: Path, tenants: str) -> Any:
+    duckdb = duckdb_module()
+    conn = duckdb.connect(":memory:")
+    for spec in TABLES:
+        name = "feedback_history" if spec.name == "feedback" else spec.name
+        parts = "app=*/date=*" if spec.by_app else "date=*"
+        pattern = f"{tenants}/{spec.name}/{parts}/*.parquet"
+        if any(folder.glob(pattern)):
+            types = _HIVE_TYPES if spec.by_app else _HIVE_TYPES_NO_APP
+            source = (
+                f"read_parquet('{_quoted(folder / pattern)}', hive_partitioning = true, "
+                f"hive_types = {types}, union_by_name = true)"
+            )
+        else:
+            source = _empty(conn, spec)
+        conn.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
+    conn.execute(f"CREATE VIEW feedback AS {_LATEST_FEEDBACK}")
+    return conn
+
+
+def _empty(conn: Any, spec: ExportTable) -> str:
+    """A relation with the table's columns and no rows (a tenant with none exported)."""
+    pa = pyarrow_module()
+    schema = arrow_schema(spec)
+    for name, kind in (("tenant", pa.string()), ("app", pa.string()), ("date", pa.date32())):
+        if name != "app" or spec.by_app:
+            schema = schema.append(pa.field(name, kind))
+    conn.register(f"_empty_{spec.name}", schema.empty_table())
+    return f"_empty_{spec.name}"
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def check_select(sql: str) -> None:
+    """Refuse anything but exactly one SELECT (no COPY, ATTACH, SET, PRAGMA, ...)."""
+    duckdb = duckdb_module()
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise AnalyticsQueryError(f"the query does not parse: {exc}") from exc
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise AnalyticsQueryError(
+            "a query must be exactly one SELECT statement (WITH ... SELECT is fine)"
+        )
+
+
+def run(conn: Any, sql: str, *, max_rows: int | None = None) -> QueryResult:
+    """Run ``sql``; DuckDB's refusals become :class:`AnalyticsQueryError`."""
+    duckdb = duckdb_module()
+    try:
+        cursor = conn.execute(sql)
+        rows = cursor.fetchmany(max_rows) if max_rows is not None else cursor.fetchall()
+        return QueryResult([column[0] for column in cursor.description or ()], rows)
+    except duckdb.Error as exc:
+        raise AnalyticsQueryError(f"DuckDB refused the query: {exc}") from exc
