@@ -13,6 +13,11 @@ Every blob belongs to one tenant: it is written and read under that tenant's
 prefix, and a read names the tenant. A digest alone never reaches another
 tenant's bytes, even when a client learns it (content addressing across tenants
 would otherwise let a digest stand for a read permission).
+
+A store may seal what it writes (:class:`Sealer`): encryption at rest
+(:mod:`inferstream.blob_crypto`) is one, :data:`PLAIN` (bytes as given) the default.
+The digest is always the plaintext's: content addressing and the references in
+envelopes do not change when a key does, and a read is checked after it is unsealed.
 """
 
 from __future__ import annotations
@@ -39,6 +44,39 @@ _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){0,15}")
 
 
+#: The first bytes of a sealed blob (:mod:`inferstream.blob_crypto`'s header).
+SEALED_MAGIC = b"\x89ISE"
+
+
+class Sealer(Protocol):
+    """What a store does to the bytes of a blob between the caller and the disk or
+    bucket: ``seal`` before writing, ``open`` after reading, both knowing whose blob it
+    is and where it lies (``<tenant>/...``, the key under the store's root)."""
+
+    def seal(self, data: bytes, tenant: str, key: str) -> bytes: ...
+
+    def open(self, stored: bytes, tenant: str, key: str) -> bytes: ...
+
+    def stored_size(self, size: int) -> int:
+        """How many bytes a sealed blob of ``size`` bytes takes."""
+
+
+class PlainSealer:
+    """No sealing: blobs are stored as given."""
+
+    def seal(self, data: bytes, tenant: str, key: str) -> bytes:
+        return data
+
+    def open(self, stored: bytes, tenant: str, key: str) -> bytes:
+        return stored
+
+    def stored_size(self, size: int) -> int:
+        return size
+
+
+PLAIN = PlainSealer()
+
+
 class BlobStore(Protocol):
     url: str
 
@@ -56,8 +94,9 @@ class BlobStore(Protocol):
 class LocalBlobStore:
     """Blobs as files in a folder: one folder per tenant, then fan-out by hash prefix."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, sealer: Sealer = PLAIN) -> None:
         self.root = root
+        self.sealer = sealer
         self.url = root.resolve().as_uri()
         self.root.mkdir(parents=True, exist_ok=True)
 
@@ -67,15 +106,15 @@ class LocalBlobStore:
         digest = hashlib.sha256(data).hexdigest()
         key = content_key(digest, tenant)
         path = self.root / key
-        if not _touched(path, len(data)):
-            self._write(path, data)
+        if not _touched(path, self.sealer.stored_size(len(data))):
+            self._write(path, self.sealer.seal(data, tenant, key))
         return BlobRef(uri=f"{self.url}/{key}", sha256=digest, size=len(data))
 
     def put_at(self, key: str, data: bytes, tenant: str) -> BlobRef:
         """Write ``data`` under a name of the caller's (``<tenant>/<key>``), for blobs
         people and other tools look up by path; rewriting a key replaces its bytes."""
         where = named_key(key, tenant)
-        self._write(self.root / where, data)
+        self._write(self.root / where, self.sealer.seal(data, tenant, where))
         digest = hashlib.sha256(data).hexdigest()
         return BlobRef(uri=f"{self.url}/{where}", sha256=digest, size=len(data))
 
@@ -101,12 +140,13 @@ class LocalBlobStore:
     def get(self, ref: BlobRef, tenant: str) -> bytes:
         """``tenant``'s blob ``ref``: the path comes from the digest, or for a named blob
         from its key under the tenant's folder; the bytes must match the digest."""
-        path = self.root / ref_key(self.url, ref, tenant)
+        key = ref_key(self.url, ref, tenant)
+        path = self.root / key
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise BlobError(f"blob {ref.uri} is missing from {self.root}: {exc}") from exc
-        return verified(data, ref, str(path))
+        return verified(self.sealer.open(data, tenant, key), ref, str(path))
 
     def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool:
         """Remove ``tenant``'s blob ``digest`` (a retention purge); whether it did.
@@ -184,6 +224,12 @@ def ref_key(url: str, ref: BlobRef, tenant: str) -> str:
 def verified(data: bytes, ref: BlobRef, where: str) -> bytes:
     """``data`` read from ``where``, if it matches the digest of ``ref``."""
     if hashlib.sha256(data).hexdigest() != ref.sha256:
+        if data.startswith(SEALED_MAGIC):
+            raise BlobError(
+                f"blob {where} is encrypted and this process has no key to open it; set "
+                "INFERSTREAM_KEK (or INFERSTREAM_KEY_PROVIDER) as the writers had it "
+                "(docs/encryption.md)"
+            )
         raise BlobError(
             f"blob {where} does not match its checksum {ref.sha256[:16]}...; it is corrupt "
             "(changed or truncated behind the store's back): restore it or send the item again"
@@ -202,30 +248,32 @@ def _checked_tenant(tenant: str) -> str:
     return tenant
 
 
-def open_local_store(url: str) -> LocalBlobStore:
+def open_local_store(url: str, sealer: Sealer = PLAIN) -> LocalBlobStore:
     """``file:///abs/path`` or ``file://./rel/path``."""
     parts = urlsplit(url)
-    return LocalBlobStore(Path(parts.netloc + parts.path))
+    return LocalBlobStore(Path(parts.netloc + parts.path), sealer)
 
 
-#: scheme -> "module:factory"; each factory takes the URL and returns a BlobStore. The
-#: S3 store's module is imported only for an ``s3://`` URL (it needs boto3).
+#: scheme -> "module:factory"; each factory takes the URL and a :class:`Sealer` and
+#: returns a BlobStore. The S3 store's module is imported only for an ``s3://`` URL
+#: (it needs boto3).
 BACKENDS = {
     "file": "inferstream.blobs:open_local_store",
     "s3": "inferstream.blobs_s3:open_s3_store",
 }
 
 
-def open_blob_store(url: str) -> BlobStore:
+def open_blob_store(url: str, sealer: Sealer = PLAIN) -> BlobStore:
     """Open the blob store ``url`` names: ``file:///path/to/folder`` (or
-    ``file://./relative``) or ``s3://bucket/prefix``."""
+    ``file://./relative``) or ``s3://bucket/prefix``, sealing blobs with ``sealer``
+    (:func:`inferstream.blob_crypto.open_blobs` gives it the configured encryption)."""
     target = BACKENDS.get(urlsplit(url).scheme)
     if target is None:
         raise ConfigError(
             f"unknown blob store URL {url!r}; use file:///path/to/folder or s3://bucket/prefix"
         )
     module_name, _, attr = target.partition(":")
-    store: BlobStore = getattr(importlib.import_module(module_name), attr)(url)
+    store: BlobStore = getattr(importlib.import_module(module_name), attr)(url, sealer)
     return store
 
 

@@ -55,7 +55,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from inferstream.blobs import content_key, is_tenant, named_key, ref_key, verified
+from inferstream.blobs import (
+    PLAIN,
+    Sealer,
+    content_key,
+    is_tenant,
+    named_key,
+    ref_key,
+    verified,
+)
 from inferstream.envelope import BlobRef
 from inferstream.errors import (
     BlobError,
@@ -109,9 +117,10 @@ class _NoObject(BlobError):
 class S3BlobStore:
     """Blobs as objects of one bucket under a prefix; see the module's docstring."""
 
-    def __init__(self, bucket: str, prefix: str = "") -> None:
+    def __init__(self, bucket: str, prefix: str = "", sealer: Sealer = PLAIN) -> None:
         root = prefix.strip("/")
         self.bucket = bucket
+        self.sealer = sealer
         self.url = f"s3://{bucket}/{root}" if root else f"s3://{bucket}"
         self._root = f"{root}/" if root else ""
         self._client = _client(self.url)
@@ -128,8 +137,9 @@ class S3BlobStore:
         refreshes its time for retention), never lost to a purge running meanwhile."""
         digest = hashlib.sha256(data).hexdigest()
         key = content_key(digest, tenant)
+        sealed = self.sealer.seal(data, tenant, key)
         while True:
-            self._write(key, data)
+            self._write(key, sealed)
             if not self._waited_for_purge(key) and self._head(key) is not None:
                 return BlobRef(uri=self._uri(key), sha256=digest, size=len(data))
 
@@ -137,7 +147,7 @@ class S3BlobStore:
         """Write ``data`` under a name of the caller's (``<tenant>/<key>``), for blobs
         people and other tools look up by path; rewriting a key replaces its bytes."""
         where = named_key(key, tenant)
-        self._write(where, data)
+        self._write(where, self.sealer.seal(data, tenant, where))
         digest = hashlib.sha256(data).hexdigest()
         return BlobRef(uri=self._uri(where), sha256=digest, size=len(data))
 
@@ -149,7 +159,7 @@ class S3BlobStore:
             answer = self._client.get_object(Bucket=self.bucket, Key=self._object(key))
             with closing(answer["Body"]) as body:
                 data: bytes = body.read()
-        return verified(data, ref, self._uri(key))
+        return verified(self.sealer.open(data, tenant, key), ref, self._uri(key))
 
     def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool:
         """Remove ``tenant``'s blob ``digest`` (a retention purge); whether it did. With
@@ -261,7 +271,7 @@ class S3BlobStore:
             raise _client_error(exc, what, where) from exc
 
 
-def open_s3_store(url: str) -> S3BlobStore:
+def open_s3_store(url: str, sealer: Sealer = PLAIN) -> S3BlobStore:
     """The store ``s3://bucket/prefix`` names (the prefix may be empty)."""
     parts = urlsplit(url)
     if not _BUCKET.fullmatch(parts.netloc) or parts.query or parts.fragment:
@@ -269,7 +279,7 @@ def open_s3_store(url: str) -> S3BlobStore:
             f"blob store URL {url!r} names no S3 bucket; use s3://bucket/prefix (endpoint "
             "and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE...)"
         )
-    return S3BlobStore(parts.netloc, parts.path)
+    return S3BlobStore(parts.netloc, parts.path, sealer)
 
 
 def _client(url: str, config: Any = None) -> Any:

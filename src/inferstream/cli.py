@@ -122,10 +122,10 @@ def _admitter(spec: PipelineSpec, bus: Bus, topic: str, tenant: str) -> Admitter
     """Items admitted into ``spec``'s ``topic`` as uploads are: its application's checks,
     its blob store and claim-check size."""
     from inferstream.admit import Admitter
-    from inferstream.blobs import open_blob_store
+    from inferstream.blob_crypto import open_blobs
 
     app = spec.application()
-    return Admitter(bus, open_blob_store(spec.blobs), topic=topic, tenant=tenant, app=app,
+    return Admitter(bus, open_blobs(spec.blobs, spec.store), topic=topic, tenant=tenant, app=app,
                     claim_check_bytes=spec.claim_check_bytes)  # fmt: skip
 
 
@@ -551,10 +551,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_example_commands(sub)
     from inferstream.analytics.cli import add_analytics_commands
     from inferstream.api.cli import add_api_commands
+    from inferstream.keys_cli import add_keys_commands
     from inferstream.registry_cli import add_models_commands
 
     add_api_commands(sub)
     add_models_commands(sub)
+    add_keys_commands(sub)
     add_analytics_commands(sub)
     return parser
 

@@ -58,6 +58,11 @@ class BlobError(InferstreamError):
     """A claim-check payload could not be stored, found or verified."""
 
 
+class TenantShredded(BlobError):
+    """The tenant's blob data keys were deleted (crypto-shredded): its encrypted blobs
+    can never be read again, and no new ones are written. The API answers 410 Gone."""
+
+
 class BlobStoreUnavailable(TransientError):
     """The blob store could not be reached, or answered with a server error or a request
     to slow down (an S3 server's 5xx, ``SlowDown``).

@@ -24,13 +24,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _registry(args: argparse.Namespace) -> Any:
-    from inferstream.blobs import open_blob_store
+    from inferstream.blob_crypto import open_blobs
     from inferstream.pipeline import load_pipeline
     from inferstream.registry import ModelRegistry
     from inferstream.store import ResultsStore
 
     spec = load_pipeline(args.pipeline).with_urls(store=args.store, blobs=args.blobs)
-    return ModelRegistry(ResultsStore(spec.store), open_blob_store(spec.blobs)), spec
+    store = ResultsStore(spec.store)
+    return ModelRegistry(store, open_blobs(spec.blobs, store)), spec
 
 
 def _actor() -> str:

@@ -42,7 +42,8 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, select
 
 from inferstream.application import AppSpec, app_named, load_ref
-from inferstream.blobs import BlobStore, open_blob_store
+from inferstream.blob_crypto import open_blobs
+from inferstream.blobs import BlobStore
 from inferstream.envelope import BlobRef, now_us
 from inferstream.errors import ConfigError, InferstreamError
 from inferstream.pipeline import PipelineSpec, RetrainSpec
@@ -239,7 +240,7 @@ def run_trainer(
     every = min(r.every_s for r in spec.retraining)
     store = ResultsStore(spec.store)
     try:
-        registry = ModelRegistry(store, open_blob_store(spec.blobs))
+        registry = ModelRegistry(store, open_blobs(spec.blobs, store))
         while True:
             _judge(spec, say)
             for retrain in spec.retraining:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from inferstream.application import load_ref
-from inferstream.blobs import open_blob_store
+from inferstream.blob_crypto import open_blobs
 from inferstream.bus import Bus, open_bus
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, StageSpec
@@ -95,7 +95,7 @@ def promote(spec: PipelineSpec) -> list[str]:
         return ["promotion: the pipeline names no application (app: ...); nothing compared"]
     store = ResultsStore(spec.store)
     try:
-        registry = ModelRegistry(store, open_blob_store(spec.blobs))
+        registry = ModelRegistry(store, open_blobs(spec.blobs, store))
         lines = []
         for policy in spec.promotions:
             tenants = list(policy.labels_from) or store.tenant_names()
@@ -115,7 +115,7 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
         stage=stage.name,
         worker=worker_id,
         store_url=spec.store,
-        blobs=open_blob_store(spec.blobs),
+        blobs=open_blobs(spec.blobs, spec.store),
         app=app,
         max_clock_skew_s=spec.max_clock_skew_s,
     )

@@ -52,10 +52,16 @@ from inferstream.api.services import Services
 from inferstream.api.settings import ApiSettings
 from inferstream.api.throttle import GuessThrottle
 from inferstream.application import AppSpec
-from inferstream.blobs import open_blob_store
+from inferstream.blob_crypto import open_blobs
 from inferstream.bus import open_bus
 from inferstream.codecs import UnsupportedContent
-from inferstream.errors import BlobError, InvalidInput, StoreError, TransientError
+from inferstream.errors import (
+    BlobError,
+    InvalidInput,
+    StoreError,
+    TenantShredded,
+    TransientError,
+)
 from inferstream.runner import ensure_topics
 from inferstream.store import InvalidQuery, ResultsStore
 from inferstream.store.audit import AuditLog
@@ -209,7 +215,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             store=store,
             accounts=accounts,
             throttle=GuessThrottle(accounts),
-            blobs=open_blob_store(spec.blobs),
+            blobs=open_blobs(spec.blobs, store),
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
             tenant_quota=_tenant_quota(settings),
             labels=app_labels(application),
@@ -291,6 +297,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unsupported(request: Request, exc: Exception) -> JSONResponse:
         return _error(request, 415, "unsupported_media_type", str(exc))
 
+    async def shredded(request: Request, exc: Exception) -> JSONResponse:
+        return _error(request, 410, "gone", str(exc))
+
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable", extra={"error": type(exc).__name__})
         return _error(request, 503, "unavailable", str(exc), {"Retry-After": "1"})
@@ -312,6 +321,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidQuery, invalid)
     app.add_exception_handler(TransientError, unavailable)
     app.add_exception_handler(BlobError, unavailable)
+    app.add_exception_handler(TenantShredded, shredded)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(HTTPException, http_error)
 

@@ -29,12 +29,12 @@ from inferstream.api.bodies import (
     ResultPage,
     ScanStatus,
 )
-from inferstream.api.errors import BadRequest, NotFound
+from inferstream.api.errors import BadRequest, Gone, NotFound
 from inferstream.api.permissions import roles_for
 from inferstream.api.services import services_of
 from inferstream.codecs import render_png
 from inferstream.envelope import BlobRef
-from inferstream.errors import BlobError, InvalidInput
+from inferstream.errors import BlobError, InvalidInput, TenantShredded
 from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
 from inferstream.tracing import trace_link
@@ -111,6 +111,8 @@ def get_scan_image(
     try:
         ref = BlobRef(uri="", sha256=record.blob_sha256, size=record.size)
         data = state.blobs.get(ref, principal.tenant)  # never another tenant's bytes
+    except TenantShredded as exc:
+        raise Gone(str(exc)) from exc
     except BlobError as exc:
         raise NotFound(f"the bytes of scan {scan_id!r} are gone from the blob store") from exc
     try:

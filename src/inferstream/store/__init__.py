@@ -12,6 +12,7 @@ Reading guide:
 - :mod:`~inferstream.store.migrate` and ``migrations/`` — Alembic, run from code.
 - :mod:`~inferstream.store.step` — the ``store_results`` sink step.
 - :mod:`~inferstream.store.audit` — the audit log: per-tenant hash chains, verify.
+- :mod:`~inferstream.store.blob_keys` — the wrapped data keys of encrypted blobs.
 
 Adding a migration (e.g. the API's ``users``, ``api_keys`` and ``tenants``):
 

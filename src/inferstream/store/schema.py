@@ -18,6 +18,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -320,3 +321,28 @@ audit_heads = Table(
 
 #: The audit tables, under row-level security on PostgreSQL.
 AUDIT_TABLES = ("audit_log", "audit_heads")
+
+# -- encryption at rest of blobs (migration v0008; inferstream.store.blob_keys) ------
+
+#: Every data key of every tenant, wrapped by a key-encryption key the database never
+#: sees. No row-level security: KEK rotation rewraps every tenant's rows in one pass.
+blob_data_keys = Table(
+    "blob_data_keys",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("kek_id", String(), nullable=False),
+    Column("wrapped", LargeBinary(), nullable=False),
+    PrimaryKeyConstraint("tenant", "version"),
+)
+
+#: Tenants whose data keys were deleted (crypto-shredded): when, and by whom.
+blob_key_shreds = Table(
+    "blob_key_shreds",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("actor", String(), nullable=False),
+    PrimaryKeyConstraint("tenant"),
+)

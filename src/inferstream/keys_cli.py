@@ -1,0 +1,144 @@
+"""``inferstream keys ...``: the keys of encrypted blobs (``docs/encryption.md``).
+
+Each command takes the pipeline file whose results store holds the wrapped data keys
+(``--store`` overrides it) and the key-encryption keys from the environment
+(``INFERSTREAM_KEK``, or ``INFERSTREAM_KEY_PROVIDER``), as the workers and the API do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from inferstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inferstream.blob_crypto import DataKeys
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _keys(args: argparse.Namespace) -> DataKeys:
+    from inferstream.blob_crypto import data_keys
+    from inferstream.key_provider import KEK_ENV, key_provider_from_env
+    from inferstream.pipeline import load_pipeline
+    from inferstream.store import ResultsStore
+
+    provider = key_provider_from_env()
+    if provider is None:
+        raise ConfigError(
+            f"no key-encryption key is configured; set {KEK_ENV} to base64 32-byte keys, "
+            "newest first (docs/encryption.md)"
+        )
+    spec = load_pipeline(args.pipeline).with_urls(store=args.store)
+    return data_keys(ResultsStore(spec.store), provider)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    keys = _keys(args)
+    try:
+        current = keys.provider.current_kek_id
+        print(f"current key-encryption key: {current}")
+        for each in keys.status():
+            stale = [k for k in each.kek_ids if k != current]
+            when = datetime.fromtimestamp(each.newest_created_us / 1e6, UTC)
+            print(
+                f"{each.tenant}: data keys {', '.join(map(str, each.versions))} (newest "
+                f"{when:%Y-%m-%d %H:%M} UTC)"
+                + (f"; wrapped by older KEK {', '.join(stale)}: run rotate-kek" if stale else "")
+            )
+        for shred in keys.table.shreds():
+            when = datetime.fromtimestamp(shred.at_us / 1e6, UTC)
+            print(f"{shred.tenant}: shredded {when:%Y-%m-%d %H:%M} UTC by {shred.actor}")
+    finally:
+        keys.table.store.close()
+    return 0
+
+
+def cmd_rotate_kek(args: argparse.Namespace) -> int:
+    keys = _keys(args)
+    try:
+        done = keys.rewrap_all()
+    finally:
+        keys.table.store.close()
+    print(f"rewrapped {done} data keys under {keys.provider.current_kek_id}")
+    return 0
+
+
+def cmd_new_data_key(args: argparse.Namespace) -> int:
+    keys = _keys(args)
+    try:
+        version = keys.new_data_key(args.tenant)
+    finally:
+        keys.table.store.close()
+    print(f"tenant {args.tenant}: new blobs are sealed with data key {version}")
+    return 0
+
+
+def cmd_shred(args: argparse.Namespace) -> int:
+    from inferstream.api.audit_cli import record_cli
+
+    if args.confirm != args.tenant:
+        raise ConfigError(
+            f"shredding makes every encrypted blob of {args.tenant!r} unreadable for good; "
+            f"confirm with --confirm {args.tenant}"
+        )
+    keys = _keys(args)
+    try:
+        deleted = keys.shred(args.tenant, actor=f"cli:{_user()}")
+        record_cli(keys.table.store, args.tenant, "keys shred", tenant=args.tenant,
+                   reason=args.reason or "", deleted=str(deleted))  # fmt: skip
+    finally:
+        keys.table.store.close()
+    print(f"tenant {args.tenant}: {deleted} data keys deleted; its encrypted blobs are gone")
+    return 0
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "unknown"
+
+
+def add_keys_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "The keys of encrypted blobs: status, KEK rotation, new data keys, crypto-shredding "
+        "(INFERSTREAM_KEK holds the key-encryption keys; docs/encryption.md)."
+    )
+    keys = sub.add_parser("keys", help=text, description=text)
+    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        cmd = commands.add_parser(name, help=help_text, description=help_text)
+        cmd.set_defaults(handler=handler)
+        cmd.add_argument("pipeline", help="pipeline YAML file whose store holds the keys")
+        cmd.add_argument("--store", help="results store URL, overrides the file")
+        return cmd
+
+    add("status", cmd_status, "List each tenant's data keys and the KEKs that wrap them.")
+    add(
+        "rotate-kek", cmd_rotate_kek,
+        "Rewrap every data key under the newest KEK (the first in INFERSTREAM_KEK). Put "
+        "the new KEK first and keep the old one after it everywhere before running this; "
+        "drop the old one once it is done. Blobs are not rewritten.",
+    )  # fmt: skip
+    new = add(
+        "new-data-key", cmd_new_data_key,
+        "Give a tenant a new data key: new blobs are sealed with it, old ones keep theirs.",
+    )  # fmt: skip
+    new.add_argument("tenant", help="the tenant")
+    shred = add(
+        "shred", cmd_shred,
+        "Crypto-shred a tenant: delete its data keys, so its encrypted blobs can never be "
+        "read again (reads answer 410 Gone) and none are written; writes an audit entry.",
+    )  # fmt: skip
+    shred.add_argument("tenant", help="the tenant to shred")
+    shred.add_argument(
+        "--confirm", metavar="TENANT", required=True,
+        help="the tenant's name again: there is no undo",
+    )  # fmt: skip
+    shred.add_argument("--reason", help="why, for the audit log (e.g. a ticket number)")
