@@ -117,6 +117,9 @@ class _NoObject(BlobError):
 class S3BlobStore:
     """Blobs as objects of one bucket under a prefix; see the module's docstring."""
 
+    #: Reads a step has in flight at once: within boto3's default pool of 10 connections.
+    parallel_reads = 8
+
     def __init__(self, bucket: str, prefix: str = "", sealer: Sealer = PLAIN) -> None:
         root = prefix.strip("/")
         self.bucket = bucket

@@ -23,11 +23,11 @@ own credentials and topic ACLs on a real broker).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from inferstream.admit import wrap_checked
 from inferstream.application import AppSpec
-from inferstream.blobs import BlobStore, payload_bytes
+from inferstream.blobs import BlobStore, batch_payloads
 from inferstream.codecs import ImageLimits
 from inferstream.envelope import Envelope
 from inferstream.errors import BlobError, ConfigError, InvalidInput
@@ -55,9 +55,10 @@ class IngestCheckStep(Step):
         self.allowed = frozenset(app.client_attributes)
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
-        return [self._one(env) for env in batch]
+        payload = batch_payloads(batch, self.blobs)  # claim checks fetched together
+        return [self._one(env, payload) for env in batch]
 
-    def _one(self, env: Envelope) -> Outcome:
+    def _one(self, env: Envelope, payload: Callable[[Envelope], bytes]) -> Outcome:
         if not env.tenant:
             return InvalidInput(
                 f"item {env.id} names no tenant; a producer writing to the bus must say "
@@ -65,7 +66,7 @@ class IngestCheckStep(Step):
             )
         try:
             check_event_time(env.created_at_us, self.max_clock_skew_s)
-            checked = self.app.check_upload(payload_bytes(env, self.blobs), self.limits)
+            checked = self.app.check_upload(payload(env), self.limits)
         except (InvalidInput, BlobError) as exc:  # BlobError: retried by the worker
             return exc
         client = {k: v for k, v in env.attributes.items() if k in self.allowed}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from inferstream.apps.eggs.dicom_checks import (
 from inferstream.apps.eggs.dicom_fast import Header
 from inferstream.apps.eggs.preprocess import check_scan
 from inferstream.apps.eggs.tags import NO_MAPPING, EggSettings, TagMapping
-from inferstream.blobs import BlobStore, payload_bytes
+from inferstream.blobs import BlobStore, batch_payloads
 from inferstream.codecs import Checked, ImageLimits
 from inferstream.codecs.dicom_frames import (
     BadCodestream,
@@ -252,9 +252,10 @@ class DecodeDicomStep(Step):
         self.tags = tags
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
-        return [self._one(env) for env in batch]
+        payload = batch_payloads(batch, self.blobs)  # claim checks fetched together
+        return [self._one(env, payload) for env in batch]
 
-    def _one(self, env: Envelope) -> Outcome:
+    def _one(self, env: Envelope, payload: Callable[[Envelope], bytes]) -> Outcome:
         body = env.payload.WhichOneof("body")
         if body not in ("inline", "blob"):
             return InvalidScan(
@@ -262,7 +263,7 @@ class DecodeDicomStep(Step):
                 "(application/dicom) to this stage"
             )
         try:
-            scan = decode(payload_bytes(env, self.blobs), self.limits, self.tags)
+            scan = decode(payload(env), self.limits, self.tags)
         except (InvalidScan, BlobError) as exc:  # BlobError is retried by the worker
             return exc
         out = Envelope()

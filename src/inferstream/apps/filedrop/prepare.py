@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from inferstream.apps.filedrop.shapes import SIDE
-from inferstream.blobs import payload_bytes
+from inferstream.blobs import batch_payloads
 from inferstream.codecs import raster
 from inferstream.envelope import Envelope, to_tensor
 from inferstream.errors import InvalidInput
@@ -40,9 +40,10 @@ class PrepareStep(Step):
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         outcomes: list[Outcome] = []
+        payload = batch_payloads(batch, self.blobs)  # claim checks fetched together
         for env in batch:
             try:
-                array = as_input(payload_bytes(env, self.blobs))
+                array = as_input(payload(env))
             except InvalidInput as exc:  # (a blob store that fails raises: retried)
                 outcomes.append(exc)
                 continue

@@ -13,7 +13,7 @@ a redelivered image never doubles an output.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import PurePosixPath
 
 from inferstream.apps.imageops.operations import (
@@ -24,7 +24,7 @@ from inferstream.apps.imageops.operations import (
     encode,
     parse_actions,
 )
-from inferstream.blobs import BlobStore, payload_bytes
+from inferstream.blobs import BlobStore, batch_payloads
 from inferstream.envelope import BlobRef, Envelope
 from inferstream.errors import ConfigError, InvalidInput
 from inferstream.steps import Outcome, Step, StepContext
@@ -51,12 +51,13 @@ class ApplyActions(Step):
         self.retention_us = int(retention_hours * US_PER_HOUR)
 
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
-        return [self._one(env) for env in batch]
+        payload = batch_payloads(batch, self.blobs)  # claim checks fetched together
+        return [self._one(env, payload) for env in batch]
 
-    def _one(self, env: Envelope) -> Outcome:
+    def _one(self, env: Envelope, payload: Callable[[Envelope], bytes]) -> Outcome:
         try:
             plan = _plan(env)
-            image = decode(payload_bytes(env, self.blobs))
+            image = decode(payload(env))
             height, width = image.shape[:2]
             plan.output_sizes(width, height)  # checked at the API; again for other senders
         except InvalidInput as exc:

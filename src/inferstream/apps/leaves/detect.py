@@ -10,7 +10,7 @@ input tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from inferstream.apps.leaves.vision import (
     crop_tensor,
     photo_tensor,
 )
-from inferstream.blobs import BlobStore, payload_bytes
+from inferstream.blobs import BlobStore, batch_payloads
 from inferstream.classify import Model, load_model
 from inferstream.envelope import Envelope, to_tensor
 from inferstream.errors import BlobError, ConfigError, InvalidInput
@@ -49,9 +49,10 @@ class DetectLeaves(Step):
     def process(self, batch: Sequence[Envelope]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(batch)
         images, slots = [], []
+        payload = batch_payloads(batch, self.blobs)  # claim checks fetched together
         for i, env in enumerate(batch):
             try:
-                images.append(self._image(env))
+                images.append(self._image(env, payload))
                 slots.append(i)
             except InvalidInput as exc:
                 outcomes[i] = exc
@@ -64,12 +65,12 @@ class DetectLeaves(Step):
                 ]
         return [o for o in outcomes if o is not None]
 
-    def _image(self, env: Envelope) -> np.ndarray:
+    def _image(self, env: Envelope, payload: Callable[[Envelope], bytes]) -> np.ndarray:
         missing = [name for name in _NEEDED if not env.attributes.get(name)]
         if missing:
             raise InvalidInput(f"leaf photo {env.id} lacks attributes {', '.join(missing)}")
         try:
-            image = decode_png(payload_bytes(env, self.blobs))
+            image = decode_png(payload(env))
         except (BlobError, ValueError) as exc:
             raise InvalidInput(f"leaf photo {env.id}: {exc}") from exc
         if image.shape[:2] != self.model.info.input_shape[1:]:
