@@ -11,6 +11,7 @@ could still write inside the allowed directory.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,14 @@ _LATEST_FEEDBACK = (
     "SELECT * FROM feedback_history QUALIFY row_number() OVER "
     "(PARTITION BY tenant, app, subject, head ORDER BY at_us DESC) = 1"
 )
+
+
+#: What one confined query may take: DuckDB's memory and threads, and the wall clock
+#: (:func:`run`'s ``timeout_s``, which the API's saved queries use). One tenant's query
+#: must not take the API process's memory or cores from the others.
+TENANT_MEMORY_LIMIT = "512MB"
+TENANT_THREADS = 1
+TENANT_TIMEOUT_S = 30.0
 
 
 class AnalyticsQueryError(InferstreamError):
@@ -52,12 +61,15 @@ def open_export(folder: Path) -> Any:
     return _connect(folder, "tenant=*")
 
 
-def open_tenant(folder: Path, tenant: str) -> Any:
-    """A connection whose views and SQL reach only ``tenant``'s files (see above)."""
+def open_tenant(folder: Path, tenant: str, *, memory_limit: str = TENANT_MEMORY_LIMIT) -> Any:
+    """A connection whose views and SQL reach only ``tenant``'s files (see above), with
+    at most ``memory_limit`` of memory and :data:`TENANT_THREADS` threads."""
     root = folder.resolve() / f"tenant={tenant}"
     conn = _connect(folder.resolve(), f"tenant={tenant}")
     conn.execute("SET allowed_directories = $1", [[f"{root}/"]])
     conn.execute("SET enable_external_access = false")
+    conn.execute("SET memory_limit = $1", [memory_limit])
+    conn.execute(f"SET threads = {TENANT_THREADS}")
     conn.execute("SET lock_configuration = true")
     return conn
 
@@ -110,12 +122,32 @@ def check_select(sql: str) -> None:
         )
 
 
-def run(conn: Any, sql: str, *, max_rows: int | None = None) -> QueryResult:
-    """Run ``sql``; DuckDB's refusals become :class:`AnalyticsQueryError`."""
+def run(
+    conn: Any, sql: str, *, max_rows: int | None = None, timeout_s: float | None = None
+) -> QueryResult:
+    """Run ``sql``, stopped after ``timeout_s`` if given; DuckDB's refusals (and a query
+    stopped) become :class:`AnalyticsQueryError`."""
     duckdb = duckdb_module()
+    timer = None if timeout_s is None else threading.Timer(timeout_s, conn.interrupt)
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         cursor = conn.execute(sql)
         rows = cursor.fetchmany(max_rows) if max_rows is not None else cursor.fetchall()
         return QueryResult([column[0] for column in cursor.description or ()], rows)
+    except duckdb.InterruptException as exc:
+        raise AnalyticsQueryError(
+            f"the query ran longer than {timeout_s:g} s and was stopped; narrow it (a date "
+            "range, fewer columns) or run it on an export with 'inferstream analytics query'"
+        ) from exc
+    except duckdb.OutOfMemoryException as exc:
+        raise AnalyticsQueryError(
+            f"the query needs more memory than a saved query may take: {exc}; narrow it, or "
+            "run it on an export with 'inferstream analytics query'"
+        ) from exc
     except duckdb.Error as exc:
         raise AnalyticsQueryError(f"DuckDB refused the query: {exc}") from exc
+    finally:
+        if timer is not None:
+            timer.cancel()

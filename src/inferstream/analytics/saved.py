@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from inferstream.analytics.export import ExportState
-from inferstream.analytics.query import QueryResult, check_select, open_tenant, run
+from inferstream.analytics.query import (
+    TENANT_TIMEOUT_S,
+    QueryResult,
+    check_select,
+    open_tenant,
+    run,
+)
 from inferstream.envelope import now_us
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -91,7 +97,7 @@ class SavedQueries:
     def _compute(self, tenant: str, sql: str) -> Answer:
         conn = open_tenant(self.folder, tenant)
         try:
-            result = run(conn, sql, max_rows=MAX_ROWS + 1)
+            result = run(conn, sql, max_rows=MAX_ROWS + 1, timeout_s=TENANT_TIMEOUT_S)
         finally:
             conn.close()
         rows = result.rows[:MAX_ROWS]
