@@ -185,7 +185,11 @@ def _int8_speed(speed: dict[str, Any]) -> list[str]:
         *rows,
         "",
         "`bench/quantized_bench.py` measures it with the wall clock too, and the flagship "
-        'ceiling with each model (`docs/benchmarks.md`, "Int8 inference").',
+        'ceiling with each model (`docs/benchmarks.md`, "Int8 inference"). Its later runs, '
+        "on the same kind of 2-core AMD EPYC (AVX2, no VNNI) under less load, found int8 "
+        "0.92 to 1.16 times fp32 per CPU-second: the 1.7 goal is not met on this CPU; the "
+        "figures above were taken while the machine was loaded (load 7.4), which seems to "
+        "hurt fp32 more.",
         "",
     ]
 
