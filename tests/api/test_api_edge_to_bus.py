@@ -6,6 +6,7 @@ stage refuses is dead-lettered with the check's reason, as a client would hear a
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,15 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
         else f"sqlite:///{tmp_path / 'central-bus.db'}"
     )
     spec = flagship_behind_ingest(tmp_path, bus_url)
+    # A tenant of this test's own: other tests leave scans on the session broker's
+    # flagship topics, which this pipeline reads too (and stores under their tenants).
+    tenant = f"farm-{uuid.uuid4().hex[:8]}"
     inbox = tmp_path / "inbox"
     scans = egg_envelopes(SCANS, seed=500)
     drop_scans(inbox, scans)
     settings = EdgeSettings(
         buffer=tmp_path / "buffer", api="", api_key="", folder=inbox, bus=bus_url,
-        topic="scans.edge", tenant="farm", report_s=0.5,
+        topic="scans.edge", tenant=tenant, report_s=0.5,
     )  # fmt: skip
     stop = threading.Event()
     store = ResultsStore(spec.store)
@@ -48,14 +52,14 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
             agent = threading.Thread(target=run_edge, args=(settings, APP, stop, lambda _: None))
             agent.start()
             # What no edge agent checked: a file that is no scan.
-            bad = [new_envelope(b"not a scan", "application/dicom", tenant="farm", key="x")]
+            bad = [new_envelope(b"not a scan", "application/dicom", tenant=tenant, key="x")]
             produce_envelopes(bus, "scans.edge", bad)
-            wait_for_records(store, "farm", SCANS)
-            wait_for(lambda: bool(store.list_dead_letters("farm", limit=1).items), 30)
+            wait_for_records(store, tenant, SCANS)
+            wait_for(lambda: bool(store.list_dead_letters(tenant, limit=1).items), 30)
             stop.set()
             agent.join(timeout=60)
-        records = store.list_results("farm", limit=100).items
-        letters = store.list_dead_letters("farm", limit=10).items
+        records = store.list_results(tenant, limit=100).items
+        letters = store.list_dead_letters(tenant, limit=10).items
     finally:
         stop.set()
         bus.close()

@@ -40,7 +40,7 @@ def test_lag_per_partition_before_and_after_a_groups_commits(
 ) -> None:
     bus_url = request.getfixturevalue("kafka_url") if bus_kind == "kafka" else None
     spec = flagship(tmp_path, bus=bus_url)
-    if bus_kind == "kafka":  # topics of this test's own on the session's broker
+    if bus_kind == "kafka":  # groups of its own (the topics are the session broker's)
         suffix = tmp_path.name[-12:].replace("_", "-")
         spec = dataclasses.replace(spec, name=f"eggs-{suffix}")
     worlds = start_world(ApiSettings(spec, "scans.raw", JWT_SECRET))
