@@ -552,12 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
     from inferstream.analytics.cli import add_analytics_commands
     from inferstream.api.cli import add_api_commands
     from inferstream.keys_cli import add_keys_commands
+    from inferstream.lifecycle_cli import add_lifecycle_commands
     from inferstream.registry_cli import add_models_commands
+    from inferstream.sharing_cli import add_grants_commands
 
     add_api_commands(sub)
     add_models_commands(sub)
     add_keys_commands(sub)
+    add_grants_commands(sub)
     add_analytics_commands(sub)
+    add_lifecycle_commands(sub)
     return parser
 
 

@@ -6,6 +6,7 @@ so a new route without a permission entry or a test call fails here.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import uuid
@@ -28,6 +29,8 @@ from inferstream.registry import ModelRegistry
 from inferstream.store import ResultRow
 
 GROUP = "TRAY-0042"
+#: A third tenant, grantee of the sharing grants the routes make.
+LAB = f"perm-lab-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class Seeded:
     model: str = ""
     #: The tenant all of it belongs to.
     owner: str = ""
+    #: A subject with a record of its own, which the erasure route erases.
+    erased: str = "EGG-DOOMED"
+    #: A sharing grant of the tenant's records with LAB, which the DELETE route revokes.
+    grant: str = ""
 
 
 Call = Callable[[Seeded], tuple[str, dict[str, Any]]]
@@ -107,6 +114,12 @@ CALLS: dict[str, Call] = {
     "GET /v1/admin/keys": lambda s: ("/v1/admin/keys", {}),
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "device"}}),
     "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
+    "DELETE /v1/admin/subjects/{subject}": lambda s: (f"/v1/admin/subjects/{s.erased}", {}),
+    "POST /v1/grants": lambda s: ("/v1/grants", {"json": {
+        "grantee": LAB, "app": "eggs", "expires_at": "2999-01-01T00:00:00Z",
+        "conditions": [{"attribute": "tray", "equals": GROUP}], "images": False}}),
+    "GET /v1/grants": lambda s: ("/v1/grants", {}),
+    "DELETE /v1/grants/{grant_id}": lambda s: (f"/v1/grants/{s.grant}", {}),
     "GET /v1/whoami": lambda s: ("/v1/whoami", {}),
     "GET /v1/analytics/queries": lambda s: ("/v1/analytics/queries", {}),
     "GET /v1/analytics/queries/{name}": lambda s: ("/v1/analytics/queries/seeded", {}),
@@ -183,6 +196,17 @@ def _same_tenant_check(route: str, answer: Any, seeded: Seeded) -> None:
         assert seeded.key_id in [key["key_id"] for key in answer.json()]
     if route == "GET /v1/audit/verify":
         assert answer.json()["ok"], answer.text
+    if route == "DELETE /v1/admin/subjects/{subject}":
+        assert (answer.json()["subject"], answer.json()["records"]) == (seeded.erased, 1)
+    _grant_check(route, answer, seeded)
+
+
+def _grant_check(route: str, answer: Any, seeded: Seeded) -> None:
+    """The sharing routes, to the owning tenant: its grant listed, then revoked."""
+    if route == "GET /v1/grants":
+        assert seeded.grant in [grant["id"] for grant in answer.json()]
+    if route == "DELETE /v1/grants/{grant_id}":
+        assert answer.json()["id"] == seeded.grant and answer.json()["revoked_at_us"]
 
 
 def _hidden_from_others(route: str) -> bool:
@@ -190,7 +214,8 @@ def _hidden_from_others(route: str) -> bool:
     served model, every tenant's, and hide the tenant's own versions)."""
     if " /v2" in route:
         return "{version}" in route
-    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}", "{day}")
+    hidden = ("{scan_id}", "{username}", "{key_id}", "{record_id}", "{name}", "{day}",
+              "{subject}", "{grant_id}")  # fmt: skip
     return any(name in route for name in hidden)
 
 
@@ -243,6 +268,9 @@ def seeded_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Wor
 def seed(world: World) -> Seeded:
     """A scan, two users, a key and private models in the world's first tenant."""
     from inferstream.api.auth import hash_password, issue_key
+    from inferstream.apps.eggs import APP
+    from inferstream.envelope import now_us
+    from inferstream.store.sharing import Sharing
 
     answer = world.client.post(
         "/v1/scans",
@@ -266,8 +294,16 @@ def seed(world: World) -> Seeded:
     # The served model at a private version named like the private model, so no
     # answer to another tenant may hold that name.
     registry.register(graph, {**info, "version": model}, actor="seed", tenant=world.own)
-    seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id, model, world.own)
-    services.store.upsert_results([_result(world.own, seeded)])
+    services.accounts.create_tenant(LAB)
+    grant = Sharing(services.store).grant(world.own, LAB, APP, expires_at_us=now_us() + 10**12,
+                                          created_by="seed")  # fmt: skip
+    seeded = Seeded(scan_id, "EGG-000001", "victim", "doomed", key.key_id, model, world.own,
+                    grant=grant.id)  # fmt: skip
+    doomed = dataclasses.replace(
+        _result(world.own, seeded), id="doomed-record", root_id="doomed-scan",
+        subject=seeded.erased, group="TRAY-DOOMED", attributes={"egg_id": seeded.erased},
+    )  # fmt: skip
+    services.store.upsert_results([_result(world.own, seeded), doomed])
     _seed_analytics(world, services)
     return seeded
 

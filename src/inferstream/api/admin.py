@@ -1,4 +1,5 @@
-"""Login, and the routes that manage a tenant: users, API keys, models and replay."""
+"""Login, and the routes that manage a tenant: users, API keys, models, replay and the
+erasure of a subject."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
@@ -34,6 +36,8 @@ from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
 from inferstream.registry import ModelRegistry, RegistryError
 from inferstream.stage_replay import ReplayNotApplied, replay_stage_in_store
+from inferstream.store.erasure import Requester, SubjectNotFound, erase_subject
+from inferstream.tracing import current_trace_hex
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin"])
@@ -124,6 +128,21 @@ class ReplayOut(BaseModel):
     group: str
     topic: str
     to: str
+
+
+class ErasureOut(BaseModel):
+    tenant: str
+    subject: str
+    records: int = Field(description="records of the subject deleted")
+    predictions: int = Field(description="predictions of those records deleted")
+    feedback: int = Field(description="ground-truth labels of the subject deleted")
+    dead_letters: int = Field(description="dead letters of the items it came from deleted")
+    scans: int = Field(description="accepted scans of the subject deleted")
+    blobs_deleted: int = Field(description="blobs deleted: nothing kept names them any more")
+    blobs_kept: int = Field(
+        description="blobs not deleted: another record or scan of the tenant names them, "
+        "they were written again meanwhile, or they were gone already"
+    )
 
 
 @router.post("/auth/token", response_model=Token)
@@ -321,3 +340,32 @@ def replay(
         raise Conflict(str(exc)) from exc
     log.info("replay", extra={"group": group, "to": shown, "subject": principal.subject})
     return ReplayOut(group=group, topic=", ".join(stage.inputs), to=shown)
+
+
+@router.delete("/v1/admin/subjects/{subject}", response_model=ErasureOut)
+def erase(
+    subject: Annotated[str, PathParam(min_length=1, max_length=256)],
+    request: Request,
+    principal: Annotated[
+        Principal, Depends(require(*roles_for("DELETE /v1/admin/subjects/{subject}")))
+    ],
+) -> ErasureOut:
+    """Erase a subject of your tenant (what the application's subject attribute names,
+    e.g. an egg id): its records and their predictions, its feedback, its accepted scans,
+    the dead letters of its items, and the blobs nothing else of your tenant names, in one
+    transaction with an audit entry that counts them. 404 when there is nothing of it."""
+    services = services_of(request)
+    kind = "key" if principal.subject.startswith("key:") else "user"
+    requester = Requester(
+        principal.subject, kind, principal.role, client_address(request),
+        current_trace_hex() or "",
+    )  # fmt: skip
+    try:
+        done = erase_subject(
+            services.audit.log, services.blobs, principal.tenant, subject, requester
+        )
+    except SubjectNotFound as exc:
+        raise NotFound(f"no subject {subject[:128]!r} in your tenant") from exc
+    # The subject's id is not logged: the audit entry is the one place that keeps it.
+    log.info("subject erased", extra={"rows": done.rows, "subject": principal.subject})
+    return ErasureOut(**done.to_dict())

@@ -33,6 +33,7 @@ from inferstream.api import (
     app_routes,
     audit,
     dicomweb,
+    grants,
     ingest,
     live,
     ops,
@@ -111,7 +112,7 @@ def create_app(settings: ApiSettings, tracing: Tracing = NO_TRACING) -> FastAPI:
         telemetry=_telemetry(tracing),
     )
     app.state.settings = settings
-    for module in (ingest, dicomweb, queries, records, admin, registry, audit, analytics):
+    for module in (ingest, dicomweb, queries, records, admin, registry, audit, analytics, grants):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app_routes.mount(app, settings.application(), ERROR_RESPONSES)
     app.include_router(v2.router)

@@ -32,16 +32,21 @@ class Result(BaseModel):
     latency_ms: float
     lineage: list[dict[str, Any]]
     trace_id: str
+    shared_from: str | None = Field(
+        default=None,
+        description="the tenant that shared this record with yours (a sharing grant); "
+        "null for your own records",
+    )
 
     @classmethod
-    def of(cls, row: ResultRow) -> Result:
+    def of(cls, row: ResultRow, shared_from: str | None = None) -> Result:
         # model_construct: the store's rows are typed already, and validating 50 of them
         # per page was an eighth of the API's CPU under the read benchmark.
         values = {name: getattr(row, name) for name in _RESULT_FIELDS}
         values["scores"] = dict(row.scores)
         values["attributes"] = dict(row.attributes)
         values["lineage"] = [dict(step) for step in row.lineage]
-        return cls.model_construct(**values)
+        return cls.model_construct(**values, shared_from=shared_from)
 
 
 class PredictionOut(BaseModel):
@@ -62,7 +67,7 @@ class PredictionOut(BaseModel):
         return cls.model_construct(**{**values, "scores": dict(row.scores)})
 
 
-_RESULT_FIELDS = tuple(Result.model_fields)
+_RESULT_FIELDS = tuple(name for name in Result.model_fields if name != "shared_from")
 
 
 class DeadLetter(BaseModel):

@@ -52,6 +52,12 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "GET /v1/admin/keys": ADMIN,
     "POST /v1/admin/keys": ADMIN,
     "DELETE /v1/admin/keys/{key_id}": ADMIN,
+    # Erasure of one subject's data (inferstream.store.erasure).
+    "DELETE /v1/admin/subjects/{subject}": ADMIN,
+    # Sharing grants of the tenant's records with another tenant (inferstream.api.grants).
+    "POST /v1/grants": ADMIN,
+    "GET /v1/grants": ADMIN,
+    "DELETE /v1/grants/{grant_id}": ADMIN,
     "GET /v1/whoami": frozenset(ROLES),
     # Saved analytical queries over the tenant's Parquet export (inferstream.api.analytics).
     "GET /v1/analytics/queries": READ,

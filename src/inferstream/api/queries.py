@@ -37,6 +37,7 @@ from inferstream.envelope import BlobRef
 from inferstream.errors import BlobError, InvalidInput, TenantShredded
 from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
+from inferstream.store.sharing import Sharing
 from inferstream.tracing import trace_link
 
 router = APIRouter(tags=["queries"])
@@ -103,14 +104,19 @@ def get_scan_image(
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/scans/{scan_id}/image")],
 ) -> Response:
-    """The scan rendered as an 8-bit PNG (16-bit scans are windowed)."""
+    """The scan rendered as an 8-bit PNG (16-bit scans are windowed): your tenant's, or
+    another's whose records a sharing grant lets you read with their images."""
     state = services_of(request)
-    record = state.accounts.find_scan(principal.tenant, scan_id)
+    owner = principal.tenant
+    record = state.accounts.find_scan(owner, scan_id)
+    if record is None:
+        owner = _image_sharer(state.store, principal.tenant, scan_id) or owner
+        record = state.accounts.find_scan(owner, scan_id) if owner != principal.tenant else None
     if record is None or not record.blob_sha256:
         raise NotFound(f"no image of scan {scan_id!r} in your tenant")
     try:
         ref = BlobRef(uri="", sha256=record.blob_sha256, size=record.size)
-        data = state.blobs.get(ref, principal.tenant)  # never another tenant's bytes
+        data = state.blobs.get(ref, owner)  # never bytes of a tenant that did not share them
     except TenantShredded as exc:
         raise Gone(str(exc)) from exc
     except BlobError as exc:
@@ -120,6 +126,13 @@ def get_scan_image(
     except InvalidInput as exc:
         raise NotFound(f"the stored scan can no longer be rendered: {exc}") from exc
     return Response(png, media_type="image/png")
+
+
+def _image_sharer(store: Any, viewer: str, scan_id: str) -> str | None:
+    """The tenant that shares records of ``scan_id`` with ``viewer`` and their images
+    (a live grant covering one of them allows images), or None."""
+    found = Sharing(store).list_visible(viewer, ResultFilter(root_id=scan_id), limit=1000)
+    return next((s.shared_from for s in found.items if s.shared_from and s.images), None)
 
 
 class ResultQuery(BaseModel):

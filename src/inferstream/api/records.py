@@ -25,6 +25,7 @@ from inferstream.api.services import services_of
 from inferstream.application import AppSpec
 from inferstream.store import ResultFilter
 from inferstream.store.queries import CURSOR_PATTERN
+from inferstream.store.sharing import Sharing
 from inferstream.tracing import trace_link
 
 router = APIRouter(tags=["records"])
@@ -72,7 +73,10 @@ class AppOut(BaseModel):
 class RecordOut(BaseModel):
     record: Result
     predictions: list[PredictionOut]
-    image: str = Field(description="where the ingested item's image is (as PNG)")
+    image: str | None = Field(
+        description="where the ingested item's image is (as PNG); null when a sharing "
+        "grant does not let you read it"
+    )
     trace_url: str | None = Field(default=None, description=TRACE_URL_TEXT)
 
 
@@ -139,10 +143,11 @@ def list_records(
     spec = served_app(request, app)
     params = request.query_params
     filters, page = parse_filters(spec, {key: params.getlist(key) for key in params})
-    store = services_of(request).store
-    found = store.list_results(principal.tenant, filters, page["cursor"], page["limit"],
-                               page["order"])  # fmt: skip
-    return ResultPage(items=[Result.of(row) for row in found.items], next_cursor=found.next_cursor)
+    sharing = Sharing(services_of(request).store)
+    found = sharing.list_visible(principal.tenant, filters, page["cursor"], page["limit"],
+                                 page["order"])  # fmt: skip
+    items = [Result.of(seen.row, seen.shared_from) for seen in found.items]
+    return ResultPage(items=items, next_cursor=found.next_cursor)
 
 
 @router.get("/v1/apps/{app}/records/{record_id}", response_model=RecordOut)
@@ -152,18 +157,20 @@ def get_record(
     request: Request,
     principal: Annotated[Principal, _guard("GET /v1/apps/{app}/records/{record_id}")],
 ) -> RecordOut:
-    """One record with every prediction of it (each head, model and role)."""
+    """One record with every prediction of it (each head, model and role): your own, or
+    one a sharing grant lets you read."""
     served_app(request, app)
     services = services_of(request)
-    store = services.store
-    row = store.get_result(principal.tenant, record_id)
-    if row is None or row.app != app:
+    sharing = Sharing(services.store)
+    seen = sharing.get_visible(principal.tenant, record_id)
+    if seen is None or seen.row.app != app:
         raise NotFound(f"no record {record_id[:64]!r} of {app!r} in your tenant")
-    answers = store.list_predictions(principal.tenant, record_id)
+    row = seen.row
+    answers = sharing.predictions_of(principal.tenant, seen)
     return RecordOut(
-        record=Result.of(row),
+        record=Result.of(row, seen.shared_from),
         predictions=[PredictionOut.of(answer) for answer in answers],
-        image=f"/v1/scans/{row.root_id}/image",
+        image=f"/v1/scans/{row.root_id}/image" if seen.images else None,
         trace_url=trace_link(services.settings.trace_url, row.trace_id),
     )
 

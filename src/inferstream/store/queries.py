@@ -45,10 +45,13 @@ def upsert(table: Table, dialect: str, on_conflict: OnConflict) -> Insert:
     return stmt.on_conflict_do_update(index_elements=keys, set_=updates)
 
 
-def result_conditions(tenant: str, filters: ResultFilter | None) -> list[ColumnElement[bool]]:
-    """WHERE terms for a tenant's results under ``filters``."""
+def result_conditions(
+    tenant: str, filters: ResultFilter | None, rows: ColumnElement[bool] | None = None
+) -> list[ColumnElement[bool]]:
+    """WHERE terms for a tenant's results under ``filters``; ``rows`` replaces the
+    tenant's own rows with another set (those sharing grants let it read too)."""
     c = records.c
-    conditions: list[ColumnElement[bool]] = [c.tenant == tenant]
+    conditions: list[ColumnElement[bool]] = [c.tenant == tenant if rows is None else rows]
     if filters is None:
         return conditions
     columns = {"subject": c.subject, "group": c.group_key, "source": c.source,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -346,3 +347,51 @@ blob_key_shreds = Table(
     Column("actor", String(), nullable=False),
     PrimaryKeyConstraint("tenant"),
 )
+
+# -- sharing grants (migration v0009; inferstream.store.sharing) --------------------
+
+#: One row per grant: ``owner`` lets ``grantee`` read its records of ``app`` whose event
+#: time is in [since_us, until_us) and whose attributes meet the grant's conditions,
+#: until ``expires_at_us`` or revocation. Under row-level security on PostgreSQL: both
+#: parties read a grant, its owner alone writes it.
+share_grants = Table(
+    "share_grants",
+    metadata,
+    Column("id", String(), nullable=False),
+    Column("owner", String(), nullable=False),
+    Column("grantee", String(), nullable=False),
+    Column("app", String(), nullable=False),
+    Column("since_us", BigInteger),
+    Column("until_us", BigInteger),
+    Column("images", Boolean, nullable=False),
+    Column("masked", JSON, nullable=False),
+    Column("expires_at_us", BigInteger, nullable=False),
+    Column("created_by", String(), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger),
+    Column("revoked_by", String()),
+    PrimaryKeyConstraint("id"),
+    Index(None, "grantee", "owner", "app"),
+    Index(None, "owner"),
+)
+
+#: A grant's conditions on declared attributes, one per attribute: ``kind`` "number"
+#: (an inclusive range of low_number..high_number) or "text" (low_text..high_text,
+#: compared by code point); an open end is NULL, equality a range of one value.
+share_conditions = Table(
+    "share_conditions",
+    metadata,
+    Column("grant_id", String(), nullable=False),
+    Column("attribute", String(), nullable=False),
+    Column("owner", String(), nullable=False),
+    Column("grantee", String(), nullable=False),
+    Column("kind", String(), nullable=False),
+    Column("low_number", Float),
+    Column("high_number", Float),
+    Column("low_text", String()),
+    Column("high_text", String()),
+    PrimaryKeyConstraint("grant_id", "attribute"),
+)
+
+#: The sharing tables, under row-level security on PostgreSQL.
+SHARING_TABLES = ("share_grants", "share_conditions")

@@ -1,0 +1,186 @@
+"""``inferstream erase``, ``backup`` and ``restore``: the data lifecycle commands
+(``docs/data-lifecycle.md``).
+
+Each takes the pipeline file whose store and blobs it acts on (``--store`` and ``--blobs``
+override them), as the other operating commands do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from inferstream.errors import ConfigError
+from inferstream.pipeline import PipelineSpec, load_pipeline
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _spec(args: argparse.Namespace) -> PipelineSpec:
+    return load_pipeline(args.pipeline).with_urls(store=args.store, blobs=args.blobs)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "unknown"
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from inferstream.blobs import open_blob_store
+    from inferstream.store import ResultsStore
+    from inferstream.store.audit import AuditLog, audit_key_from_env
+    from inferstream.store.erasure import Requester, erase_subject
+
+    if args.confirm != args.subject:
+        raise ConfigError(
+            f"erasing deletes every record, prediction, feedback, accepted scan and dead "
+            f"letter of subject {args.subject!r} of tenant {args.tenant!r}, and its blobs, "
+            f"for good; confirm with --confirm {args.subject}"
+        )
+    spec = _spec(args)
+    with ResultsStore(spec.store) as store:
+        audit = AuditLog(store, audit_key_from_env())
+        requester = Requester(f"cli:{_user()}", "cli", "operator")
+        done = erase_subject(
+            audit, open_blob_store(spec.blobs), args.tenant, args.subject, requester
+        )
+    print(json.dumps(done.to_dict()))
+    return 0
+
+
+def cmd_expire(args: argparse.Namespace) -> int:
+    from inferstream.blobs import open_blob_store
+    from inferstream.envelope import now_us
+    from inferstream.store import ResultsStore
+    from inferstream.store.audit import AuditLog, audit_key_from_env
+    from inferstream.store.erasure import Requester
+    from inferstream.store.retention import expire
+
+    if not args.older_than_days > 0:
+        raise ConfigError(f"--older-than-days must be > 0, got {args.older_than_days}")
+    spec = _spec(args)
+    before_us = now_us() - int(args.older_than_days * 86_400 * 1_000_000)
+    with ResultsStore(spec.store) as store:
+        audit = AuditLog(store, audit_key_from_env())
+        requester = Requester(f"cli:{_user()}", "cli", "operator")
+        done = expire(audit, open_blob_store(spec.blobs), args.tenant, before_us, requester)
+    print(json.dumps(done.to_dict()))
+    return 0
+
+
+def _blob_root(args: argparse.Namespace, spec: PipelineSpec) -> Path | None:
+    """The folder of a ``file://`` blob store; None with ``--skip-blobs``."""
+    from inferstream.blobs import open_local_store
+
+    if args.skip_blobs:
+        return None
+    if urlsplit(spec.blobs).scheme != "file":
+        raise ConfigError(
+            f"blob store {spec.blobs} is not a folder: copy an S3 bucket with its own tools "
+            "(versioning, replication, 'aws s3 sync' of the prefix) and pass --skip-blobs"
+        )
+    return open_local_store(spec.blobs).root
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from inferstream.backup import backup
+    from inferstream.store import ResultsStore
+
+    spec = _spec(args)
+    with ResultsStore(spec.store) as store:
+        backup(store, _blob_root(args, spec), Path(args.dest), _say)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from inferstream.backup import restore
+    from inferstream.store import ResultsStore
+
+    spec = _spec(args)
+    with ResultsStore(spec.store) as store:
+        restore(Path(args.source), store, _blob_root(args, spec),
+                into_non_empty=args.into_non_empty, progress=_say)  # fmt: skip
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``erase``, ``expire``, ``backup`` and ``restore`` on the CLI's sub-parsers."""
+    text = (
+        "Erase one subject of a tenant (what the application's subject attribute names, "
+        "e.g. an egg id): its records and their predictions, its feedback, the scans the "
+        "API accepted for it, the dead letters of its items, and the blobs nothing else of "
+        "the tenant names, in one transaction with an audit entry; prints what it erased, "
+        "as JSON. Exit 2 when the tenant holds nothing of it. docs/data-lifecycle.md"
+    )
+    erase = sub.add_parser("erase", help=text, description=text)
+    erase.set_defaults(handler=cmd_erase)
+    erase.add_argument("pipeline", help="pipeline YAML file whose store and blobs hold the data")
+    erase.add_argument("tenant", help="the tenant whose subject to erase")
+    erase.add_argument("subject", help="the subject to erase (e.g. EGG-000123)")
+    erase.add_argument(
+        "--confirm", required=True, metavar="SUBJECT",
+        help="the subject again: erasure cannot be undone",
+    )  # fmt: skip
+    erase.add_argument("--store", help="results store URL, overrides the file")
+    erase.add_argument("--blobs", help="blob store URL, overrides the file")
+    text = (
+        "Retention of one tenant's results: delete its records stored more than N days ago "
+        "and their predictions, the feedback, accepted scans and dead letters recorded "
+        "before then, and the blobs nothing left names, in one transaction with an audit "
+        "entry; prints what it deleted, as JSON. Run it on a schedule, each tenant with its "
+        "own N. docs/data-lifecycle.md"
+    )
+    expire = sub.add_parser("expire", help=text, description=text)
+    expire.set_defaults(handler=cmd_expire)
+    expire.add_argument("pipeline", help="pipeline YAML file whose store and blobs hold the data")
+    expire.add_argument("tenant", help="the tenant whose results to expire")
+    expire.add_argument(
+        "--older-than-days", type=float, required=True, metavar="N",
+        help="delete what was stored more than N days ago (fractions allowed)",
+    )  # fmt: skip
+    expire.add_argument("--store", help="results store URL, overrides the file")
+    expire.add_argument("--blobs", help="blob store URL, overrides the file")
+    _add_backup_commands(sub)
+
+
+def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "Back up the results store (every table, as JSON lines) and the blob folder (each "
+        "blob as stored) into a new folder, with a manifest of counts and SHA-256s; restore "
+        "it on SQLite or PostgreSQL. Prints a line per table. docs/data-lifecycle.md"
+    )
+    back = sub.add_parser("backup", help=text, description=text)
+    back.set_defaults(handler=cmd_backup)
+    back.add_argument("pipeline", help="pipeline YAML file whose store and blobs to back up")
+    back.add_argument("dest", help="a new (or empty) folder to write the backup into")
+    text = (
+        "Restore a backup into this pipeline's store and blob folder, which must be empty "
+        "(a new deployment) unless --into-non-empty; every file is checked against the "
+        "manifest first, every table written in one transaction. docs/data-lifecycle.md"
+    )
+    restore = sub.add_parser("restore", help=text, description=text)
+    restore.set_defaults(handler=cmd_restore)
+    restore.add_argument("pipeline", help="pipeline YAML file whose store and blobs to fill")
+    restore.add_argument("source", help="the folder 'inferstream backup' wrote")
+    restore.add_argument(
+        "--into-non-empty", action="store_true",
+        help="restore into a store or blob folder that holds data: rows and blobs it holds "
+        "under the same keys are kept as they are, the rest added",
+    )  # fmt: skip
+    for command in (back, restore):
+        command.add_argument("--store", help="results store URL, overrides the file")
+        command.add_argument("--blobs", help="blob store URL (file:///folder), overrides the file")
+        command.add_argument(
+            "--skip-blobs", action="store_true",
+            help="the store only (an S3 bucket is copied with its own tools)",
+        )  # fmt: skip
