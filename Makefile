@@ -36,9 +36,10 @@ system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prom
 demo: $(STAMP) ## Run the flagship pipeline end to end on the embedded defaults
 	$(BIN)/inferstream example eggs
 
-faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses; the database down 5 minutes
+faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses; the database down 5 minutes; the tests marked long (the scale test)
 	FAULT_KILLS=40 FAULT_PHOTOS=3000 $(BIN)/pytest -q -p no:cacheprovider tests/dataflow/test_dataflow_faults.py
 	DB_OUTAGE_S=300 $(BIN)/pytest -q -p no:cacheprovider tests/api/test_api_database_down.py
+	$(BIN)/pytest -q -p no:cacheprovider -m long
 
 fuzz: $(STAMP) ## Fuzz every reader of outside bytes for FUZZ_SECONDS each (300; corpus kept in .fuzz/)
 	@PYTHONPATH=tests:tests/fuzz $(BIN)/python tests/fuzz/fuzz_seeds.py .fuzz
@@ -64,8 +65,8 @@ check: lint typecheck ## Lint and type-check
 # them in this one process.
 TEST_PROCESSES ?= 2
 
-test: system-deps check ## Set up, lint, type-check and run the whole test suite
-	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile
+test: system-deps check ## Set up, lint, type-check and run the test suite (all but the tests marked long)
+	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile -m "not long"
 
 proto: $(STAMP) ## Regenerate the committed protobuf code from proto/
 	$(BIN)/python -m inferstream.protogen .

@@ -205,6 +205,7 @@ def claim_checked(world: S3World, tenant: str) -> list[Envelope]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.kafka
 @pytest.mark.postgres
 def test_workers_scaled_up_and_down_while_scans_arrive_store_each_once(

@@ -5,6 +5,7 @@ stage refuses is dead-lettered with the check's reason, as a client would hear a
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from pathlib import Path
@@ -33,10 +34,11 @@ def test_scans_sent_by_the_bus_are_checked_and_stored_once(
         if bus_kind == "kafka"
         else f"sqlite:///{tmp_path / 'central-bus.db'}"
     )
-    spec = flagship_behind_ingest(tmp_path, bus_url)
-    # A tenant of this test's own: other tests leave scans on the session broker's
-    # flagship topics, which this pipeline reads too (and stores under their tenants).
+    # Groups and a tenant of this test's own: other tests leave scans on the session
+    # broker's flagship topics (this pipeline reads them too, and stores them under their
+    # tenants) and members in the flagship's groups.
     tenant = f"farm-{uuid.uuid4().hex[:8]}"
+    spec = dataclasses.replace(flagship_behind_ingest(tmp_path, bus_url), name=f"eggs-{tenant}")
     inbox = tmp_path / "inbox"
     scans = egg_envelopes(SCANS, seed=500)
     drop_scans(inbox, scans)
