@@ -117,7 +117,7 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     """Register ``erase``, ``expire``, ``backup`` and ``restore`` on the CLI's sub-parsers."""
     text = (
         "Erase one subject of a tenant (what the application's subject attribute names, "
-        "e.g. an egg id): its records and their predictions, its feedback, the scans the "
+        "e.g. a specimen's id): its records and their predictions, its feedback, the scans the "
         "API accepted for it, the dead letters of its items, and the blobs nothing else of "
         "the tenant names, in one transaction with an audit entry; prints what it erased, "
         "as JSON. Exit 2 when the tenant holds nothing of it. docs/data-lifecycle.md"
@@ -126,7 +126,9 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     erase.set_defaults(handler=cmd_erase)
     erase.add_argument("pipeline", help="pipeline YAML file whose store and blobs hold the data")
     erase.add_argument("tenant", help="the tenant whose subject to erase")
-    erase.add_argument("subject", help="the subject to erase (e.g. EGG-000123)")
+    erase.add_argument(
+        "subject", help="the subject to erase: a value of the application's subject attribute"
+    )
     erase.add_argument(
         "--confirm", required=True, metavar="SUBJECT",
         help="the subject again: erasure cannot be undone",

@@ -351,7 +351,7 @@ def erase(
     ],
 ) -> ErasureOut:
     """Erase a subject of your tenant (what the application's subject attribute names,
-    e.g. an egg id): its records and their predictions, its feedback, its accepted scans,
+    e.g. a specimen's id): its records and their predictions, its feedback, its accepted scans,
     the dead letters of its items, and the blobs nothing else of your tenant names, in one
     transaction with an audit entry that counts them. 404 when there is nothing of it."""
     services = services_of(request)

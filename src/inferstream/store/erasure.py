@@ -1,9 +1,9 @@
 """Erasing one subject of a tenant: its records, predictions, feedback, dead letters,
 accepted scans and the blobs only they referred to, with an audit entry, at once.
 
-A *subject* is what the application's subject attribute names (the flagship's
-``egg_id``): the ``subject`` column of ``records``, ``feedback`` and ``scans``. Erasing
-it removes, for one tenant and every application:
+A *subject* is what the application's subject attribute names (the thing a record is
+about, as the application declares it): the ``subject`` column of ``records``,
+``feedback`` and ``scans``. Erasing it removes, for one tenant and every application:
 
 - the records whose ``subject`` is it, and every prediction of those records;
 - its feedback (every head);
