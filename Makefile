@@ -66,7 +66,7 @@ check: lint typecheck ## Lint and type-check
 TEST_PROCESSES ?= 2
 
 test: system-deps check ## Set up, lint, type-check and run the test suite (all but the tests marked long)
-	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile -m "not long"
+	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile -m "not long" --durations=40
 
 proto: $(STAMP) ## Regenerate the committed protobuf code from proto/
 	$(BIN)/python -m inferstream.protogen .

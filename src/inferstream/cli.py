@@ -72,11 +72,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     export_to(args.otlp_endpoint)
+    on_ready = None
     if args.metrics_port is not None:
+        from functools import partial
+
         from inferstream.metrics import serve
 
-        serve(args.metrics_port)
-    run_stage(spec, args.stage, args.replica)
+        on_ready = partial(serve, args.metrics_port)  # once the topics and signals are set
+    run_stage(spec, args.stage, args.replica, on_ready)
     return 0
 
 

@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from inferstream.application import load_ref
@@ -236,8 +236,17 @@ def lower_priority(nice: int) -> None:
         log.info("running at nice %d", nice)
 
 
-def run_stage(spec: PipelineSpec, stage_name: str, replica: int = 0) -> None:
-    """Run ``stage_name`` until SIGTERM/SIGINT; drains cleanly."""
+def run_stage(
+    spec: PipelineSpec,
+    stage_name: str,
+    replica: int = 0,
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Run ``stage_name`` until SIGTERM/SIGINT; drains cleanly.
+
+    ``on_ready`` runs once the topics exist and the signals drain the worker: what shows
+    the world the worker is up (its metrics page) starts there, never before.
+    """
     from inferstream.tracing_config import open_tracing
 
     stop = threading.Event()
@@ -250,6 +259,8 @@ def run_stage(spec: PipelineSpec, stage_name: str, replica: int = 0) -> None:
         ensure_topics(bus, spec)
         worker = make_worker(spec, stage_name, bus, replica, tracing)
         with drain_on_signals(stop):
+            if on_ready is not None:
+                on_ready()
             log.info("stage %s (%s) started on %s", stage_name, worker.worker_id, spec.bus)
             worker.run(stop)
         log.info("stage %s drained and stopped", stage_name)
