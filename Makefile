@@ -36,7 +36,7 @@ system-deps: ## Install the Debian packages the tests use (dcmtk, chromium, prom
 demo: $(STAMP) ## Run the flagship pipeline end to end on the embedded defaults
 	$(BIN)/inferstream example eggs
 
-faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses; the database down 5 minutes; the tests marked long (the scale test)
+faults: $(STAMP) ## Longer fault runs than CI's: 40 SIGKILLs of a join-and-window pipeline, 3,000 photos, both buses; the database down 5 minutes; the tests marked long (the scale test, the slow link and partition, the Kafka variants of the hot-swap and dataflow faults)
 	FAULT_KILLS=40 FAULT_PHOTOS=3000 $(BIN)/pytest -q -p no:cacheprovider tests/dataflow/test_dataflow_faults.py
 	DB_OUTAGE_S=300 $(BIN)/pytest -q -p no:cacheprovider tests/api/test_api_database_down.py
 	$(BIN)/pytest -q -p no:cacheprovider -m long

@@ -136,3 +136,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``@pytest.mark.long_variants("kafka")``: that variant of a test is marked long (run
+    by ``make faults``), while its other variants stay in the test command."""
+    for item in items:
+        marker = item.get_closest_marker("long_variants")
+        callspec = getattr(item, "callspec", None)
+        if marker is not None and callspec is not None and callspec.id in marker.args:
+            item.add_marker(pytest.mark.long)

@@ -75,6 +75,7 @@ def _stored_at_least(db: Path, count: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.long_variants("kafka")  # the embedded variant runs in CI
 def test_alias_moves_while_workers_are_killed_and_each_scan_is_scored_once(
     bus_url: str, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:

@@ -188,6 +188,7 @@ def _migrate_with_this_release(urls: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.long_variants("embedded")  # the Kafka variant runs in CI
 def test_workers_of_both_releases_share_the_stages(previous: Path, urls: dict[str, str]) -> None:
     deployment = Deployment(previous, urls)
     bus = open_bus(deployment.bus_url)

@@ -154,6 +154,7 @@ def test_the_broker_restarted_keeps_its_log_and_everyone_resumes(tmp_path: Path)
     assert set(eggs) <= sent
 
 
+@pytest.mark.long  # make faults; the two broker faults above run in CI
 @pytest.mark.postgres
 @pytest.mark.timeout(300)
 def test_a_slow_link_that_drops_its_connections_then_a_partition_loses_nothing(

@@ -61,7 +61,7 @@ def _opaque(case: object) -> bool:
     return f"{case.method} {case.path}" in OPAQUE  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("role", "examples"), [("admin", 15), ("operator", 10),
+@pytest.mark.parametrize(("role", "examples"), [("admin", 10), ("operator", 10),
                                                   ("viewer", 10), ("device", 10)])  # fmt: skip
 def test_api_conforms_to_its_schema(schema_world: World, role: str, examples: int) -> None:
     """Every operation, called with generated requests as each role of one tenant: no

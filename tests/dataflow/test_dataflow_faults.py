@@ -101,6 +101,7 @@ def _result(env: Envelope) -> tuple[object, ...]:
 
 
 @pytest.mark.slow
+@pytest.mark.long_variants("kafka")  # the embedded variant runs in CI
 def test_sigkill_of_join_and_window_workers_matches_the_offline_reference(
     bus_url: str, bus: Bus, tmp_path: Path, unique: Callable[[str], str]
 ) -> None:
