@@ -37,7 +37,9 @@ KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version() + ".
 #: The keys of the Secret an installation makes (never committed).
 SECRET = "inferstream-secrets"
 SECRET_KEYS = {"INFERSTREAM_STORE", "INFERSTREAM_JWT_SECRET", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY"}  # fmt: skip
+               "AWS_SECRET_ACCESS_KEY", "INFERSTREAM_KEK", "INFERSTREAM_AUDIT_KEY"}  # fmt: skip
+#: Keys the example leaves commented out: optional, and every role reads them.
+OPTIONAL_KEYS = {"INFERSTREAM_KEK", "INFERSTREAM_AUDIT_KEY"}
 
 Doc = dict[str, Any]
 
@@ -362,6 +364,9 @@ def test_every_container_has_the_pipeline_file_and_its_three_urls(rendered: list
         # A bucket every pod reaches alike (a file:// folder would be each pod's own).
         assert environment["INFERSTREAM_BLOBS"].startswith("s3://"), name
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= environment.keys(), name
+        # Blobs a worker encrypts, the API and the chores must open, and the audit chain
+        # each writes must be signed with the one key.
+        assert environment.keys() >= OPTIONAL_KEYS, name
 
 
 def test_no_secret_is_committed_and_every_reference_names_a_documented_key(base: list[Doc]) -> None:
@@ -374,12 +379,10 @@ def test_no_secret_is_committed_and_every_reference_names_a_documented_key(base:
     }
     assert references == SECRET_KEYS
     example = K8S / "overlays" / "example"
-    keys = {
-        line.partition("=")[0]
-        for line in (example / "secrets.env.example").read_text().splitlines()
-        if line and not line.startswith("#")
-    }
-    assert keys == SECRET_KEYS
+    lines = (example / "secrets.env.example").read_text().splitlines()
+    keys = {line.partition("=")[0] for line in lines if line and not line.startswith("#")}
+    assert keys == SECRET_KEYS - OPTIONAL_KEYS
+    assert all(f"# {key}=" in "\n".join(lines) for key in OPTIONAL_KEYS)
     assert "secrets.env" in (example / ".gitignore").read_text().split()
 
 

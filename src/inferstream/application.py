@@ -87,6 +87,10 @@ class Attribute:
     description: str = ""
     #: A client may send it at ingest (what the content itself says wins).
     client: bool = False
+    #: Stored encrypted under the tenant's data key when a key-encryption key is
+    #: configured (``docs/encryption.md``); never filterable, never the subject, group
+    #: or source (those have clear columns of their own).
+    sensitive: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,19 +183,7 @@ class AppSpec:
                 f"application name {self.name[:64]!r} must be 1-63 lowercase letters, digits, "
                 "'-' or '_', starting with a letter or digit"
             )
-        for attribute in self.attributes:
-            if not _ATTRIBUTE_NAME.fullmatch(attribute.name):
-                raise ConfigError(
-                    f"application {self.name!r}: attribute {attribute.name[:64]!r} must be a "
-                    "plain identifier (letters, digits, _), since it is filtered and indexed"
-                )
-        names = [attribute.name for attribute in self.attributes]
-        for special in (self.subject, self.group, self.source):
-            if special is not None and special not in names:
-                raise ConfigError(
-                    f"application {self.name!r}: {special!r} is named as subject, group or "
-                    "source but is not among its attributes; declare it there"
-                )
+        self._check_attributes()
         unknown = sorted(set(self.panels) - set(PANELS))
         if unknown:
             raise ConfigError(
@@ -211,6 +203,37 @@ class AppSpec:
                     f"{ratio.label!r}, which head {ratio.head!r} does not have"
                 )
         self._check_views()
+
+    def _check_attributes(self) -> None:
+        for attribute in self.attributes:
+            if not _ATTRIBUTE_NAME.fullmatch(attribute.name):
+                raise ConfigError(
+                    f"application {self.name!r}: attribute {attribute.name[:64]!r} must be a "
+                    "plain identifier (letters, digits, _), since it is filtered and indexed"
+                )
+            if attribute.sensitive and attribute.filterable:
+                raise ConfigError(
+                    f"application {self.name!r}: attribute {attribute.name!r} is declared "
+                    "both sensitive and filterable; a sensitive attribute is stored encrypted, "
+                    "so nothing can filter by it: drop filterable=True, or sensitive=True if "
+                    "records must be found by it"
+                )
+        names = [attribute.name for attribute in self.attributes]
+        for special in (self.subject, self.group, self.source):
+            if special is not None and special not in names:
+                raise ConfigError(
+                    f"application {self.name!r}: {special!r} is named as subject, group or "
+                    "source but is not among its attributes; declare it there"
+                )
+        columns = {name for name in (self.subject, self.group, self.source) if name}
+        clear = sorted(columns.intersection(self.sensitive_attributes))
+        if clear:
+            raise ConfigError(
+                f"application {self.name!r}: {', '.join(clear)} is named as subject, group or "
+                "source, which are stored in clear columns of their own (indexed, summed "
+                "up), so it cannot be sensitive; name another attribute there, or drop "
+                "sensitive=True"
+            )
 
     def _check_views(self) -> None:
         if self.views and self.routes is None:
@@ -264,6 +287,11 @@ class AppSpec:
 
     def attribute(self, name: str) -> Attribute | None:
         return next((a for a in self.attributes if a.name == name), None)
+
+    @property
+    def sensitive_attributes(self) -> frozenset[str]:
+        """Attributes stored encrypted when a key-encryption key is configured."""
+        return frozenset(a.name for a in self.attributes if a.sensitive)
 
     @property
     def client_attributes(self) -> tuple[str, ...]:

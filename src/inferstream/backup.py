@@ -13,14 +13,22 @@ to PostgreSQL and back)::
                            the wrapped data keys are rows of the store, the KEK is not
                            in the backup)
 
+Blobs are read and written through the blob store (:class:`~inferstream.blobs.BlobStore`'s
+``stored_keys``, ``read_stored`` and ``write_stored``), so a backup of a deployment with
+blobs in a folder restores into one with blobs on S3 and the other way round; a store
+that answers over the network is read and written ``parallel_reads`` blobs at a time.
+
 Every table is read in one snapshot (one read transaction; REPEATABLE READ on
 PostgreSQL), so the rows are consistent with each other; blobs are copied after it,
-so a blob a record of the snapshot names is there unless it was purged meanwhile. The
+so a blob a record of the snapshot names is there unless it was purged meanwhile (a
+blob gone between the listing and its read is left out and counted). The
 manifest is written last: a folder without one is an unfinished backup.
 
-A restore checks every file against the manifest before it writes anything, refuses a
-store or blob folder that holds anything unless told otherwise, and writes every table
-in one transaction (a failed restore leaves the store as it was). The audit log's rows
+A restore checks every file against the manifest before it writes anything, and each
+blob's bytes against their SHA-256 before writing them; it refuses a store or blob store
+that holds anything unless told otherwise, writes every table in one transaction (a
+failed restore leaves the store as it was) and lists the blob store afterwards to check
+that every blob landed. The audit log's rows
 are restored as they were, so its hash chains and their signed heads still verify.
 What is not in a backup: the bus (topics and consumer offsets) and the runtime's own
 side tables (stateful stages' task state, replay requests), which belong to a running
@@ -31,18 +39,22 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, LargeBinary, Table, func, select, text
 
+from inferstream.blobs import BlobStore, LocalBlobStore, stored_key
 from inferstream.envelope import now_us
-from inferstream.errors import InferstreamError
+from inferstream.errors import BlobStoreUnavailable, InferstreamError
 from inferstream.store import ResultsStore, schema
 
 FORMAT = "inferstream-backup"
@@ -50,12 +62,18 @@ VERSION = 1
 MANIFEST = "manifest.json"
 #: Rows written per INSERT on restore, and read per fetch on backup.
 BATCH = 1000
-#: A progress line every so many rows of one table, or blobs.
+#: A progress line every so many rows of one table, or blobs...
 PROGRESS_EVERY = 10_000
-#: Files of a blob store that are not blobs: a write or a purge in flight.
-_TRANSIENT = (".tmp-", ".purge-")
+#: ...and, while copying blobs, at least every so many seconds (a bucket far away).
+PROGRESS_SECONDS = 10.0
+#: Blobs handed to the copying threads at once.
+COPY_CHUNK = 64
 
 Progress = Callable[[str], None]
+#: Where the blobs are: a store, a folder (a ``file://`` store's), or None (no blobs).
+Blobs = BlobStore | Path | None
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class BackupError(InferstreamError):
@@ -70,12 +88,17 @@ def _quiet(_: str) -> None:
 
 
 def backup(
-    store: ResultsStore, blob_root: Path | None, dest: Path, progress: Progress = _quiet
+    store: ResultsStore, blobs: Blobs, dest: Path, progress: Progress = _quiet
 ) -> dict[str, Any]:
-    """Write every table of ``store`` and every blob under ``blob_root`` (None: no blobs)
-    to the new or empty folder ``dest``; the manifest it wrote."""
+    """Write every table of ``store`` and every blob of ``blobs`` (a blob store whatever
+    its URL, or a folder; None: no blobs) to the new or empty folder ``dest``; the
+    manifest it wrote."""
     with _files_named(f"back up into {dest}"):
-        return _backup(store, blob_root, dest, progress)
+        return _backup(store, _opened(blobs), dest, progress)
+
+
+def _opened(blobs: Blobs) -> BlobStore | None:
+    return LocalBlobStore(blobs) if isinstance(blobs, Path) else blobs
 
 
 @contextmanager
@@ -87,8 +110,23 @@ def _files_named(action: str) -> Iterator[None]:
         raise BackupError(f"could not {action}: {exc}") from exc
 
 
+@contextmanager
+def _answering(blobs: BlobStore | None, action: str) -> Iterator[None]:
+    """A blob store that does not answer (a worker would wait) as :class:`BackupError`:
+    a backup or restore stops, saying what to check, and is run again."""
+    try:
+        yield
+    except BlobStoreUnavailable as exc:
+        where = blobs.url if blobs is not None else ""
+        raise BackupError(
+            f"the {action} stopped: {exc.__cause__ or exc}; the blob store {where} did not "
+            "answer: check that it runs and AWS_ENDPOINT_URL (for s3://), then run the "
+            f"{action} again"
+        ) from exc
+
+
 def _backup(
-    store: ResultsStore, blob_root: Path | None, dest: Path, progress: Progress
+    store: ResultsStore, blobs: BlobStore | None, dest: Path, progress: Progress
 ) -> dict[str, Any]:
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} is not empty; back up into a new folder")
@@ -103,7 +141,7 @@ def _backup(
         "format": FORMAT, "version": VERSION, "created_at_us": now_us(),
         "store": {"url": store.url, "dialect": store.engine.dialect.name, "revision": revision},
         "tables": tables,
-        "blobs": None if blob_root is None else _copy_blobs_out(blob_root, dest, progress),
+        "blobs": None if blobs is None else _copy_blobs_out(blobs, dest, progress),
     }  # fmt: skip
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     progress(f"backup: done, {sum(t['rows'] for t in tables.values())} rows in {dest}")
@@ -154,28 +192,53 @@ def _dump(conn: Connection, table: Table, path: Path, progress: Progress) -> dic
     return {"rows": rows, "sha256": digest.hexdigest(), "file": f"tables/{table.name}.jsonl"}
 
 
-def _copy_blobs_out(root: Path, dest: Path, progress: Progress) -> dict[str, Any]:
-    listing, count, size = hashlib.sha256(), 0, 0
-    with (dest / "blobs.jsonl").open("wb") as out:
-        for key, path in _blob_files(root):
-            data = path.read_bytes()
+def _copy_blobs_out(blobs: BlobStore, dest: Path, progress: Progress) -> dict[str, Any]:
+    listing, tally, gone = hashlib.sha256(), _Tally("backup", progress), 0
+    with (dest / "blobs.jsonl").open("wb") as out, _answering(blobs, "backup"):
+        for key, data in _in_parallel(blobs.read_stored, blobs.stored_keys(), blobs):
+            if data is None:
+                gone += 1  # purged since it was listed
+                continue
             _write(dest / "blobs" / key, data)
             entry = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
             out.write(line)
             listing.update(line)
-            count, size = count + 1, size + len(data)
-            if count % PROGRESS_EVERY == 0:
-                progress(f"backup: {count} blobs, {size} bytes")
-    progress(f"backup: blobs: {count} ({size} bytes)")
-    return {"count": count, "bytes": size, "sha256": listing.hexdigest(), "file": "blobs.jsonl"}
+            tally.add(len(data))
+    purged = f", {gone} purged while the backup ran" if gone else ""
+    progress(f"backup: blobs: {tally.count} ({tally.size} bytes) from {blobs.url}{purged}")
+    return {"url": blobs.url, "count": tally.count, "bytes": tally.size,
+            "sha256": listing.hexdigest(), "file": "blobs.jsonl"}  # fmt: skip
 
 
-def _blob_files(root: Path) -> Iterator[tuple[str, Path]]:
-    """Every blob under ``root``, by its key, in key order."""
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.name.startswith(_TRANSIENT):
-            yield path.relative_to(root).as_posix(), path
+def _in_parallel(
+    work: Callable[[_T], _R], items: Iterable[_T], blobs: BlobStore
+) -> Iterator[tuple[_T, _R]]:
+    """``(item, work(item))`` for each item, in order, ``blobs.parallel_reads`` at a time:
+    a bucket answers each request in milliseconds, one after another a copy of a million
+    blobs would take hours."""
+    width = max(1, blobs.parallel_reads)
+    with ThreadPoolExecutor(width, thread_name_prefix="backup-blobs") as pool:
+        iterator = iter(items)
+        while chunk := list(itertools.islice(iterator, COPY_CHUNK)):
+            yield from zip(chunk, pool.map(work, chunk), strict=True)
+
+
+class _Tally:
+    """Blobs copied so far, said every :data:`PROGRESS_EVERY` blobs or
+    :data:`PROGRESS_SECONDS`, whichever comes first."""
+
+    def __init__(self, action: str, progress: Progress) -> None:
+        self.action, self.progress = action, progress
+        self.count = self.size = 0
+        self._said = time.monotonic()
+
+    def add(self, size: int) -> None:
+        self.count, self.size = self.count + 1, self.size + size
+        now = time.monotonic()
+        if self.count % PROGRESS_EVERY == 0 or now - self._said >= PROGRESS_SECONDS:
+            self.progress(f"{self.action}: {self.count} blobs, {self.size} bytes")
+            self._said = now
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -211,14 +274,15 @@ def read_manifest(source: Path) -> dict[str, Any]:
 def restore(
     source: Path,
     store: ResultsStore,
-    blob_root: Path | None,
+    blobs: Blobs,
     *,
     into_non_empty: bool = False,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """Restore the backup in ``source`` into ``store`` and the blob folder ``blob_root``
-    (None: leave blobs alone); the manifest. With ``into_non_empty``, rows and blobs whose
-    keys the target holds already are kept as they are there."""
+    """Restore the backup in ``source`` into ``store`` and the blob store ``blobs``
+    (whatever its URL, or a folder; None: leave blobs alone); the manifest. With
+    ``into_non_empty``, rows and blobs whose keys the target holds already are kept as
+    they are there."""
     manifest = read_manifest(source)
     revision = store.migrate().after
     if manifest["store"]["revision"] != revision:
@@ -227,18 +291,20 @@ def restore(
             f"{store.url} is at {revision}; restore with the release that made the backup"
         )
     _verify_files(source, manifest, progress)
-    blobs = manifest["blobs"] if blob_root is not None else None
-    if not into_non_empty:
-        _check_empty(store, blob_root if blobs else None)
+    target = _opened(blobs) if manifest["blobs"] else None
+    with _answering(target, "restore"):
+        if not into_non_empty:
+            _check_empty(store, target)
+        held = set(target.stored_keys()) if target is not None and into_non_empty else set()
     with store.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             _check_sees_every_tenant(conn)
         for table in schema.metadata.sorted_tables:
             with _files_named(f"read table {table.name} of the backup in {source}"):
                 _load(conn, table, source / manifest["tables"][table.name]["file"], progress)
-    if blobs and blob_root is not None:
-        with _files_named(f"restore the blobs into {blob_root}"):
-            _copy_blobs_in(source, blob_root, progress)
+    if target is not None:
+        with _files_named(f"restore the blobs into {target.url}"), _answering(target, "restore"):
+            _copy_blobs_in(source, target, held, progress)
     progress(f"restore: done into {store.url}")
     return manifest
 
@@ -264,7 +330,7 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_empty(store: ResultsStore, blob_root: Path | None) -> None:
+def _check_empty(store: ResultsStore, blobs: BlobStore | None) -> None:
     with store.engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             _check_sees_every_tenant(conn)
@@ -278,10 +344,10 @@ def _check_empty(store: ResultsStore, blob_root: Path | None) -> None:
             f"the store at {store.url} is not empty (rows in {', '.join(held)}); restore into "
             "an empty deployment, or pass --into-non-empty to keep its rows and add the rest"
         )
-    if blob_root is not None and next(_blob_files(blob_root), None) is not None:
+    if blobs is not None and next(iter(blobs.stored_keys()), None) is not None:
         raise BackupError(
-            f"the blob folder {blob_root} is not empty; restore into an empty one, or pass "
-            "--into-non-empty"
+            f"the blob store {blobs.url} is not empty; restore into an empty one (a new "
+            "folder, bucket or prefix), or pass --into-non-empty"
         )
 
 
@@ -324,19 +390,29 @@ def _advance_sequence(conn: Connection, table: Table) -> None:
     )
 
 
-def _copy_blobs_in(source: Path, root: Path, progress: Progress) -> None:
-    count = 0
+def _copy_blobs_in(source: Path, blobs: BlobStore, held: set[str], progress: Progress) -> None:
+    """Every blob of the backup not in ``held`` (the target's, with --into-non-empty)
+    written to ``blobs`` as stored, its bytes checked first; then the target is listed
+    to check each one landed."""
+    tally = _Tally("restore", progress)
     with (source / "blobs.jsonl").open("rb") as lines:
-        for line in lines:
-            entry = json.loads(line)
-            target = root / entry["key"]
-            if target.exists():
-                continue  # --into-non-empty: the target's blob is kept
-            data = (source / "blobs" / entry["key"]).read_bytes()
-            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-                raise BackupError(f"blob {entry['key']} of the backup is damaged")
-            _write(target, data)
-            count += 1
-            if count % PROGRESS_EVERY == 0:
-                progress(f"restore: {count} blobs")
-    progress(f"restore: blobs: {count}")
+        sums = {entry["key"]: entry["sha256"] for entry in map(json.loads, lines)}
+
+    def put(key: str) -> int:
+        data = (source / "blobs" / stored_key(key)).read_bytes()
+        if hashlib.sha256(data).hexdigest() != sums[key]:
+            raise BackupError(f"blob {key} of the backup in {source} is damaged")
+        blobs.write_stored(key, data)
+        return len(data)
+
+    wanted = set(sums) - held  # --into-non-empty: the target's blobs are kept
+    for _, size in _in_parallel(put, sorted(wanted), blobs):
+        tally.add(size)
+    missing = wanted - set(blobs.stored_keys())
+    if missing:
+        raise BackupError(
+            f"{len(missing)} blobs written to {blobs.url} are not there when listed (e.g. "
+            f"{min(missing)}); check the blob store and run the restore again with "
+            "--into-non-empty"
+        )
+    progress(f"restore: blobs: {tally.count} ({tally.size} bytes) into {blobs.url}")

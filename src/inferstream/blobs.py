@@ -28,7 +28,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -94,6 +94,17 @@ class BlobStore(Protocol):
     def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool: ...
 
     def tenants(self) -> list[str]: ...
+
+    def stored_keys(self) -> Iterator[str]:
+        """Every blob's key under the root (``<tenant>/...``), in key order; nothing a
+        write or purge in flight leaves (a temporary file, a purge's marker)."""
+
+    def read_stored(self, key: str) -> bytes | None:
+        """The bytes at ``key`` as stored (still sealed; a backup copies them so), or
+        None when there is no blob there (purged since it was listed)."""
+
+    def write_stored(self, key: str, data: bytes) -> None:
+        """Write bytes as stored at ``key`` (a restore; they are not sealed again)."""
 
 
 class LocalBlobStore:
@@ -187,6 +198,28 @@ class LocalBlobStore:
             raise BlobError(f"cannot list the tenants of blob store {self.root}: {exc}") from exc
         return sorted(e.name for e in entries if e.is_dir() and is_tenant(e.name))
 
+    def stored_keys(self) -> Iterator[str]:
+        """Every blob's key under the root, in key order (see :class:`BlobStore`)."""
+        for tenant in self.tenants():
+            paths = sorted(p for p in (self.root / tenant).rglob("*") if p.is_file())
+            keys = (p.relative_to(self.root).as_posix() for p in paths)
+            yield from (key for key in keys if is_stored_key(key))
+
+    def read_stored(self, key: str) -> bytes | None:
+        path = self.root / stored_key(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BlobError(f"cannot read blob {path}: {exc}") from exc
+
+    def write_stored(self, key: str, data: bytes) -> None:
+        self._write(self.root / stored_key(key), data)
+
+    def close(self) -> None:
+        """Nothing to release (a folder holds no connection); as an S3 store's."""
+
 
 def _touched(path: Path, size: int) -> bool:
     """Whether ``path`` holds ``size`` bytes, its time refreshed; False when it must be
@@ -215,6 +248,24 @@ def named_key(key: str, tenant: str) -> str:
     if not _KEY.fullmatch(key) or any(part.strip(".") == "" for part in key.split("/")):
         raise BlobError(f"blob key {key[:80]!r} is not plain '/'-separated names")
     return f"{_checked_tenant(tenant)}/{key}"
+
+
+def stored_key(key: str) -> str:
+    """``key`` if it can be a blob's key under a store's root (``<tenant>/<name>``, the
+    layout :func:`content_key` and :func:`named_key` make), else a :class:`BlobError`:
+    keys come from listings and backups, and only plain names may become a path."""
+    tenant, _, rest = key.partition("/")
+    return named_key(rest, tenant)
+
+
+def is_stored_key(key: str) -> bool:
+    """Whether ``key`` is a blob's key (:func:`stored_key`), not a temporary file, a
+    purge's marker or anything else under the root."""
+    try:
+        stored_key(key)
+    except BlobError:
+        return False
+    return True
 
 
 def ref_key(url: str, ref: BlobRef, tenant: str) -> str:

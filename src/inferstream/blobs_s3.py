@@ -59,9 +59,11 @@ from inferstream.blobs import (
     PLAIN,
     Sealer,
     content_key,
+    is_stored_key,
     is_tenant,
     named_key,
     ref_key,
+    stored_key,
     verified,
 )
 from inferstream.envelope import BlobRef
@@ -187,6 +189,34 @@ class S3BlobStore:
                 for folder in page.get("CommonPrefixes", ()):
                     found.add(folder["Prefix"][len(self._root) :].rstrip("/"))
         return sorted(name for name in found if is_tenant(name))
+
+    def stored_keys(self) -> Iterator[str]:
+        """Every blob's key under the prefix, in key order (S3 lists in that order), a
+        page of up to 1,000 per request; purges' markers are no blob's."""
+        with self._boundary("list the blobs of", self.url):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._root
+            )
+            for page in pages:
+                keys = (found["Key"][len(self._root) :] for found in page.get("Contents", ()))
+                yield from (key for key in keys if is_stored_key(key))
+
+    def read_stored(self, key: str) -> bytes | None:
+        """The object at ``key`` as stored (sealed bytes stay sealed), or None if gone."""
+        where = stored_key(key)
+        try:
+            with self._boundary("read", self._uri(where)):
+                answer = self._client.get_object(Bucket=self.bucket, Key=self._object(where))
+                with closing(answer["Body"]) as body:
+                    data: bytes = body.read()
+        except _NoObject:
+            return None
+        return data
+
+    def write_stored(self, key: str, data: bytes) -> None:
+        """Write ``data`` as stored at ``key`` (a restore into a deployment that runs no
+        purge yet, so no marker is looked for)."""
+        self._write(stored_key(key), data)
 
     # -- retention --------------------------------------------------------------
 

@@ -519,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
         add(
             "housekeep",
             cmd_housekeep,
-            "Run the pipeline's chores once: topic retention and its application's own (e.g. "
+            "Run the pipeline's chores once: the tenants' stored retention policies, topic "
+            "retention (no longer than the shortest policy) and its application's own (e.g. "
             "purging expired outputs); 'up' runs them every minute.",
         )
     )
@@ -557,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     from inferstream.keys_cli import add_keys_commands
     from inferstream.lifecycle_cli import add_lifecycle_commands
     from inferstream.registry_cli import add_models_commands
+    from inferstream.retention_cli import add_retention_commands
     from inferstream.sharing_cli import add_grants_commands
 
     add_api_commands(sub)
@@ -565,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_grants_commands(sub)
     add_analytics_commands(sub)
     add_lifecycle_commands(sub)
+    add_retention_commands(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""``inferstream keys ...``: the keys of encrypted blobs (``docs/encryption.md``).
+"""``inferstream keys ...``: the keys of encrypted blobs and sensitive record attributes
+(``docs/encryption.md``).
 
 Each command takes the pipeline file whose results store holds the wrapped data keys
 (``--store`` overrides it) and the key-encryption keys from the environment
@@ -16,16 +17,21 @@ from typing import TYPE_CHECKING
 from inferstream.errors import ConfigError
 
 if TYPE_CHECKING:
-    from inferstream.blob_crypto import DataKeys
+    from inferstream.store import ResultsStore
+    from inferstream.store.data_keys import DataKeys
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def _keys(args: argparse.Namespace) -> DataKeys:
-    from inferstream.blob_crypto import data_keys
+    return _store_keys(args)[1]
+
+
+def _store_keys(args: argparse.Namespace) -> tuple[ResultsStore, DataKeys]:
     from inferstream.key_provider import KEK_ENV, key_provider_from_env
     from inferstream.pipeline import load_pipeline
     from inferstream.store import ResultsStore
+    from inferstream.store.data_keys import data_keys
 
     provider = key_provider_from_env()
     if provider is None:
@@ -34,7 +40,8 @@ def _keys(args: argparse.Namespace) -> DataKeys:
             "newest first (docs/encryption.md)"
         )
     spec = load_pipeline(args.pipeline).with_urls(store=args.store)
-    return data_keys(ResultsStore(spec.store), provider)
+    store = ResultsStore(spec.store, key_provider=provider)
+    return store, data_keys(store, provider)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -86,14 +93,17 @@ def cmd_shred(args: argparse.Namespace) -> int:
             f"shredding makes every encrypted blob of {args.tenant!r} unreadable for good; "
             f"confirm with --confirm {args.tenant}"
         )
-    keys = _keys(args)
+    store, keys = _store_keys(args)
     try:
         deleted = keys.shred(args.tenant, actor=f"cli:{_user()}")
-        record_cli(keys.table.store, args.tenant, "keys shred", tenant=args.tenant,
+        record_cli(store, args.tenant, "keys shred", tenant=args.tenant,
                    reason=args.reason or "", deleted=str(deleted))  # fmt: skip
     finally:
         keys.table.store.close()
-    print(f"tenant {args.tenant}: {deleted} data keys deleted; its encrypted blobs are gone")
+    print(
+        f"tenant {args.tenant}: {deleted} data keys deleted; its encrypted blobs and "
+        "sensitive record attributes are gone"
+    )
     return 0
 
 
@@ -106,7 +116,8 @@ def _user() -> str:
 
 def add_keys_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = (
-        "The keys of encrypted blobs: status, KEK rotation, new data keys, crypto-shredding "
+        "The keys of encrypted blobs and sensitive record attributes: status, KEK rotation, "
+        "new data keys, crypto-shredding "
         "(INFERSTREAM_KEK holds the key-encryption keys; docs/encryption.md)."
     )
     keys = sub.add_parser("keys", help=text, description=text)
@@ -128,13 +139,15 @@ def add_keys_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )  # fmt: skip
     new = add(
         "new-data-key", cmd_new_data_key,
-        "Give a tenant a new data key: new blobs are sealed with it, old ones keep theirs.",
+        "Give a tenant a new data key: new blobs and sensitive attributes are sealed with "
+        "it, old ones keep theirs.",
     )  # fmt: skip
     new.add_argument("tenant", help="the tenant")
     shred = add(
         "shred", cmd_shred,
-        "Crypto-shred a tenant: delete its data keys, so its encrypted blobs can never be "
-        "read again (reads answer 410 Gone) and none are written; writes an audit entry.",
+        "Crypto-shred a tenant: delete its data keys, so its encrypted blobs (reads answer "
+        "410 Gone) and sensitive record attributes (read as null) can never be read again "
+        "and none are written; writes an audit entry.",
     )  # fmt: skip
     shred.add_argument("tenant", help="the tenant to shred")
     shred.add_argument(

@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING
 
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, load_pipeline
+
+if TYPE_CHECKING:
+    from inferstream.blobs import BlobStore
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -74,18 +78,22 @@ def cmd_expire(args: argparse.Namespace) -> int:
     return 0
 
 
-def _blob_root(args: argparse.Namespace, spec: PipelineSpec) -> Path | None:
-    """The folder of a ``file://`` blob store; None with ``--skip-blobs``."""
-    from inferstream.blobs import open_local_store
+@contextmanager
+def _blob_store(args: argparse.Namespace, spec: PipelineSpec) -> Iterator[BlobStore | None]:
+    """The pipeline's blob store, whatever its URL (a folder, ``s3://``), read and written
+    as stored (sealed blobs stay sealed); None with ``--skip-blobs``."""
+    from inferstream.blobs import open_blob_store
 
     if args.skip_blobs:
-        return None
-    if urlsplit(spec.blobs).scheme != "file":
-        raise ConfigError(
-            f"blob store {spec.blobs} is not a folder: copy an S3 bucket with its own tools "
-            "(versioning, replication, 'aws s3 sync' of the prefix) and pass --skip-blobs"
-        )
-    return open_local_store(spec.blobs).root
+        yield None
+        return
+    blobs = open_blob_store(spec.blobs)
+    try:
+        yield blobs
+    finally:
+        close = getattr(blobs, "close", None)  # a store with connections (S3) has one
+        if close is not None:
+            close()
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
@@ -93,8 +101,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from inferstream.store import ResultsStore
 
     spec = _spec(args)
-    with ResultsStore(spec.store) as store:
-        backup(store, _blob_root(args, spec), Path(args.dest), _say)
+    with ResultsStore(spec.store) as store, _blob_store(args, spec) as blobs:
+        backup(store, blobs, Path(args.dest), _say)
     return 0
 
 
@@ -103,8 +111,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from inferstream.store import ResultsStore
 
     spec = _spec(args)
-    with ResultsStore(spec.store) as store:
-        restore(Path(args.source), store, _blob_root(args, spec),
+    with ResultsStore(spec.store) as store, _blob_store(args, spec) as blobs:
+        restore(Path(args.source), store, blobs,
                 into_non_empty=args.into_non_empty, progress=_say)  # fmt: skip
     return 0
 
@@ -139,8 +147,9 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "Retention of one tenant's results: delete its records stored more than N days ago "
         "and their predictions, the feedback, accepted scans and dead letters recorded "
         "before then, and the blobs nothing left names, in one transaction with an audit "
-        "entry; prints what it deleted, as JSON. Run it on a schedule, each tenant with its "
-        "own N. docs/data-lifecycle.md"
+        "entry; prints what it deleted, as JSON. Once, by hand; to keep a tenant's results "
+        "N days for good, store a policy (`inferstream retention set`), which housekeeping "
+        "runs. docs/data-lifecycle.md"
     )
     expire = sub.add_parser("expire", help=text, description=text)
     expire.set_defaults(handler=cmd_expire)
@@ -157,18 +166,20 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = (
-        "Back up the results store (every table, as JSON lines) and the blob folder (each "
-        "blob as stored) into a new folder, with a manifest of counts and SHA-256s; restore "
-        "it on SQLite or PostgreSQL. Prints a line per table. docs/data-lifecycle.md"
+        "Back up the results store (every table, as JSON lines) and the blob store, a folder "
+        "or an S3 bucket (each blob as stored), into a new folder, with a manifest of counts "
+        "and SHA-256s; restore it on SQLite or PostgreSQL, with blobs in a folder or on S3. "
+        "Prints a line per table and progress of the blobs. docs/data-lifecycle.md"
     )
     back = sub.add_parser("backup", help=text, description=text)
     back.set_defaults(handler=cmd_backup)
     back.add_argument("pipeline", help="pipeline YAML file whose store and blobs to back up")
     back.add_argument("dest", help="a new (or empty) folder to write the backup into")
     text = (
-        "Restore a backup into this pipeline's store and blob folder, which must be empty "
-        "(a new deployment) unless --into-non-empty; every file is checked against the "
-        "manifest first, every table written in one transaction. docs/data-lifecycle.md"
+        "Restore a backup into this pipeline's store and blob store (a folder or s3://), "
+        "which must be empty (a new deployment) unless --into-non-empty; every file is "
+        "checked against the manifest first, every table written in one transaction, every "
+        "blob checked against its SHA-256. docs/data-lifecycle.md"
     )
     restore = sub.add_parser("restore", help=text, description=text)
     restore.set_defaults(handler=cmd_restore)
@@ -176,13 +187,16 @@ def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     restore.add_argument("source", help="the folder 'inferstream backup' wrote")
     restore.add_argument(
         "--into-non-empty", action="store_true",
-        help="restore into a store or blob folder that holds data: rows and blobs it holds "
+        help="restore into a store or blob store that holds data: rows and blobs it holds "
         "under the same keys are kept as they are, the rest added",
     )  # fmt: skip
     for command in (back, restore):
         command.add_argument("--store", help="results store URL, overrides the file")
-        command.add_argument("--blobs", help="blob store URL (file:///folder), overrides the file")
+        command.add_argument(
+            "--blobs", help="blob store URL (file:///folder or s3://bucket/prefix), overrides "
+            "the file",
+        )  # fmt: skip
         command.add_argument(
             "--skip-blobs", action="store_true",
-            help="the store only (an S3 bucket is copied with its own tools)",
+            help="the store only (blobs copied with the object store's own tools)",
         )  # fmt: skip

@@ -8,17 +8,18 @@ leave the group) and runs the :class:`~inferstream.worker.StageWorker` loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from inferstream.application import load_ref
 from inferstream.blob_crypto import open_blobs
-from inferstream.bus import Bus, open_bus
+from inferstream.bus import Bus, RetentionPolicy, open_bus
 from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, StageSpec
 from inferstream.replays import ReplayBoard, ReplayWatch
@@ -32,34 +33,67 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def ensure_topics(bus: Bus, spec: PipelineSpec) -> None:
-    """Create every topic the pipeline uses (idempotent), dead-letter topics included."""
+def pipeline_topics(spec: PipelineSpec) -> dict[str, int]:
+    """Every topic the pipeline uses, dead-letter topics included, with its partitions."""
+    topics: dict[str, int] = {}
     for stage in spec.stages:
         for topic in stage.inputs:
             suffixes = ("", ".dlq", ".late") if stage.stateful else ("", ".dlq")
             for suffix in suffixes:
-                bus.create_topic(topic + suffix, spec.partitions(topic + suffix))
+                topics[topic + suffix] = spec.partitions(topic + suffix)
         for topic in stage.router.all_topics():
-            bus.create_topic(topic, spec.partitions(topic))
+            topics[topic] = spec.partitions(topic)
+    return topics
 
 
-def apply_retention(spec: PipelineSpec) -> int:
-    """Drop what the pipeline's retention settings no longer keep; return how many."""
-    if not spec.retention:
+def ensure_topics(bus: Bus, spec: PipelineSpec) -> None:
+    """Create every topic the pipeline uses (idempotent), dead-letter topics included."""
+    for topic, partitions in pipeline_topics(spec).items():
+        bus.create_topic(topic, partitions)
+
+
+def topic_retention(
+    spec: PipelineSpec, existing: Iterable[str], longest_s: float | None = None
+) -> dict[str, RetentionPolicy]:
+    """Each topic's retention: the pipeline file's; with ``longest_s`` (the shortest
+    tenant's policy) no topic of the pipeline among ``existing`` keeps a message longer.
+    Topics are shared by every tenant, so a tenant's messages cannot be dropped alone."""
+    policies = dict(spec.retention)
+    if longest_s is None:
+        return policies
+    for topic in set(pipeline_topics(spec)).intersection(existing) | set(spec.retention):
+        policy = policies.get(topic, RetentionPolicy())
+        if policy.max_age_s is None or longest_s < policy.max_age_s:
+            policies[topic] = dataclasses.replace(policy, max_age_s=longest_s)
+    return policies
+
+
+def apply_retention(spec: PipelineSpec, longest_s: float | None = None) -> int:
+    """Drop what the pipeline's retention settings no longer keep, and with ``longest_s``
+    what is older than that on any of its topics; return how many messages."""
+    if not spec.retention and longest_s is None:
         return 0
     bus = open_bus(spec.bus)
     try:
-        return sum(bus.apply_retention(topic, policy) for topic, policy in spec.retention.items())
+        policies = topic_retention(spec, bus.topics(), longest_s)
+        return sum(bus.apply_retention(topic, policy) for topic, policy in policies.items())
     finally:
         bus.close()
 
 
 def housekeep(spec: PipelineSpec) -> list[str]:
-    """One round of the pipeline's chores, each said in a line: topic retention, then
+    """One round of the pipeline's chores, each said in a line: the tenants' stored
+    retention policies, topic retention (capped by the shortest of those policies), then
     its application's own (its ``housekeeping`` hook, e.g. purging expired outputs),
     promotion policies, and the analytics export and daily reports when
     ``INFERSTREAM_ANALYTICS_DIR`` is set."""
-    done = [f"topic retention dropped {apply_retention(spec)} messages"]
+    done, longest_s = expire_results(spec)
+    dropped = apply_retention(spec, longest_s)
+    if longest_s is None:
+        done.append(f"topic retention dropped {dropped} messages")
+    else:
+        done.append(f"topic retention dropped {dropped} messages (none kept over "
+                    f"{longest_s / 86_400:g} days: the shortest tenant retention)")  # fmt: skip
     app = spec.application()
     if app is not None and app.housekeeping:
         chore = load_ref(app.housekeeping, f"application {app.name!r} housekeeping")
@@ -73,6 +107,42 @@ def housekeep(spec: PipelineSpec) -> list[str]:
     return done
 
 
+def expire_results(spec: PipelineSpec) -> tuple[list[str], float | None]:
+    """The tenants' stored retention policies (``docs/data-lifecycle.md``): a line per
+    tenant that expired anything, and the shortest policy in seconds (None: none)."""
+    from inferstream.blobs import open_blob_store
+    from inferstream.envelope import now_us
+    from inferstream.store import ResultsStore
+    from inferstream.store.audit import AuditLog, audit_key_from_env
+    from inferstream.store.retention import expire_by_policies, list_policies, shortest_keep_s
+
+    if _not_made_yet(spec.store):
+        return [], None  # no policy in it; a pipeline without a store does not get one
+    with ResultsStore(spec.store) as store:
+        policies = list_policies(store)
+        audit = AuditLog(store, audit_key_from_env())
+        expired = expire_by_policies(audit, open_blob_store(spec.blobs), policies, now_us())
+        lines = [
+            f"retention: {policy.tenant} expired {done.rows} rows and {done.blobs_deleted} "
+            f"blobs older than {policy.keep_days} days"
+            for policy, done in expired
+            if done.rows
+        ]
+    return lines, shortest_keep_s(policies)
+
+
+def _not_made_yet(store_url: str) -> bool:
+    """Whether ``store_url`` is a SQLite file that does not exist yet."""
+    from pathlib import Path
+
+    from inferstream.store.engine import parse_store_url
+
+    url = parse_store_url(store_url)
+    database = url.database or ":memory:"
+    in_a_file = url.get_backend_name() == "sqlite" and database != ":memory:"
+    return in_a_file and not database.startswith("file:") and not Path(database).exists()
+
+
 def analytics(spec: PipelineSpec, folder: str) -> list[str]:
     """The analytics chore (``docs/analytics.md``): export, then yesterday's reports."""
     from pathlib import Path
@@ -80,6 +150,13 @@ def analytics(spec: PipelineSpec, folder: str) -> list[str]:
     from inferstream.analytics.chore import analytics_chore
     from inferstream.store import ResultsStore
 
+    if "://" in folder:
+        raise ConfigError(
+            f"INFERSTREAM_ANALYTICS_DIR={folder!r}: the scheduled chore keeps its export, "
+            "daily reports and saved queries in a local folder (a volume); set a folder, "
+            "and export to object storage with `inferstream analytics export PIPELINE --to "
+            "s3://bucket/prefix`"
+        )
     with ResultsStore(spec.store) as store:
         return analytics_chore(store, Path(folder))
 

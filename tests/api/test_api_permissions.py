@@ -115,6 +115,9 @@ CALLS: dict[str, Call] = {
     "POST /v1/admin/keys": lambda s: ("/v1/admin/keys", {"json": {"name": "k", "role": "device"}}),
     "DELETE /v1/admin/keys/{key_id}": lambda s: (f"/v1/admin/keys/{s.key_id}", {}),
     "DELETE /v1/admin/subjects/{subject}": lambda s: (f"/v1/admin/subjects/{s.erased}", {}),
+    "GET /v1/admin/retention": lambda s: ("/v1/admin/retention", {}),
+    "PUT /v1/admin/retention": lambda s: ("/v1/admin/retention", {"json": {"keep_days": 3650}}),
+    "DELETE /v1/admin/retention": lambda s: ("/v1/admin/retention", {}),
     "POST /v1/grants": lambda s: ("/v1/grants", {"json": {
         "grantee": LAB, "app": "eggs", "expires_at": "2999-01-01T00:00:00Z",
         "conditions": [{"attribute": "tray", "equals": GROUP}], "images": False}}),

@@ -4,14 +4,20 @@ A hatchery (the world's first tenant) ingests six scans and holds one record of 
 a lab (the second) holds one record of its own; a third tenant is granted nothing.
 For every kind of grant the hatchery's admin makes through ``POST /v1/grants``, the lab
 reads exactly the records, records by id and images the grant covers, by id, through
-every route (none leaks into the routes sharing does not reach: results, export,
-scan status); the third tenant reads none; the revocation is in force for the next
-request. The row-level-security policy itself is tested in tests/store.
+every route: the record listing and record, the image, the result listing, each
+group's summary and CSV export, and the live feed (none leaks into the scan status,
+which sharing does not reach); the third tenant reads none; the revocation is in force
+for the next request and the next live snapshot. The row-level-security policy itself
+is tested in tests/store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import csv
 import dataclasses
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,9 @@ from sqlalchemy import update
 
 from inferstream.api import ApiSettings
 from inferstream.api.auth import issue_key
+from inferstream.api.live_hub import LiveHub
 from inferstream.apps.eggs import APP
-from inferstream.envelope import derive_id
+from inferstream.envelope import derive_id, now_us
 from inferstream.pipeline import load_pipeline
 from inferstream.store import ResultRow
 from inferstream.store.schema import share_grants
@@ -57,6 +64,13 @@ class Sharing:
         headers = ({"X-API-Key": self.third_key} if tenant == self.third
                    else self.world.headers(tenant, role))  # fmt: skip
         return self.world.client.get(url, headers=headers)
+
+    def key(self, tenant: str) -> str:
+        return self.third_key if tenant == self.third else self.world.keys[(tenant, "viewer")]
+
+    @property
+    def store(self) -> Any:
+        return self.world.client.app.state.services.store  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -122,6 +136,8 @@ CASES: dict[str, tuple[dict[str, Any] | None, set[int], bool]] = {
     "date_range": ({"since": _iso(1), "until": _iso(3)}, {1, 2}, True),
     "no_images": ({"images": False}, {0, 1, 2, 3, 4, 5}, False),
     "masked": ({"masked": ["egg_id", "scanner"]}, {0, 1, 2, 3, 4, 5}, True),
+    # The group is masked: listed without it, in no group's summary or export.
+    "masked_group": ({"masked": ["tray"], "images": False}, {0, 1, 2, 3, 4, 5}, False),
     "expired": ({"expire": True}, set(), False),
     "revoked": ({"revoke": True}, set(), False),
 }
@@ -171,12 +187,51 @@ def _what_reads(s: Sharing, tenant: str) -> tuple[set[str], set[str], set[str]]:
     return shared, by_id, images
 
 
-def _nothing_elsewhere(s: Sharing, tenant: str) -> None:
-    """Routes sharing does not reach show the lab none of the hatchery's records."""
-    text = s.get("/v1/results?limit=1000", tenant).text
-    text += "".join(s.get(f"/v1/groups/{tray}/export.csv", tenant).text for tray in TRAYS)
-    assert not any(scan in text for scan in s.scans)
+@dataclasses.dataclass
+class Elsewhere:
+    """The hatchery's records one tenant reads beyond the record routes, by route."""
+
+    results: set[str]
+    summary: set[str]  # the records of the trays whose summary counts one of the hatchery's
+    csv: set[str]
+    live: set[str]
+    rows: list[dict[str, Any]]  # every shared item read, to look for masked values
+
+
+def _what_else_reads(s: Sharing, tenant: str) -> Elsewhere:
+    """What results, summaries, exports and the live feed show ``tenant`` of the
+    hatchery's records; each is marked with its owner, the tenant's own with none."""
+    own = {s.own_record} if tenant == s.lab else set()
+    items = s.get("/v1/results?limit=1000", tenant).json()["items"]
+    shared = [item for item in items if item["shared_from"] is not None]
+    assert {i["id"] for i in items if i["shared_from"] is None} == own
+    found = Elsewhere({item["id"] for item in shared}, set(), set(), set(), list(shared))
+    for n, tray in enumerate(TRAYS):
+        found.summary |= _summary_reads(s, tenant, tray, own, n)
+        lines = list(
+            csv.DictReader(io.StringIO(s.get(f"/v1/groups/{tray}/export.csv", tenant).text))
+        )
+        mine = own if tray == "TRAY-0012" else set()
+        assert {row["id"] for row in lines if not row["shared_from"]} == mine
+        found.csv |= {row["id"] for row in lines if row["shared_from"]}
+        found.rows += [row for row in lines if row["shared_from"]]
+    with s.world.client.websocket_connect(f"/v1/live?token={s.key(tenant)}") as socket:
+        newest = json.loads(socket.receive_text())["newest"]
+    assert {scan["record_id"] for scan in newest if scan["shared_from"] is None} == own
+    found.live = {scan["record_id"] for scan in newest if scan["shared_from"] is not None}
+    found.rows += [scan for scan in newest if scan["shared_from"]]
+    assert all(row["shared_from"] == s.hatchery for row in found.rows)
     assert all(s.get(f"/v1/scans/{scan}", tenant).status_code == 404 for scan in s.scans)
+    return found
+
+
+def _summary_reads(s: Sharing, tenant: str, tray: str, own: set[str], n: int) -> set[str]:
+    summary = s.get(f"/v1/groups/{tray}/summary", tenant).json()
+    parts = {part["shared_from"]: part["count"] for part in summary["by_owner"]}
+    assert parts.pop(None) == (1 if tray == "TRAY-0012" and own else 0)
+    assert set(parts) <= {s.hatchery} and parts.get(s.hatchery, 1) == 1, summary
+    assert summary["count"] == sum(p["count"] for p in summary["by_owner"])
+    return {s.record(n)} if parts else set()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -189,8 +244,12 @@ def test_the_lab_reads_exactly_its_grant_through_every_route(sharing: Sharing, c
     shared, by_id, seen_images = _what_reads(s, s.lab)
     assert shared == expected and by_id == expected
     assert seen_images == ({s.scans[n] for n in trays} if images else set())
-    _nothing_elsewhere(s, s.lab)
+    elsewhere = _what_else_reads(s, s.lab)
+    grouped = set() if case == "masked_group" else expected  # by a group it cannot see: none
+    assert (elsewhere.results, elsewhere.live) == (expected, expected)
+    assert (elsewhere.summary, elsewhere.csv) == (grouped, grouped)
     assert _what_reads(s, s.third) == (set(), set(), set())
+    assert _what_else_reads(s, s.third).rows == []
     # The owner's own view is untouched: all six, none marked shared.
     listed = s.get("/v1/apps/eggs/records?limit=1000", s.hatchery).json()["items"]
     assert {i["id"] for i in listed} == {s.record(n) for n in range(6)}
@@ -201,12 +260,23 @@ def test_the_lab_reads_exactly_its_grant_through_every_route(sharing: Sharing, c
                 assert set(item["attributes"]) == {"tray"}, item
                 assert item["subject"] is None and item["source"] is None
                 assert not any(f"EGG-{n}" in str(item) for n in range(6))
+        # Results, exports and the live feed: no egg id, no scanner (CSV: empty cells).
+        assert elsewhere.rows and not any("EGG-" in str(r) or "SCANNER" in str(r)
+                                          for r in elsewhere.rows)  # fmt: skip
+        assert all(r["subject"] in (None, "") for r in elsewhere.rows)
+        for query in ("subject=EGG-2", "source=SCANNER-01"):
+            found = s.get(f"/v1/results?{query}", s.lab).json()["items"]
+            assert all(item["shared_from"] is None for item in found), query
         # Filtering on a masked attribute tells nothing of the shared records.
         for query in ("egg_id=EGG-2", "scanner=SCANNER-01"):
             found = s.get(f"/v1/apps/eggs/records?{query}", s.lab).json()["items"]
             assert all(item["shared_from"] is None for item in found), query
         found = s.get("/v1/apps/eggs/records?tray=TRAY-0012", s.lab).json()["items"]
         assert {i["id"] for i in found} == {s.record(2), s.own_record}
+    if case == "masked_group":
+        assert all(r["group"] is None and "TRAY-" not in str(r) for r in elsewhere.rows)
+        found = s.get("/v1/results?group=TRAY-0012", s.lab).json()["items"]
+        assert [i["id"] for i in found] == [s.own_record]
     if case == "no_images":
         record = s.get(f"/v1/apps/eggs/records/{s.record(0)}", s.lab).json()
         assert record["image"] is None
@@ -222,8 +292,43 @@ def test_revocation_is_in_force_for_the_next_request(sharing: Sharing) -> None:
     for key in (s.world.headers(s.lab, "admin"), {"X-API-Key": s.third_key}):
         assert s.world.client.delete(f"/v1/grants/{grant_id}", headers=key).status_code == 404
     assert _what_reads(s, s.lab)[0] == {s.record(0), s.record(1)}
+    before = _what_else_reads(s, s.lab)
+    shared = {s.record(0), s.record(1)}
+    assert before.results == before.summary == before.csv == before.live == shared
     s.world.client.delete(f"/v1/grants/{grant_id}", headers=s.world.headers(s.hatchery, "admin"))
     assert _what_reads(s, s.lab) == (set(), set(), set())
+    assert _what_else_reads(s, s.lab).rows == []
+
+
+def test_the_live_feed_shows_no_revoked_record_even_to_a_new_subscriber(sharing: Sharing) -> None:
+    """A snapshot built while the grant was live is not replayed after the revocation:
+    the hub ticks only when woken here, so a cached snapshot would be what a second
+    subscriber gets."""
+    s = sharing
+    grant_id = _grant(s, {"conditions": [{"attribute": "tray", "equals": "TRAY-0005"}]})
+    hub = LiveHub(s.store, APP, tick_s=3600)
+    channel = hub.channel(s.lab)
+
+    def shared_in(message: str) -> set[str]:
+        return {i["record_id"] for i in json.loads(message)["newest"] if i["shared_from"]}
+
+    async def watch() -> tuple[set[str], set[str], set[str]]:
+        first = hub.subscribe(channel)
+        during = shared_in(await asyncio.wait_for(first.get(), 10))
+        await asyncio.to_thread(
+            s.world.client.delete, f"/v1/grants/{grant_id}",
+            headers=s.world.headers(s.hatchery, "admin"),
+        )  # fmt: skip
+        revoked_at = now_us()
+        second = hub.subscribe(channel)
+        message = await asyncio.wait_for(second.get(), 10)
+        assert json.loads(message)["at_us"] > revoked_at  # built afresh, not replayed
+        after = shared_in(message)
+        hub.unsubscribe(channel, first)
+        hub.unsubscribe(channel, second)
+        return during, after, shared_in(hub.tick([channel])[channel])
+
+    assert asyncio.run(watch()) == ({s.record(0)}, set(), set())
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,11 @@ TABLES = {"records", "predictions", "dead_letters", "feedback"}
 def test_open_migrates_to_head_and_again_is_a_no_op(store_url: str) -> None:
     with ResultsStore(store_url) as store:
         with store.engine.connect() as conn:
-            assert current_revision(conn) == head_revision() == "0009"
+            assert current_revision(conn) == head_revision() == "0010"
         assert set(inspect(store.engine).get_table_names()) >= TABLES
         store.migrate()
     with ResultsStore(store_url) as again, again.engine.connect() as conn:
-        assert current_revision(conn) == "0009"
+        assert current_revision(conn) == "0010"
         assert again.count_results("anyone") == 0
 
 

@@ -196,6 +196,52 @@ def test_overlapping_grants_show_what_either_shows(
         assert "site" not in shown["h2"].row.attributes and not shown["h2"].images
 
 
+def test_a_group_summary_adds_up_what_the_grants_show_and_splits_it_per_owner(
+    store_url: str, make_row: RowFactory, parties: tuple[str, str, str]
+) -> None:
+    """Two owners share records of group G with the lab; a third shares them with the
+    group masked (so none counts in G); a fourth shares nothing. Figures are exact."""
+    hatchery, lab, other = parties
+    farm, stranger = f"farm-{lab}", f"stranger-{lab}"
+
+    def rows(tenant: str, count: int, label: str, confidence: float, tray: int) -> list[ResultRow]:
+        return [
+            make_row(tenant, f"{tenant}-{n}", START_US + n, app="trays", group="G", label=label,
+                     confidence=confidence, attributes={"tray": tray})
+            for n in range(count)
+        ]  # fmt: skip
+
+    with ResultsStore(store_url) as store:
+        store.upsert_results(
+            rows(lab, 2, "female", 0.9, 1) + rows(hatchery, 3, "male", 0.6, 11)
+            + rows(other, 1, "female", 0.3, 11)
+            + rows(farm, 2, "male", 0.5, 11) + rows(stranger, 2, "male", 0.5, 11)
+            + [make_row(hatchery, "outside", START_US, app="trays", group="G",
+                        attributes={"tray": 30})]
+        )  # fmt: skip
+        sharing = Sharing(store)
+        expiry = now_us() + DAY_US
+        tray_10_20 = (Condition("tray", "number", 10, 20),)
+        first = sharing.grant(hatchery, lab, TRAYS, expires_at_us=expiry, created_by="a",
+                              conditions=tray_10_20)  # fmt: skip
+        sharing.grant(other, lab, TRAYS, expires_at_us=expiry, created_by="a")
+        sharing.grant(farm, lab, TRAYS, expires_at_us=expiry, created_by="a", masked=("tray",))
+        summary = sharing.group_summary(lab, "G", "female")
+        assert (summary.total.count, summary.total.counts) == (6, {"female": 3, "male": 3})
+        assert summary.total.ratio == 0.5
+        assert summary.total.mean_confidence == pytest.approx((2 * 0.9 + 3 * 0.6 + 0.3) / 6)
+        parts = [(owner, part.count, part.counts) for owner, part in summary.parts]
+        assert parts == [(None, 2, {"female": 2}), (hatchery, 3, {"male": 3}),
+                         (other, 1, {"female": 1})]  # fmt: skip
+        # The owners' own summaries are untouched; a tenant with no grant sees its own.
+        assert sharing.group_summary(hatchery, "G").total.count == 4
+        assert [o for o, _ in sharing.group_summary(stranger, "G").parts] == [None]
+        sharing.revoke(hatchery, first.id, actor="a")
+        after = sharing.group_summary(lab, "G", "female")
+        assert [(o, p.count) for o, p in after.parts] == [(None, 2), (other, 1)]
+        assert after.total.count == 3
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -24,7 +24,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     spec = load_pipeline(args.pipeline).with_urls(store=args.store)
     with ResultsStore(spec.store) as store:
-        done = export(store, Path(args.to), tenants=args.tenant, settle_s=args.settle)
+        done = export(store, _where(args.to), tenants=args.tenant, settle_s=args.settle)
     print(f"{args.to}: {done.summary()}")
     return 0
 
@@ -32,13 +32,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from inferstream.analytics.query import open_export, run
 
-    conn = open_export(Path(args.folder))
+    conn = open_export(_where(args.folder))
     try:
         result = run(conn, args.sql)
     finally:
         conn.close()
     print_result(result, args.format)
     return 0
+
+
+def _where(place: str) -> Path | str:
+    """An export's place as given: ``s3://bucket/prefix`` as is, else a folder."""
+    return place if place.startswith("s3://") else Path(place)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -97,7 +102,11 @@ def add_analytics_commands(sub: Any) -> None:
     export.set_defaults(handler=cmd_export)
     export.add_argument("pipeline", help="pipeline YAML file (its store is exported)")
     export.add_argument("--store", help="results store URL, overrides the file")
-    export.add_argument("--to", required=True, metavar="DIR", help="the export folder")
+    export.add_argument(
+        "--to", required=True, metavar="DIR",
+        help="the export folder, or s3://bucket/prefix (endpoint and credentials from the "
+        "standard AWS settings: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE...)",
+    )  # fmt: skip
     export.add_argument(
         "--tenant", action="append", default=[],
         help="export this tenant (repeat; default: every tenant the store shows)",
@@ -113,7 +122,7 @@ def add_analytics_commands(sub: Any) -> None:
         "feedback_history, dead_letters.",
     )
     query.set_defaults(handler=cmd_query)
-    query.add_argument("folder", metavar="DIR", help="the export folder")
+    query.add_argument("folder", metavar="DIR", help="the export folder, or s3://bucket/prefix")
     query.add_argument("sql", help="the query")
     query.add_argument("--format", choices=FORMATS, default="table", help="output (table)")
     report = commands.add_parser(

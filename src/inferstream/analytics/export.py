@@ -1,6 +1,8 @@
 """Incremental export of the results store to Parquet, one folder per tenant.
 
-Layout (Hive partitioning, dates in UTC)::
+The export goes to a local folder or to ``s3://bucket/prefix``
+(:mod:`inferstream.analytics.places`); the layout is the same (Hive partitioning,
+dates in UTC)::
 
     DIR/export-state.json
     DIR/tenant=T/records/app=A/date=YYYY-MM-DD/part-<from>-<through>-<n>.parquet
@@ -25,7 +27,8 @@ Crash safety: the horizon is written to the state file (atomically) before any
 Parquet file, and files are named after their range. A run that dies part-way is
 finished by the next one, which reuses the pending horizon, deletes what the dead
 run wrote for that range and writes it again: nothing lost, nothing doubled. The
-state moves to the horizon only after every file is in place (``os.replace``).
+state moves to the horizon only after every file is in place (``os.replace`` in a
+folder; an S3 object appears only once its upload completes).
 
 Rows updated in place keep their time, so they are not exported again (a replay in
 ``update`` mode); corrected feedback gets a new time and is exported again, and the
@@ -35,9 +38,7 @@ Rows updated in place keep their time, so they are not exported again (a replay 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
-import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -48,13 +49,19 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Float, Integer, Select, Table, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from inferstream.analytics.places import (
+    STATE_FILE,
+    ExportPlace,
+    FolderPlace,
+    open_place,
+    pyarrow_module,
+)
 from inferstream.envelope import now_us
-from inferstream.errors import InferstreamError, MissingExtraError
+from inferstream.errors import InferstreamError
 from inferstream.store import ResultsStore, schema
 
 #: The export folder of a deployment: the chore exports there, the API reads it.
 ANALYTICS_DIR_ENV = "INFERSTREAM_ANALYTICS_DIR"
-STATE_FILE = "export-state.json"
 #: Rows a Parquet file holds at most (a chunk of the stream of one tenant's table).
 CHUNK_ROWS = 100_000
 DEFAULT_SETTLE_S = 300.0
@@ -108,16 +115,6 @@ class ExportResult:
         return f"exported {counts} in {self.files} files, through {when}{again}"
 
 
-def pyarrow_module() -> Any:
-    """pyarrow, imported on first use (pyarrow ships no type information: Any)."""
-    try:
-        pyarrow = importlib.import_module("pyarrow")
-        importlib.import_module("pyarrow.parquet")  # loads the submodule onto pyarrow
-    except ImportError as exc:
-        raise MissingExtraError("pyarrow", "analytics") from exc
-    return pyarrow
-
-
 def arrow_schema(spec: ExportTable) -> Any:
     """The Parquet schema of a table's files (JSON columns as JSON text)."""
     pa = pyarrow_module()
@@ -132,34 +129,35 @@ def arrow_schema(spec: ExportTable) -> Any:
 
 def export(
     store: ResultsStore,
-    folder: Path,
+    folder: Path | str,
     *,
     tenants: Sequence[str] = (),
     settle_s: float = DEFAULT_SETTLE_S,
     now: int | None = None,
 ) -> ExportResult:
-    """Export what is new since the last run into ``folder`` (made if missing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = ExportState.load(folder)
+    """Export what is new since the last run into ``folder``: a local folder (made if
+    missing) or ``s3://bucket/prefix``."""
+    place = open_place(folder)
+    state = ExportState.load(place)
     resumed = state.pending is not None
     horizon = (
         state.pending if state.pending is not None else (now or now_us()) - int(settle_s * 1e6)
     )
     if not resumed:
         state.pending = horizon
-        state.save(folder)
+        state.save(place)
     result = ExportResult(horizon, resumed=resumed)
     for tenant in sorted(set(tenants) or discover_tenants(store)):
         for spec in TABLES:
             since = state.through(tenant, spec.name)
             if since >= horizon:
                 continue
-            rows, files = _export_range(store, folder, spec, tenant, since=since, until=horizon)
+            rows, files = _export_range(store, place, spec, tenant, since=since, until=horizon)
             result.rows[spec.name] += rows
             result.files += files
             state.advance(tenant, spec.name, horizon)
     state.pending = None
-    state.save(folder)
+    state.save(place)
     return result
 
 
@@ -176,14 +174,24 @@ def discover_tenants(store: ResultsStore) -> list[str]:
 
 
 def _export_range(
-    store: ResultsStore, folder: Path, spec: ExportTable, tenant: str, *, since: int, until: int
+    store: ResultsStore,
+    place: ExportPlace,
+    spec: ExportTable,
+    tenant: str,
+    *,
+    since: int,
+    until: int,
 ) -> tuple[int, int]:
     """One tenant's rows of one table in ``(since, until]``, as Parquet files."""
     _check_name("tenant", tenant)
-    base = folder / f"tenant={tenant}" / spec.name
+    base = f"tenant={tenant}/{spec.name}"
     stem = f"part-{since + 1}-{until}-"
-    for stale in list(base.glob(f"**/{stem}*.parquet")) + list(base.glob("**/.*.tmp")):
-        stale.unlink()  # what a run that stopped part-way wrote of this range
+    for stale in place.files(base):
+        name = stale.rsplit("/", 1)[-1]
+        if (name.startswith(stem) and name.endswith(".parquet")) or (
+            name.startswith(".") and name.endswith(".tmp")
+        ):
+            place.remove(stale)  # what a run that stopped part-way wrote of this range
     rows = files = 0
     with store.tenant_transaction(tenant, "export rows from") as conn:
         result = conn.execution_options(stream_results=True).execute(
@@ -191,8 +199,9 @@ def _export_range(
         )
         for number, chunk in enumerate(result.mappings().partitions(CHUNK_ROWS)):
             for (app, day), part in _by_partition(spec, chunk).items():
-                where = base / f"app={app}" if spec.by_app else base
-                _write_parquet(spec, part, where / f"date={day}" / f"{stem}{number:05d}.parquet")
+                where = f"{base}/app={app}" if spec.by_app else base
+                table = pyarrow_module().Table.from_pylist(part, schema=arrow_schema(spec))
+                place.write_parquet(f"{where}/date={day}/{stem}{number:05d}.parquet", table)
                 files += 1
             rows += len(chunk)
     return rows, files
@@ -233,25 +242,6 @@ def _day(at_us: int) -> str:
     return dt.datetime.fromtimestamp(at_us / 1e6, dt.UTC).date().isoformat()
 
 
-def _write_parquet(spec: ExportTable, rows: list[dict[str, Any]], path: Path) -> None:
-    pa = pyarrow_module()
-    table = pa.Table.from_pylist(rows, schema=arrow_schema(spec))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    pa.parquet.write_table(table, temporary, compression="zstd")
-    _fsync(temporary)
-    os.replace(temporary, path)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file, or a folder's entries (a rename), to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_name(what: str, name: str) -> None:
     if not _SAFE_NAME.fullmatch(name) or name.startswith("."):
         raise ExportError(
@@ -274,26 +264,24 @@ class ExportState:
         self.tenants.setdefault(tenant, {})[table] = horizon
 
     @classmethod
-    def load(cls, folder: Path) -> ExportState:
-        path = folder / STATE_FILE
+    def load(cls, where: ExportPlace | Path) -> ExportState:
+        place = FolderPlace(where) if isinstance(where, Path) else where
         try:
-            raw = json.loads(path.read_text())
+            data = place.read(STATE_FILE)
+            if data is None:
+                return cls()
+            raw = json.loads(data)
             return cls(
                 {t: {k: int(v) for k, v in tables.items()} for t, tables in raw["tenants"].items()},
                 None if raw.get("pending_us") is None else int(raw["pending_us"]),
             )
-        except FileNotFoundError:
-            return cls()
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ExportError(
-                f"{path}: cannot read the export's state ({exc}); restore it, or export "
-                "into an empty folder"
+                f"{place.url}/{STATE_FILE}: cannot read the export's state ({exc}); restore "
+                "it, or export into an empty folder"
             ) from exc
 
-    def save(self, folder: Path) -> None:
-        path = folder / STATE_FILE
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps({"tenants": self.tenants, "pending_us": self.pending}))
-        _fsync(temporary)
-        os.replace(temporary, path)
-        _fsync(folder)
+    def save(self, place: ExportPlace) -> None:
+        place.write(
+            STATE_FILE, json.dumps({"tenants": self.tenants, "pending_us": self.pending}).encode()
+        )

@@ -7,16 +7,23 @@ only ``DIR/tenant=T/``, then DuckDB is told to allow no other file
 configuration is locked, so SQL cannot name another tenant's files or change the
 setting back; :func:`check_select` admits one ``SELECT`` only, since a ``COPY``
 could still write inside the allowed directory.
+
+An export on S3 (``s3://bucket/prefix``) is read through pyarrow's S3 file system
+(:mod:`inferstream.analytics.places`): each view is a pyarrow dataset of the files
+found, scanned by DuckDB. DuckDB's own S3 reader (the ``httpfs`` extension) is not in
+its wheel and would be downloaded at run time, which a deployment must not need.
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferstream.analytics.export import TABLES, ExportTable, arrow_schema, pyarrow_module
+from inferstream.analytics.export import TABLES, ExportTable, arrow_schema
+from inferstream.analytics.places import S3Place, open_place, pyarrow_module
 from inferstream.errors import InferstreamError, MissingExtraError
 
 #: Partition keys DuckDB reads from the path, with their types (a tenant named "123"
@@ -56,9 +63,13 @@ def duckdb_module() -> Any:
     return duckdb
 
 
-def open_export(folder: Path) -> Any:
-    """An in-memory DuckDB connection with views over every tenant's files."""
-    return _connect(folder, "tenant=*")
+def open_export(folder: Path | str) -> Any:
+    """An in-memory DuckDB connection with views over every tenant's files, of a local
+    folder or of ``s3://bucket/prefix``."""
+    place = open_place(folder)
+    if isinstance(place, S3Place):
+        return _connect_s3(place)
+    return _connect(Path(folder), "tenant=*")
 
 
 def open_tenant(folder: Path, tenant: str, *, memory_limit: str = TENANT_MEMORY_LIMIT) -> Any:
@@ -94,14 +105,49 @@ def _connect(folder: Path, tenants: str) -> Any:
     return conn
 
 
-def _empty(conn: Any, spec: ExportTable) -> str:
-    """A relation with the table's columns and no rows (a tenant with none exported)."""
+def _connect_s3(place: S3Place) -> Any:
+    """Views over an export on S3: one pyarrow dataset a table, of the files listed now."""
+    duckdb, ds = duckdb_module(), importlib.import_module("pyarrow.dataset")
+    place.check_export()
+    files = [p.split("/") for p in place.files("") if p.endswith(".parquet")]
+    conn = duckdb.connect(":memory:")
+    for spec in TABLES:
+        name = "feedback_history" if spec.name == "feedback" else spec.name
+        mine = [
+            place.dataset_path("/".join(parts))
+            for parts in files
+            if parts[0].startswith("tenant=") and parts[1:2] == [spec.name]
+        ]
+        if mine:
+            schema = _with_partitions(arrow_schema(spec), spec)
+            partitions = ds.partitioning(
+                _with_partitions(pyarrow_module().schema([]), spec), flavor="hive"
+            )
+            dataset = ds.dataset(
+                mine, schema=schema, format="parquet", filesystem=place.fs,
+                partitioning=partitions, partition_base_dir=place.dataset_path(""),
+            )  # fmt: skip
+            conn.register(f"_files_{spec.name}", dataset)
+            source = f"_files_{spec.name}"
+        else:
+            source = _empty(conn, spec)
+        conn.execute(f"CREATE VIEW {name} AS SELECT * FROM {source}")
+    conn.execute(f"CREATE VIEW feedback AS {_LATEST_FEEDBACK}")
+    return conn
+
+
+def _with_partitions(schema: Any, spec: ExportTable) -> Any:
+    """``schema`` with the partition keys the layout's folder names carry."""
     pa = pyarrow_module()
-    schema = arrow_schema(spec)
     for name, kind in (("tenant", pa.string()), ("app", pa.string()), ("date", pa.date32())):
         if name != "app" or spec.by_app:
             schema = schema.append(pa.field(name, kind))
-    conn.register(f"_empty_{spec.name}", schema.empty_table())
+    return schema
+
+
+def _empty(conn: Any, spec: ExportTable) -> str:
+    """A relation with the table's columns and no rows (a tenant with none exported)."""
+    conn.register(f"_empty_{spec.name}", _with_partitions(arrow_schema(spec), spec).empty_table())
     return f"_empty_{spec.name}"
 
 

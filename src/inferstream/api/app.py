@@ -40,6 +40,7 @@ from inferstream.api import (
     queries,
     records,
     registry,
+    retention,
     v2,
 )
 from inferstream.api.accounts import Accounts
@@ -114,6 +115,7 @@ def create_app(settings: ApiSettings, tracing: Tracing = NO_TRACING) -> FastAPI:
     app.state.settings = settings
     for module in (ingest, dicomweb, queries, records, admin, registry, audit, analytics, grants):
         app.include_router(module.router, responses=ERROR_RESPONSES)
+    app.include_router(retention.router, responses=ERROR_RESPONSES)
     app_routes.mount(app, settings.application(), ERROR_RESPONSES)
     app.include_router(v2.router)
     app.include_router(ops.router)

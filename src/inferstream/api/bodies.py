@@ -37,6 +37,12 @@ class Result(BaseModel):
         description="the tenant that shared this record with yours (a sharing grant); "
         "null for your own records",
     )
+    withheld: dict[str, str] = Field(
+        default_factory=dict,
+        description="sensitive attributes given as null, each with why: shredded (the "
+        "tenant's keys were crypto-shredded), no_key (the API has no key-encryption key) "
+        "or unauthentic (the stored value was changed or copied from another record)",
+    )
 
     @classmethod
     def of(cls, row: ResultRow, shared_from: str | None = None) -> Result:
@@ -46,6 +52,7 @@ class Result(BaseModel):
         values["scores"] = dict(row.scores)
         values["attributes"] = dict(row.attributes)
         values["lineage"] = [dict(step) for step in row.lineage]
+        values["withheld"] = dict(row.withheld)
         return cls.model_construct(**values, shared_from=shared_from)
 
 

@@ -1,7 +1,11 @@
 """The live dashboard's aggregator: one snapshot per watched channel per tick.
 
 A channel is one tenant's records of one application; a deployment may show several
-applications, and each dashboard watches the one it selected.
+applications, and each dashboard watches the one it selected. Its newest table also
+holds the records sharing grants let the tenant read, marked with their owner; they
+are read through the grants each tick, so a revoked grant's records are in no
+snapshot built after the revocation, and such a snapshot is never replayed to a new
+subscriber.
 
 Made once per API process (by the app's lifespan); every WebSocket of a tenant gets
 the same snapshot. Each subscriber has a one-slot queue that keeps only the newest
@@ -67,7 +71,7 @@ class LiveHub:
         self._subscribers.setdefault(channel, set()).add(queue)
         if channel in self._last:
             queue.put_nowait(self._last[channel])
-        else:
+        else:  # none yet, or the last one holds shared records: those are read afresh
             self._wake.set()  # a new channel gets its first snapshot now, not next tick
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -86,7 +90,7 @@ class LiveHub:
         while self._subscribers:
             self._wake.clear()  # before the tick: a subscriber joining during it wakes the next
             try:
-                snapshots = await asyncio.to_thread(self.tick, list(self._subscribers))
+                snapshots = await asyncio.to_thread(self._build, list(self._subscribers))
             except InferstreamError as exc:
                 log.warning("live dashboard tick failed, retrying next tick: %s", exc)
                 snapshots = {}
@@ -94,8 +98,8 @@ class LiveHub:
                 # A bug must not freeze every dashboard silently: log it and keep ticking.
                 log.exception("live dashboard tick crashed")
                 snapshots = {}
-            for channel, message in snapshots.items():
-                self._publish(channel, message)
+            for channel, (message, shared) in snapshots.items():
+                self._publish(channel, message, cache=not shared)
             for channel in set(self._feeds) - set(self._subscribers):
                 del self._feeds[channel]  # unsubscribed while its tick ran
             with contextlib.suppress(TimeoutError):
@@ -103,6 +107,10 @@ class LiveHub:
 
     def tick(self, channels: Sequence[Channel]) -> dict[Channel, str]:
         """Build one snapshot per channel (blocking: runs in a worker thread)."""
+        return {channel: message for channel, (message, _) in self._build(channels).items()}
+
+    def _build(self, channels: Sequence[Channel]) -> dict[Channel, tuple[str, bool]]:
+        """One snapshot per channel, and whether it holds records shared with the tenant."""
         meters = self.meters.read() if self.meters is not None else {}
         snapshots = {}
         for channel in channels:
@@ -111,13 +119,20 @@ class LiveHub:
             if feed is None:
                 feed = self._feeds[channel] = TenantFeed(tenant, TenantWindow(now_us()))
             snapshot = tenant_snapshot(self.store, feed, self.pipeline, meters, self.apps[app])
-            snapshots[channel] = json.dumps(snapshot, separators=(",", ":"))
+            shared = any(scan["shared_from"] for scan in snapshot["newest"])
+            snapshots[channel] = (json.dumps(snapshot, separators=(",", ":")), shared)
         return snapshots
 
-    def _publish(self, channel: Channel, message: str) -> None:
+    def _publish(self, channel: Channel, message: str, *, cache: bool = True) -> None:
+        """Send ``message`` to the channel's subscribers; ``cache`` keeps it for the next
+        one to join. A snapshot holding shared records is not kept: a grant revoked since
+        it was built must not reach a new subscriber through it."""
         if channel not in self._subscribers:
             return
-        self._last[channel] = message
+        if cache:
+            self._last[channel] = message
+        else:
+            self._last.pop(channel, None)
         for queue in self._subscribers[channel]:
             if queue.full():
                 queue.get_nowait()  # keep only the newest snapshot for a slow client

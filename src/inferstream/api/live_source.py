@@ -1,11 +1,13 @@
 """Readings the live dashboard takes each tick: store queries, bus lag, worker errors.
 
-The store's own methods cover most of it (newest scans, accuracy); the few queries it
-lacks (results stored since a time, the label mix of several groups, dead letters per stage)
-are built here on the store's engine and ``schema`` tables, always filtered by tenant
-and, on PostgreSQL, run after setting ``inferstream.tenant`` like the store does, so
-row-level security backs the WHERE clause up. Everything here is blocking; the hub
-runs it in a thread.
+The store's own methods cover most of it (the newest records, through the sharing
+grants; accuracy); the few queries it lacks (results stored since a time, the label mix
+of several groups, dead letters per stage) are built here on the store's engine and
+``schema`` tables, always filtered by tenant and, on PostgreSQL, run after setting
+``inferstream.tenant`` like the store does, so row-level security backs the WHERE clause
+up. The window's figures (throughput, latency, label and group mix, dead letters) are the
+tenant's own records only: they describe its pipeline; records shared with it appear in
+the newest table. Everything here is blocking; the hub runs it in a thread.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from inferstream.errors import BusError
 from inferstream.pipeline import PipelineSpec
 from inferstream.store import ResultFilter, ResultsStore
 from inferstream.store.schema import dead_letters, records
+from inferstream.store.sharing import Sharing
 
 #: Most rows one tick reads; a backlog is caught up over the following ticks.
 MAX_ROWS_PER_TICK = 20_000
@@ -112,23 +115,29 @@ def fetch_dead_letter_counts(conn: Connection, tenant: str, recent_since_us: int
 def newest_scans(
     store: ResultsStore, tenant: str, limit: int = NEWEST, app: str | None = None
 ) -> list[dict[str, Any]]:
-    """The newest records (of ``app``), each under the id of the scan it was made from
-    (the id the dashboard opens with ``/v1/scans/{id}``; a record's own id is not a
-    scan's)."""
-    rows = store.list_results(tenant, ResultFilter(app=app), limit=limit, order="desc").items
+    """The newest records (of ``app``) ``tenant`` may read: its own and those a live
+    sharing grant covers, read through the grants afresh on every call (a revoked or
+    expired grant's records are gone from the next snapshot), shared ones masked and
+    marked with their owner (``shared_from``). Each is under the id of the scan it was
+    made from (the id the dashboard opens with ``/v1/scans/{id}``; a record's own id,
+    ``record_id``, is not a scan's)."""
+    found = Sharing(store).list_visible(tenant, ResultFilter(app=app), limit=limit, order="desc")
     return [
         {
-            "id": row.root_id,
-            "subject": row.subject,
-            "group": row.group,
-            "label": row.label,
-            "confidence": round(row.confidence, 4),
-            "model_name": row.model_name,
-            "model_version": row.model_version,
-            "stored_at_us": row.stored_at_us,
-            "latency_ms": round(row.latency_ms, 2),
+            "id": item.row.root_id,
+            "record_id": item.row.id,
+            "app": item.row.app,
+            "shared_from": item.shared_from,
+            "subject": item.row.subject,
+            "group": item.row.group,
+            "label": item.row.label,
+            "confidence": round(item.row.confidence, 4),
+            "model_name": item.row.model_name,
+            "model_version": item.row.model_version,
+            "stored_at_us": item.row.stored_at_us,
+            "latency_ms": round(item.row.latency_ms, 2),
         }
-        for row in rows
+        for item in found.items
     ]
 
 

@@ -54,6 +54,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "DELETE /v1/admin/keys/{key_id}": ADMIN,
     # Erasure of one subject's data (inferstream.store.erasure).
     "DELETE /v1/admin/subjects/{subject}": ADMIN,
+    # The tenant's stored retention policy (inferstream.api.retention).
+    "GET /v1/admin/retention": ADMIN,
+    "PUT /v1/admin/retention": ADMIN,
+    "DELETE /v1/admin/retention": ADMIN,
     # Sharing grants of the tenant's records with another tenant (inferstream.api.grants).
     "POST /v1/grants": ADMIN,
     "GET /v1/grants": ADMIN,

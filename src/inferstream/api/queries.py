@@ -1,7 +1,9 @@
 """Read routes: a scan's status and image, result listings, group summaries and CSV,
 feedback (ground truth) and accuracy per model version.
 
-Every query runs for the caller's tenant only; another tenant's id is simply not
+Every query runs for the caller's tenant; the result listing, the group summary and
+export, and a scan's image also show what sharing grants let it read of other tenants
+(:mod:`inferstream.store.sharing` enforces them). Another tenant's id is simply not
 found (404), never "forbidden", so ids do not leak across tenants.
 """
 
@@ -165,7 +167,8 @@ def list_results(
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/results")],
 ) -> ResultPage:
-    """Results of your tenant, filtered, oldest first; pass ``next_cursor`` for more."""
+    """Results of your tenant and those sharing grants let you read (each marked with
+    its owner in ``shared_from``), filtered, oldest first; pass ``next_cursor`` for more."""
     filters = ResultFilter(
         subject=query.subject,
         group=query.group,
@@ -178,9 +181,10 @@ def list_results(
         since_us=_us(query.since),
         until_us=_us(query.until),
     )
-    store = services_of(request).store
-    page = store.list_results(principal.tenant, filters, query.cursor, query.limit, query.order)
-    return ResultPage(items=[Result.of(row) for row in page.items], next_cursor=page.next_cursor)
+    sharing = Sharing(services_of(request).store)
+    page = sharing.list_visible(principal.tenant, filters, query.cursor, query.limit, query.order)
+    items = [Result.of(seen.row, seen.shared_from) for seen in page.items]
+    return ResultPage(items=items, next_cursor=page.next_cursor)
 
 
 def _us(moment: datetime | None) -> int | None:
@@ -191,26 +195,51 @@ def _us(moment: datetime | None) -> int | None:
     return int(moment.timestamp() * 1_000_000)
 
 
-@router.get("/v1/groups/{group}/summary", response_model=GroupSummaryOut)
+class OwnerSummaryOut(GroupSummaryOut):
+    """One owner's part of a group summary."""
+
+    shared_from: str | None = Field(
+        description="the tenant that shared these records with yours; null for your own"
+    )
+
+
+class SharedGroupSummaryOut(GroupSummaryOut):
+    """A group's summary over every record you may read, with each owner's part."""
+
+    by_owner: list[OwnerSummaryOut] = Field(
+        description="your own records first (shared_from null), then each tenant that "
+        "shares records of this group with yours; the top-level figures add them all up"
+    )
+
+
+@router.get("/v1/groups/{group}/summary", response_model=SharedGroupSummaryOut)
 def group_summary(
     group: GroupPath,
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/groups/{group}/summary")],
-) -> GroupSummaryOut:
+) -> SharedGroupSummaryOut:
     """Counts per label, the application's first ratio, mean confidence and
-    throughput of one group of records."""
+    throughput of one group of records: your own and those sharing grants let you read,
+    added up, and per owner in ``by_owner``."""
     state = services_of(request)
     app = state.app  # a record carries the champion of the first head: ratios of it only
     head = app.first_head
     first = next((r for r in app.ratios if head and r.head == head.name), None)
     ratio = first.label if first else ""
-    return GroupSummaryOut.of(state.store.group_summary(principal.tenant, group, ratio))
+    summary = Sharing(state.store).group_summary(principal.tenant, group, ratio)
+    parts = [
+        OwnerSummaryOut(**GroupSummaryOut.of(part).model_dump(), shared_from=owner)
+        for owner, part in summary.parts
+    ]
+    return SharedGroupSummaryOut(**GroupSummaryOut.of(summary.total).model_dump(), by_owner=parts)
 
 
 CSV_COLUMNS = (
     "id", "root_id", "subject", "group", "source", "label", "confidence", "model_name",
     "model_version", "created_at_us", "stored_at_us", "latency_ms",
 )  # fmt: skip
+#: The last column: the owner of a shared record, empty for your own.
+SHARED_FROM = "shared_from"
 
 
 @router.get(
@@ -223,24 +252,27 @@ def group_export(
     request: Request,
     principal: Annotated[Principal, guard("GET /v1/groups/{group}/export.csv")],
 ) -> StreamingResponse:
-    """Every record of one group as CSV, streamed page by page."""
-    store = services_of(request).store
-    rows = _csv_lines(store, principal.tenant, group)
+    """Every record of one group as CSV, streamed page by page: your own and those
+    sharing grants let you read (``shared_from`` names their owner), masked as shared."""
+    sharing = Sharing(services_of(request).store)
+    rows = _csv_lines(sharing, principal.tenant, group)
     disposition = f'attachment; filename="{_safe_filename(group)}.csv"'
     return StreamingResponse(
         rows, media_type="text/csv", headers={"Content-Disposition": disposition}
     )
 
 
-def _csv_lines(store: Any, tenant: str, group: str) -> Iterator[str]:
+def _csv_lines(sharing: Sharing, tenant: str, group: str) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow((*CSV_COLUMNS, SHARED_FROM))
     cursor: str | None = None
     while True:
-        page = store.list_results(tenant, ResultFilter(group=group), cursor, 1000)
-        for row in page.items:
-            writer.writerow([_cell(getattr(row, name)) for name in CSV_COLUMNS])
+        # Each page is read afresh through the grants: a revocation stops the rest.
+        page = sharing.list_visible(tenant, ResultFilter(group=group), cursor, 1000)
+        for seen in page.items:
+            cells = [getattr(seen.row, name) for name in CSV_COLUMNS]
+            writer.writerow([_cell(value) for value in (*cells, seen.shared_from)])
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

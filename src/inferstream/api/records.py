@@ -53,6 +53,7 @@ class AttributeOut(BaseModel):
     kind: str
     filterable: bool
     client: bool = Field(description="a client may send it at ingest")
+    sensitive: bool = Field(default=False, description="stored encrypted at rest; never a filter")
     description: str
 
 
@@ -119,7 +120,8 @@ def describe(
         name=spec.name, title=spec.title, subject=spec.subject, group=spec.group,
         group_noun=spec.group_noun, source=spec.source,
         attributes=[AttributeOut(name=a.name, kind=a.kind, filterable=a.filterable,
-                                 client=a.client, description=a.description)
+                                 client=a.client, sensitive=a.sensitive,
+                                 description=a.description)
                     for a in spec.attributes],
         heads=[HeadOut(name=h.name, labels=[LabelOut(name=label.name, title=label.shown,
                                                      colour=label.colour)
@@ -211,6 +213,14 @@ def parse_filters(
 ) -> tuple[ResultFilter, dict[str, Any]]:
     """The store filter and paging of a record listing; 400 naming any bad parameter."""
     filterable = {a.name: a for a in app.attributes if a.filterable}
+    sealed = sorted(app.sensitive_attributes.intersection(params))
+    if sealed:
+        raise BadRequest(
+            f"{', '.join(sealed)} of {app.name!r} is sensitive (stored encrypted), so records "
+            "cannot be filtered or sorted by it; filter by "
+            f"{', '.join(sorted(filterable)) or 'the common filters'} and read it from the "
+            "records found"
+        )
     unknown = sorted(set(params) - COMMON - set(filterable))
     if unknown:
         raise BadRequest(

@@ -13,10 +13,14 @@ Reading guide:
 - :mod:`~inferstream.store.step` — the ``store_results`` sink step.
 - :mod:`~inferstream.store.audit` — the audit log: per-tenant hash chains, verify.
 - :mod:`~inferstream.store.blob_keys` — the wrapped data keys of encrypted blobs.
+- :mod:`~inferstream.store.data_keys` — those keys made, unwrapped, rotated, shredded.
+- :mod:`~inferstream.store.sealed_attributes` — applications' sensitive attributes,
+  sealed under the same keys.
 - :mod:`~inferstream.store.share_rules` and :mod:`~inferstream.store.sharing` — sharing
   grants: what one admits, making and revoking them, reads through them.
 - :mod:`~inferstream.store.erasure` — erasing one subject of a tenant, audited.
-- :mod:`~inferstream.store.retention` — a tenant's retention: results before a cutoff.
+- :mod:`~inferstream.store.retention` — a tenant's retention: results before a cutoff,
+  and the stored per-tenant policies housekeeping applies.
 
 Adding a migration (e.g. the API's ``users``, ``api_keys`` and ``tenants``):
 

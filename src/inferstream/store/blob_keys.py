@@ -3,20 +3,36 @@
 Each tenant has data keys numbered 1, 2, ... (the newest seals new blobs; every one
 still opens the blobs it sealed), kept only wrapped: the KEK that unwraps them never
 reaches the database. Shredding a tenant deletes its keys and remembers that it was
-shredded, so a read of its blobs can say why it fails. The crypto itself is in
-:mod:`inferstream.blob_crypto`; this module only reads and writes rows.
+shredded, so a read of its blobs can say why it fails. The keys serve blobs
+(:mod:`inferstream.blob_crypto`) and sensitive record attributes
+(:mod:`inferstream.store.sealed_attributes`) alike; :mod:`inferstream.store.data_keys`
+wraps and unwraps them. This module only reads and writes rows.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Select, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from inferstream.store.schema import blob_data_keys, blob_key_shreds
-from inferstream.store.store import ResultsStore
+
+
+class KeyStore(Protocol):
+    """What the key table needs of a :class:`~inferstream.store.store.ResultsStore`
+    (named by its shape, since the store itself seals attributes with these keys)."""
+
+    @property
+    def url(self) -> str: ...
+
+    def tenant_transaction(self, tenant: str, action: str) -> AbstractContextManager[Connection]:
+        """A transaction bound to ``tenant``."""
+        ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +54,7 @@ class Shred:
 class BlobKeyTable:
     """The ``blob_data_keys`` and ``blob_key_shreds`` tables of one results store."""
 
-    def __init__(self, store: ResultsStore) -> None:
+    def __init__(self, store: KeyStore) -> None:
         self.store = store
 
     def newest(self, tenant: str) -> StoredDataKey | None:

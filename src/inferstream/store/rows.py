@@ -24,7 +24,8 @@ class ResultRow:
     ``id`` is the record's own (deterministic) id; ``root_id`` the ingested item it
     came from (a scan), ``parent_id`` the record it was made from in a fan-out.
     ``subject``, ``group`` and ``source`` are the values of the attributes the
-    application names so; ``attributes`` holds every declared attribute.
+    application names so; ``attributes`` holds every declared attribute (a sensitive
+    one as stored: sealed, until the store that read the row opens it).
     """
 
     id: str
@@ -49,6 +50,9 @@ class ResultRow:
     parent_id: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
     head: str = ""
+    #: Sensitive attributes read as null, each with why (``shredded``, ``no_key``,
+    #: ``unauthentic``: :mod:`inferstream.store.sealed_attributes`); not a column.
+    withheld: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.root_id:  # a record made from nothing else is its own root
@@ -63,9 +67,13 @@ class ResultRow:
         return params
 
     @classmethod
-    def from_mapping(cls, row: Mapping[Any, Any]) -> ResultRow:
+    def from_mapping(cls, row: Mapping[Any, Any], opened: Opened | None = None) -> ResultRow:
+        """The row as stored; ``opened``: its attributes and withheld ones instead, as
+        :mod:`~inferstream.store.sealed_attributes` opened them."""
         values = {name: row[_COLUMN.get(name, name)] for name in RESULT_FIELDS}
         values["lineage"] = tuple(values["lineage"])
+        if opened is not None:
+            values["attributes"], values["withheld"] = opened
         return cls(**values)
 
     def champion(self) -> PredictionRow:
@@ -78,9 +86,11 @@ class ResultRow:
         )  # fmt: skip
 
 
+#: A record's attributes with its sealed ones opened, and those withheld (with why).
+Opened = tuple[Mapping[str, Any], Mapping[str, str]]
 #: Field -> column where they differ ("group" is an SQL keyword).
 _COLUMN = {"group": "group_key"}
-RESULT_FIELDS = tuple(f.name for f in fields(ResultRow))
+RESULT_FIELDS = tuple(f.name for f in fields(ResultRow) if f.name != "withheld")
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     Float,
     Index,
@@ -395,3 +396,24 @@ share_conditions = Table(
 
 #: The sharing tables, under row-level security on PostgreSQL.
 SHARING_TABLES = ("share_grants", "share_conditions")
+
+# -- retention policies (migration v0010; inferstream.store.retention) --------------
+
+#: Most days kept: a policy of 100 years is already "keep everything".
+MAX_KEEP_DAYS = 36500
+
+#: At most one row per tenant: the days its results are kept, who set that and when.
+#: Housekeeping expires each tenant's results by it. Under row-level security on
+#: PostgreSQL.
+retention_policies = Table(
+    "retention_policies",
+    metadata,
+    Column("tenant", String(), nullable=False),
+    Column("keep_days", Integer, nullable=False),
+    Column("set_by", String(), nullable=False),
+    Column("set_at_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant"),
+    CheckConstraint(
+        f"keep_days >= 1 AND keep_days <= {MAX_KEEP_DAYS}", name="ck_retention_policies_keep_days"
+    ),
+)

@@ -137,7 +137,8 @@ def seen(row: ResultRow, viewer: str, grants: Sequence[Grant], now_us: int) -> S
     blanked = set.intersection(*(set(grant.masked_columns) for grant in covering))
     attributes = {name: value for name, value in row.attributes.items() if name not in masked}
     columns: dict[str, Any] = {column: None for column in blanked}
-    shown = dataclasses.replace(row, attributes=attributes, **columns)
+    withheld = {name: why for name, why in row.withheld.items() if name not in masked}
+    shown = dataclasses.replace(row, attributes=attributes, withheld=withheld, **columns)
     return Seen(shown, row.tenant, any(grant.images for grant in covering))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, select, update
@@ -22,11 +23,27 @@ from inferstream.envelope import now_us
 from inferstream.errors import InvalidInput
 from inferstream.store import queries, schema
 from inferstream.store.attributes import check_name
-from inferstream.store.rows import Order, Page, PredictionRow, ResultFilter, ResultRow
+from inferstream.store.rows import (
+    GroupSummary,
+    Order,
+    Page,
+    PredictionRow,
+    ResultFilter,
+    ResultRow,
+)
 from inferstream.store.share_rules import COLUMNS, Condition, Grant, Seen, covered, seen, visible
-from inferstream.store.store import ResultsStore
+from inferstream.store.store import ResultsStore, summarise
 
-__all__ = ["Condition", "Grant", "GrantError", "GrantNotFound", "Seen", "Sharing"]
+__all__ = [
+    "Condition",
+    "Grant",
+    "GrantError",
+    "GrantNotFound",
+    "Seen",
+    "SharedSummary",
+    "Sharing",
+    "Tally",
+]
 
 
 class GrantError(InvalidInput):
@@ -116,13 +133,17 @@ class Sharing:
     ) -> Page[Seen]:
         """One page of the records ``viewer`` may read, its own and those shared with
         it, ordered by (stored_at_us, id); shared ones masked and marked with their owner."""
+        self.store.sensitive.check_filter(filters)
         at = now_us()
-        terms = queries.result_conditions(viewer, filters, visible(viewer, at, self._dialect))
-        stmt = queries.keyset_page(schema.records, terms, ("stored_at_us", "id"),
-                                   cursor=cursor, limit=limit, order=order)  # fmt: skip
         with self.store.tenant_transaction(viewer, "list records shared with a tenant in") as conn:
-            rows = [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
-            grants = self._live(conn, viewer, at) if any(r.tenant != viewer for r in rows) else []
+            grants = self._live(conn, viewer, at)
+            # No live grant: the tenant's own rows, as the tenant-first indexes serve best.
+            rows_seen = visible(viewer, at, self._dialect) if grants else None
+            terms = queries.result_conditions(viewer, filters, rows_seen)
+            stmt = queries.keyset_page(schema.records, terms, ("stored_at_us", "id"),
+                                       cursor=cursor, limit=limit, order=order)  # fmt: skip
+            found = conn.execute(stmt).mappings().all()
+        rows = self.store.sensitive.rows(found)
         next_cursor = None
         if len(rows) > limit:
             del rows[limit:]
@@ -137,11 +158,51 @@ class Sharing:
         r = schema.records.c
         stmt = select(schema.records).where(r.id == record_id, visible(viewer, at, self._dialect))
         with self.store.tenant_transaction(viewer, "read a shared record from") as conn:
-            rows = [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
-            grants = self._live(conn, viewer, at) if any(r.tenant != viewer for r in rows) else []
+            found = conn.execute(stmt).mappings().all()
+            shared = any(r["tenant"] != viewer for r in found)
+            grants = self._live(conn, viewer, at) if shared else []
+        rows = self.store.sensitive.rows(found)
         rows.sort(key=lambda row: row.tenant != viewer)
         shown = (seen(row, viewer, grants, at) for row in rows)
         return next((item for item in shown if item is not None), None)
+
+    def group_summary(self, viewer: str, group: str, ratio_label: str = "") -> SharedSummary:
+        """One group's summary over every record ``viewer`` may read, and per owner.
+
+        The viewer's own records are summed by the database; shared ones are read row
+        by row and pass :func:`seen` first, so a row the SQL admitted that no grant
+        covers in Python, or whose group the grant masks, is not counted.
+        """
+        at = now_us()
+        with self.store.tenant_transaction(viewer, "summarise a group in") as conn:
+            own = [Tally(*row) for row in conn.execute(queries.summary_by_label(viewer, group))]
+            grants = self._live(conn, viewer, at)
+            shared = self._shared_tallies(conn, viewer, group, grants, at) if grants else {}
+        parts: list[tuple[str | None, GroupSummary]] = [
+            (None, summarise(viewer, group, own, ratio_label))
+        ]
+        for owner in sorted(shared):
+            parts.append((owner, summarise(owner, group, shared[owner], ratio_label)))
+        every = merge_tallies([*own, *(tally for t in shared.values() for tally in t)])
+        return SharedSummary(summarise(viewer, group, every, ratio_label), tuple(parts))
+
+    def _shared_tallies(
+        self, conn: Connection, viewer: str, group: str, grants: Sequence[Grant], at: int
+    ) -> dict[str, list[Tally]]:
+        """Per owner, the per-label tallies of its records of ``group`` shared with ``viewer``."""
+        r = schema.records.c
+        wanted = ResultFilter(group=group)
+        stmt = select(schema.records).where(
+            r.tenant != viewer, r.group_key == group, covered(viewer, at, self._dialect)
+        )
+        by_owner: dict[str, list[ResultRow]] = {}
+        # Counting needs no sensitive value: rows are judged as stored, unopened (a
+        # condition the SQL could not match on a sealed value fails here too: closed).
+        for mapping in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+            item = seen(ResultRow.from_mapping(mapping), viewer, grants, at)
+            if item is not None and item.shared_from is not None and _unmasked(item, wanted):
+                by_owner.setdefault(item.shared_from, []).append(item.row)
+        return {owner: tally(rows) for owner, rows in by_owner.items()}
 
     def predictions_of(self, viewer: str, record: Seen) -> list[PredictionRow]:
         """Every prediction of a record ``viewer`` sees (its own, or shared with it)."""
@@ -168,6 +229,45 @@ class Sharing:
             g.grantee == viewer, g.revoked_at_us.is_(None), g.expires_at_us > at
         )
         return _load(conn, stmt)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """One label's count, confidence sum and first/last store time (a group's summary row)."""
+
+    label: str
+    count: int
+    confidence_sum: float
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSummary:
+    """A group's summary over every record a tenant may read (``total``), and the same
+    for each owner (``parts``: ``None`` for the tenant's own, then each sharing owner)."""
+
+    total: GroupSummary
+    parts: tuple[tuple[str | None, GroupSummary], ...]
+
+
+def tally(rows: Iterable[ResultRow]) -> list[Tally]:
+    """The per-label tallies of ``rows``."""
+    return merge_tallies(
+        Tally(row.label, 1, row.confidence, row.stored_at_us, row.stored_at_us) for row in rows
+    )
+
+
+def merge_tallies(tallies: Iterable[Tally]) -> list[Tally]:
+    """Tallies of the same label added into one."""
+    merged: dict[str, Tally] = {}
+    for t in tallies:
+        m = merged.get(t.label)
+        merged[t.label] = t if m is None else Tally(
+            t.label, int(m.count) + int(t.count), float(m.confidence_sum) + float(t.confidence_sum),
+            min(int(m.first), int(t.first)), max(int(m.last), int(t.last)),
+        )  # fmt: skip
+    return list(merged.values())
 
 
 def _unmasked(item: Seen, filters: ResultFilter | None) -> bool:
@@ -199,6 +299,7 @@ def _check(grant: Grant, app: AppSpec) -> None:
                 f"{name[:64]!r} is no attribute of {app.name!r}; use one of {', '.join(kinds)}"
             )
         check_name(name)
+    _refuse_sensitive(conditions, app)
     for condition in conditions:
         bounds = [bound for bound in (condition.low, condition.high) if bound is not None]
         wanted = (int, float) if condition.kind == "number" else (str,)
@@ -213,6 +314,15 @@ def _check(grant: Grant, app: AppSpec) -> None:
             )
     if len({c.attribute for c in conditions}) != len(conditions):
         raise GrantError("give one condition per attribute (a range covers both ends)")
+
+
+def _refuse_sensitive(conditions: Sequence[Condition], app: AppSpec) -> None:
+    sealed = sorted(app.sensitive_attributes.intersection(c.attribute for c in conditions))
+    if sealed:
+        raise GrantError(
+            f"{', '.join(sealed)} of {app.name!r} is sensitive (stored encrypted), so a grant "
+            "cannot select records by it; select by another attribute (masking it is fine)"
+        )
 
 
 def _grant_params(grant: Grant) -> dict[str, Any]:

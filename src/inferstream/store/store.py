@@ -24,8 +24,10 @@ from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from inferstream.application import AppSpec
 from inferstream.envelope import now_us
 from inferstream.errors import InferstreamError, StoreError
+from inferstream.key_provider import KeyProvider, key_provider_from_env
 from inferstream.store import queries, schema
 from inferstream.store.attributes import create_index
+from inferstream.store.data_keys import data_keys
 from inferstream.store.engine import describe, make_engine
 from inferstream.store.migrate import Migration, upgrade
 from inferstream.store.rows import (
@@ -41,9 +43,8 @@ from inferstream.store.rows import (
     ResultRow,
 )
 from inferstream.store.schema import feedback
+from inferstream.store.sealed_attributes import SensitiveAttributes
 from inferstream.store.tenancy import name_tenant
-
-Row = ResultRow | PredictionRow | DeadLetterRow
 
 
 class RejectedWrite(InferstreamError):
@@ -63,12 +64,25 @@ class ResultsStore:
 
     ``ResultsStore("sqlite:///results.db")`` migrates the schema to the newest
     revision on open; pass ``migrate=False`` when a deploy step does that instead.
+    With a key provider (``key_provider``, by default the one ``INFERSTREAM_KEK`` or
+    ``INFERSTREAM_KEY_PROVIDER`` configures), the applications' sensitive attributes
+    are written sealed and opened on read (:mod:`~inferstream.store.sealed_attributes`).
     Safe to use from several threads; open one per process.
     """
 
-    def __init__(self, url: str | URL, *, migrate: bool = True, **engine_args: Any) -> None:
+    def __init__(
+        self,
+        url: str | URL,
+        *,
+        migrate: bool = True,
+        key_provider: KeyProvider | None = None,
+        **engine_args: Any,
+    ) -> None:
         self.url = describe(url)
+        provider = key_provider or key_provider_from_env()  # refused before a connection
         self.engine: Engine = make_engine(url, **engine_args)
+        keys = data_keys(self, provider) if provider is not None else None
+        self.sensitive = SensitiveAttributes(keys)
         if migrate:
             try:
                 self.migrate()
@@ -86,6 +100,7 @@ class ResultsStore:
     def register_app(self, app: AppSpec) -> None:
         """Index the application's filterable attributes (those without a column of
         their own); a no-op for indexes already made. Sinks and the API call it on start."""
+        self.sensitive.register(app)
         columns = {app.subject, app.group, app.source}
         with self._errors("index the attributes of an application in"), self.engine.begin() as conn:
             for attribute in app.attributes:
@@ -144,12 +159,13 @@ class ResultsStore:
         """Write records, their predictions and dead letters in ONE transaction.
 
         Each table gets one executemany per tenant in the batch (the tenant setting
-        changes between them on PostgreSQL); all or nothing is committed.
+        changes between them on PostgreSQL); all or nothing is committed. Sensitive
+        attributes are sealed first (the data keys are read, or made, outside it).
         """
-        writes: list[tuple[Table, Sequence[Row]]] = [
-            (schema.records, results),
-            (schema.predictions, predictions),
-            (schema.dead_letters, dead_letters),
+        writes: list[tuple[Table, Sequence[dict[str, Any]]]] = [
+            (schema.records, self.sensitive.params(results)),
+            (schema.predictions, [row.as_params() for row in predictions]),
+            (schema.dead_letters, [row.as_params() for row in dead_letters]),
         ]
         with self._errors("write a batch to"), self.engine.begin() as conn:
             for table, rows in writes:
@@ -192,14 +208,14 @@ class ResultsStore:
         self,
         conn: Connection,
         table: Table,
-        rows: Sequence[Row],
+        rows: Sequence[dict[str, Any]],
         on_conflict: OnConflict,
     ) -> None:
         if not rows:
             return
         by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
-            by_tenant[row.tenant].append(row.as_params())
+            by_tenant[row["tenant"]].append(row)
         stmt = queries.upsert(table, conn.dialect.name, on_conflict)
         for tenant, params in by_tenant.items():
             name_tenant(conn, tenant)
@@ -213,7 +229,7 @@ class ResultsStore:
         stmt = select(records).where(records.c.tenant == tenant, records.c.id == id)
         with self.tenant_transaction(tenant, "read a record from") as conn:
             row = conn.execute(stmt).mappings().first()
-        return None if row is None else ResultRow.from_mapping(row)
+        return None if row is None else self.sensitive.rows([row])[0]
 
     def results_of_root(self, tenant: str, root_id: str, limit: int = 1000) -> list[ResultRow]:
         """Every record made from the ingested item ``root_id`` (one, or a fan-out's N)."""
@@ -229,6 +245,7 @@ class ResultsStore:
         order: Order = "asc",
     ) -> Page[ResultRow]:
         """One page of a tenant's results ordered by (stored_at_us, id)."""
+        self.sensitive.check_filter(filters)
         conditions = queries.result_conditions(tenant, filters)
         stmt = queries.keyset_page(
             schema.records,
@@ -239,7 +256,8 @@ class ResultsStore:
             order=order,
         )
         with self.tenant_transaction(tenant, "list results in") as conn:
-            rows = [ResultRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+            found = conn.execute(stmt).mappings().all()
+        rows = self.sensitive.rows(found)
         return _page(rows, limit, order, lambda row: (row.stored_at_us, row.id))
 
     def list_predictions(self, tenant: str, record_id: str) -> list[PredictionRow]:
@@ -254,6 +272,7 @@ class ResultsStore:
             return [PredictionRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
 
     def count_results(self, tenant: str, filters: ResultFilter | None = None) -> int:
+        self.sensitive.check_filter(filters)
         conditions = queries.result_conditions(tenant, filters)
         stmt = select(func.count()).select_from(schema.records).where(*conditions)
         with self.tenant_transaction(tenant, "count results in") as conn:

@@ -25,7 +25,9 @@ APP = AppSpec(
     source="folder",
     attributes=(
         Attribute("name", filterable=True, description="the dropped file's name, no suffix"),
-        Attribute("file", description="the dropped file's name"),
+        # A file's own name often names a person or a customer ("smith_j_0412.png"):
+        # kept encrypted at rest when encryption is configured.
+        Attribute("file", description="the dropped file's name", sensitive=True),
         Attribute("folder", filterable=True, description="the folder it was dropped in"),
         Attribute("blob_sha256", description="the image's SHA-256 in the blob store"),
         Attribute("width", "int", description="image width (pixels)"),

@@ -604,13 +604,29 @@
       tr.tabIndex = 0;
       tr.setAttribute("aria-selected", String(scan.id === selectedId));
       cell(tr, new Date(scan.stored_at_us / 1000).toLocaleTimeString());
-      cell(tr, scan.subject || "–");
+      const subject = cell(tr, scan.subject || "–");
+      if (scan.shared_from) {
+        // Another tenant's record, shared with this one by a grant: mark its owner.
+        tr.classList.add("shared");
+        tr.dataset.sharedFrom = scan.shared_from;
+        tr.dataset.recordId = scan.record_id;
+        tr.dataset.app = scan.app;
+        subject.append(" ", sharedMark(scan.shared_from));
+      }
       cell(tr, scan.group || "–");
       if (!predicts) return;
       labelCell(tr, scan.label);
       cell(tr, percent(scan.confidence), "num");
       cell(tr, `${scan.model_name} ${scan.model_version}`);
     });
+  }
+
+  function sharedMark(owner) {
+    const mark = document.createElement("span");
+    mark.className = "shared-from";
+    mark.textContent = `shared by ${owner}`;
+    mark.title = `A record of tenant ${owner}, shared with yours by a sharing grant`;
+    return mark;
   }
 
   // ---- scan details --------------------------------------------------------
@@ -629,7 +645,23 @@
     list.append(dt, dd);
   }
 
-  async function openScan(id) {
+  async function loadOwnScan(id) {
+    return Promise.all([
+      authFetch(`/v1/scans/${encodeURIComponent(id)}`).then((r) => r.json()),
+      authFetch(`/v1/scans/${encodeURIComponent(id)}/image`).then((r) => r.blob()),
+    ]);
+  }
+
+  async function loadSharedScan(id, app, recordId) {
+    // A shared record is read through the record route (the scan's status is the
+    // owner's); its image only when the grant allows images.
+    const path = `/v1/apps/${encodeURIComponent(app)}/records/${encodeURIComponent(recordId)}`;
+    const detail = await authFetch(path).then((r) => r.json());
+    const image = detail.image ? await authFetch(detail.image).then((r) => r.blob()) : null;
+    return [{ id, status: "processed", result: detail.record }, image];
+  }
+
+  async function openScan(id, shared) {
     selectedId = id;
     const panel = $("scan-panel");
     panel.hidden = false;
@@ -641,10 +673,9 @@
     $("scan-image").removeAttribute("src");
     $("scan-close").focus();
     try {
-      const [detail, image] = await Promise.all([
-        authFetch(`/v1/scans/${encodeURIComponent(id)}`).then((r) => r.json()),
-        authFetch(`/v1/scans/${encodeURIComponent(id)}/image`).then((r) => r.blob()),
-      ]);
+      const [detail, image] = shared
+        ? await loadSharedScan(id, shared.app, shared.recordId)
+        : await loadOwnScan(id);
       if (selectedId !== id) return;
       showScan(detail, image);
     } catch (err) {
@@ -654,13 +685,19 @@
 
   function showScan(detail, image) {
     if (imageUrl) URL.revokeObjectURL(imageUrl);
-    imageUrl = URL.createObjectURL(image);
+    imageUrl = image ? URL.createObjectURL(image) : null;
     const result = detail.result || detail;
     const img = $("scan-image");
-    img.src = imageUrl;
-    img.alt = `Image of ${result.subject || detail.id}`;
+    if (imageUrl) {
+      img.src = imageUrl;
+      img.alt = `Image of ${result.subject || detail.id}`;
+    } else {
+      img.removeAttribute("src");
+      img.alt = "No image: the sharing grant does not include images";
+    }
     const facts = $("scan-facts");
     fact(facts, "Status", detail.status);
+    if (result.shared_from) fact(facts, "Shared by", result.shared_from);
     fact(facts, $("col-subject").textContent, result.subject);
     fact(facts, $("col-group").textContent, result.group);
     fact(facts, "Source", result.source);
@@ -704,7 +741,10 @@
     const row = event.target.closest("tr[data-scan-id]");
     if (!row) return;
     event.preventDefault();
-    openScan(row.dataset.scanId);
+    const shared = row.dataset.sharedFrom
+      ? { app: row.dataset.app, recordId: row.dataset.recordId }
+      : null;
+    openScan(row.dataset.scanId, shared);
   }
 
   // ---- wiring --------------------------------------------------------------
