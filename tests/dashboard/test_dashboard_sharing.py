@@ -1,7 +1,8 @@
-"""The dashboard of a tenant another shares records with, in real Chromium: the shared
-record is among the newest, marked with its owner and masked; it opens through the
-record route, without the image the grant withholds; a record outside the grant and a
-third tenant see nothing of it; after the revocation the next snapshots drop it."""
+"""The dashboard of a tenant another shares records with, in real Chromium, on each
+store: the shared record is among the newest, marked with its owner and masked; it opens
+through the record route, without the image the grant withholds; a record outside the
+grant and a third tenant see nothing of it; after the revocation the next snapshots drop
+it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_world import JWT_SECRET, PASSWORD, api_server
+from pg_testing import POSTGRES_URL, private_schema
 from playwright.sync_api import Browser
 from test_dashboard_browser import Pages, browser  # noqa: F401 - the module's browser fixture
 
@@ -49,15 +51,29 @@ def egg(tenant: str, n: int, tray: str) -> ResultRow:
     )  # fmt: skip
 
 
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Each store in turn (the rules are the store's: RLS on PostgreSQL, the WHERE clause
+    on SQLite)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sharing-store') / 'results.db'}"
+        return
+    with private_schema(POSTGRES_URL, "dashshare") as url:
+        yield url
+
+
 @pytest.fixture(scope="module")
-def shared_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedWorld]:
+def shared_world(tmp_path_factory: pytest.TempPathFactory, store_url: str) -> Iterator[SharedWorld]:
     """The API alone (no pipeline: the records are written to the store) with a
     hatchery holding two records, a lab holding one, and a third tenant."""
     folder: Path = tmp_path_factory.mktemp("sharing")
     spec = load_pipeline(EGGS.pipeline_path()).with_urls(
-        bus=f"sqlite:///{folder / 'bus.db'}", store=f"sqlite:///{folder / 'results.db'}",
-        blobs=f"file://{folder / 'blobs'}",
-    )  # fmt: skip
+        bus=f"sqlite:///{folder / 'bus.db'}", store=store_url, blobs=f"file://{folder / 'blobs'}"
+    )
     settings = ApiSettings(spec, "scans.raw", JWT_SECRET, rate_per_s=1e6, burst=10**6)
     with api_server(settings) as (base_url, app):
         services = app.state.services
