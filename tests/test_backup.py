@@ -186,6 +186,54 @@ def test_a_damaged_backup_is_refused_before_anything_is_written(tmp_path: Path) 
         read_manifest(tmp_path)
 
 
+def _small_backup(tmp_path: Path) -> Path:
+    """A backup of one record and one blob (the blob store's own layout)."""
+    with ResultsStore(f"sqlite:///{tmp_path / 'small.db'}") as source:
+        source.upsert_results([_row("acme", 1)])
+        LocalBlobStore(tmp_path / "small-blobs").put(b"scan bytes", "acme")
+        backup(source, tmp_path / "small-blobs", tmp_path / "small-backup")
+    return tmp_path / "small-backup"
+
+
+def _assert_nothing_restored(target: ResultsStore, blobs: Path) -> None:
+    assert target.count_results("acme") == 0
+    assert not any(_tables(target).values())
+    assert not blobs.exists() or _files(blobs) == {}
+
+
+@pytest.mark.parametrize("target", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_tampered_blob_is_refused_before_any_table_or_blob_is_written(
+    target: str, tmp_path: Path
+) -> None:
+    source = _small_backup(tmp_path)
+    (blob,) = (p for p in (source / "blobs").rglob("*") if p.is_file())
+    blob.write_bytes(b"tampered")
+    with _empty_store(target, tmp_path) as url, ResultsStore(url) as restored:
+        with pytest.raises(BackupError, match=f"{blob.name}\\) does not match its blob list"):
+            restore(source, restored, tmp_path / "blobs-restored")
+        _assert_nothing_restored(restored, tmp_path / "blobs-restored")
+
+
+def test_a_backup_naming_anything_but_its_own_files_is_refused(tmp_path: Path) -> None:
+    source = _small_backup(tmp_path)
+    outside = json.dumps({"key": "acme/../../../outside", "size": 1, "sha256": "0" * 64})
+    (source / "blobs.jsonl").write_text(outside + "\n")
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest["blobs"]["sha256"] = hashlib.sha256((outside + "\n").encode()).hexdigest()
+    (source / "manifest.json").write_text(json.dumps(manifest))
+    with ResultsStore(f"sqlite:///{tmp_path / 'target.db'}") as restored:
+        with pytest.raises(BackupError, match=r"line 1 of .*blobs\.jsonl is not a blob"):
+            restore(source, restored, tmp_path / "blobs-restored")
+        _assert_nothing_restored(restored, tmp_path / "blobs-restored")
+        for name in ("../small.db", "/etc/passwd", "tables/other.jsonl"):
+            manifest = json.loads((source / "manifest.json").read_text())
+            manifest["tables"]["records"]["file"] = name
+            (source / "manifest.json").write_text(json.dumps(manifest))
+            with pytest.raises(BackupError, match="names another file where a backup has"):
+                restore(source, restored, tmp_path / "blobs-restored")
+            _assert_nothing_restored(restored, tmp_path / "blobs-restored")
+
+
 def test_backup_and_restore_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from inferstream.apps.eggs import APP
 

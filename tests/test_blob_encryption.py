@@ -247,8 +247,12 @@ def test_keys_commands_rotate_add_shred_and_audit(
         open_blobs(url, results).get(ref, "acme")
     assert main(["audit", "export", pipeline, "--store", store, "--tenant", "acme"]) == 0
     entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [e["action"] for e in entries] == ["cli keys shred"]
-    assert "TICKET-7" in entries[0]["target"]
+    assert [e["action"] for e in entries] == ["cli keys new-data-key", "cli keys shred"]
+    assert "TICKET-7" in entries[1]["target"]
+    assert main(["audit", "export", pipeline, "--store", store]) == 0  # the deployment's chain
+    entries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["action"] for e in entries] == ["cli keys rotate-kek"]
+    assert kek_id_of(new) in entries[0]["target"]
 
 
 def test_keys_commands_need_a_kek(

@@ -24,12 +24,13 @@ so a blob a record of the snapshot names is there unless it was purged meanwhile
 blob gone between the listing and its read is left out and counted). The
 manifest is written last: a folder without one is an unfinished backup.
 
-A restore checks every file against the manifest before it writes anything, and each
-blob's bytes against their SHA-256 before writing them; it refuses a store or blob store
-that holds anything unless told otherwise, writes every table in one transaction (a
-failed restore leaves the store as it was) and lists the blob store afterwards to check
-that every blob landed. The audit log's rows
-are restored as they were, so its hash chains and their signed heads still verify.
+A restore checks every file against the manifest before it writes anything (the
+tables' files, the blob list, each blob's key and bytes); it refuses a store or blob
+store that holds anything unless told otherwise, writes the blobs (checked again as
+they are read) and lists the blob store to check that every one landed, then writes
+every table in one transaction, last: a failed restore leaves the store as it was. The
+audit log's rows are restored as they were, so its hash chains and their signed heads
+still verify.
 What is not in a backup: the bus (topics and consumer offsets) and the runtime's own
 side tables (stateful stages' task state, replay requests), which belong to a running
 pipeline and are rebuilt by it.
@@ -41,8 +42,6 @@ import base64
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -52,9 +51,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, LargeBinary, Table, func, select, text
 
-from inferstream.blobs import BlobStore, LocalBlobStore, stored_key
+from inferstream.blobs import BlobStore, LocalBlobStore, stored_key, write_whole
 from inferstream.envelope import now_us
-from inferstream.errors import BlobStoreUnavailable, InferstreamError
+from inferstream.errors import BlobError, BlobStoreUnavailable, InferstreamError
 from inferstream.store import ResultsStore, schema
 
 FORMAT = "inferstream-backup"
@@ -199,7 +198,7 @@ def _copy_blobs_out(blobs: BlobStore, dest: Path, progress: Progress) -> dict[st
             if data is None:
                 gone += 1  # purged since it was listed
                 continue
-            _write(dest / "blobs" / key, data)
+            write_whole(dest / "blobs" / key, data)
             entry = {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
             line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
             out.write(line)
@@ -241,19 +240,6 @@ class _Tally:
             self._said = now
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write then rename, as the blob store does: a file is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- restore -------------------------------------------------------------------
 
 
@@ -291,32 +277,81 @@ def restore(
             f"{store.url} is at {revision}; restore with the release that made the backup"
         )
     _verify_files(source, manifest, progress)
+    sums = _verify_blobs(source, progress) if manifest["blobs"] else {}
     target = _opened(blobs) if manifest["blobs"] else None
     with _answering(target, "restore"):
         if not into_non_empty:
             _check_empty(store, target)
         held = set(target.stored_keys()) if target is not None and into_non_empty else set()
+    if target is not None:
+        with _files_named(f"restore the blobs into {target.url}"), _answering(target, "restore"):
+            _copy_blobs_in(source, target, sums, held, progress)
+    # The tables last, in one transaction: records never name blobs that are not there.
     with store.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             _check_sees_every_tenant(conn)
         for table in schema.metadata.sorted_tables:
             with _files_named(f"read table {table.name} of the backup in {source}"):
-                _load(conn, table, source / manifest["tables"][table.name]["file"], progress)
-    if target is not None:
-        with _files_named(f"restore the blobs into {target.url}"), _answering(target, "restore"):
-            _copy_blobs_in(source, target, held, progress)
+                _load(conn, table, source / _table_file(table.name), progress)
     progress(f"restore: done into {store.url}")
     return manifest
 
 
+def _table_file(table: str) -> str:
+    return f"tables/{table}.jsonl"
+
+
 def _verify_files(source: Path, manifest: dict[str, Any], progress: Progress) -> None:
-    wanted = [(t["file"], t["sha256"]) for t in manifest["tables"].values()]
+    """Each file the manifest lists matches its SHA-256; only the names a backup writes
+    are read (a manifest naming another file, ``..`` or an absolute path is refused)."""
+    tables = manifest.get("tables")
+    if not isinstance(tables, dict) or set(tables) != set(schema.metadata.tables):
+        raise BackupError(f"the manifest in {source} does not list this release's tables")
+    wanted = [(_table_file(name), entry) for name, entry in tables.items()]
     if manifest["blobs"]:
-        wanted.append((manifest["blobs"]["file"], manifest["blobs"]["sha256"]))
-    for name, sha256 in wanted:
-        if _file_sha256(source / name) != sha256:
+        wanted.append(("blobs.jsonl", manifest["blobs"]))
+    for name, entry in wanted:
+        if not isinstance(entry, dict) or entry.get("file") != name:
+            raise BackupError(
+                f"the manifest in {source} names another file where a backup has {name} "
+                "(a backup names only its own files): restore from an unmodified backup"
+            )
+        if _file_sha256(source / name) != entry.get("sha256"):
             raise BackupError(f"{source / name} does not match the manifest: the backup is damaged")
     progress(f"restore: {len(wanted)} files match the manifest")
+
+
+def _verify_blobs(source: Path, progress: Progress) -> dict[str, str]:
+    """Each blob's key (a plain ``<tenant>/<name>``) and bytes checked against the blob
+    list, before anything is written; the SHA-256 of each blob by key."""
+    sums: dict[str, str] = {}
+    listing = source / "blobs.jsonl"
+    with _files_named(f"read the blob list of the backup in {source}"), listing.open("rb") as lines:
+        for number, line in enumerate(lines, 1):
+            key, sha256 = _blob_entry(source, number, line)
+            if _file_sha256(source / "blobs" / key) != sha256:
+                raise BackupError(
+                    f"blob {key} of the backup ({source / 'blobs' / key}) does not match its "
+                    "blob list: the backup is damaged; nothing was restored"
+                )
+            sums[key] = sha256
+    progress(f"restore: {len(sums)} blobs match the backup's blob list")
+    return sums
+
+
+def _blob_entry(source: Path, number: int, line: bytes) -> tuple[str, str]:
+    """The key (checked to be a blob's) and SHA-256 of line ``number`` of the blob list."""
+    try:
+        entry = json.loads(line)
+        key, sha256 = stored_key(entry["key"]), entry["sha256"]
+    except (ValueError, KeyError, TypeError, AttributeError, BlobError) as exc:
+        raise BackupError(
+            f"line {number} of {source / 'blobs.jsonl'} is not a blob of this store ({exc}); "
+            "nothing was restored: restore from an unmodified backup"
+        ) from exc
+    if not isinstance(sha256, str):
+        raise BackupError(f"line {number} of {source / 'blobs.jsonl'} has no SHA-256")
+    return key, sha256
 
 
 def _file_sha256(path: Path) -> str:
@@ -390,18 +425,18 @@ def _advance_sequence(conn: Connection, table: Table) -> None:
     )
 
 
-def _copy_blobs_in(source: Path, blobs: BlobStore, held: set[str], progress: Progress) -> None:
-    """Every blob of the backup not in ``held`` (the target's, with --into-non-empty)
-    written to ``blobs`` as stored, its bytes checked first; then the target is listed
-    to check each one landed."""
+def _copy_blobs_in(
+    source: Path, blobs: BlobStore, sums: dict[str, str], held: set[str], progress: Progress
+) -> None:
+    """Every blob of the backup (``sums``: their SHA-256, checked) not in ``held`` (the
+    target's, with --into-non-empty) written to ``blobs`` as stored, its bytes checked
+    again as read; then the target is listed to check each one landed."""
     tally = _Tally("restore", progress)
-    with (source / "blobs.jsonl").open("rb") as lines:
-        sums = {entry["key"]: entry["sha256"] for entry in map(json.loads, lines)}
 
     def put(key: str) -> int:
         data = (source / "blobs" / stored_key(key)).read_bytes()
         if hashlib.sha256(data).hexdigest() != sums[key]:
-            raise BackupError(f"blob {key} of the backup in {source} is damaged")
+            raise BackupError(f"blob {key} of the backup in {source} changed while restored")
         blobs.write_stored(key, data)
         return len(data)
 

@@ -145,14 +145,9 @@ class LocalBlobStore:
         lose the last writes. A blob left torn by one (wrong size) is rewritten by the
         next :meth:`put` of the same bytes.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
+            write_whole(path, data)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             raise BlobError(f"could not write blob to {path}: {exc}") from exc
 
     def get(self, ref: BlobRef, tenant: str) -> bytes:
@@ -389,3 +384,17 @@ def batch_payloads(
         return found
 
     return payload
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it, so the file is
+    whole or absent, never torn, whatever stops the write (the temporary file is removed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -9,18 +9,15 @@ Each command takes the pipeline file whose results store holds the wrapped data 
 from __future__ import annotations
 
 import argparse
-import getpass
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from inferstream.cli_support import cli_actor, command_group, pipeline_of, require_confirmation
 from inferstream.errors import ConfigError
 
 if TYPE_CHECKING:
     from inferstream.store import ResultsStore
     from inferstream.store.data_keys import DataKeys
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def _keys(args: argparse.Namespace) -> DataKeys:
@@ -29,7 +26,6 @@ def _keys(args: argparse.Namespace) -> DataKeys:
 
 def _store_keys(args: argparse.Namespace) -> tuple[ResultsStore, DataKeys]:
     from inferstream.key_provider import KEK_ENV, key_provider_from_env
-    from inferstream.pipeline import load_pipeline
     from inferstream.store import ResultsStore
     from inferstream.store.data_keys import data_keys
 
@@ -39,8 +35,7 @@ def _store_keys(args: argparse.Namespace) -> tuple[ResultsStore, DataKeys]:
             f"no key-encryption key is configured; set {KEK_ENV} to base64 32-byte keys, "
             "newest first (docs/encryption.md)"
         )
-    spec = load_pipeline(args.pipeline).with_urls(store=args.store)
-    store = ResultsStore(spec.store, key_provider=provider)
+    store = ResultsStore(pipeline_of(args).store, key_provider=provider)
     return store, data_keys(store, provider)
 
 
@@ -66,9 +61,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_kek(args: argparse.Namespace) -> int:
-    keys = _keys(args)
+    from inferstream.api.audit_cli import record_cli
+
+    store, keys = _store_keys(args)
     try:
         done = keys.rewrap_all()
+        record_cli(store, None, "keys rotate-kek", kek=keys.provider.current_kek_id,
+                   rewrapped=str(done))  # fmt: skip
     finally:
         keys.table.store.close()
     print(f"rewrapped {done} data keys under {keys.provider.current_kek_id}")
@@ -76,9 +75,13 @@ def cmd_rotate_kek(args: argparse.Namespace) -> int:
 
 
 def cmd_new_data_key(args: argparse.Namespace) -> int:
-    keys = _keys(args)
+    from inferstream.api.audit_cli import record_cli
+
+    store, keys = _store_keys(args)
     try:
         version = keys.new_data_key(args.tenant)
+        record_cli(store, args.tenant, "keys new-data-key", tenant=args.tenant,
+                   version=str(version))  # fmt: skip
     finally:
         keys.table.store.close()
     print(f"tenant {args.tenant}: new blobs are sealed with data key {version}")
@@ -88,14 +91,13 @@ def cmd_new_data_key(args: argparse.Namespace) -> int:
 def cmd_shred(args: argparse.Namespace) -> int:
     from inferstream.api.audit_cli import record_cli
 
-    if args.confirm != args.tenant:
-        raise ConfigError(
-            f"shredding makes every encrypted blob of {args.tenant!r} unreadable for good; "
-            f"confirm with --confirm {args.tenant}"
-        )
+    require_confirmation(
+        args.confirm, args.tenant,
+        f"shredding makes every encrypted blob of {args.tenant!r} unreadable for good",
+    )  # fmt: skip
     store, keys = _store_keys(args)
     try:
-        deleted = keys.shred(args.tenant, actor=f"cli:{_user()}")
+        deleted = keys.shred(args.tenant, actor=cli_actor())
         record_cli(store, args.tenant, "keys shred", tenant=args.tenant,
                    reason=args.reason or "", deleted=str(deleted))  # fmt: skip
     finally:
@@ -107,29 +109,13 @@ def cmd_shred(args: argparse.Namespace) -> int:
     return 0
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        return "unknown"
-
-
 def add_keys_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = (
         "The keys of encrypted blobs and sensitive record attributes: status, KEK rotation, "
         "new data keys, crypto-shredding "
         "(INFERSTREAM_KEK holds the key-encryption keys; docs/encryption.md)."
     )
-    keys = sub.add_parser("keys", help=text, description=text)
-    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        cmd = commands.add_parser(name, help=help_text, description=help_text)
-        cmd.set_defaults(handler=handler)
-        cmd.add_argument("pipeline", help="pipeline YAML file whose store holds the keys")
-        cmd.add_argument("--store", help="results store URL, overrides the file")
-        return cmd
-
+    add = command_group(sub, "keys", text, "pipeline YAML file whose store holds the keys")
     add("status", cmd_status, "List each tenant's data keys and the KEKs that wrap them.")
     add(
         "rotate-kek", cmd_rotate_kek,

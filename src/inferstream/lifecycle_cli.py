@@ -8,73 +8,60 @@ override them), as the other operating commands do.
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from inferstream.cli_support import (
+    STORE_HELP,
+    add_command,
+    cli_operator,
+    opened_audit_log,
+    pipeline_of,
+    print_json,
+    require_confirmation,
+)
 from inferstream.errors import ConfigError
-from inferstream.pipeline import PipelineSpec, load_pipeline
+from inferstream.pipeline import PipelineSpec
 
 if TYPE_CHECKING:
     from inferstream.blobs import BlobStore
 
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _spec(args: argparse.Namespace) -> PipelineSpec:
-    return load_pipeline(args.pipeline).with_urls(store=args.store, blobs=args.blobs)
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        return "unknown"
+DATA_HELP = "pipeline YAML file whose store and blobs hold the data"
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from inferstream.blobs import open_blob_store
-    from inferstream.store import ResultsStore
-    from inferstream.store.audit import AuditLog, audit_key_from_env
-    from inferstream.store.erasure import Requester, erase_subject
+    from inferstream.store.erasure import erase_subject
 
-    if args.confirm != args.subject:
-        raise ConfigError(
-            f"erasing deletes every record, prediction, feedback, accepted scan and dead "
-            f"letter of subject {args.subject!r} of tenant {args.tenant!r}, and its blobs, "
-            f"for good; confirm with --confirm {args.subject}"
-        )
-    spec = _spec(args)
-    with ResultsStore(spec.store) as store:
-        audit = AuditLog(store, audit_key_from_env())
-        requester = Requester(f"cli:{_user()}", "cli", "operator")
-        done = erase_subject(
-            audit, open_blob_store(spec.blobs), args.tenant, args.subject, requester
-        )
-    print(json.dumps(done.to_dict()))
+    require_confirmation(
+        args.confirm, args.subject,
+        f"erasing deletes every record, prediction, feedback, accepted scan and dead "
+        f"letter of subject {args.subject!r} of tenant {args.tenant!r}, and its blobs, "
+        "for good",
+    )  # fmt: skip
+    spec = pipeline_of(args)
+    with opened_audit_log(spec) as audit:
+        blobs = open_blob_store(spec.blobs)
+        done = erase_subject(audit, blobs, args.tenant, args.subject, cli_operator())
+    print_json(done.to_dict())
     return 0
 
 
 def cmd_expire(args: argparse.Namespace) -> int:
     from inferstream.blobs import open_blob_store
     from inferstream.envelope import now_us
-    from inferstream.store import ResultsStore
-    from inferstream.store.audit import AuditLog, audit_key_from_env
-    from inferstream.store.erasure import Requester
     from inferstream.store.retention import expire
 
     if not args.older_than_days > 0:
         raise ConfigError(f"--older-than-days must be > 0, got {args.older_than_days}")
-    spec = _spec(args)
+    spec = pipeline_of(args)
     before_us = now_us() - int(args.older_than_days * 86_400 * 1_000_000)
-    with ResultsStore(spec.store) as store:
-        audit = AuditLog(store, audit_key_from_env())
-        requester = Requester(f"cli:{_user()}", "cli", "operator")
-        done = expire(audit, open_blob_store(spec.blobs), args.tenant, before_us, requester)
-    print(json.dumps(done.to_dict()))
+    with opened_audit_log(spec) as audit:
+        blobs = open_blob_store(spec.blobs)
+        done = expire(audit, blobs, args.tenant, before_us, cli_operator())
+    print_json(done.to_dict())
     return 0
 
 
@@ -100,7 +87,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from inferstream.backup import backup
     from inferstream.store import ResultsStore
 
-    spec = _spec(args)
+    spec = pipeline_of(args)
     with ResultsStore(spec.store) as store, _blob_store(args, spec) as blobs:
         backup(store, blobs, Path(args.dest), _say)
     return 0
@@ -110,7 +97,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from inferstream.backup import restore
     from inferstream.store import ResultsStore
 
-    spec = _spec(args)
+    spec = pipeline_of(args)
     with ResultsStore(spec.store) as store, _blob_store(args, spec) as blobs:
         restore(Path(args.source), store, blobs,
                 into_non_empty=args.into_non_empty, progress=_say)  # fmt: skip
@@ -130,9 +117,7 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "the tenant names, in one transaction with an audit entry; prints what it erased, "
         "as JSON. Exit 2 when the tenant holds nothing of it. docs/data-lifecycle.md"
     )
-    erase = sub.add_parser("erase", help=text, description=text)
-    erase.set_defaults(handler=cmd_erase)
-    erase.add_argument("pipeline", help="pipeline YAML file whose store and blobs hold the data")
+    erase = add_command(sub, "erase", cmd_erase, text, DATA_HELP)
     erase.add_argument("tenant", help="the tenant whose subject to erase")
     erase.add_argument(
         "subject", help="the subject to erase: a value of the application's subject attribute"
@@ -141,8 +126,7 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "--confirm", required=True, metavar="SUBJECT",
         help="the subject again: erasure cannot be undone",
     )  # fmt: skip
-    erase.add_argument("--store", help="results store URL, overrides the file")
-    erase.add_argument("--blobs", help="blob store URL, overrides the file")
+    _add_urls(erase)
     text = (
         "Retention of one tenant's results: delete its records stored more than N days ago "
         "and their predictions, the feedback, accepted scans and dead letters recorded "
@@ -151,17 +135,19 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "N days for good, store a policy (`inferstream retention set`), which housekeeping "
         "runs. docs/data-lifecycle.md"
     )
-    expire = sub.add_parser("expire", help=text, description=text)
-    expire.set_defaults(handler=cmd_expire)
-    expire.add_argument("pipeline", help="pipeline YAML file whose store and blobs hold the data")
+    expire = add_command(sub, "expire", cmd_expire, text, DATA_HELP)
     expire.add_argument("tenant", help="the tenant whose results to expire")
     expire.add_argument(
         "--older-than-days", type=float, required=True, metavar="N",
         help="delete what was stored more than N days ago (fractions allowed)",
     )  # fmt: skip
-    expire.add_argument("--store", help="results store URL, overrides the file")
-    expire.add_argument("--blobs", help="blob store URL, overrides the file")
+    _add_urls(expire)
     _add_backup_commands(sub)
+
+
+def _add_urls(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--store", help=STORE_HELP)
+    command.add_argument("--blobs", help="blob store URL, overrides the file")
 
 
 def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,9 +157,9 @@ def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "and SHA-256s; restore it on SQLite or PostgreSQL, with blobs in a folder or on S3. "
         "Prints a line per table and progress of the blobs. docs/data-lifecycle.md"
     )
-    back = sub.add_parser("backup", help=text, description=text)
-    back.set_defaults(handler=cmd_backup)
-    back.add_argument("pipeline", help="pipeline YAML file whose store and blobs to back up")
+    back = add_command(
+        sub, "backup", cmd_backup, text, "pipeline YAML file whose store and blobs to back up"
+    )
     back.add_argument("dest", help="a new (or empty) folder to write the backup into")
     text = (
         "Restore a backup into this pipeline's store and blob store (a folder or s3://), "
@@ -181,9 +167,9 @@ def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "checked against the manifest first, every table written in one transaction, every "
         "blob checked against its SHA-256. docs/data-lifecycle.md"
     )
-    restore = sub.add_parser("restore", help=text, description=text)
-    restore.set_defaults(handler=cmd_restore)
-    restore.add_argument("pipeline", help="pipeline YAML file whose store and blobs to fill")
+    restore = add_command(
+        sub, "restore", cmd_restore, text, "pipeline YAML file whose store and blobs to fill"
+    )
     restore.add_argument("source", help="the folder 'inferstream backup' wrote")
     restore.add_argument(
         "--into-non-empty", action="store_true",
@@ -191,7 +177,7 @@ def _add_backup_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
         "under the same keys are kept as they are, the rest added",
     )  # fmt: skip
     for command in (back, restore):
-        command.add_argument("--store", help="results store URL, overrides the file")
+        command.add_argument("--store", help=STORE_HELP)
         command.add_argument(
             "--blobs", help="blob store URL (file:///folder or s3://bucket/prefix), overrides "
             "the file",

@@ -11,35 +11,15 @@ pipeline's housekeeping applies the policies (``inferstream up`` every minute,
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from inferstream.cli_support import cli_operator, command_group, opened_audit_log, pipeline_of
 from inferstream.errors import ConfigError
 
 if TYPE_CHECKING:
     from inferstream.store import ResultsStore
-    from inferstream.store.audit import AuditLog
-    from inferstream.store.erasure import Requester
     from inferstream.store.retention import KeepPolicy
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _open(args: argparse.Namespace) -> AuditLog:
-    from inferstream.pipeline import load_pipeline
-    from inferstream.store import ResultsStore
-    from inferstream.store.audit import AuditLog, audit_key_from_env
-
-    spec = load_pipeline(args.pipeline).with_urls(store=args.store)
-    return AuditLog(ResultsStore(spec.store), audit_key_from_env())
-
-
-def _operator() -> Requester:
-    from inferstream.keys_cli import _user
-    from inferstream.store.erasure import Requester
-
-    return Requester(f"cli:{_user()}", "cli", "operator")
 
 
 def keep_days(text: str) -> int:
@@ -58,12 +38,9 @@ def keep_days(text: str) -> int:
 def cmd_set(args: argparse.Namespace) -> int:
     from inferstream.store.retention import set_policy
 
-    audit = _open(args)
-    try:
+    with opened_audit_log(pipeline_of(args)) as audit:
         _require_tenant(audit.store, args.tenant, args.pipeline)
-        policy = set_policy(audit, args.tenant, args.keep_days, _operator())
-    finally:
-        audit.store.close()
+        policy = set_policy(audit, args.tenant, args.keep_days, cli_operator())
     print(f"{describe(policy)}; the pipeline's housekeeping expires older results")
     return 0
 
@@ -71,34 +48,32 @@ def cmd_set(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from inferstream.store.retention import get_policy, list_policies
 
-    audit = _open(args)
-    try:
+    with opened_audit_log(pipeline_of(args)) as audit:
         if args.tenant:
             found = get_policy(audit.store, args.tenant)
             policies = [] if found is None else [found]
         else:
             policies = list_policies(audit.store)
-    finally:
-        audit.store.close()
     for policy in policies:
         print(describe(policy))
     if not policies:
         whose = f"tenant {args.tenant} has no" if args.tenant else "no tenant has a"
         print(f"{whose} retention policy: results are kept until erased or expired by hand")
     elif not args.tenant:
+        from inferstream.runner import TOPIC_FLOOR_ENV, tenant_topic_cap
+
         shortest = min(p.keep_days for p in policies)
-        print(f"topics keep no message over {shortest} days (the shortest policy)")
+        cap = tenant_topic_cap(shortest * 86_400.0) or 0.0
+        why = "the shortest policy" if cap == shortest * 86_400.0 else TOPIC_FLOOR_ENV
+        print(f"topics keep no message over {cap / 86_400:g} days ({why})")
     return 0
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
     from inferstream.store.retention import clear_policy
 
-    audit = _open(args)
-    try:
-        removed = clear_policy(audit, args.tenant, _operator())
-    finally:
-        audit.store.close()
+    with opened_audit_log(pipeline_of(args)) as audit:
+        removed = clear_policy(audit, args.tenant, cli_operator())
     if removed is None:
         print(f"tenant {args.tenant} has no retention policy; nothing to clear")
     else:
@@ -131,18 +106,11 @@ def add_retention_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "pipeline's housekeeping then deletes, for each tenant with a policy, what "
         "'inferstream expire' would (records stored before then, their predictions, "
         "feedback, accepted scans, dead letters and unused blobs), and no topic keeps a "
-        "message longer than the shortest policy. docs/data-lifecycle.md"
+        "message longer than the shortest policy, or than the operator's floor "
+        "(INFERSTREAM_TOPIC_RETENTION_FLOOR_HOURS, a week) when that is longer. "
+        "docs/data-lifecycle.md"
     )
-    retention = sub.add_parser("retention", help=text, description=text)
-    commands = retention.add_subparsers(dest="retention_command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        cmd = commands.add_parser(name, help=help_text, description=help_text)
-        cmd.set_defaults(handler=handler)
-        cmd.add_argument("pipeline", help="pipeline YAML file whose store holds the policies")
-        cmd.add_argument("--store", help="results store URL, overrides the file")
-        return cmd
-
+    add = command_group(sub, "retention", text, "pipeline YAML file whose store holds the policies")
     new = add("set", cmd_set, "Keep a tenant's results N days (replaces its policy); audited.")
     new.add_argument("tenant", help="the tenant (one 'inferstream admin create-tenant' made)")
     new.add_argument(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from inferstream.application import load_ref
@@ -68,6 +69,31 @@ def topic_retention(
     return policies
 
 
+#: Tenants' retention policies cap the shared topics, never below this many hours (a
+#: week): a tenant admin's one-day policy must not drop every tenant's messages that an
+#: outage left unconsumed. ``0`` lets the shortest policy cap them (docs/data-lifecycle.md).
+TOPIC_FLOOR_ENV = "INFERSTREAM_TOPIC_RETENTION_FLOOR_HOURS"
+TOPIC_FLOOR_HOURS = 168.0
+
+
+def tenant_topic_cap(shortest_s: float | None, env: Mapping[str, str] = os.environ) -> float | None:
+    """How long the pipeline's topics may keep a message, given the shortest tenant
+    policy (None: no policy, no cap): that policy, or the floor when it is longer."""
+    if shortest_s is None:
+        return None
+    raw = env.get(TOPIC_FLOOR_ENV, "").strip()
+    try:
+        hours = float(raw) if raw else TOPIC_FLOOR_HOURS
+    except ValueError:
+        hours = math.nan
+    if not math.isfinite(hours) or hours < 0:
+        raise ConfigError(
+            f"{TOPIC_FLOOR_ENV}={raw!r}: give hours, 0 or more ({TOPIC_FLOOR_HOURS:g}, "
+            "a week, when unset; 0 lets the shortest tenant retention cap the topics)"
+        )
+    return max(shortest_s, hours * 3600.0)
+
+
 def apply_retention(spec: PipelineSpec, longest_s: float | None = None) -> int:
     """Drop what the pipeline's retention settings no longer keep, and with ``longest_s``
     what is older than that on any of its topics; return how many messages."""
@@ -83,17 +109,24 @@ def apply_retention(spec: PipelineSpec, longest_s: float | None = None) -> int:
 
 def housekeep(spec: PipelineSpec) -> list[str]:
     """One round of the pipeline's chores, each said in a line: the tenants' stored
-    retention policies, topic retention (capped by the shortest of those policies), then
-    its application's own (its ``housekeeping`` hook, e.g. purging expired outputs),
+    retention policies, topic retention (capped by the shortest of those policies), new
+    data keys for tenants whose newest is too old (when encryption is on), then its
+    application's own (its ``housekeeping`` hook, e.g. purging expired outputs),
     promotion policies, and the analytics export and daily reports when
     ``INFERSTREAM_ANALYTICS_DIR`` is set."""
-    done, longest_s = expire_results(spec)
+    from inferstream.store.data_key_age import renew_data_keys
+
+    done, shortest_s = expire_results(spec)
+    longest_s = tenant_topic_cap(shortest_s)
     dropped = apply_retention(spec, longest_s)
     if longest_s is None:
         done.append(f"topic retention dropped {dropped} messages")
     else:
+        why = "the shortest tenant retention" if longest_s == shortest_s else TOPIC_FLOOR_ENV
         done.append(f"topic retention dropped {dropped} messages (none kept over "
-                    f"{longest_s / 86_400:g} days: the shortest tenant retention)")  # fmt: skip
+                    f"{longest_s / 86_400:g} days: {why})")  # fmt: skip
+    if not _not_made_yet(spec.store):
+        done += renew_data_keys(spec.store)
     app = spec.application()
     if app is not None and app.housekeeping:
         chore = load_ref(app.housekeeping, f"application {app.name!r} housekeeping")

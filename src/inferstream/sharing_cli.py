@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from inferstream.cli_support import cli_actor, command_group, pipeline_of
 from inferstream.errors import ConfigError
 
 if TYPE_CHECKING:
     from inferstream.application import AppSpec
     from inferstream.store import ResultsStore
     from inferstream.store.sharing import Condition, Grant
-
-Handler = Callable[[argparse.Namespace], int]
 
 _WHERE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)=(?P<value>.*)")
 _DAYS = re.compile(r"(?P<days>[0-9]{1,5})d")
@@ -36,10 +34,9 @@ WHERE_HELP = (
 
 def _open(args: argparse.Namespace) -> tuple[ResultsStore, AppSpec]:
     from inferstream.application import app_named
-    from inferstream.pipeline import load_pipeline
     from inferstream.store import ResultsStore
 
-    spec = load_pipeline(args.pipeline).with_urls(store=args.store)
+    spec = pipeline_of(args)
     app = app_named(args.app) if getattr(args, "app", None) else spec.application()
     if app is None:
         raise ConfigError(f"{args.pipeline} names no application; pass --app NAME")
@@ -56,7 +53,7 @@ def cmd_add(args: argparse.Namespace) -> int:
             raise ConfigError(f"no tenant {args.grantee!r}; name an existing tenant")
         grant = Sharing(store).grant(
             args.owner, args.grantee, app, expires_at_us=_when(args.expires, "--expires"),
-            created_by=f"cli:{_user()}", conditions=[_condition(app, w) for w in args.where],
+            created_by=cli_actor(), conditions=[_condition(app, w) for w in args.where],
             since_us=_moment(args.since, "--since"), until_us=_moment(args.until, "--until"),
             images=not args.no_images, masked=args.mask,
         )  # fmt: skip
@@ -92,7 +89,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
     store, _ = _open(args)
     try:
-        grant = Sharing(store).revoke(args.owner, args.grant, actor=f"cli:{_user()}")
+        grant = Sharing(store).revoke(args.owner, args.grant, actor=cli_actor())
         record_cli(store, args.owner, "grants revoke", grant=grant.id, grantee=grant.grantee,
                    reason=args.reason or "")  # fmt: skip
     finally:
@@ -175,28 +172,13 @@ def _iso(at_us: int | None) -> str:
     return "" if at_us is None else f"{datetime.fromtimestamp(at_us / 1e6, UTC):%Y-%m-%dT%H:%M}Z"
 
 
-def _user() -> str:
-    from inferstream.keys_cli import _user as user
-
-    return user()
-
-
 def add_grants_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     text = (
         "Sharing grants: let another tenant read a slice of a tenant's records (an "
         "application, conditions on its attributes, a time window, with or without images, "
         "some attributes masked) until an expiry; docs/sharing.md."
     )
-    grants = sub.add_parser("grants", help=text, description=text)
-    commands = grants.add_subparsers(dest="grants_command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        cmd = commands.add_parser(name, help=help_text, description=help_text)
-        cmd.set_defaults(handler=handler)
-        cmd.add_argument("pipeline", help="pipeline YAML file whose store holds the records")
-        cmd.add_argument("--store", help="results store URL, overrides the file")
-        return cmd
-
+    add = command_group(sub, "grants", text, "pipeline YAML file whose store holds the records")
     new = add("add", cmd_add, "Grant a tenant read access to a slice of another's records.")
     new.add_argument("--owner", required=True, help="the tenant whose records are shared")
     new.add_argument("--grantee", required=True, help="the tenant that may read them")

@@ -136,6 +136,16 @@ def test_summary_csv_feedback_and_accuracy(world: World) -> None:
     assert get(world, "/v1/models/accuracy", world.other).json() == []  # type: ignore[attr-defined]
 
 
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(world: World) -> None:
+    store = world.client.app.state.services.store  # type: ignore[attr-defined]
+    sources = ["=1+1", "+1", "-1", "@SUM(A1)", "\t=1+1", "\r=1+1", "SCANNER-03"]
+    store.upsert_results([result(world.own, f"f{n}", n, source=source)
+                          for n, source in enumerate(sources)])  # fmt: skip
+    export = get(world, "/v1/groups/TRAY-0042/export.csv").text  # type: ignore[attr-defined]
+    cells = [line["source"] for line in csv.DictReader(io.StringIO(export, newline=""))]
+    assert cells == ["'" + source for source in sources[:-1]] + ["SCANNER-03"]
+
+
 def check_isolation(world: World) -> None:
     """Both tenants have data; every listing of each holds only its own."""
     store = world.client.app.state.services.store  # type: ignore[attr-defined]

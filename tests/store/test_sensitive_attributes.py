@@ -197,19 +197,89 @@ def test_a_sealed_value_copied_to_another_record_does_not_open(
 
 
 def test_without_a_kek_the_value_is_stored_as_before_and_sealed_ones_read_null(
-    sealing: ResultsStore, store_url: str, tenants: tuple[str, str]
+    database_of_its_own: str, kek: LocalKeyProvider, tenants: tuple[str, str]
 ) -> None:
     acme, _ = tenants
-    sealing.upsert_results([record(acme, "sealed")])
-    with ResultsStore(store_url) as clear:
+    with ResultsStore(database_of_its_own) as clear:  # a deployment that never encrypted
         clear.register_app(APP)
         clear.upsert_results([record(acme, "clear")])
         assert raw(clear, acme, "clear")["attributes"]["file"] == SECRET
-        rows = {row.id: row for row in clear.list_results(acme).items}
-    assert rows["clear"].attributes["file"] == SECRET and not rows["clear"].withheld
-    assert rows["sealed"].attributes["file"] is None and rows["sealed"].withheld == {"file": NO_KEY}
-    # The store with the key reads both: a value from before encryption stays readable.
-    assert {r.attributes["file"] for r in sealing.list_results(acme).items} == {SECRET}
+    with ResultsStore(database_of_its_own, key_provider=kek) as sealing:
+        sealing.upsert_results([record(acme, "sealed")])
+        with ResultsStore(database_of_its_own) as clear:
+            rows = {row.id: row for row in clear.list_results(acme).items}
+        assert rows["clear"].attributes["file"] == SECRET and not rows["clear"].withheld
+        assert rows["sealed"].attributes["file"] is None
+        assert rows["sealed"].withheld == {"file": NO_KEY}
+        # The store with the key reads both: a value from before encryption stays readable.
+        assert {r.attributes["file"] for r in sealing.list_results(acme).items} == {SECRET}
+
+
+def test_a_writer_without_a_kek_refuses_sensitive_values_once_the_store_encrypts(
+    sealing: ResultsStore, store_url: str, tenants: tuple[str, str]
+) -> None:
+    acme, globex = tenants
+    sealing.upsert_results([record(acme, "sealed")])  # the store now holds a data key
+    with ResultsStore(store_url) as unconfigured:
+        unconfigured.register_app(APP)
+        for tenant in (acme, globex):  # any tenant: the deployment encrypts
+            with pytest.raises(
+                ConfigError, match=r"set INFERSTREAM_KEK \(or INFERSTREAM_KEY_PROVIDER\)"
+            ):
+                unconfigured.upsert_results([record(tenant, "clear")])
+            assert unconfigured.get_result(tenant, "clear") is None
+        no_file = record(acme, "no-file")
+        del no_file.attributes["file"]  # nothing sensitive to leak: written
+        unconfigured.upsert_results([no_file])
+        assert unconfigured.get_result(acme, "no-file") is not None
+    with sealing.tenant_transaction(acme, "read every raw row of") as conn:
+        stored = conn.execute(text("SELECT * FROM records")).mappings().all()
+    assert stored and SECRET not in json.dumps([dict(r) for r in stored], default=str)
+
+
+#: Stored values that look sealed but are not what this store writes.
+MALFORMED: list[Any] = [
+    {"sealed": "", "key": 1, "format": 1},
+    {"sealed": "AAAAAAAA", "key": 1, "format": 1},  # decodes to fewer than 12 + 16 bytes
+    {"sealed": "not base64!", "key": 1, "format": 1},
+    {"sealed": 7, "key": 1, "format": 1},
+    {"sealed": "A" * 40, "key": "one", "format": 1},
+    {"sealed": "A" * 40, "key": 1.5, "format": 1},
+    {"sealed": "A" * 40, "key": 2**40, "format": 1},
+    {"sealed": "A" * 40, "key": 0, "format": 1},
+    {"sealed": "A" * 40, "key": 1, "format": 2},
+    {"sealed": "A" * 40, "key": 1, "format": "1"},
+    {"sealed": "A" * 40, "key": 1},
+    {"sealed": "A" * 40, "key": 1, "format": 1},  # well formed, its tag fails
+]
+
+
+def test_a_malformed_sealed_value_reads_null_and_unauthentic_and_warns_once(
+    sealing: ResultsStore, tenants: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    acme, _ = tenants
+    idents = [f"bad{n:02d}" for n in range(len(MALFORMED))]
+    sealing.upsert_results([record(acme, ident) for ident in idents])
+    with sealing.tenant_transaction(acme, "tamper with") as conn:
+        for ident, value in zip(idents, MALFORMED, strict=True):
+            attributes = {**raw(sealing, acme, ident)["attributes"], "file": value}
+            conn.execute(
+                text("UPDATE records SET attributes = :a WHERE tenant = :t AND id = :id"),
+                {"a": json.dumps(attributes), "t": acme, "id": ident},
+            )
+    with caplog.at_level("WARNING", logger="inferstream.store.sealed_attributes"):
+        for _ in range(2):  # as a live view reads again and again
+            listed = sealing.list_results(acme, ResultFilter(app=APP.name), limit=100).items
+            assert {row.id for row in listed} == set(idents)
+            for row in listed:
+                assert row.attributes["file"] is None, (row.id, row.attributes)
+                assert row.withheld == {"file": UNAUTHENTIC}
+                assert row.attributes["folder"] == "inbox"
+        one = sealing.get_result(acme, idents[0])
+        assert one is not None and one.withheld == {"file": UNAUTHENTIC}
+        shared = Sharing(sealing).get_visible(acme, idents[0])
+        assert shared is not None and shared.row.withheld == {"file": UNAUTHENTIC}
+    assert len(caplog.records) == 1  # once per tenant and reason, not once per read
 
 
 @pytest.mark.parametrize(

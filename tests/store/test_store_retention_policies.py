@@ -18,8 +18,15 @@ from inferstream.api.accounts import Accounts
 from inferstream.apps.eggs import APP
 from inferstream.bus import Record, RetentionPolicy, open_bus
 from inferstream.envelope import now_us
+from inferstream.errors import ConfigError
 from inferstream.pipeline import PipelineSpec, load_pipeline
-from inferstream.runner import ensure_topics, housekeep, topic_retention
+from inferstream.runner import (
+    TOPIC_FLOOR_ENV,
+    ensure_topics,
+    housekeep,
+    tenant_topic_cap,
+    topic_retention,
+)
 from inferstream.store import RejectedWrite, ResultRow, ResultsStore
 from inferstream.store.audit import AuditLog
 from inferstream.store.erasure import Requester
@@ -159,8 +166,12 @@ def _ids(store: ResultsStore, table: Table, tenant: str) -> set[str]:
 
 
 def test_housekeeping_expires_only_tenants_with_a_policy_and_only_older_rows(
-    spec: PipelineSpec, make_row: RowFactory, tenants: tuple[str, str]
+    spec: PipelineSpec,
+    make_row: RowFactory,
+    tenants: tuple[str, str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv(TOPIC_FLOOR_ENV, "24")  # below the 2-day policy: the policy caps
     acme, globex = tenants
     now = now_us()
     with ResultsStore(spec.store) as store:
@@ -226,3 +237,15 @@ def test_housekeeping_does_not_make_a_store_that_is_not_there(tmp_path: Path) ->
         bus.close()
     assert housekeep(spec) == ["topic retention dropped 0 messages"]
     assert not missing.parent.exists()
+
+
+def test_a_tenants_policy_caps_the_topics_no_lower_than_the_floor() -> None:
+    day = 86_400.0
+    assert tenant_topic_cap(None, {}) is None  # no policy: the file's retention alone
+    assert tenant_topic_cap(day, {}) == 7 * day  # a one-day policy: a week, by default
+    assert tenant_topic_cap(30 * day, {}) == 30 * day
+    assert tenant_topic_cap(day, {TOPIC_FLOOR_ENV: "0"}) == day
+    assert tenant_topic_cap(day, {TOPIC_FLOOR_ENV: "48"}) == 2 * day
+    for bad in ("-1", "a week", "nan", "inf"):
+        with pytest.raises(ConfigError, match=TOPIC_FLOOR_ENV):
+            tenant_topic_cap(day, {TOPIC_FLOOR_ENV: bad})

@@ -23,6 +23,7 @@ from store_testing import RLS_ROLE, postgres_schema_url
 from inferstream.application import AppSpec, Attribute
 from inferstream.envelope import now_us
 from inferstream.store import ResultFilter, ResultRow, ResultsStore
+from inferstream.store.queries import decode_cursor
 from inferstream.store.schema import SHARING_TABLES, TENANT_TABLES, records, share_grants
 from inferstream.store.share_rules import covered
 from inferstream.store.sharing import Condition, Grant, GrantError, GrantNotFound, Sharing
@@ -194,6 +195,31 @@ def test_overlapping_grants_show_what_either_shows(
         shown = {item.row.id: item for item in sharing.list_visible(lab, limit=100).items}
         assert "site" in shown["h0"].row.attributes and shown["h0"].images
         assert "site" not in shown["h2"].row.attributes and not shown["h2"].images
+
+
+def test_a_filter_on_a_masked_field_tells_nothing_not_even_through_the_cursor(
+    store_url: str, make_row: RowFactory, parties: tuple[str, str, str]
+) -> None:
+    """A page of one, filtered on a masked subject or group, once named the masked
+    record in its cursor though it showed no row (a reviewer's reproduction)."""
+    _, lab, _ = parties
+    with ResultsStore(store_url) as store:
+        _seed(store, make_row, parties)
+        sharing = Sharing(store)
+        # The lab's own record holding the values it guesses, stored before the hatchery's.
+        probe = {"egg_id": "E3", "tray": 11}
+        store.upsert_results([make_row(lab, "l-probe", START_US + 7, app="trays", subject="E3",
+                                       group="11", attributes=probe)])  # fmt: skip
+        _grant(sharing, parties, masked=("egg_id", "tray"))
+        for filters in ({"subject": "E3"}, {"group": "11"}, {"attributes": {"tray": 11}}):
+            page = sharing.list_visible(lab, ResultFilter(**filters), limit=1, order="desc")
+            assert [item.row.id for item in page.items] == ["l-probe"], filters
+            assert page.next_cursor is None or "h3" not in decode_cursor(page.next_cursor)
+            assert all(row_id.startswith("l") for row_id in _listed(sharing, lab, **filters))
+        # A second grant that shows the tray: filtering on it reads through that one.
+        _grant(sharing, parties, conditions=(Condition("tray", "number", 10, 12),))
+        assert set(_listed(sharing, lab, group="11")) == {"h3", "l-probe"}
+        assert set(_listed(sharing, lab, attributes={"tray": 11})) == {"h3", "l0", "l-probe"}
 
 
 def test_a_group_summary_adds_up_what_the_grants_show_and_splits_it_per_owner(

@@ -210,6 +210,24 @@ def test_records_are_held_to_their_applications_declaration(
         assert store.count_results(acme) == 1  # only the good one; the rest dead-letter
 
 
+def test_a_dead_letter_never_repeats_a_sensitive_attributes_value() -> None:
+    from inferstream.application import AppSpec, Attribute
+    from inferstream.store.step import check_record
+
+    app = AppSpec(name="notes", title="Notes", package=__name__, subject="sid",
+                  attributes=(Attribute("sid"), Attribute("pin", kind="int", sensitive=True),
+                              Attribute("count", kind="int")))  # fmt: skip
+    env = new_envelope(b"x", "text/plain", tenant="acme",
+                       attributes={"sid": "S1", "pin": "Jane Doe 0412"})  # fmt: skip
+    with pytest.raises(InvalidInput) as refused:
+        check_record(env, app)
+    assert "Jane Doe" not in str(refused.value)
+    assert "'pin' is a str (sensitive: its value is not shown), not int" in str(refused.value)
+    env.attributes.update(pin="12", count="many")  # a plain attribute is still quoted
+    with pytest.raises(InvalidInput, match="'count' is 'many', not int"):
+        check_record(env, app)
+
+
 def test_a_model_whose_labels_the_head_lacks_is_refused_at_start() -> None:
     from inferstream.application import AppSpec, Attribute, Head, Label
 

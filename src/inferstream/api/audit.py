@@ -296,7 +296,8 @@ def csv_lines(entries: Iterator[Any]) -> Iterator[str]:
 
 
 def _cell(value: object) -> object:
-    # A cell starting with = + - @ is a formula to spreadsheets: neutralise it.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    # A cell starting with = + - @ is a formula to spreadsheets, and so is one after a
+    # leading tab or carriage return (which they drop): neutralise it.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value

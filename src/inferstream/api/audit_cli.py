@@ -8,11 +8,11 @@ Both read the HMAC key from ``INFERSTREAM_AUDIT_KEY``; the store from the pipeli
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from typing import TYPE_CHECKING, Any
 
+from inferstream.cli_support import os_user
 from inferstream.pipeline import load_pipeline
 
 if TYPE_CHECKING:
@@ -40,12 +40,8 @@ def record_cli(store: ResultsStore, whose: str | None, action: str, **target: st
         target_of,
     )
 
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid (a container)
-        user = "unknown"
     entry = AuditEntry(
-        tenant=DEPLOYMENT if whose is None else whose, at_us=now_us(), actor=user,
+        tenant=DEPLOYMENT if whose is None else whose, at_us=now_us(), actor=os_user(),
         actor_kind="cli", role="operator", action=f"cli {action}", target=target_of(target),
         source="localhost", status=200,
     )  # fmt: skip

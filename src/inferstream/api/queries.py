@@ -282,8 +282,9 @@ def _csv_lines(sharing: Sharing, tenant: str, group: str) -> Iterator[str]:
 
 
 def _cell(value: object) -> object:
-    # A cell starting with = + - @ is a formula to spreadsheets: neutralise it.
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
+    # A cell starting with = + - @ is a formula to spreadsheets, and so is one after a
+    # leading tab or carriage return (which they drop): neutralise it.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 

@@ -54,11 +54,14 @@ class DataKeys:
         *,
         cache_s: float = CACHE_S,
         clock: Callable[[], float] = time.monotonic,
+        made_at_us: Callable[[], int] = now_us,
     ) -> None:
         self.table = table
         self.provider = provider
         self._cache_s = cache_s
         self._clock = clock
+        #: The wall clock a new key's age is counted from (housekeeping replaces old ones).
+        self._made_at_us = made_at_us
         self._ciphers: dict[tuple[str, int], tuple[AESGCM, float]] = {}
         self._newest: dict[str, tuple[int, float]] = {}
 
@@ -135,7 +138,7 @@ class DataKeys:
 
     def _create(self, tenant: str, version: int) -> bool:
         wrapped = self.provider.wrap(AESGCM.generate_key(256), _context(tenant, version))
-        stored = StoredDataKey(tenant, version, now_us(), wrapped.kek_id, wrapped.wrapped)
+        stored = StoredDataKey(tenant, version, self._made_at_us(), wrapped.kek_id, wrapped.wrapped)
         return self.table.add(stored)
 
     def _remember(self, stored: StoredDataKey) -> AESGCM:

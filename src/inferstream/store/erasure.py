@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from sqlalchemy import Connection, Text, cast, delete, or_, select
 
@@ -85,6 +86,13 @@ class Erasure:
         return self.records + self.predictions + self.feedback + self.dead_letters + self.scans
 
 
+class BlobCounts(TypedDict):
+    """What became of the blobs a removal's rows named (fields of :class:`Erasure`)."""
+
+    blobs_deleted: int
+    blobs_kept: int
+
+
 @dataclass(frozen=True, slots=True)
 class _Found:
     record_ids: list[str]
@@ -98,18 +106,35 @@ def erase_subject(
     """Erase ``subject`` of ``tenant`` from ``audit``'s store and ``blobs`` (see the
     module's docstring); :class:`SubjectNotFound` when the tenant holds none of it."""
     started_us = now_us()
-    with audit.store.tenant_transaction(tenant, "erase a subject in") as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # no writer between reading and deleting
+    with deleting_in(audit, tenant, "erase a subject in") as conn:
         found = _find(conn, tenant, subject)
         erased = _delete_rows(conn, tenant, subject, found)
         if not erased.rows:
             raise SubjectNotFound(f"tenant {tenant!r} holds nothing of subject {subject!r}")
-        unused = found.digests - still_named(conn, tenant, found.digests)
-        deleted = sum(blobs.delete(d, tenant, unused_since_us=started_us) for d in sorted(unused))
-        done = replace(erased, blobs_deleted=deleted, blobs_kept=len(found.digests) - deleted)
-        audit.append_in(conn, tenant, [_entry(done, requester)])
+        blob_counts = delete_unnamed_blobs(conn, blobs, tenant, found.digests, started_us)
+        done = replace(erased, **blob_counts)
+        audit.append_in(conn, tenant, [removal_entry(ACTION, done.to_dict(), requester)])
     return done
+
+
+@contextmanager
+def deleting_in(audit: AuditLog, tenant: str, doing: str) -> Iterator[Connection]:
+    """A transaction bound to ``tenant`` that reads what to delete, then deletes it;
+    ``doing`` completes its error message ("erase a subject in")."""
+    with audit.store.tenant_transaction(tenant, doing) as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # no writer between reading and deleting
+        yield conn
+
+
+def delete_unnamed_blobs(
+    conn: Connection, blobs: BlobStore, tenant: str, digests: set[str], started_us: int
+) -> BlobCounts:
+    """Delete those of ``digests`` that no row of ``tenant`` left after the deletes names
+    (and that no put wrote since ``started_us``), counted."""
+    unused = digests - still_named(conn, tenant, digests)
+    deleted = sum(blobs.delete(d, tenant, unused_since_us=started_us) for d in sorted(unused))
+    return BlobCounts(blobs_deleted=deleted, blobs_kept=len(digests) - deleted)
 
 
 def _find(conn: Connection, tenant: str, subject: str) -> _Found:
@@ -191,10 +216,19 @@ def chunks(items: Sequence[str]) -> Iterator[list[str]]:
         yield list(items[start : start + CHUNK])
 
 
-def _entry(done: Erasure, requester: Requester) -> AuditEntry:
-    counts = {name: value for name, value in done.to_dict().items() if name != "tenant"}
+def removal_entry(action: str, removed: dict[str, Any], requester: Requester) -> AuditEntry:
+    """The audit entry of a removal (``removed``: an :class:`Erasure`'s or an expiry's
+    ``to_dict()``), in its tenant's chain, counting what went."""
+    counts = {name: value for name, value in removed.items() if name != "tenant"}
+    return audit_entry(removed["tenant"], action, counts, requester)
+
+
+def audit_entry(
+    tenant: str, action: str, target: dict[str, Any], requester: Requester
+) -> AuditEntry:
+    """An entry of ``requester``'s change in ``tenant``'s chain: ``action`` on ``target``."""
     return AuditEntry(
-        tenant=done.tenant, at_us=now_us(), actor=requester.actor, actor_kind=requester.kind,
-        role=requester.role, action=ACTION, target=target_of(counts), source=requester.source,
+        tenant=tenant, at_us=now_us(), actor=requester.actor, actor_kind=requester.kind,
+        role=requester.role, action=action, target=target_of(target), source=requester.source,
         status=200, trace_id=requester.trace_id,
     )  # fmt: skip

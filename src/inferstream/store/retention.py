@@ -24,14 +24,17 @@ from inferstream.blobs import BlobStore
 from inferstream.envelope import now_us
 from inferstream.errors import InvalidInput
 from inferstream.store import queries
-from inferstream.store.audit import AuditEntry, AuditLog, target_of
+from inferstream.store.audit import AuditLog
 from inferstream.store.erasure import (
     Requester,
+    audit_entry,
     chunks,
+    delete_unnamed_blobs,
     deleted_rows,
+    deleting_in,
     digests_named,
     is_digest,
-    still_named,
+    removal_entry,
 )
 from inferstream.store.schema import (
     MAX_KEEP_DAYS,
@@ -102,17 +105,12 @@ def expire(
 ) -> Expiry:
     """Delete ``tenant``'s results stored before ``before_us`` (see the module's docstring)."""
     started_us = now_us()
-    with audit.store.tenant_transaction(tenant, "expire results in") as conn:
-        if conn.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # no writer between reading and deleting
+    with deleting_in(audit, tenant, "expire results in") as conn:
         gone, digests = _delete_rows(conn, tenant, before_us)
         if not gone.rows:
             return gone
-        unused = digests - still_named(conn, tenant, digests)
-        deleted = sum(blobs.delete(d, tenant, unused_since_us=started_us) for d in sorted(unused))
-        done = replace(gone, blobs_deleted=deleted, blobs_kept=len(digests) - deleted)
-        counts = {name: value for name, value in done.to_dict().items() if name != "tenant"}
-        audit.append_in(conn, tenant, [_entry(tenant, ACTION, counts, requester)])
+        done = replace(gone, **delete_unnamed_blobs(conn, blobs, tenant, digests, started_us))
+        audit.append_in(conn, tenant, [removal_entry(ACTION, done.to_dict(), requester)])
     return done
 
 
@@ -150,14 +148,6 @@ def _delete_rows(conn: Connection, tenant: str, before_us: int) -> tuple[Expiry,
     return Expiry(tenant, before_us, **counts), digests
 
 
-def _entry(tenant: str, action: str, target: dict[str, Any], requester: Requester) -> AuditEntry:
-    return AuditEntry(
-        tenant=tenant, at_us=now_us(), actor=requester.actor, actor_kind=requester.kind,
-        role=requester.role, action=action, target=target_of(target), source=requester.source,
-        status=200, trace_id=requester.trace_id,
-    )  # fmt: skip
-
-
 # -- stored policies ------------------------------------------------------------
 
 
@@ -172,7 +162,7 @@ def set_policy(audit: AuditLog, tenant: str, keep_days: int, requester: Requeste
     with audit.store.tenant_transaction(tenant, "store a retention policy in") as conn:
         conn.execute(queries.upsert(retention_policies, conn.dialect.name, "update"),
                      [policy.to_dict()])  # fmt: skip
-        entry = _entry(tenant, SET_ACTION, {"keep_days": keep_days}, requester)
+        entry = audit_entry(tenant, SET_ACTION, {"keep_days": keep_days}, requester)
         audit.append_in(conn, tenant, [entry])
     return policy
 
@@ -191,7 +181,7 @@ def clear_policy(audit: AuditLog, tenant: str, requester: Requester) -> KeepPoli
         found = _policy_in(conn, tenant)
         if found is not None:
             conn.execute(delete(retention_policies).where(p.tenant == tenant))
-            entry = _entry(tenant, CLEAR_ACTION, {"keep_days": found.keep_days}, requester)
+            entry = audit_entry(tenant, CLEAR_ACTION, {"keep_days": found.keep_days}, requester)
             audit.append_in(conn, tenant, [entry])
     return found
 

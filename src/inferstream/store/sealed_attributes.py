@@ -16,8 +16,14 @@ name: a sealed value copied to another record, attribute or tenant does not open
 A declared attribute's value is otherwise never an object (attributes are str, int or
 float), so a sealed value is told apart without the declaration and every read opens
 what it finds. One that cannot be opened reads as null and is named in the row's
-``withheld`` with why (:data:`SHREDDED`, :data:`NO_KEY`, :data:`UNAUTHENTIC`); a read
-never fails for it. Without a KEK, sensitive attributes are stored in clear as before.
+``withheld`` with why (:data:`SHREDDED`, :data:`NO_KEY`, :data:`UNAUTHENTIC`: also
+anything malformed); a read never fails for it, and the warning it logs is said once a
+minute per tenant and reason (a live view reads every second).
+
+Without a KEK, sensitive attributes are stored in clear as before, in a deployment that
+never encrypted. Once the store holds data keys, a writer without a KEK refuses them
+(:class:`~inferstream.errors.ConfigError`): one process left unconfigured must not store
+in clear what the others seal.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import binascii
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -43,6 +51,13 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 NONCE_BYTES = 12
+TAG_BYTES = 16
+#: The largest data key number (the column is a 32-bit integer).
+MAX_KEY = 2**31 - 1
+#: A warning about one tenant's unreadable values is logged at most this often (seconds).
+WARN_EVERY_S = 60.0
+#: How long a writer without a KEK trusts "the store holds no data keys" (seconds).
+RECHECK_S = 60.0
 #: Why a sealed value reads as null: the tenant's data keys were crypto-shredded ...
 SHREDDED = "shredded"
 #: ... this process has no key-encryption key (or not the one that wrapped the key) ...
@@ -58,11 +73,21 @@ def is_sealed(value: Any) -> bool:
 
 class SensitiveAttributes:
     """Which attributes of each application are sensitive, and how the store keeps
-    them: sealed under ``keys``, or in clear when there are none (no KEK configured)."""
+    them: sealed under ``keys``, or in clear when there are none (no KEK configured)
+    and ``holds_keys()`` says the store holds no data keys either (it never encrypted)."""
 
-    def __init__(self, keys: DataKeys | None) -> None:
+    def __init__(
+        self,
+        keys: DataKeys | None,
+        holds_keys: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.keys = keys
         self._declared: dict[str, frozenset[str]] = {}
+        self._holds_keys, self._clock = holds_keys, clock
+        self._encrypts = False
+        self._checked_until = float("-inf")
+        self._warnings = _Warnings(clock)
 
     def register(self, app: AppSpec) -> None:
         self._declared[app.name] = app.sensitive_attributes
@@ -95,6 +120,8 @@ class SensitiveAttributes:
     def params(self, rows: Sequence[ResultRow]) -> list[dict[str, Any]]:
         """Insert parameters of ``rows``, each sensitive value sealed (with keys)."""
         if self.keys is None:
+            for row in rows:
+                self._check_clear(row)
             return [row.as_params() for row in rows]
         return [self._sealed_params(self.keys, row) for row in rows]
 
@@ -102,8 +129,31 @@ class SensitiveAttributes:
         """Records read from ``records`` (outside the read's transaction: a key not
         cached is read in one of its own), sealed values opened, or null and named in
         ``withheld``."""
-        opener = _Opener(self.keys)
+        opener = _Opener(self.keys, self._warnings)
         return [ResultRow.from_mapping(row, opener.open(row)) for row in found]
+
+    def _check_clear(self, row: ResultRow) -> None:
+        """:class:`ConfigError` when ``row`` carries a sensitive value this process would
+        store in clear (it has no KEK) while the store holds data keys: the deployment
+        encrypts, and this one process is not configured to."""
+        found = row.attributes
+        names = sorted(n for n in self.of(row.app) if not _clear_already(found.get(n)))
+        if not names or not self._store_encrypts():
+            return
+        raise ConfigError(
+            f"record {row.id} carries the sensitive attribute {', '.join(names)}, which this "
+            "deployment stores encrypted (the store holds data keys), but this process has no "
+            "key-encryption key, so it would store the value in clear; set INFERSTREAM_KEK "
+            "(or INFERSTREAM_KEY_PROVIDER) as in the other processes and restart it"
+        )
+
+    def _store_encrypts(self) -> bool:
+        # Once keys exist they stay (a shred keeps the others'); "none yet" is asked
+        # again now and then, so a deployment that starts encrypting is noticed.
+        if not self._encrypts and self._clock() >= self._checked_until:
+            self._encrypts = self._holds_keys()
+            self._checked_until = self._clock() + RECHECK_S
+        return self._encrypts
 
     def _sealed_params(self, keys: DataKeys, row: ResultRow) -> dict[str, Any]:
         params = row.as_params()
@@ -138,8 +188,9 @@ def bound(version: int, row: Mapping[Any, Any], name: str) -> bytes:
 class _Opener:
     """Opens the sealed values of one read's rows, looking each key up once."""
 
-    def __init__(self, keys: DataKeys | None) -> None:
+    def __init__(self, keys: DataKeys | None, warnings: _Warnings) -> None:
         self.keys = keys
+        self._warnings = warnings
         self._found: dict[tuple[str, int], AESGCM | str] = {}
 
     def open(self, row: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, str]] | None:
@@ -158,24 +209,19 @@ class _Opener:
         return attributes, withheld
 
     def _open(self, row: Mapping[Any, Any], name: str, value: Mapping[str, Any]) -> Any:
-        try:
-            version, form = int(value["key"]), int(value["format"])
-            data = base64.b64decode(value["sealed"], validate=True)
-        except (KeyError, TypeError, ValueError, binascii.Error):
-            return self._unauthentic(row, name, "is not a sealed value this store writes")
-        if form != FORMAT:
-            newer = f"is sealed in format {form}; this release knows {FORMAT}: use a newer one"
-            return self._unauthentic(row, name, newer)
+        parsed = _parsed(value)
+        if isinstance(parsed, str):
+            return self._unauthentic(row, name, parsed)
+        version, data = parsed
         cipher = self._key(row["tenant"], version)
         if isinstance(cipher, str):
             return _Withheld(cipher)
         nonce, sealed = data[:NONCE_BYTES], data[NONCE_BYTES:]
         try:
-            plain = cipher.decrypt(nonce, sealed, bound(version, row, name))
-        except InvalidTag:
+            return json.loads(cipher.decrypt(nonce, sealed, bound(version, row, name)))
+        except (InvalidTag, ValueError):  # ValueError: a nonce or plaintext malformed
             moved = "fails its authentication: changed, or copied from another record"
             return self._unauthentic(row, name, moved)
-        return json.loads(plain)
 
     def _key(self, tenant: str, version: int) -> AESGCM | str:
         if (tenant, version) not in self._found:
@@ -185,20 +231,70 @@ class _Opener:
     def _look_up(self, tenant: str, version: int) -> AESGCM | str:
         if self.keys is None:
             why = "this process has no key-encryption key: set INFERSTREAM_KEK as the workers do"
-            log.warning("sealed attributes of tenant %r read as null: %s", tenant, why)
+            self._warnings.warn(tenant, NO_KEY, "sealed attributes of tenant %r read as null: %s",
+                                tenant, why)  # fmt: skip
             return NO_KEY
         try:
             return self.keys.opening_key(tenant, version)
         except TenantShredded:
             return SHREDDED
         except (BlobError, ConfigError) as exc:  # a key row deleted, a KEK not held
-            log.warning("sensitive attributes of tenant %r cannot be opened: %s", tenant, exc)
+            self._warnings.warn(tenant, NO_KEY, "sensitive attributes of tenant %r cannot be "
+                                "opened: %s", tenant, exc)  # fmt: skip
             return NO_KEY
 
-    @staticmethod
-    def _unauthentic(row: Mapping[Any, Any], name: str, why: str) -> _Withheld:
-        log.warning("attribute %r of record %s (tenant %r) %s", name, row["id"], row["tenant"], why)
+    def _unauthentic(self, row: Mapping[Any, Any], name: str, why: str) -> _Withheld:
+        tenant = row["tenant"]
+        self._warnings.warn(tenant, UNAUTHENTIC, "attribute %r of record %s (tenant %r) %s; "
+                            "read as null (said once a minute per tenant)",
+                            name, row["id"], tenant, why)  # fmt: skip
         return _Withheld(UNAUTHENTIC)
+
+
+def _parsed(value: Mapping[str, Any]) -> tuple[int, bytes] | str:
+    """The key number and bytes (nonce, ciphertext and tag) of a sealed value, or why
+    it is not one this store could have written."""
+    version, form = _whole(value.get("key")), _whole(value.get("format"))
+    sealed = value.get("sealed")
+    if version is None or not 1 <= version <= MAX_KEY or form is None:
+        return "is not a sealed value this store writes (no key number or format)"
+    if form != FORMAT:
+        return f"is sealed in format {form}; this release knows {FORMAT}: use a newer one"
+    try:
+        data = base64.b64decode(sealed, validate=True) if isinstance(sealed, str) else b""
+    except (binascii.Error, ValueError):
+        data = b""
+    if len(data) < NONCE_BYTES + TAG_BYTES:
+        return "is not a sealed value this store writes (not base64 of a nonce and a tag)"
+    return version, data
+
+
+def _clear_already(value: Any) -> bool:
+    """Whether storing ``value`` without a key reveals nothing: absent, or sealed already."""
+    return value is None or is_sealed(value)
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` if it is an integer (JSON's true is not one), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+class _Warnings:
+    """Logs a warning at most once per :data:`WARN_EVERY_S` per tenant and reason: every
+    read of an unreadable value would log it, and a live view reads every second."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._next: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def warn(self, tenant: str, reason: str, message: str, *args: Any) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._next.get((tenant, reason), now) > now:
+                return
+            self._next[(tenant, reason)] = now + WARN_EVERY_S
+        log.warning(message, *args)
 
 
 class _Withheld:

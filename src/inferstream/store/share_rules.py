@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import func as sql
 
-from inferstream.store.rows import ResultRow
+from inferstream.store.rows import ResultFilter, ResultRow
 from inferstream.store.schema import records, share_conditions, share_grants
 
 Kind = Literal["number", "text"]
@@ -142,8 +142,11 @@ def seen(row: ResultRow, viewer: str, grants: Sequence[Grant], now_us: int) -> S
     return Seen(shown, row.tenant, any(grant.images for grant in covering))
 
 
-def covered(viewer: str, now_us: int, dialect: str) -> ColumnElement[bool]:
-    """``records`` rows a live grant lets ``viewer`` read (the policy of migration 0009)."""
+def covered(
+    viewer: str, now_us: int, dialect: str, only: Sequence[str] | None = None
+) -> ColumnElement[bool]:
+    """``records`` rows a live grant lets ``viewer`` read (the policy of migration 0009);
+    with ``only``, a live grant among those ids."""
     g, k = share_grants.c, share_conditions.c
     failing = (
         select(k.grant_id)
@@ -161,12 +164,32 @@ def covered(viewer: str, now_us: int, dialect: str) -> ColumnElement[bool]:
         or_(g.until_us.is_(None), records.c.created_at_us < g.until_us),
         ~failing,
     )
+    if only is not None:
+        live = and_(live, g.id.in_(list(only)))
     return exists().where(live)
 
 
-def visible(viewer: str, now_us: int, dialect: str) -> ColumnElement[bool]:
-    """Rows of ``records`` the viewer may read: its own, and those grants admit."""
-    return or_(records.c.tenant == viewer, covered(viewer, now_us, dialect))
+def visible(
+    viewer: str, now_us: int, dialect: str, only: Sequence[str] | None = None
+) -> ColumnElement[bool]:
+    """Rows of ``records`` the viewer may read: its own, and those grants (of ``only``,
+    when given) admit."""
+    return or_(records.c.tenant == viewer, covered(viewer, now_us, dialect, only))
+
+
+def unmasking(grants: Sequence[Grant], filters: ResultFilter | None) -> list[Grant]:
+    """The grants that show every field ``filters`` filters on. A listing filtered on a
+    field reads shared rows through these alone, so neither its rows nor its cursor can
+    tell the grantee which records hold a value a grant masks."""
+    if filters is None:
+        return list(grants)
+    attributes = set(filters.attributes)
+    columns = {column for column in COLUMNS if getattr(filters, column) is not None}
+    return [
+        grant
+        for grant in grants
+        if not attributes & set(grant.masked) and not columns & set(grant.masked_columns)
+    ]
 
 
 def _holds(dialect: str) -> ColumnElement[bool]:

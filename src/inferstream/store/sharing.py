@@ -31,7 +31,16 @@ from inferstream.store.rows import (
     ResultFilter,
     ResultRow,
 )
-from inferstream.store.share_rules import COLUMNS, Condition, Grant, Seen, covered, seen, visible
+from inferstream.store.share_rules import (
+    COLUMNS,
+    Condition,
+    Grant,
+    Seen,
+    covered,
+    seen,
+    unmasking,
+    visible,
+)
 from inferstream.store.store import ResultsStore, summarise
 
 __all__ = [
@@ -136,9 +145,10 @@ class Sharing:
         self.store.sensitive.check_filter(filters)
         at = now_us()
         with self.store.tenant_transaction(viewer, "list records shared with a tenant in") as conn:
-            grants = self._live(conn, viewer, at)
+            grants = unmasking(self._live(conn, viewer, at), filters)
             # No live grant: the tenant's own rows, as the tenant-first indexes serve best.
-            rows_seen = visible(viewer, at, self._dialect) if grants else None
+            ids = [grant.id for grant in grants]
+            rows_seen = visible(viewer, at, self._dialect, ids) if grants else None
             terms = queries.result_conditions(viewer, filters, rows_seen)
             stmt = queries.keyset_page(schema.records, terms, ("stored_at_us", "id"),
                                        cursor=cursor, limit=limit, order=order)  # fmt: skip

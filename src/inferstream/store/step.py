@@ -120,8 +120,11 @@ def check_record(env: Envelope, app: AppSpec) -> None:
     for attribute in app.attributes:
         value = env.attributes.get(attribute.name)
         if value is not None and not _parses(value, attribute.kind):
+            # A dead letter is read by more people than the record: never repeat a secret.
+            secret = f"a {type(value).__name__} (sensitive: its value is not shown)"
+            shown = secret if attribute.sensitive else repr(value[:64])
             raise InvalidInput(
-                f"{where}: attribute {attribute.name!r} is {value[:64]!r}, not {attribute.kind}"
+                f"{where}: attribute {attribute.name!r} is {shown}, not {attribute.kind}"
             )
     heads = {head.name: head for head in app.heads}
     for prediction in env.predictions:

@@ -27,6 +27,7 @@ from inferstream.errors import InferstreamError, StoreError
 from inferstream.key_provider import KeyProvider, key_provider_from_env
 from inferstream.store import queries, schema
 from inferstream.store.attributes import create_index
+from inferstream.store.blob_keys import BlobKeyTable
 from inferstream.store.data_keys import data_keys
 from inferstream.store.engine import describe, make_engine
 from inferstream.store.migrate import Migration, upgrade
@@ -82,7 +83,7 @@ class ResultsStore:
         provider = key_provider or key_provider_from_env()  # refused before a connection
         self.engine: Engine = make_engine(url, **engine_args)
         keys = data_keys(self, provider) if provider is not None else None
-        self.sensitive = SensitiveAttributes(keys)
+        self.sensitive = SensitiveAttributes(keys, lambda: bool(BlobKeyTable(self).tenants()))
         if migrate:
             try:
                 self.migrate()
