@@ -108,3 +108,20 @@ def test_the_chore_exports_and_writes_yesterdays_reports_once(
     assert (tmp_path / STATE_FILE).exists()
     again = analytics_chore(store, tmp_path, today=today, settle_s=0)
     assert again == [again[0]] and "exported 0 records" in again[0]
+
+
+def test_the_scheduled_chore_refuses_a_url_and_says_what_to_do(tmp_path: Path) -> None:
+    """The chore keeps its reports and saved queries in a folder: an ``s3://`` value of
+    ``INFERSTREAM_ANALYTICS_DIR`` once became a local folder named ``s3:``."""
+    from inferstream.apps.eggs import APP
+    from inferstream.errors import ConfigError
+    from inferstream.pipeline import load_pipeline
+    from inferstream.runner import analytics
+
+    spec = load_pipeline(APP.pipeline_path()).with_urls(
+        bus=f"sqlite:///{tmp_path / 'bus.db'}", store=f"sqlite:///{tmp_path / 'r.db'}",
+        blobs=f"file://{tmp_path / 'blobs'}",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="analytics export PIPELINE --to s3://"):
+        analytics(spec, "s3://bucket/prefix")
+    assert not (tmp_path / "r.db").exists() and not Path("s3:").exists()
