@@ -60,10 +60,10 @@ typecheck: $(STAMP) ## mypy (strict on the package)
 
 check: lint typecheck ## Lint and type-check
 
-# Two test processes, a test file each at a time (most tests wait on a broker, a
-# database or a child process, so two share the two cores well); TEST_PROCESSES=0 runs
-# them in this one process.
-TEST_PROCESSES ?= 2
+# Three test processes, a test file each at a time: most tests wait on a broker, a
+# database or a child process (two processes kept the two cores 54 % busy in CI);
+# TEST_PROCESSES=0 runs them in this one process.
+TEST_PROCESSES ?= 3
 
 test: $(STAMP) system-deps ## Set up, lint, type-check and run the test suite (all but the tests marked long)
 	@# The v2 model server's own virtualenv (tests/model_server.py) is built beside the

@@ -57,6 +57,7 @@ def main() -> None:
         start = now_us() - args.history_s * 1_000_000
         for s in range(args.history_s):
             store.upsert_results(rows_for_second(start + s * 1_000_000, args.rate, s * args.rate))
+        store.refresh_statistics()  # as the API does every 30 s
         hub = LiveHub(store, APP)
         began = time.perf_counter()
         snapshot = hub.tick([hub.channel(TENANT)])[hub.channel(TENANT)]

@@ -121,7 +121,7 @@ class BusPipeline(System):
 
     def start(self) -> None:
         settings = DemoSettings(workdir=self.workdir / self.name, serve=self.serve)
-        fresh_workdir(settings)
+        fresh_workdir(settings.workdir)
         spec = pipeline_spec(settings)
         self.bus: Bus = open_bus(spec.bus)
         ensure_topics(self.bus, spec)
