@@ -61,7 +61,7 @@ typecheck: $(STAMP) ## mypy (strict on the package)
 check: lint typecheck ## Lint and type-check
 
 # Three test processes, a test file each at a time: most tests wait on a broker, a
-# database or a child process (two processes kept the two cores 54 % busy in CI);
+# database or a child process (two processes kept the two cores about 60 % busy in CI);
 # TEST_PROCESSES=0 runs them in this one process.
 TEST_PROCESSES ?= 3
 
