@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import func, select
 
+from inferstream.analytics.query import open_export, run
 from inferstream.store import (
     DeadLetterRow,
     Feedback,
@@ -80,6 +82,19 @@ def _shadow(row: ResultRow) -> PredictionRow:
         model_name="egg_sexing", model_version="2.0.0", label="female", confidence=0.7,
         scores={"female": 0.7}, predicted_at_us=row.stored_at_us, stored_at_us=row.stored_at_us,
     )  # fmt: skip
+
+
+def export_counts(place: Path | str) -> dict[str, Counter[tuple[str, ...]]]:
+    """An export's counts through DuckDB (a folder or ``s3://bucket/prefix``), keyed as
+    :func:`store_counts` keys the store's."""
+    conn = open_export(place)
+    try:
+        return {
+            name: Counter({tuple(map(str, row[:-1])): int(row[-1]) for row in run(conn, sql).rows})
+            for name, sql in EXPORT_QUERIES.items()
+        }
+    finally:
+        conn.close()
 
 
 def store_counts(store: ResultsStore) -> dict[str, Counter[tuple[str, ...]]]:

@@ -4,28 +4,16 @@ incremental runs, a run that stopped part-way, rows committed late."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from analytics_testing import DAY0_US, EXPORT_QUERIES, HOUR_US, KnownRun, store_counts
+from analytics_testing import DAY0_US, HOUR_US, KnownRun, export_counts, store_counts
 
 from inferstream.analytics.export import STATE_FILE, ExportError, export
 from inferstream.analytics.query import open_export, run
 from inferstream.apps.eggs import APP
 from inferstream.cli import main
 from inferstream.store import DeadLetterRow, ResultsStore
-
-
-def export_counts(folder: Path) -> dict[str, Counter[tuple[str, ...]]]:
-    conn = open_export(folder)
-    try:
-        return {
-            name: Counter({tuple(map(str, row[:-1])): int(row[-1]) for row in run(conn, sql).rows})
-            for name, sql in EXPORT_QUERIES.items()
-        }
-    finally:
-        conn.close()
 
 
 def ids_exported(folder: Path) -> list[str]:

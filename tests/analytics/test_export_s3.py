@@ -5,31 +5,18 @@ what the store counts, run after run; a missing bucket is named."""
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from analytics_testing import DAY0_US, EXPORT_QUERIES, HOUR_US, KnownRun, store_counts
+from analytics_testing import DAY0_US, HOUR_US, KnownRun, export_counts, store_counts
 from blob_worlds import use_s3
 from broker_testing import S3Server
 
 from inferstream.analytics.export import STATE_FILE, export
-from inferstream.analytics.query import open_export, run
 from inferstream.apps.eggs import APP
 from inferstream.cli import main
 from inferstream.store import ResultsStore
-
-
-def _export_counts(url: str) -> dict[str, Counter[tuple[str, ...]]]:
-    conn = open_export(url)
-    try:
-        return {
-            name: Counter({tuple(map(str, row[:-1])): int(row[-1]) for row in run(conn, sql).rows})
-            for name, sql in EXPORT_QUERIES.items()
-        }
-    finally:
-        conn.close()
 
 
 def _objects(server: S3Server, bucket: str) -> dict[str, Any]:
@@ -62,7 +49,7 @@ def test_an_export_to_s3_counts_what_the_store_counts_run_after_run(
 
     done = export(store, url, settle_s=0, now=DAY0_US + 48 * HOUR_US)
     assert done.rows["records"] == 13 and done.files > 0
-    assert _export_counts(url) == store_counts(store)
+    assert export_counts(url) == store_counts(store)
     keys = _objects(s3, bucket)
     assert f"exports/site-1/{STATE_FILE}" in keys
     days = {k.split("/")[5] for k in keys if k.startswith(f"exports/site-1/tenant={acme}/records/")}
@@ -75,7 +62,7 @@ def test_an_export_to_s3_counts_what_the_store_counts_run_after_run(
     again = export(store, url, settle_s=0, now=later + HOUR_US)
     assert (again.rows["records"], again.rows["feedback"]) == (3, 1)
     assert export(store, url, settle_s=0, now=later + HOUR_US).files == 0
-    assert _export_counts(url) == store_counts(store)
+    assert export_counts(url) == store_counts(store)
     state = json.loads(_read(s3, bucket, f"exports/site-1/{STATE_FILE}"))
     assert state["pending_us"] is None and state["tenants"][acme]["records"] == later + HOUR_US
 

@@ -22,6 +22,7 @@ from inferstream.api.auth import (
     hash_password,
     issue_key,
     issue_token,
+    requester_of,
     require,
     sign_in_with_password,
 )
@@ -36,8 +37,7 @@ from inferstream.errors import ConfigError, ModelError
 from inferstream.pipeline import PipelineSpec
 from inferstream.registry import ModelRegistry, RegistryError
 from inferstream.stage_replay import ReplayNotApplied, replay_stage_in_store
-from inferstream.store.erasure import Requester, SubjectNotFound, erase_subject
-from inferstream.tracing import current_trace_hex
+from inferstream.store.erasure import SubjectNotFound, erase_subject
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["admin"])
@@ -355,15 +355,11 @@ def erase(
     the dead letters of its items, and the blobs nothing else of your tenant names, in one
     transaction with an audit entry that counts them. 404 when there is nothing of it."""
     services = services_of(request)
-    kind = "key" if principal.subject.startswith("key:") else "user"
-    requester = Requester(
-        principal.subject, kind, principal.role, client_address(request),
-        current_trace_hex() or "",
-    )  # fmt: skip
     try:
         done = erase_subject(
-            services.audit.log, services.blobs, principal.tenant, subject, requester
-        )
+            services.audit.log, services.blobs, principal.tenant, subject,
+            requester_of(request, principal),
+        )  # fmt: skip
     except SubjectNotFound as exc:
         raise NotFound(f"no subject {subject[:128]!r} in your tenant") from exc
     # The subject's id is not logged: the audit entry is the one place that keeps it.

@@ -36,6 +36,8 @@ from inferstream.api.permissions import ROLES, Role
 from inferstream.api.services import Services, services_of
 from inferstream.api.settings import MAX_ACTIVE_KEYS, ApiSettings
 from inferstream.api.throttle import GuessThrottle, key_scope, source_scope, user_scope
+from inferstream.store.erasure import Requester
+from inferstream.tracing import current_trace_hex
 
 KEY_PREFIX = "isk"
 _hasher = PasswordHasher()
@@ -219,6 +221,14 @@ def authenticate(
 def client_address(connection: HTTPConnection) -> str:
     """The peer's address (behind a proxy, run uvicorn with ``--proxy-headers``)."""
     return connection.client.host if connection.client else "unknown"
+
+
+def requester_of(request: Request, principal: Principal) -> Requester:
+    """Who asks for a change the store audits in its own transaction (an erasure, a
+    retention policy): the principal, from where, under which trace."""
+    kind = "key" if principal.subject.startswith("key:") else "user"
+    return Requester(principal.subject, kind, principal.role, client_address(request),
+                     current_trace_hex() or "")  # fmt: skip
 
 
 def principal_for(services: Services, credential: str, source: str) -> Principal:

@@ -14,13 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inferstream.api.auth import Principal, client_address, require
+from inferstream.api.auth import Principal, requester_of, require
 from inferstream.api.permissions import roles_for
 from inferstream.api.services import services_of
-from inferstream.store.erasure import Requester
 from inferstream.store.retention import KeepPolicy, clear_policy, get_policy, set_policy
 from inferstream.store.schema import MAX_KEEP_DAYS
-from inferstream.tracing import current_trace_hex
 
 router = APIRouter(tags=["admin"])
 
@@ -63,12 +61,6 @@ def _guard(method: str) -> Any:
     return Depends(require(*roles_for(f"{method} {ROUTE}")))
 
 
-def _requester(request: Request, principal: Principal) -> Requester:
-    kind = "key" if principal.subject.startswith("key:") else "user"
-    return Requester(principal.subject, kind, principal.role, client_address(request),
-                     current_trace_hex() or "")  # fmt: skip
-
-
 @router.get(ROUTE, response_model=RetentionOut)
 def read_retention(
     request: Request, principal: Annotated[Principal, _guard("GET")]
@@ -86,7 +78,7 @@ def set_retention(
     housekeeping (within a minute under ``inferstream up``) deletes older ones, and no
     topic keeps a message longer than the shortest policy of any tenant."""
     log = services_of(request).audit.log
-    policy = set_policy(log, principal.tenant, body.keep_days, _requester(request, principal))
+    policy = set_policy(log, principal.tenant, body.keep_days, requester_of(request, principal))
     return RetentionOut.of(principal.tenant, policy)
 
 
@@ -96,5 +88,5 @@ def clear_retention(
 ) -> Response:
     """Remove your tenant's retention policy: its results are kept from now on. Harmless
     when it has none (no audit entry of a change then)."""
-    clear_policy(services_of(request).audit.log, principal.tenant, _requester(request, principal))
+    clear_policy(services_of(request).audit.log, principal.tenant, requester_of(request, principal))
     return Response(status_code=204)
