@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,22 @@ def add_example_commands(sub: Any) -> None:
     for app in installed_apps().values():
         if app.example:
             load_ref(app.example, f"application {app.name!r} example")(kinds)
+    for command in kinds.choices.values():
+        command.set_defaults(handler=_stopping_on_sigterm(command.get_default("handler")))
+
+
+def _stopping_on_sigterm(handler: Callable[[argparse.Namespace], int]) -> Any:
+    """``handler``, with SIGTERM unwinding it like Ctrl-C: an example stops the pipeline
+    it started in a ``finally`` (Python's default SIGTERM would leave it running)."""
+
+    def run(args: argparse.Namespace) -> int:
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, interrupt)
+        return handler(args)
+
+    return run
 
 
 def add_run_arguments(command: Any, app: str, tenant: str) -> None:

@@ -22,6 +22,7 @@ from inferstream.application import load_ref
 from inferstream.blob_crypto import open_blobs
 from inferstream.bus import Bus, RetentionPolicy, open_bus
 from inferstream.errors import ConfigError
+from inferstream.heap import settle
 from inferstream.pipeline import PipelineSpec, StageSpec
 from inferstream.replays import ReplayBoard, ReplayWatch
 from inferstream.steps import ConditionalStep, Step, StepContext, build_step
@@ -368,6 +369,7 @@ def run_stage(
     try:
         ensure_topics(bus, spec)
         worker = make_worker(spec, stage_name, bus, replica, tracing)
+        settle()  # start-up's objects are never walked by the cycle collector again
         with drain_on_signals(stop):
             if on_ready is not None:
                 on_ready()

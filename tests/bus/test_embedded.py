@@ -343,24 +343,16 @@ def test_url_creates_folders_and_rejects_bad_options(tmp_path: Path) -> None:
         open_bus(f"sqlite:///{nested}").consumer("g", ["missing"])
 
 
-def test_the_log_starts_over_though_readers_never_stop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Found by the soak: with some reader always in a transaction (every worker polls)
-    SQLite never rewinds the write-ahead log, which grew to 13 GB in 50 minutes until
-    the workers stalled. Producers now restart it every few seconds."""
+@contextmanager
+def _readers_never_stop(database: Path) -> Iterator[None]:
+    """Two readers, one of them always in a transaction (as polling workers are)."""
     import sqlite3
     import threading
 
-    from inferstream.bus import embedded
-
-    monkeypatch.setattr(embedded, "WAL_RESTART_EVERY_S", 0.2)
-    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
-    bus.create_topic("t", 2)
     stop = threading.Event()
 
-    def read(offset_s: float) -> None:  # a snapshot open nearly all the time
-        conn = sqlite3.connect(tmp_path / "bus.db", isolation_level=None)
+    def read(offset_s: float) -> None:
+        conn = sqlite3.connect(database, isolation_level=None)
         time.sleep(offset_s)
         while not stop.is_set():
             conn.execute("BEGIN")
@@ -373,13 +365,74 @@ def test_the_log_starts_over_though_readers_never_stop(
     for reader in readers:
         reader.start()
     try:
-        payload = os.urandom(16_000)
-        for i in range(1500):  # 240 MB through the log
-            bus.produce("t", [Record(str(i).encode(), payload) for _ in range(10)])
-        wal_mb = (tmp_path / "bus.db-wal").stat().st_size / 2**20
+        yield
     finally:
         stop.set()
         for reader in readers:
             reader.join()
+
+
+def _frames_in_log(database: Path) -> int:
+    """Frames in the write-ahead log of ``database`` since it last started over."""
+    import sqlite3
+
+    conn = sqlite3.connect(database, isolation_level=None)
+    try:
+        _, in_log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        conn.close()
+    return int(in_log)
+
+
+def test_the_log_starts_over_though_readers_never_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the soak: with some reader always in a transaction (every worker polls)
+    SQLite never rewinds the write-ahead log, which grew to 13 GB in 50 minutes until
+    the workers stalled. A producer writing flat out outruns the checkpointer thread;
+    past the log's size limit it restarts the log itself."""
+    from inferstream.bus import embedded_checkpoint
+
+    monkeypatch.setattr(embedded_checkpoint, "RESTART_AT_BYTES", 4 * 2**20)
+    monkeypatch.setattr(embedded_checkpoint, "WAL_MAX_BYTES", 64 * 2**20)
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_topic("t", 2)
+    try:
+        with _readers_never_stop(tmp_path / "bus.db"):
+            payload = os.urandom(16_000)
+            for i in range(1500):  # 240 MB through the log
+                bus.produce("t", [Record(str(i).encode(), payload) for _ in range(10)])
+            log_mb = _frames_in_log(tmp_path / "bus.db") * 16_384 / 2**20
+    finally:
         bus.close()
-    assert wal_mb < 120, f"the log grew to {wal_mb:.0f} MB"  # 64 MB kept, then 0.2 s more
+    assert log_mb < 120, f"the log grew to {log_mb:.0f} MB"  # 64 MB, then 0.2 s more
+
+
+def test_the_checkpointer_thread_starts_the_log_over_at_a_steady_rate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At a rate the file keeps up with, the producer's checkpointer thread alone
+    copies the log into the file and starts it over (readers always in a transaction):
+    the producer never checkpoints on its own path."""
+
+    from inferstream.bus import embedded_checkpoint
+
+    monkeypatch.setattr(embedded_checkpoint, "RESTART_AT_BYTES", 4 * 2**20)
+    monkeypatch.setattr(embedded_checkpoint, "RESTART_ESCALATE_AFTER", 2)  # readers never stop
+    monkeypatch.setattr(embedded_checkpoint, "WAL_MAX_BYTES", 2**40)  # never the producer
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_topic("t", 2)
+    pages = 0
+    try:
+        with _readers_never_stop(tmp_path / "bus.db"):
+            payload = os.urandom(12_000)
+            for i in range(150):  # 1.5 s at ~12 MB/s, one page per message
+                bus.produce("t", [Record(str(i).encode(), payload) for _ in range(10)])
+                pages += 10
+                time.sleep(0.01)
+        in_log = _frames_in_log(tmp_path / "bus.db")
+    finally:
+        bus.close()
+    # Started over at 4 MB (256 pages); without restarts the log would hold every page
+    # and the commits' own: ~2,100.
+    assert in_log < pages, f"{in_log} frames in the log after {pages} pages written"

@@ -64,6 +64,7 @@ from inferstream.errors import (
     TenantShredded,
     TransientError,
 )
+from inferstream.heap import settle
 from inferstream.runner import ensure_topics
 from inferstream.store import InvalidQuery, ResultsStore
 from inferstream.store.audit import AuditLog
@@ -230,6 +231,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.services = services
         refresher = asyncio.create_task(_refresh_statistics(store, services.throttle))
         stack.callback(refresher.cancel)
+        settle()  # start-up's objects are never walked by the cycle collector again
         log.info("api ready", extra={"route": f"{spec.name}: ingest into {settings.ingest_topic}"})
         yield
 

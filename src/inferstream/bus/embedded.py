@@ -32,7 +32,6 @@ import itertools
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeVar
 
@@ -46,6 +45,7 @@ from inferstream.bus.base import (
     TopicPartition,
     partition_for,
 )
+from inferstream.bus.embedded_checkpoint import Checkpointer
 from inferstream.bus.embedded_consumer import EmbeddedConsumer
 from inferstream.bus.embedded_db import EmbeddedSettings, connect, now_ms, run
 from inferstream.bus.embedded_wake import Bells
@@ -53,9 +53,6 @@ from inferstream.errors import BusError, ConfigError, UnknownTopicError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-#: How often a producer restarts the write-ahead log (see ``EmbeddedBus._restart_wal``).
-WAL_RESTART_EVERY_S = 5.0
-
 #: Messages deleted per retention transaction.
 RETENTION_CHUNK = 10_000
 
@@ -72,7 +69,7 @@ class EmbeddedBus:
         self._round_robin = itertools.count()
         # Topics are never deleted or resized, so a looked-up topic stays valid.
         self._topics: dict[str, tuple[int, int]] = {}
-        self._next_restart = time.monotonic() + WAL_RESTART_EVERY_S
+        self._checkpointer: Checkpointer | None = None
 
     def create_topic(self, name: str, partitions: int = 1) -> None:
         """Create ``name`` if missing; an existing topic keeps its partition count."""
@@ -131,28 +128,9 @@ class EmbeddedBus:
         with self._lock:
             run(self._conn, work)
             self._bells.ring(topic_id)  # committed: wake the topic's idle consumers
-            if time.monotonic() >= self._next_restart:
-                self._restart_wal()
-
-    def _restart_wal(self) -> None:
-        """Checkpoint the whole write-ahead log and start it again from its beginning.
-
-        SQLite's automatic checkpoints copy the log into the file but rewind it only at
-        a moment no reader is using it. Every worker polls, so under load there is
-        always one: the log then only grows (13 GB after 50 minutes at 1,000 scans/s in
-        the soak, every read slower, until workers missed their heartbeats). RESTART
-        waits (up to the busy timeout) for the readers of older snapshots to finish,
-        which they do within milliseconds, checkpoints, and makes the next write
-        start the log over. A producer does it every ``WAL_RESTART_EVERY_S``.
-        """
-        self._next_restart = time.monotonic() + WAL_RESTART_EVERY_S
-        try:
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
-        except sqlite3.Error as exc:  # never fails a produce: the next one tries again
-            log.warning("could not checkpoint the embedded bus's log: %s", exc)
-            return
-        if busy:
-            log.info("the embedded bus's log was busy; it is checkpointed again later")
+            if self._checkpointer is None:  # this process writes: it keeps the log short
+                self._checkpointer = Checkpointer(self.settings)
+            self._checkpointer.after_write(self._conn)
 
     def consumer(
         self,
@@ -244,6 +222,9 @@ class EmbeddedBus:
 
     def close(self) -> None:
         with self._lock:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             self._bells.close()
             self._conn.close()
 

@@ -1,0 +1,131 @@
+"""Keeping the embedded bus's write-ahead log short, off the producers' path.
+
+Left to itself SQLite checkpoints inside a writer's ``COMMIT`` once the log passes
+1,000 pages: the transaction that happens to cross the line copies the log into the
+file and syncs it (28-57 ms at 900 scans/s on the flagship, measured), and every
+message in that batch waits for it. Rewinding the log (``wal_checkpoint(RESTART)``)
+blocks writers until it is done; run by a producer after its write every 5 s, it held
+up to half a second of scans.
+
+So bus connections turn automatic checkpoints off (:func:`embedded_db.connect`) and
+each process that produces runs one :class:`Checkpointer` thread on its own
+connection: a ``PASSIVE`` checkpoint every :data:`CHECKPOINT_EVERY_S` (it never
+blocks readers or writers; when another process's checkpointer is at work it returns
+at once), and a ``RESTART`` once the log holds :data:`RESTART_AT_BYTES`. A restart
+then has little left to copy (1-4 ms, measured), and it never waits for the readers
+and writers in its way: it gives up and tries again :data:`RESTART_RETRY_S` later
+(after :data:`RESTART_ESCALATE_AFTER` tries in a row, once with a short wait). SQLite
+releases the GIL while it checkpoints, so the thread costs the process's own work
+nothing but the I/O.
+
+A restart is still felt once: the writer that starts the log over syncs its header,
+holding the others 20-60 ms on this machine's disk (with ``synchronous=normal``; not
+with ``off``). So restarts are rare (every few seconds at the flagship's rate rather
+than on a timer), and the log's file, kept at its size between restarts
+(``journal_size_limit`` above :data:`RESTART_AT_BYTES`), is never cut back on a
+writer's path. ``bench/bus_handoff.py`` measures the hand-off against another commit.
+
+A producer writing faster than the file takes the log in (a backlog written flat out)
+would outrun the thread, and a restart cannot start while a writer always holds the
+lock. Past :data:`WAL_MAX_BYTES` the producer therefore restarts the log itself after
+its write (:meth:`Checkpointer.after_write`), waiting as long as it takes: the
+back-pressure that keeps the log bounded. Without restarts, with some reader always in
+a transaction (every worker polls), the log only grew: 13 GB after 50 minutes at 1,000
+scans/s in the soak, every read slower, until workers missed their heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+
+from inferstream.bus.embedded_db import EmbeddedSettings, connect
+
+log = logging.getLogger(__name__)
+
+#: How often the log is copied into the file (a passive checkpoint).
+CHECKPOINT_EVERY_S = 0.2
+#: The log is started over from its beginning once it holds this much (see
+#: :class:`Checkpointer`): about 8 s of the flagship's scans at 1,000/s.
+RESTART_AT_BYTES = 256 * 2**20
+#: After a restart that found a reader or writer in its way, the next try waits this
+#: long. A restart never waits for them (a busy timeout of 0): writers queue behind a
+#: waiting restart, and SQLite's busy handler sleeps 1, 2, 5, 10, ... ms between
+#: looks, which held writers up to 105 ms (measured); a try costs them ~nothing.
+RESTART_RETRY_S = 0.02
+#: After this many restarts in a row found someone in their way (readers that never
+#: all stop at once), the next one waits for them up to :data:`RESTART_WAIT_MS`,
+#: holding writers that long at most; then it tries without waiting again.
+RESTART_ESCALATE_AFTER = 25
+RESTART_WAIT_MS = 100
+#: Past this size of the log's file, a producer restarts it itself after writing.
+WAL_MAX_BYTES = 4 * RESTART_AT_BYTES
+#: How long that restart waits for the other writers and the readers.
+VALVE_BUSY_TIMEOUT_MS = 5_000
+
+
+class Checkpointer:
+    """A daemon thread keeping one bus file's write-ahead log short; :meth:`close` stops it."""
+
+    def __init__(self, settings: EmbeddedSettings) -> None:
+        self._conn = connect(settings)  # with no busy timeout: a restart never waits
+        (self._page_bytes,) = self._conn.execute("PRAGMA page_size").fetchone()
+        #: Frames in the log at the last look (a plain int: the GIL keeps it whole).
+        self._in_log = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bus-checkpointer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        restart_at_frames = RESTART_AT_BYTES // self._page_bytes
+        failed = 0
+        try:
+            wait = CHECKPOINT_EVERY_S
+            while not self._stop.wait(wait):
+                wait = CHECKPOINT_EVERY_S
+                if self._in_log < restart_at_frames:
+                    self._checkpoint("PASSIVE")
+                    continue
+                patience = RESTART_WAIT_MS if failed >= RESTART_ESCALATE_AFTER else 0
+                if self._checkpoint("RESTART", patience):
+                    failed, self._in_log = 0, 0
+                else:
+                    wait, failed = RESTART_RETRY_S, 0 if patience else failed + 1
+        finally:
+            self._conn.close()
+
+    def _checkpoint(self, mode: str, patience_ms: int = 0) -> bool:
+        """Run one checkpoint, waiting up to ``patience_ms`` for those in its way, and
+        note the frames in the log; whether it did all it was asked (else: try later)."""
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {patience_ms}")
+            busy, in_log, _ = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:  # a full disk, say: producing reports it; retry later
+            log.warning("could not checkpoint the embedded bus's log: %s", exc)
+            return False
+        if in_log >= 0:  # -1: it could not even look (another checkpoint was running)
+            self._in_log = in_log
+        return not busy
+
+    def after_write(self, conn: sqlite3.Connection) -> None:
+        """Called by a producer after each write on its connection ``conn``: past
+        :data:`WAL_MAX_BYTES` restart the log there, holding the producer meanwhile."""
+        if self._in_log * self._page_bytes <= WAL_MAX_BYTES:
+            return
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {VALVE_BUSY_TIMEOUT_MS}")
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        except sqlite3.Error as exc:  # never fails a produce: the next one tries again
+            log.warning("could not checkpoint the embedded bus's log: %s", exc)
+            return
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+        if busy:
+            log.info("the embedded bus's log was busy; it is checkpointed again later")
+        else:
+            self._in_log = 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
