@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from wal_testing import frames_in_log, readers_never_stop
 
 from inferstream.bus import (
     Bus,
@@ -343,48 +344,7 @@ def test_url_creates_folders_and_rejects_bad_options(tmp_path: Path) -> None:
         open_bus(f"sqlite:///{nested}").consumer("g", ["missing"])
 
 
-@contextmanager
-def _readers_never_stop(database: Path) -> Iterator[None]:
-    """Two readers, one of them always in a transaction (as polling workers are)."""
-    import sqlite3
-    import threading
-
-    stop = threading.Event()
-
-    def read(offset_s: float) -> None:
-        conn = sqlite3.connect(database, isolation_level=None)
-        time.sleep(offset_s)
-        while not stop.is_set():
-            conn.execute("BEGIN")
-            conn.execute("SELECT COUNT(*) FROM partitions").fetchone()
-            time.sleep(0.02)
-            conn.execute("COMMIT")
-        conn.close()
-
-    readers = [threading.Thread(target=read, args=(s,)) for s in (0.0, 0.01)]
-    for reader in readers:
-        reader.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        for reader in readers:
-            reader.join()
-
-
-def _frames_in_log(database: Path) -> int:
-    """Frames in the write-ahead log of ``database`` since it last started over."""
-    import sqlite3
-
-    conn = sqlite3.connect(database, isolation_level=None)
-    try:
-        _, in_log, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    finally:
-        conn.close()
-    return int(in_log)
-
-
-def test_the_log_starts_over_though_readers_never_stop(
+def test_the_log_starts_over_thoughreaders_never_stop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by the soak: with some reader always in a transaction (every worker polls)
@@ -398,11 +358,11 @@ def test_the_log_starts_over_though_readers_never_stop(
     bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
     bus.create_topic("t", 2)
     try:
-        with _readers_never_stop(tmp_path / "bus.db"):
+        with readers_never_stop(tmp_path / "bus.db"):
             payload = os.urandom(16_000)
             for i in range(1500):  # 240 MB through the log
                 bus.produce("t", [Record(str(i).encode(), payload) for _ in range(10)])
-            log_mb = _frames_in_log(tmp_path / "bus.db") * 16_384 / 2**20
+            log_mb = frames_in_log(tmp_path / "bus.db") * 16_384 / 2**20
     finally:
         bus.close()
     assert log_mb < 120, f"the log grew to {log_mb:.0f} MB"  # 64 MB, then 0.2 s more
@@ -424,13 +384,13 @@ def test_the_checkpointer_thread_starts_the_log_over_at_a_steady_rate(
     bus.create_topic("t", 2)
     pages = 0
     try:
-        with _readers_never_stop(tmp_path / "bus.db"):
+        with readers_never_stop(tmp_path / "bus.db"):
             payload = os.urandom(12_000)
             for i in range(150):  # 1.5 s at ~12 MB/s, one page per message
                 bus.produce("t", [Record(str(i).encode(), payload) for _ in range(10)])
                 pages += 10
                 time.sleep(0.01)
-        in_log = _frames_in_log(tmp_path / "bus.db")
+        in_log = frames_in_log(tmp_path / "bus.db")
     finally:
         bus.close()
     # Started over at 4 MB (256 pages); without restarts the log would hold every page

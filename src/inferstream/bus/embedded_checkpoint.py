@@ -18,12 +18,16 @@ and writers in its way: it gives up and tries again :data:`RESTART_RETRY_S` late
 releases the GIL while it checkpoints, so the thread costs the process's own work
 nothing but the I/O.
 
-A restart is still felt once: the writer that starts the log over syncs its header,
-holding the others 20-60 ms on this machine's disk (with ``synchronous=normal``; not
-with ``off``). So restarts are rare (every few seconds at the flagship's rate rather
-than on a timer), and the log's file, kept at its size between restarts
-(``journal_size_limit`` above :data:`RESTART_AT_BYTES`), is never cut back on a
-writer's path. ``bench/bus_handoff.py`` measures the hand-off against another commit.
+What a restart still costs: it holds the write lock while it syncs the log and the
+file (12-60 ms on this machine's disk, even with nothing left to copy, since a passive
+checkpoint runs just before it). So restarts are rare: once per
+:data:`RESTART_AT_BYTES` of log (15-20 s at the flagship's 900 scans/s), or a quarter
+of the disk's free space if less. The writer that starts the log over after a restart
+also syncs its header; the checkpointer is that writer, without the sync
+(:meth:`Checkpointer._start_over`). The log's file is kept at its size between
+restarts (``journal_size_limit`` above :data:`RESTART_AT_BYTES`), so it is never cut
+back on a writer's path. ``bench/bus_handoff.py`` measures the hand-off against
+another commit.
 
 A producer writing faster than the file takes the log in (a backlog written flat out)
 would outrun the thread, and a restart cannot start while a writer always holds the
@@ -37,6 +41,7 @@ scans/s in the soak, every read slower, until workers missed their heartbeats.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 
@@ -47,8 +52,8 @@ log = logging.getLogger(__name__)
 #: How often the log is copied into the file (a passive checkpoint).
 CHECKPOINT_EVERY_S = 0.2
 #: The log is started over from its beginning once it holds this much (see
-#: :class:`Checkpointer`): about 8 s of the flagship's scans at 1,000/s.
-RESTART_AT_BYTES = 256 * 2**20
+#: :class:`Checkpointer`): 15-20 s of the flagship's scans at 900/s.
+RESTART_AT_BYTES = 2**30
 #: After a restart that found a reader or writer in its way, the next try waits this
 #: long. A restart never waits for them (a busy timeout of 0): writers queue behind a
 #: waiting restart, and SQLite's busy handler sleeps 1, 2, 5, 10, ... ms between
@@ -60,7 +65,7 @@ RESTART_RETRY_S = 0.02
 RESTART_ESCALATE_AFTER = 25
 RESTART_WAIT_MS = 100
 #: Past this size of the log's file, a producer restarts it itself after writing.
-WAL_MAX_BYTES = 4 * RESTART_AT_BYTES
+WAL_MAX_BYTES = 2 * RESTART_AT_BYTES
 #: How long that restart waits for the other writers and the readers.
 VALVE_BUSY_TIMEOUT_MS = 5_000
 
@@ -70,26 +75,41 @@ class Checkpointer:
 
     def __init__(self, settings: EmbeddedSettings) -> None:
         self._conn = connect(settings)  # with no busy timeout: a restart never waits
-        (self._page_bytes,) = self._conn.execute("PRAGMA page_size").fetchone()
+        self._synchronous = settings.synchronous
+        self._folder = settings.path.parent
+        self._page_bytes = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         #: Frames in the log at the last look (a plain int: the GIL keeps it whole).
         self._in_log = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bus-checkpointer", daemon=True)
         self._thread.start()
 
+    def _restart_at_frames(self) -> int:
+        """Frames in the log that call for a restart: :data:`RESTART_AT_BYTES`, or a
+        quarter of the disk's free space if that is less. The log's file is reused, not
+        cut back, so on a nearly full disk it must stay small: once it has taken the
+        last block, not even a checkpoint can run (the file must grow to take its
+        pages), and every write fails until someone frees space."""
+        try:
+            disk = os.statvfs(self._folder)
+        except OSError:
+            return RESTART_AT_BYTES // self._page_bytes
+        free = disk.f_bavail * disk.f_frsize
+        return max(min(RESTART_AT_BYTES, free // 4) // self._page_bytes, 1)
+
     def _run(self) -> None:
-        restart_at_frames = RESTART_AT_BYTES // self._page_bytes
         failed = 0
         try:
             wait = CHECKPOINT_EVERY_S
             while not self._stop.wait(wait):
                 wait = CHECKPOINT_EVERY_S
-                if self._in_log < restart_at_frames:
-                    self._checkpoint("PASSIVE")
+                self._checkpoint("PASSIVE")  # first: a restart then copies next to nothing
+                if self._in_log < self._restart_at_frames():  # (or another process restarted)
                     continue
                 patience = RESTART_WAIT_MS if failed >= RESTART_ESCALATE_AFTER else 0
                 if self._checkpoint("RESTART", patience):
                     failed, self._in_log = 0, 0
+                    self._start_over()
                 else:
                     wait, failed = RESTART_RETRY_S, 0 if patience else failed + 1
         finally:
@@ -107,6 +127,31 @@ class Checkpointer:
         if in_log >= 0:  # -1: it could not even look (another checkpoint was running)
             self._in_log = in_log
         return not busy
+
+    def _start_over(self) -> None:
+        """Be the writer that starts the log over, right after a restart, without
+        syncing the log's header.
+
+        Whoever writes first after a restart writes the log's new header and, with
+        ``synchronous=normal``, syncs it while holding the write lock: 20-60 ms of every
+        writer's time on this machine's disk, once per restart. The sync guards nothing
+        here: the restart has just copied the whole log into the file and synced it, and
+        every later checkpoint syncs the log, header included, before it copies any of
+        it. A power loss before that sync loses only the transactions written since,
+        as ``synchronous=normal`` allows: the new header's salt does not match the old
+        frames, nor the old header's the new ones, so recovery replays neither.
+
+        The write is ``user_version`` set to its own value (one page). If another writer
+        got the lock first, it starts the log over itself, syncing as before.
+        """
+        try:
+            self._conn.execute("PRAGMA synchronous = off")
+            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+            self._conn.execute(f"PRAGMA user_version = {int(version)}")
+        except sqlite3.Error:
+            pass  # another writer was first: it starts the log over
+        finally:
+            self._conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     def after_write(self, conn: sqlite3.Connection) -> None:
         """Called by a producer after each write on its connection ``conn``: past

@@ -37,10 +37,10 @@ _MAX_RETRY_SLEEP_S = 0.001
 #: with 4 KB pages, and 1 KiB messages ~25 % less (measured; see docs/benchmarks.md).
 PAGE_SIZE = 16_384
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
-#: Bytes the write-ahead log's file keeps when the log starts over.
-#: Above the size at which the checkpointer starts the log over (256 MB), so the file
-#: is reused as it is and never cut back on a writer's path.
-WAL_SIZE_LIMIT = 320 * 2**20
+#: Bytes the write-ahead log's file keeps when the log starts over: above the size at
+#: which the checkpointer starts it over (1 GB), so the file is reused as it is and
+#: never cut back on a writer's path.
+WAL_SIZE_LIMIT = 1280 * 2**20
 _PREFIX = "sqlite:///"
 
 SCHEMA = """
@@ -201,9 +201,13 @@ def run(
         delay = min(delay * 2, _MAX_RETRY_SLEEP_S)
 
 
+def _is_full(exc: sqlite3.OperationalError) -> bool:
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+
+
 def _failure(exc: sqlite3.OperationalError) -> BusError:
     """The error to raise for ``exc``, which retrying at once cannot cure."""
-    if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+    if _is_full(exc):
         return BusFullError(
             f"the embedded bus's disk is full ({exc}); free space on it, or move the bus "
             "to a bigger disk; the messages it holds are kept"

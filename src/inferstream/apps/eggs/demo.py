@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -124,8 +125,8 @@ def _wait_ready(
     while len(scorers) < replicas:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("the pipeline did not start; run 'inferstream up' on it to see why")
-        warm.send_batch(emission, sent, sent + 8)  # 8 eggs: every partition, most likely
-        sent += 8
+        warm.send_batch(emission, sent, sent + 1)  # another egg: another partition, likely
+        sent += 1
         time.sleep(0.25)
         rows = store.list_results("warm-up", since, limit=1000).items
         scorers = {
@@ -134,6 +135,22 @@ def _wait_ready(
             for step in row.lineage
             if step.get("stage") == SCORING_STAGE
         }
+
+
+def _wait_served(serve: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the API answers ``/readyz``: its start-up (imports, the app, a first
+    collection) takes a core for about a second, which the run's first scans felt."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{serve}/readyz", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the API on {serve} did not start; run 'inferstream up' to see why")
+        time.sleep(0.2)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -285,6 +302,8 @@ def run_demo(settings: DemoSettings) -> Summary:
                                scanners=settings.scanners)  # fmt: skip
         print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
         _wait_ready(sim, store, proc, spec.stage(SCORING_STAGE).replicas)
+        if settings.serve:
+            _wait_served(settings.serve, proc)
         if settings.serve and login:
             print(f"dashboard: http://{settings.serve}/dashboard  (log in as {login[0]}, "
                   f"password {login[1]})")  # fmt: skip
