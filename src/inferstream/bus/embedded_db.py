@@ -38,9 +38,9 @@ _MAX_RETRY_SLEEP_S = 0.001
 PAGE_SIZE = 16_384
 _SYNCHRONOUS = ("off", "normal", "full", "extra")
 #: Bytes the write-ahead log's file keeps when the log starts over: above the size at
-#: which the checkpointer starts it over (1 GB), so the file is reused as it is and
+#: which the checkpointer starts it over (256 MB), so the file is reused as it is and
 #: never cut back on a writer's path.
-WAL_SIZE_LIMIT = 1280 * 2**20
+WAL_SIZE_LIMIT = 320 * 2**20
 _PREFIX = "sqlite:///"
 
 SCHEMA = """
