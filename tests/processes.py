@@ -10,19 +10,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def worker_pids(pipeline: Path) -> list[int]:
-    """Pids of the ``inferstream worker`` processes running ``pipeline``."""
-    pids = []
+def command_lines() -> dict[int, list[bytes]]:
+    """Every running process's arguments, by pid (those that end meanwhile are left out)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            found[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"worker" in cmdline and str(pipeline).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    return found
+
+
+def worker_pids(pipeline: Path) -> list[int]:
+    """Pids of the ``inferstream worker`` processes running ``pipeline``."""
+    named = str(pipeline).encode()
+    return [pid for pid, args in command_lines().items() if b"worker" in args and named in args]
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:

@@ -11,16 +11,16 @@ So bus connections turn automatic checkpoints off (:func:`embedded_db.connect`) 
 each process that produces runs one :class:`Checkpointer` thread on its own
 connection: a ``PASSIVE`` checkpoint every :data:`CHECKPOINT_EVERY_S` (it never
 blocks readers or writers; when another process's checkpointer is at work it returns
-at once), and a ``RESTART`` once the log holds :data:`RESTART_AT_BYTES`. A restart
-then has little left to copy (1-4 ms, measured), and it never waits for the readers
-and writers in its way: it gives up and tries again :data:`RESTART_RETRY_S` later
-(after :data:`RESTART_ESCALATE_AFTER` tries in a row, once with a short wait). SQLite
-releases the GIL while it checkpoints, so the thread costs the process's own work
-nothing but the I/O.
+at once), and a ``RESTART`` once the log holds :data:`RESTART_AT_BYTES`, right after a
+passive checkpoint so that it has next to nothing left to copy. A restart never waits
+for the readers and writers in its way: it gives up and tries again
+:data:`RESTART_RETRY_S` later (after :data:`RESTART_ESCALATE_AFTER` tries in a row,
+once with a short wait). SQLite releases the GIL while it checkpoints, so the thread
+costs the process's own work nothing but the I/O.
 
 What a restart still costs: it holds the write lock while it syncs the log and the
-file (12-60 ms on this machine's disk, even with nothing left to copy, since a passive
-checkpoint runs just before it). So restarts are rare: once per
+file, 12-78 ms on this machine's disk even with nothing to copy (measured). So restarts
+are rare: once per
 :data:`RESTART_AT_BYTES` of log (5-6 s at the flagship's 900 scans/s), or a quarter
 of the disk's free space if less. The writer that starts the log over after a restart
 also syncs its header; the checkpointer is that writer, without the sync
@@ -40,6 +40,7 @@ scans/s in the soak, every read slower, until workers missed their heartbeats.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -66,7 +67,7 @@ RESTART_RETRY_S = 0.02
 #: holding writers that long at most; then it tries without waiting again.
 RESTART_ESCALATE_AFTER = 25
 RESTART_WAIT_MS = 100
-#: Past this size of the log's file, a producer restarts it itself after writing.
+#: Past this much in the log, a producer restarts it itself after writing.
 WAL_MAX_BYTES = 2 * RESTART_AT_BYTES
 #: How long that restart waits for the other writers and the readers.
 VALVE_BUSY_TIMEOUT_MS = 5_000
@@ -146,12 +147,11 @@ class Checkpointer:
         The write is ``user_version`` set to its own value (one page). If another writer
         got the lock first, it starts the log over itself, syncing as before.
         """
+        self._conn.execute("PRAGMA synchronous = off")
         try:
-            self._conn.execute("PRAGMA synchronous = off")
-            (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-            self._conn.execute(f"PRAGMA user_version = {int(version)}")
-        except sqlite3.Error:
-            pass  # another writer was first: it starts the log over
+            with contextlib.suppress(sqlite3.Error):  # busy: another writer was first
+                (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+                self._conn.execute(f"PRAGMA user_version = {int(version)}")
         finally:
             self._conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 

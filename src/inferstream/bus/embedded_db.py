@@ -154,9 +154,10 @@ def connect(settings: EmbeddedSettings) -> sqlite3.Connection:
     # create the file retry.
     run(conn, lambda c: c.execute("PRAGMA journal_mode = WAL"), transaction="none")
     conn.execute(f"PRAGMA synchronous = {settings.synchronous}")
-    # When the log starts over, its file is cut back to this; a producer's
-    # checkpointer thread does both, off the writers' path (embedded_checkpoint).
+    # When the log starts over, its file is cut back to this.
     conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+    # No checkpoint inside a writer's commit: a producer's checkpointer thread does
+    # them off the writers' path (embedded_checkpoint).
     conn.execute("PRAGMA wal_autocheckpoint = 0")
     run(conn, lambda c: c.executescript(SCHEMA), transaction="none")
     return conn
@@ -206,13 +207,9 @@ def run(
         delay = min(delay * 2, _MAX_RETRY_SLEEP_S)
 
 
-def _is_full(exc: sqlite3.OperationalError) -> bool:
-    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
-
-
 def _failure(exc: sqlite3.OperationalError) -> BusError:
     """The error to raise for ``exc``, which retrying at once cannot cure."""
-    if _is_full(exc):
+    if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
         return BusFullError(
             f"the embedded bus's disk is full ({exc}); free space on it, or move the bus "
             "to a bigger disk; the messages it holds are kept"

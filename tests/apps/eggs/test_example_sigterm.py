@@ -9,22 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from processes import wait_until
+from processes import command_lines, wait_until
 
 
 def _processes_using(folder: Path) -> list[int]:
     """Pids of the processes whose command line names ``folder`` (the example's workdir)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if str(folder).encode() in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    named = str(folder).encode()
+    return [pid for pid, args in command_lines().items() if any(named in a for a in args)]
 
 
 @pytest.mark.slow

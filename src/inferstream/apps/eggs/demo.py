@@ -11,6 +11,7 @@ model version against them is printed, as the dashboard and the registry see it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -142,12 +143,13 @@ def _wait_served(serve: str, proc: subprocess.Popen[bytes]) -> None:
     collection) takes a core for about a second, which the run's first scans felt."""
     deadline = time.monotonic() + 60
     while True:
-        try:
-            with urllib.request.urlopen(f"http://{serve}/readyz", timeout=2) as answer:
-                if answer.status == 200:
-                    return
-        except OSError:
-            pass
+        # OSError: not listening yet, or a 503 while it starts.
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://{serve}/readyz", timeout=2) as answer,
+        ):
+            if answer.status == 200:
+                return
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"the API on {serve} did not start; run 'inferstream up' to see why")
         time.sleep(0.2)
