@@ -73,6 +73,9 @@ class Bells:
 class Sleeper:
     """Timed polling: the fallback where no file-change notification exists."""
 
+    #: A wait ends only by its timeout, whatever was committed meanwhile.
+    rings = False
+
     def wait(self, timeout_s: float) -> bool:
         """Sleep ``timeout_s``; True if woken by a bell (never, here)."""
         time.sleep(timeout_s)
@@ -84,6 +87,9 @@ class Sleeper:
 
 class Doorbell:
     """An inotify watch on the bells of some topics: :meth:`wait` returns when one rings."""
+
+    #: A wait ends as soon as a batch is committed to a watched topic.
+    rings = True
 
     def __init__(self, fd: int) -> None:
         self._fd = fd

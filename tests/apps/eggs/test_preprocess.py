@@ -7,7 +7,11 @@ import pytest
 
 from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.phantom import make_specs, render_batch
-from inferstream.apps.eggs.preprocess import PreprocessStep, preprocess_batch
+from inferstream.apps.eggs.preprocess import (
+    PreprocessStep,
+    preprocess_batch,
+    preprocess_with_extents,
+)
 from inferstream.envelope import Envelope, from_tensor, new_envelope, to_tensor
 from inferstream.errors import ConfigError, InvalidInput
 from inferstream.steps import StepContext, build_step
@@ -67,6 +71,23 @@ def test_scans_of_different_sizes_in_one_batch(scans: np.ndarray) -> None:
     out = preprocess_batch([scans[0], small[0], scans[1], small[1]])
     assert out.shape == (4, 1, 64, 64)
     assert np.allclose(out[[0, 2]], preprocess_batch(scans[:2]))
+
+
+def test_a_batch_gives_each_scan_what_it_gets_alone(scans: np.ndarray) -> None:
+    """Workers batch whatever arrived together: a scan's model input and extent must
+    not depend on its neighbours (crops are found one scan at a time)."""
+    together, extents = preprocess_with_extents(scans)
+    for scan, out, extent in zip(scans, together, extents, strict=True):
+        alone, alone_extent = preprocess_with_extents(scan[None])
+        assert np.array_equal(alone[0], out) and alone_extent[0] == extent
+
+
+def test_a_scan_with_no_egg_is_cropped_whole() -> None:
+    """A blank field of view has no egg to crop around: the whole scan is used."""
+    noise = np.random.default_rng(5).integers(0, 40, size=(96, 128), dtype=np.uint16)
+    out, extents = preprocess_with_extents(np.stack([noise, np.zeros_like(noise)]))
+    assert out.shape == (2, 1, 64, 64) and np.isfinite(out).all()
+    assert list(extents) == [1.0, 1.0]
 
 
 def test_step_replaces_scans_by_model_input_and_refuses_bad_payloads(scans: np.ndarray) -> None:

@@ -63,23 +63,26 @@ def _masks_and_bias(thumbs: F32) -> tuple[NDArray[np.bool_], F32]:
     return mask, np.maximum(bias, 1e-3 * np.maximum(bright, 1.0)).astype(np.float32)
 
 
-def _square_boxes(mask: NDArray[np.bool_], height: int, width: int) -> NDArray[np.int64]:
-    """(N, 4) square crop boxes (y0, x0, side_y, side_x) around each egg, inside the image."""
-    rows, cols = np.asarray(mask.any(axis=2)), np.asarray(mask.any(axis=1))
+def _square_box(mask: NDArray[np.bool_], height: int, width: int) -> tuple[int, int, int, int]:
+    """The square crop box (y0, x0, side_y, side_x) around the egg of a 32x32 thumbnail
+    mask, inside an image of ``height`` x ``width``.
+
+    One image at a time in plain Python: the batches a worker sees under load hold a few
+    scans, and two dozen NumPy calls on (N, 32) arrays cost more than the whole loop.
+    """
     n = _THUMB
-    top, bottom = rows.argmax(axis=1), n - rows[:, ::-1].argmax(axis=1)
-    left, right = cols.argmax(axis=1), n - cols[:, ::-1].argmax(axis=1)
-    empty = ~rows.any(axis=1)
-    top, left = np.where(empty, 0, top), np.where(empty, 0, left)
-    bottom, right = np.where(empty, n, bottom), np.where(empty, n, right)
+    left, top, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0:  # no egg found: the whole image
+        top, bottom, left, right = 0, n, 0, n
+    else:
+        bottom, right = top + h, left + w
     sy, sx = height / n, width / n
     cy, cx = (top + bottom) * sy / 2, (left + right) * sx / 2
-    side = np.maximum((bottom - top) * sy, (right - left) * sx) * _MARGIN
-    side_y = np.minimum(np.round(side), height).astype(np.int64)
-    side_x = np.minimum(np.round(side), width).astype(np.int64)
-    y0 = np.clip(np.round(cy - side_y / 2).astype(np.int64), 0, height - side_y)
-    x0 = np.clip(np.round(cx - side_x / 2).astype(np.int64), 0, width - side_x)
-    return np.stack([y0, x0, side_y, side_x], axis=1)
+    side = max((bottom - top) * sy, (right - left) * sx) * _MARGIN
+    side_y, side_x = min(round(side), height), min(round(side), width)
+    y0 = min(max(round(cy - side_y / 2), 0), height - side_y)
+    x0 = min(max(round(cx - side_x / 2), 0), width - side_x)
+    return y0, x0, side_y, side_x
 
 
 def _preprocess_stack(stack: NDArray[Any]) -> tuple[F32, F32]:
@@ -87,18 +90,19 @@ def _preprocess_stack(stack: NDArray[Any]) -> tuple[F32, F32]:
     its crop over the scan's (the not-an-egg guard reads it)."""
     n, height, width = stack.shape
     images = stack.astype(np.float32)
-    thumbs = np.stack(
-        [cv2.resize(im, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA) for im in images]
-    )
+    thumbs = np.empty((n, _THUMB, _THUMB), dtype=np.float32)
+    for image, thumb in zip(images, thumbs, strict=True):
+        cv2.resize(image, (_THUMB, _THUMB), dst=thumb, interpolation=cv2.INTER_AREA)
     mask, bias = _masks_and_bias(thumbs)
     out = np.empty((n, 1, OUT_SIZE, OUT_SIZE), dtype=np.float32)
-    boxes = _square_boxes(mask, height, width)
-    extents = np.maximum(boxes[:, 2] / height, boxes[:, 3] / width).astype(np.float32)
-    for i, (y0, x0, sy, sx) in enumerate(boxes):
+    extents = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        y0, x0, sy, sx = _square_box(mask[i], height, width)
+        extents[i] = max(sy / height, sx / width)
         # Per-image cv2 upsampling of the field beats a batched matrix product here.
         field = cv2.resize(bias[i], (width, height), interpolation=cv2.INTER_LINEAR)
         crop = images[i, y0 : y0 + sy, x0 : x0 + sx] / field[y0 : y0 + sy, x0 : x0 + sx]
-        out[i, 0] = cv2.resize(crop, (OUT_SIZE, OUT_SIZE), interpolation=cv2.INTER_AREA)
+        cv2.resize(crop, (OUT_SIZE, OUT_SIZE), dst=out[i, 0], interpolation=cv2.INTER_AREA)
     out -= out.mean(axis=(2, 3), keepdims=True)
     out /= out.std(axis=(2, 3), keepdims=True) + 1e-6
     return out, extents
