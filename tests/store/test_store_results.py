@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select
 
-from inferstream.store import InvalidQuery, ResultFilter, ResultRow, ResultsStore
+from inferstream.store import DeadLetterRow, InvalidQuery, ResultFilter, ResultRow, ResultsStore
 from inferstream.store.queries import result_conditions
-from inferstream.store.schema import records
+from inferstream.store.schema import dead_letters, predictions, records
 
 RowFactory = Callable[..., ResultRow]
 
@@ -226,3 +229,73 @@ def test_a_registered_applications_attribute_filters_use_their_index(
         explain = "EXPLAIN" if conn.dialect.name == "postgresql" else "EXPLAIN QUERY PLAN"
         plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"{explain} {compiled}"))
     assert "ix_records_attr_height" in plan, (plan, str(compiled))
+
+
+def test_json_columns_read_back_as_written_and_as_updated(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, _ = tenants
+    nested = {"stage": "crop", "at_us": 7, "worker": "w", "boxes": [[1, 2.5], ["ä", None, []]]}
+    row: ResultRow = make_row(
+        acme,
+        "json-values",
+        scores={"fêmale": 0.1 + 0.2, "male": 1e-7, "日本": 1 / 3},
+        attributes={"note": 'Ærø 🥚 "quoted" \\ tab\t', "crop": 2**53, "ratio": -2.5e-300},
+        lineage=({"stage": "decode", "at_us": 1, "worker": "a"}, nested),
+    )
+    store.upsert_results([row])
+    assert store.get_result(acme, row.id) == row
+    assert store.list_predictions(acme, row.id) == [row.champion()]
+    with store.engine.connect() as conn:
+        stored = select(*(cast(records.c[name], Text) for name in ("attributes", "scores")))
+        text = conn.execute(stored.where(records.c.id == row.id)).one()
+    # The text SQLAlchemy's JSON type writes: json.dumps with its defaults.
+    assert tuple(text) == (json.dumps(row.attributes), json.dumps(row.scores))
+
+    changed: ResultRow = make_row(
+        acme,
+        "json-values",
+        stored_at_us=row.stored_at_us + 1,
+        label="male",
+        scores={"male": 0.75, "ñ": [0.125, {"deep": ["x"]}]},
+        attributes={"note": "ünïcode", "ratio": 0.5},
+        lineage=(nested,),
+    )
+    store.upsert_results([changed], on_conflict="update")
+    # The key and the position in time (stored_at_us, latency_ms) stay; the rest is replaced.
+    kept = {"stored_at_us": row.stored_at_us, "latency_ms": row.latency_ms}
+    assert store.get_result(acme, row.id) == dataclasses.replace(changed, **kept)
+    [prediction] = store.list_predictions(acme, row.id)
+    assert prediction == dataclasses.replace(changed.champion(), stored_at_us=row.stored_at_us)
+
+
+def test_a_redelivered_batch_writes_nothing(
+    store: ResultsStore, make_row: RowFactory, tenants: tuple[str, str]
+) -> None:
+    acme, globex = tenants
+
+    def batch(label: str) -> dict[str, Any]:
+        rows = [make_row(acme, "a1", label=label), make_row(globex, "g1"), make_row(acme, "a2")]
+        shadow = dataclasses.replace(rows[0].champion(), role="shadow", model_version="2.0.0")
+        letters = [
+            DeadLetterRow("d1", tenant, "decode", "InvalidInput", label, 1, "scans.raw", 0, 1, 1)
+            for tenant in tenants
+        ]
+        champions = [row.champion() for row in rows]
+        return {"results": rows, "predictions": [*champions, shadow], "dead_letters": letters}
+
+    store.write_batch(**batch("female"))
+    stored = _every_row(store)
+    assert [len(rows) for rows in stored] == [3, 4, 2]
+    store.write_batch(**batch("female"))
+    store.write_batch(**batch("male"))  # the same keys: ignored, not updated
+    assert _every_row(store) == stored
+
+
+def _every_row(store: ResultsStore) -> list[list[Any]]:
+    """Every row of the tables a batch writes, in primary-key order."""
+    with store.engine.connect() as conn:
+        return [
+            list(conn.execute(select(table).order_by(*table.primary_key.columns)))
+            for table in (records, predictions, dead_letters)
+        ]

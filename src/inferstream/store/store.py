@@ -159,18 +159,21 @@ class ResultsStore:
     ) -> None:
         """Write records, their predictions and dead letters in ONE transaction.
 
-        Each table gets one executemany per tenant in the batch (the tenant setting
-        changes between them on PostgreSQL); all or nothing is committed. Sensitive
-        attributes are sealed first (the data keys are read, or made, outside it).
+        Each tenant in the batch gets one executemany per table, after its tenant
+        setting (on PostgreSQL); all or nothing is committed. Sensitive attributes are
+        sealed first (the data keys are read, or made, outside it).
         """
-        writes: list[tuple[Table, Sequence[dict[str, Any]]]] = [
+        writes = _by_tenant(
             (schema.records, self.sensitive.params(results)),
             (schema.predictions, [row.as_params() for row in predictions]),
             (schema.dead_letters, [row.as_params() for row in dead_letters]),
-        ]
+        )
         with self._errors("write a batch to"), self.engine.begin() as conn:
-            for table, rows in writes:
-                self._upsert(conn, table, rows, on_conflict)
+            for tenant, tables in writes.items():
+                name_tenant(conn, tenant)
+                for table, rows in tables.items():
+                    upsert = queries.driver_upsert(table, conn.dialect, on_conflict)
+                    conn.exec_driver_sql(upsert.sql, upsert.params(rows))
 
     def record_dead_letter(self, row: DeadLetterRow) -> None:
         self.write_batch(dead_letters=[row])
@@ -204,23 +207,6 @@ class ResultsStore:
         for tenant, params in by_tenant.items():
             with self.tenant_transaction(tenant, "record feedback in") as conn:
                 conn.execute(stmt, params)
-
-    def _upsert(
-        self,
-        conn: Connection,
-        table: Table,
-        rows: Sequence[dict[str, Any]],
-        on_conflict: OnConflict,
-    ) -> None:
-        if not rows:
-            return
-        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for row in rows:
-            by_tenant[row["tenant"]].append(row)
-        stmt = queries.upsert(table, conn.dialect.name, on_conflict)
-        for tenant, params in by_tenant.items():
-            name_tenant(conn, tenant)
-            conn.execute(stmt, params)
 
     # -- reads ----------------------------------------------------------------
 
@@ -367,6 +353,17 @@ class ResultsStore:
                 f"{type(cause).__name__}: {cause}; check that the database "
                 "is reachable and migrated (a worker retries the batch until it is)"
             ) from exc
+
+
+def _by_tenant(
+    *writes: tuple[Table, Sequence[dict[str, Any]]],
+) -> dict[str, dict[Table, list[dict[str, Any]]]]:
+    """Each tenant's rows per table: one tenant setting for all of its rows."""
+    by_tenant: dict[str, dict[Table, list[dict[str, Any]]]] = defaultdict(dict)
+    for table, rows in writes:
+        for row in rows:
+            by_tenant[row["tenant"]].setdefault(table, []).append(row)
+    return by_tenant
 
 
 def _page(rows: list[Any], limit: int, order: Order, key: Any) -> Page[Any]:
