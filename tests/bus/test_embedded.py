@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,33 @@ def test_a_late_member_that_nobody_replaced_keeps_its_partitions(bus: Bus) -> No
     alone.commit(batch)
     assert [p.committed for p in bus.partitions("t", "g")] == [3]
     alone.close()
+
+
+def test_a_commit_rewrites_the_members_row_only_when_a_heartbeat_is_due(
+    tmp_path: Path,
+) -> None:
+    """A commit's heartbeat is a page written to the log: a busy member beats once per
+    quarter of the session timeout, not per batch."""
+    database = tmp_path / "bus.db"
+    bus = open_bus(f"sqlite:///{database}?session_timeout_s=60")
+    bus.create_topic("t")
+    bus.produce("t", [Record(None, b"m%d" % i) for i in range(4)])
+    consumer = bus.consumer("g", ["t"])
+
+    def expires_ms() -> int:
+        with closing(sqlite3.connect(database)) as conn:
+            (value,) = conn.execute("SELECT expires_ms FROM members").fetchone()
+        return int(value)
+
+    joined = expires_ms()
+    for _ in range(2):
+        batch = consumer.poll_batch(2, 1.0)
+        time.sleep(0.01)  # a heartbeat now would move the expiry on
+        consumer.commit(batch)
+    assert expires_ms() == joined
+    assert [p.committed for p in bus.partitions("t", "g")] == [4]
+    consumer.close()
+    bus.close()
 
 
 def test_a_killed_producer_leaves_whole_batches_only(bus: Bus, url: str) -> None:

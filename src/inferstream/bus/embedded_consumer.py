@@ -126,20 +126,25 @@ class EmbeddedConsumer:
         with self._lock:
             self._check_open()
             known = dict(self._owned)
+            # A heartbeat rewrites the member's row (a page in the log): only when due.
+            beat = time.monotonic() >= self._next_heartbeat
 
             def work(conn: sqlite3.Connection) -> list[TopicPartition]:
-                groups.heartbeat(conn, self._member, now_ms())
+                if beat:
+                    groups.heartbeat(conn, self._member, now_ms())
                 lost = groups.fenced(known, groups.owned(conn, self._member), list(offsets))
                 kept = {tp: offset for tp, offset in offsets.items() if tp not in lost}
                 groups.advance_offsets(conn, self._member.group, kept)
-                self._adopt(conn)
+                if groups.generation(conn, self._member.group) != self._generation:
+                    self._adopt(conn)
                 return lost
 
             lost = run(self._conn, work)
             for tp, offset in offsets.items():
                 if tp not in lost:
                     self._positions[tp] = max(self._positions[tp], offset)
-            self._next_heartbeat = time.monotonic() + self._heartbeat_every_s
+            if beat:
+                self._next_heartbeat = time.monotonic() + self._heartbeat_every_s
         if lost:
             names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in lost)
             raise FencedError(
