@@ -114,15 +114,9 @@ class EmbeddedConsumer:
         between committed, or beyond what this member has read since: an offset never
         moves back, and this member never hands out again what it committed.
         """
-        # Plain tuples while scanning: hashing a frozen dataclass per message is slow.
-        last: dict[tuple[str, int], int] = {}
-        for message in messages:
-            where = (message.topic, message.partition)
-            if message.offset >= last.get(where, -1):
-                last[where] = message.offset
-        if not last:
+        offsets = _next_offsets(messages)
+        if not offsets:
             return
-        offsets = {TopicPartition(*where): offset + 1 for where, offset in last.items()}
         with self._lock:
             self._check_open()
             known = dict(self._owned)
@@ -272,6 +266,17 @@ class EmbeddedConsumer:
         return [
             Message(tp.topic, tp.partition, seq, key, value, ts) for seq, key, value, ts in rows
         ]
+
+
+def _next_offsets(messages: Sequence[Message]) -> dict[TopicPartition, int]:
+    """The offset after the last of ``messages`` in each partition they come from."""
+    # Plain tuples while scanning: hashing a frozen dataclass per message is slow.
+    last: dict[tuple[str, int], int] = {}
+    for message in messages:
+        where = (message.topic, message.partition)
+        if message.offset >= last.get(where, -1):
+            last[where] = message.offset
+    return {TopicPartition(*where): offset + 1 for where, offset in last.items()}
 
 
 def fair_shares(available: Sequence[int], budget: int) -> list[int]:
