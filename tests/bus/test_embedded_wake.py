@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from inferstream.bus import Record, open_bus
-from inferstream.bus.embedded_wake import Bells, Doorbell
+from inferstream.bus.embedded_wake import Bells, Doorbell, bell_path
 
 
 def test_a_produce_rings_the_topics_bell(tmp_path: Path) -> None:
@@ -42,6 +42,27 @@ def test_a_waiting_consumer_is_woken_by_a_ring_from_another_thread(tmp_path: Pat
         assert doorbell.wait(30) is True
     finally:
         ringer.cancel()
+        bells.close()
+        doorbell.close()
+
+
+def test_a_ring_reads_the_bell_and_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    """A write would change the file's mtime, an inode update that waits behind the
+    disk's journal; a read changes nothing and still wakes the watchers."""
+    database = tmp_path / "bus.db"
+    doorbell = Doorbell.open(database, [7])
+    bells = Bells(database)
+    try:
+        before = bell_path(database, 7).stat()
+        time.sleep(0.05)  # past the file system's timestamp granularity
+        bells.ring(7)
+        assert doorbell.wait(30) is True
+        after = bell_path(database, 7).stat()
+        assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, 1)
+        # A producer of an older release rang by writing the byte: that wakes it too.
+        bell_path(database, 7).write_bytes(b"\x01")
+        assert doorbell.wait(30) is True
+    finally:
         bells.close()
         doorbell.close()
 
