@@ -27,9 +27,16 @@ first use, so ``import inferstream`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# ONNX Runtime 1.29+ sends usage telemetry to Microsoft from Linux too, and writes a
+# device id and an event queue under ~/.cache/Microsoft. Scanners, hatcheries and
+# clinics running inferstream did not agree to that: off unless the operator sets the
+# variable. Set here, before any module imports onnxruntime (it reads it once).
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 #: Public name -> the module that defines it.
 _EXPORTS = {

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,25 @@ def test_shipped_model_matches_the_contract() -> None:
     labels, probs = model.predict(np.zeros((5, 1, 64, 64), dtype=np.float32))
     assert len(labels) == 5 and probs.shape == (5, 3)
     assert np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_serving_a_model_sends_no_telemetry(tmp_path: Path) -> None:
+    """ONNX Runtime's own telemetry (on by default since 1.29) stays off: no device id,
+    no event queue for upload written under the user's home."""
+    # ONNX Runtime also stays quiet on build servers it recognises: not a reason to pass.
+    quiet = {"ORT_DISABLE_TELEMETRY", "ORT_RUNNING_UNIT_TESTS", "CI", "TF_BUILD",
+             "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL",
+             "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR",
+             "BITBUCKET_BUILD_NUMBER"}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in quiet}
+    env["HOME"] = str(tmp_path)
+    code = (
+        "import numpy as np\n"
+        "from inferstream.classify import load_model\n"
+        "load_model('egg_sexing').predict(np.zeros((2, 1, 64, 64), dtype=np.float32))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    assert list(tmp_path.rglob("*")) == []
 
 
 def test_the_pipeline_sexes_fresh_eggs_accurately() -> None:
