@@ -22,7 +22,8 @@ cheap client, so the load generator does not starve the API of CPU) and its own 
 a recently listed scan (30 %), ``GET /v1/groups/{group}/summary`` of a tray (20 %), then thinks
 for an exponentially distributed ``--think-ms`` (0 = closed loop, each reader fires
 as soon as its answer is in). Prints one table per phase (requests/s, p50/p99 per
-route, non-2xx count, ingest rate, CPU of load generator and API, load average)::
+route, non-2xx count, ingest rate, CPU of load generator and API, load average, and
+the pipeline's p50/p99 end to end over the scans created during the phase)::
 
     .venv/bin/python bench/api_bench.py [--rate 1000] [--phase-s 20] [--think-ms 100]
 """
@@ -50,6 +51,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 from http_lite import Connection
+from sqlalchemy import select
 
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import Principal, hash_password, issue_key, issue_token
@@ -61,6 +63,7 @@ from inferstream.envelope import EnvelopeBatch, now_us
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
 from inferstream.store import ResultsStore
+from inferstream.store.schema import records
 
 TENANT = "bench-hatchery"
 ROUTES = ("GET /v1/results", "GET /v1/scans/{id}", "GET /v1/groups/{group}/summary")
@@ -352,6 +355,8 @@ class PhaseResult:
     api_cpu: float
     pipeline_cpu: float
     load: tuple[float, float, float]
+    #: End-to-end latency (created -> stored) of the scans created during the phase.
+    pipeline_ms: list[float]
 
 
 def cpu_seconds(procs: list[psutil.Process]) -> float:
@@ -388,6 +393,7 @@ def run_phase(
     api, workers = ctx["api_procs"], ctx["worker_procs"]
     before = (store.count_results(TENANT), time.perf_counter(), time.process_time(),
               cpu_seconds(api), cpu_seconds(workers))  # fmt: skip
+    started_us = now_us()
     sim = (
         start_simulator(ctx["spec"], ctx["pool"], args.rate, args.phase_s, name)
         if name == "bus"
@@ -399,13 +405,20 @@ def run_phase(
     wall = time.perf_counter() - before[1]
     stored = store.count_results(TENANT) - before[0]
     offered = {"idle": 0.0, "bus": args.rate}.get(name, shared.posted / wall)
-    return PhaseResult(
+    result = PhaseResult(
         name, wall, shared, stored / wall, offered,
         loadgen_cpu=(time.process_time() - before[2]) / wall,
         api_cpu=(cpu_seconds(api) - before[3]) / wall,
         pipeline_cpu=(cpu_seconds(workers) - before[4]) / wall,
-        load=os.getloadavg(),
+        load=os.getloadavg(), pipeline_ms=[],
     )  # fmt: skip
+    time.sleep(2.0)  # the phase's last scans are still in flight
+    query = select(records.c.latency_ms).where(
+        records.c.tenant == TENANT, records.c.created_at_us >= started_us
+    )
+    with store.engine.connect() as conn:
+        result.pipeline_ms = [float(row[0]) for row in conn.execute(query)]
+    return result
 
 
 def drain(store: ResultsStore, expected: int, timeout_s: float) -> None:
@@ -444,15 +457,18 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> None:
         print(_row(res, "**all reads**", everything, sum(res.shared.errors.values())))
     print(
         "\n| phase | ingest offered/s | results stored/s | API accepted scans/s | POST non-2xx | "
-        "load-gen CPU | API CPU | pipeline CPU | load avg (1/5/15) |"
+        "load-gen CPU | API CPU | pipeline CPU | load avg (1/5/15) | scans timed | "
+        "pipeline p50 ms | pipeline p99 ms |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     for res in results:
         posted = res.shared.posted / res.seconds
         load = "/".join(f"{x:.2f}" for x in res.load)
+        timed = [ms / 1000 for ms in res.pipeline_ms]  # pct() takes seconds
         print(f"| {res.name} | {res.offered_per_s:.0f} | {res.stored_per_s:.0f} | {posted:.0f} | "
               f"{res.shared.post_errors} | {res.loadgen_cpu:.0%} | {res.api_cpu:.0%} | "
-              f"{res.pipeline_cpu:.0%} | {load} |")  # fmt: skip
+              f"{res.pipeline_cpu:.0%} | {load} | {len(timed)} | {pct(timed, .5):.1f} | "
+              f"{pct(timed, .99):.1f} |")  # fmt: skip
     statuses = {k: v for r in results for k, v in r.shared.statuses.items()}
     print(f"\nnon-2xx statuses (0: connection error): {statuses or 'none'}")
     print("CPU: 100% = one core; load-gen = this process (readers and uploads)")
