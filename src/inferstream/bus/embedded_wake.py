@@ -136,15 +136,16 @@ class Doorbell:
 
 
 def _open_bell(path: Path) -> int:
-    """Open the bell to read, made first if missing: one byte, so a read is an access."""
+    """Open the bell, made first if missing: one byte, so that reading it is an access."""
     path.parent.mkdir(exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         if os.fstat(fd).st_size == 0:
             os.pwrite(fd, b"\x01", 0)
-    finally:
+    except OSError:
         os.close(fd)
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        raise
+    return fd
 
 
 def _libc() -> ctypes.CDLL | None:
