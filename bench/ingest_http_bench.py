@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
 from inferstream.apps.eggs import APP
@@ -66,6 +68,14 @@ class Load:
     accepted: list[int] = field(default_factory=list)
 
 
+def _cpu(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def post_loop(load: Load, key: str, lane: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", load.port)
     number = lane
@@ -105,6 +115,9 @@ def main() -> None:
             time.sleep(3)  # workers import their models
             load = Load(port, pool, args.threads, time.monotonic() + args.seconds)
             load.accepted = [0] * args.threads
+            family = psutil.Process(proc.pid).children(recursive=True)
+            api = [p for p in family if "serve" in p.cmdline()]
+            spent = [_cpu(api), _cpu(family)]
             cpu = time.process_time()
             threads = [
                 threading.Thread(target=post_loop, args=(load, keys[i], i))
@@ -115,6 +128,7 @@ def main() -> None:
             for thread in threads:
                 thread.join()
             cpu = time.process_time() - cpu
+            spent = [_cpu(api) - spent[0], _cpu(family) - spent[1]]
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
@@ -126,6 +140,12 @@ def main() -> None:
         f"threads {args.threads}, {args.seconds:.0f} s: {rate:.0f} scans/s accepted (202), "
         f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
         f"client CPU {cpu / max(len(ordered), 1) * 1000:.2f} ms/request"
+    )
+    per_scan = max(sum(load.accepted), 1) / 1000
+    print(
+        f"CPU per accepted scan: API {spent[0] / per_scan:.2f} ms, "
+        f"API and pipeline {spent[1] / per_scan:.2f} ms (API at {spent[0] / args.seconds:.0%} "
+        "of a core)"
     )
 
 

@@ -253,8 +253,10 @@ def revoke_key(
     principal: Annotated[Principal, Depends(require(*roles_for("DELETE /v1/admin/keys/{key_id}")))],
 ) -> Response:
     """Revoke an API key: its next request answers 401. Revoking twice is harmless."""
-    if not services_of(request).accounts.revoke_key(principal.tenant, key_id):
+    services = services_of(request)
+    if not services.accounts.revoke_key(principal.tenant, key_id):
         raise NotFound(f"no API key {key_id[:64]!r} in your tenant")
+    services.keys.forget(principal.tenant, key_id)  # refused from its next request here
     log.info("key revoked", extra={"key_id": key_id, "subject": principal.subject})
     return Response(status_code=204)
 

@@ -47,6 +47,7 @@ from inferstream.api.accounts import Accounts
 from inferstream.api.audit_writer import AuditWriter
 from inferstream.api.errors import ApiError
 from inferstream.api.group_commit import GroupCommit
+from inferstream.api.key_cache import KeyCache
 from inferstream.api.live_hub import LiveHub
 from inferstream.api.ratelimit import RateLimiter
 from inferstream.api.served_models import GraphCache
@@ -219,6 +220,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             store=store,
             accounts=accounts,
             throttle=GuessThrottle(accounts),
+            keys=KeyCache(accounts),
             blobs=open_blobs(spec.blobs, store),
             limiter=RateLimiter(settings.rate_per_s, settings.burst),
             tenant_quota=_tenant_quota(settings),

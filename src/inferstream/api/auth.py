@@ -19,14 +19,15 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from starlette.requests import HTTPConnection
 
@@ -101,15 +102,24 @@ def _key_parts(presented: str) -> tuple[str, str, str]:
     return tenant, key_id, secret
 
 
-def principal_from_key(accounts: Accounts, presented: str) -> Principal:
+class KeyFinder(Protocol):
+    """Where keys are looked up: :class:`Accounts`, or a :class:`KeyCache` in front of it."""
+
+    def find_key(self, tenant: str, key_id: str) -> StoredKey | None: ...
+
+
+def principal_from_key(keys: KeyFinder, presented: str) -> Principal:
     """The principal of an API key; :class:`Unauthorized` when it is wrong or revoked."""
     tenant, key_id, secret = _key_parts(presented)
-    stored = accounts.find_key(tenant, key_id) if check_tenant_ok(tenant) else None
-    digest = hashlib.sha256(secret.encode()).hexdigest()
-    expected = stored.secret_sha256 if stored else "0" * 64
-    if not hmac.compare_digest(digest, expected) or stored is None or stored.revoked:
+    stored = keys.find_key(tenant, key_id) if check_tenant_ok(tenant) else None
+    if not _matches(secret, stored) or stored is None or stored.revoked:
         raise Unauthorized("API key is unknown or revoked")
     return Principal(f"key:{key_id}", tenant, check_role(stored.role))
+
+
+def _matches(secret: str, stored: StoredKey | None) -> bool:
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    return hmac.compare_digest(digest, stored.secret_sha256 if stored else "0" * 64)
 
 
 def check_tenant_ok(tenant: str) -> bool:
@@ -120,14 +130,16 @@ def check_tenant_ok(tenant: str) -> bool:
     return True
 
 
-def sign_in_with_key(throttle: GuessThrottle, presented: str, source: str) -> Principal:
+def sign_in_with_key(
+    throttle: GuessThrottle, keys: KeyFinder, presented: str, source: str
+) -> Principal:
     """:func:`principal_from_key`, with failures counted and back-off answered 429."""
     tenant, key_id, _ = _key_parts(presented)
     scopes = (source_scope(source), key_scope(tenant, key_id))
     standing = throttle.standing_cached(*scopes)
     throttle.refuse_if_blocked(standing, scopes[0])
     try:
-        principal = principal_from_key(throttle.accounts, presented)
+        principal = principal_from_key(keys, presented)
     except Unauthorized:
         throttle.failed(*scopes)
         throttle.refuse_if_blocked(standing, scopes[1])  # guesses at a key id in back-off
@@ -204,18 +216,45 @@ _bearer = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     bearer: Annotated[str | None, Depends(_bearer)],
     api_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
-    """The caller of this request, from ``X-API-Key`` or ``Authorization: Bearer``."""
+    """The caller of this request, from ``X-API-Key`` or ``Authorization: Bearer``.
+
+    A key read in the last second, whose caller and key have no failed sign-ins on
+    record, is checked on the event loop; otherwise the store is asked in a worker
+    thread (a thread hop per request cost more than the check itself).
+    """
     presented = api_key or bearer
     if not presented:
         raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
-    principal = principal_for(services_of(request), presented, client_address(request))
+    services, source = services_of(request), client_address(request)
+    principal = _known_key(services, presented, source)
+    if principal is None:
+        principal = await run_in_threadpool(_signed_in, services, presented, source)
+    services.limiter.take(f"{principal.tenant}/{principal.subject}")
     request.state.principal = principal
     return principal
+
+
+def _known_key(services: Services, presented: str, source: str) -> Principal | None:
+    """The principal of a key known in memory, when nothing needs the store: the key
+    is fresh in :class:`KeyCache`, not revoked, its secret matches and neither its
+    caller nor the key is on record for failed sign-ins. None: ask the store."""
+    if not presented.startswith(f"{KEY_PREFIX}."):
+        return None
+    try:
+        tenant, key_id, secret = _key_parts(presented)
+    except Unauthorized:
+        return None
+    stored = services.keys.recent(tenant, key_id)
+    if stored is None or stored.revoked or not _matches(secret, stored):
+        return None  # the store's path refuses it and counts the failure
+    if not services.throttle.clean(source_scope(source), key_scope(tenant, key_id)):
+        return None
+    return Principal(f"key:{key_id}", tenant, check_role(stored.role))
 
 
 def client_address(connection: HTTPConnection) -> str:
@@ -238,19 +277,24 @@ def principal_for(services: Services, credential: str, source: str) -> Principal
     live WebSocket calls ``principal_for(services_of(websocket), token, address)`` and
     then checks ``principal.role`` against its row of the permission matrix.
     """
-    if credential.startswith(f"{KEY_PREFIX}."):
-        principal = sign_in_with_key(services.throttle, credential, source)
-    else:
-        principal = principal_from_token(credential, services.settings)
+    principal = _signed_in(services, credential, source)
     services.limiter.take(f"{principal.tenant}/{principal.subject}")
     return principal
 
 
-def require(*roles: Role) -> Callable[..., Principal]:
+def _signed_in(services: Services, credential: str, source: str) -> Principal:
+    """The principal of an API key or JWT (blocking: a key may need the store)."""
+    if credential.startswith(f"{KEY_PREFIX}."):
+        return sign_in_with_key(services.throttle, services.keys, credential, source)
+    return principal_from_token(credential, services.settings)
+
+
+def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency that authenticates the caller and checks its role is one of ``roles``."""
     allowed = frozenset(roles)
 
-    def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+    # async: a role check needs no thread (a sync dependency costs a worker-thread hop)
+    async def dependency(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if principal.role not in allowed:
             raise Forbidden(
                 f"role {principal.role!r} may not do this; it needs one of "

@@ -14,6 +14,7 @@ from inferstream.api.accounts import Accounts
 from inferstream.api.audit_writer import AuditWriter
 from inferstream.api.errors import Unavailable
 from inferstream.api.group_commit import GroupCommit
+from inferstream.api.key_cache import KeyCache
 from inferstream.api.live_hub import LiveHub
 from inferstream.api.ratelimit import RateLimiter
 from inferstream.api.served_models import GraphCache
@@ -38,6 +39,8 @@ class Services:
     store: ResultsStore
     accounts: Accounts
     throttle: GuessThrottle
+    #: API keys read in the last second (:mod:`inferstream.api.key_cache`).
+    keys: KeyCache
     blobs: BlobStore
     limiter: RateLimiter
     #: Scans per tenant (``ApiSettings.tenant_scans_per_s``); None when unbounded.

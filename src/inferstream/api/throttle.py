@@ -82,12 +82,18 @@ class GuessThrottle:
         """Until when each scope with failures on record is in back-off (µs)."""
         return self.accounts.blocked_until(scopes)
 
+    def clean(self, *scopes: str) -> bool:
+        """Whether every scope was found with no failures within ``clean_for_us``
+        (memory only: never blocks)."""
+        now = self.clock_us()
+        return all(now - self._clean.get(scope, -self.clean_for_us) < self.clean_for_us
+                   for scope in scopes)  # fmt: skip
+
     def standing_cached(self, *scopes: str) -> dict[str, int]:
         """:meth:`standing`, answered from memory while every scope was recently clean."""
-        now = self.clock_us()
-        if all(now - self._clean.get(scope, -self.clean_for_us) < self.clean_for_us
-               for scope in scopes):  # fmt: skip
+        if self.clean(*scopes):
             return {}
+        now = self.clock_us()
         standing = self.standing(*scopes)
         for scope in scopes:
             if scope in standing:
