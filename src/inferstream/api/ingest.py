@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from google.protobuf.message import DecodeError
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
@@ -144,16 +144,16 @@ async def ingest_scans(
             "application/dicom or application/x-protobuf"
         )
     body = await read_body(request, state.settings.max_body_bytes)
-    refused: list[Refusal] = []
+    # The blocking work (checks, the scans' blobs) runs in the group commit's thread.
+    prepare: Callable[[], tuple[list[Envelope], list[Refusal]]]
     if media == "application/x-protobuf":
-        items = await run_in_threadpool(_from_protobuf, body, state)
-        envelopes = await run_in_threadpool(_accept, items, principal, state)
+        prepare = partial(_accept_all, lambda: _from_protobuf(body, state), principal, state)
     elif media == "application/dicom":
-        envelopes = await run_in_threadpool(_accept, [Submitted(body)], principal, state)
+        prepare = partial(_accept_all, lambda: [Submitted(body)], principal, state)
     else:  # a batch of files: each accepted or refused on its own
         items = await _parse_form(request, body, state)
-        envelopes, refused = await run_in_threadpool(_accept_each, items, principal, state)
-    await state.publisher.publish(principal.tenant, envelopes)
+        prepare = partial(_accept_each, items, principal, state)
+    envelopes, refused = await state.publisher.publish_prepared(principal.tenant, prepare)
     for env in envelopes:
         log.info("scan accepted", extra={"scan_id": env.id, "trace_id": env.trace_id})
     return Accepted(
@@ -291,6 +291,13 @@ def _submitted(env: Envelope, state: Services) -> Submitted:
 
 def _optional(name: str, value: str) -> str:
     return _plain(name, value) if value else ""
+
+
+def _accept_all(
+    parse: Callable[[], list[Submitted]], principal: Principal, state: Services
+) -> tuple[list[Envelope], list[Refusal]]:
+    """:func:`_accept` of what ``parse`` finds in the body: every scan or none."""
+    return _accept(parse(), principal, state), []
 
 
 def _accept(items: Sequence[Submitted], principal: Principal, state: Services) -> list[Envelope]:
