@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -50,6 +51,55 @@ from scale_bench import (
 from inferstream.bus import open_bus
 from inferstream.envelope import now_us
 from inferstream.runner import ensure_topics
+
+#: Per stage, from the workers' /metrics: (metric, what the mean of it says).
+MEANS = (
+    ("inferstream_message_age_seconds", "age when finished ms"),
+    ("inferstream_batch_processing_seconds", "batch processing ms"),
+    ("inferstream_batch_size", "batch size"),
+)
+
+
+def scrape(workers: Workers) -> dict[tuple[str, str], tuple[float, float]]:
+    """(stage, metric) -> (sum, count) over every worker's /metrics."""
+    found: dict[tuple[str, str], tuple[float, float]] = {}
+    for _, port in workers.procs:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            page = answer.read().decode()
+        for line in page.splitlines():
+            for metric, _ in MEANS:
+                for part, slot in (("_sum{", 0), ("_count{", 1)):
+                    if not line.startswith(metric + part):
+                        continue
+                    stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                    pair = list(found.get((stage, metric), (0.0, 0.0)))
+                    pair[slot] += float(line.rsplit(" ", 1)[1])
+                    found[(stage, metric)] = (pair[0], pair[1])
+    return found
+
+
+class TimedBench(Bench):
+    """:class:`Bench` whose fed phase also reports each stage's means over the phase."""
+
+    def warm_up(self, workers: Workers, count: int) -> float:
+        self.workers = workers
+        return super().warm_up(workers, count)
+
+    def fed(self, count: int) -> dict[str, float]:
+        before = scrape(self.workers)
+        row = super().fed(count)
+        after = scrape(self.workers)
+        for (stage, metric), (total, n) in sorted(after.items()):
+            total0, n0 = before.get((stage, metric), (0.0, 0.0))
+            if n > n0:
+                scale = 1.0 if metric == "inferstream_batch_size" else 1000.0
+                label = dict(MEANS)[metric]
+                row[f"{stage} {label}"] = (total - total0) / (n - n0) * scale
+        return row
+
+
+def breakdown(row: dict[str, float]) -> str:
+    return "; ".join(f"{name} {value:.1f}" for name, value in row.items() if " " in name)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -112,7 +162,7 @@ def embedded(args: argparse.Namespace, folder: Path, rate: float) -> dict[str, f
     os.environ["INFERSTREAM_BUS"] = f"sqlite:///{work / 'bus.db'}"
     os.environ["INFERSTREAM_STORE"] = f"sqlite:///{work / 'results.db'}"
     os.environ["INFERSTREAM_BLOBS"] = f"file://{work / 'blobs'}"
-    bench = Bench(args, None, folder)  # type: ignore[arg-type]  # no S3 server here
+    bench = TimedBench(args, None, folder)  # no S3 server here
     bench.bus = open_bus(os.environ["INFERSTREAM_BUS"])
     bench.fed_rate = rate
     for phase in ("warm", "fed"):
@@ -153,7 +203,7 @@ def main() -> None:
                                         folder / "moto.log"))  # fmt: skip
         os.environ["INFERSTREAM_STORE"] = stack.enter_context(pg_schema(POSTGRES))
         os.environ["INFERSTREAM_BLOBS"] = use_s3(f"http://127.0.0.1:{port}")
-        kafka = Bench(args, s3, folder)
+        kafka = TimedBench(args, s3, folder)
         print("Kafka + PostgreSQL: 1 worker per stage, drain then fed at half of it...", flush=True)
         row = kafka.run(1)
         kafka.store.close()
@@ -171,6 +221,8 @@ def main() -> None:
           f"{row['drain_per_s']:.0f} scans/s)")  # fmt: skip
     print(f"  Kafka + PostgreSQL   p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")
     print(f"  embedded             p50 {local['p50_ms']:.1f} ms, p99 {local['p99_ms']:.1f} ms")
+    print(f"  means over the fed phase, Kafka + PostgreSQL: {breakdown(row)}")
+    print(f"  means over the fed phase, embedded: {breakdown(local)}")
     for wait, figures in raw.items():
         print(f"  raw client, fetch.wait.max.ms={wait:<4d} {figures}")
     print(f"Kafka p99 / embedded p99: {ratio:.2f} (goal <= 2)")
