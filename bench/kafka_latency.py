@@ -87,6 +87,7 @@ class TimedBench(Bench):
 
     def fed(self, count: int) -> dict[str, float]:
         before = scrape(self.workers)
+        print(f"  fed at {self.fed_rate:.0f} scans/s for {FED_S:.0f} s...", flush=True)
         row = super().fed(count)
         after = scrape(self.workers)
         for (stage, metric), (total, n) in sorted(after.items()):
