@@ -223,17 +223,24 @@ async def authenticate(
 ) -> Principal:
     """The caller of this request, from ``X-API-Key`` or ``Authorization: Bearer``.
 
-    A key read in the last second, whose caller and key have no failed sign-ins on
-    record, is checked on the event loop; otherwise the store is asked in a worker
-    thread (a thread hop per request cost more than the check itself).
+    A token is checked on the event loop (no store: its signature and expiry), and so
+    is a key read in the last second whose caller and key have no failed sign-ins on
+    record; otherwise the store is asked in a worker thread (a thread hop per request
+    cost more than the check itself).
     """
     presented = api_key or bearer
     if not presented:
         raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
     services, source = services_of(request), client_address(request)
-    principal = _known_key(services, presented, source)
+    principal: Principal | None
+    if not presented.startswith(f"{KEY_PREFIX}."):
+        principal = principal_from_token(presented, services.settings)
+    else:
+        principal = _known_key(services, presented, source)
     if principal is None:
-        principal = await run_in_threadpool(_signed_in, services, presented, source)
+        principal = await run_in_threadpool(
+            sign_in_with_key, services.throttle, services.keys, presented, source
+        )
     services.limiter.take(f"{principal.tenant}/{principal.subject}")
     request.state.principal = principal
     return principal
@@ -243,8 +250,6 @@ def _known_key(services: Services, presented: str, source: str) -> Principal | N
     """The principal of a key known in memory, when nothing needs the store: the key
     is fresh in :class:`KeyCache`, not revoked, its secret matches and neither its
     caller nor the key is on record for failed sign-ins. None: ask the store."""
-    if not presented.startswith(f"{KEY_PREFIX}."):
-        return None
     try:
         tenant, key_id, secret = _key_parts(presented)
     except Unauthorized:
