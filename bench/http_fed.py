@@ -96,17 +96,24 @@ def measure(
                   cpu / max(stored, 1) * 1000, http)  # fmt: skip
 
 
+def one_scan_requests(
+    system: FastApiPeer | HttpPipeline, seconds: float
+) -> Callable[[str], HttpStats]:
+    """An offer of one-scan requests, as many as ``system`` answers for ``seconds``."""
+
+    def offer(tenant: str) -> HttpStats:
+        system.offer_http(tenant, None, seconds)
+        assert system.last_http is not None
+        return system.last_http
+
+    return offer
+
+
 def fastapi_round(pool: ScanPool, monitor: ProcMonitor, work: Path, seconds: float) -> Figure:
     peer = FastApiPeer(pool, monitor, work)
     peer.start()
     try:
-
-        def offer(tenant: str) -> HttpStats:
-            peer.offer_http(tenant, None, seconds)
-            assert peer.last_http is not None
-            return peer.last_http
-
-        return measure(peer, monitor, "fastapi single", offer)
+        return measure(peer, monitor, "fastapi single", one_scan_requests(peer, seconds))
     finally:
         peer.stop()
 
@@ -118,17 +125,14 @@ def pipeline_round(
     pipeline.start()
     try:
 
-        def single(tenant: str) -> HttpStats:
-            pipeline.offer_http(tenant, None, seconds)
-            assert pipeline.last_http is not None
-            return pipeline.last_http
-
         def bus(tenant: str) -> int:
             count = int(bus_rate * seconds)
             BusPipeline.offer(pipeline, tenant, bus_rate, count)
             return count
 
-        figures = [measure(pipeline, monitor, "pipeline single", single)]
+        figures = [
+            measure(pipeline, monitor, "pipeline single", one_scan_requests(pipeline, seconds))
+        ]
         figures.append(measure(pipeline, monitor, "batched",
                                lambda tenant: pipeline.offer_batches(tenant, seconds)))  # fmt: skip
         figures.append(measure(pipeline, monitor, "pipeline bus", bus))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -38,14 +37,12 @@ from confluent_kafka import Consumer, Producer
 from scale_bench import (
     FED_S,
     FETCH_WAIT,
-    POSTGRES,
     Bench,
     Workers,
     free_port,
-    pg_schema,
     server,
+    store_and_blobs,
     tansu_argv,
-    use_s3,
 )
 
 from inferstream.bus import open_bus
@@ -198,13 +195,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"load average {os.getloadavg()}; {os.cpu_count()} cores; logs in {folder}", flush=True)
     with ExitStack() as stack:
-        port = free_port()
-        moto = str(Path(sys.executable).parent / "moto_server")
-        s3 = stack.enter_context(server([moto, "-H", "127.0.0.1", "-p", str(port)], port,
-                                        folder / "moto.log"))  # fmt: skip
-        os.environ["INFERSTREAM_STORE"] = stack.enter_context(pg_schema(POSTGRES))
-        os.environ["INFERSTREAM_BLOBS"] = use_s3(f"http://127.0.0.1:{port}")
-        kafka = TimedBench(args, s3, folder)
+        kafka = TimedBench(args, store_and_blobs(stack, folder), folder)
         print("Kafka + PostgreSQL: 1 worker per stage, drain then fed at half of it...", flush=True)
         row = kafka.run(1)
         kafka.store.close()

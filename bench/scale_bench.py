@@ -142,6 +142,19 @@ def pg_schema(server_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+def store_and_blobs(stack: ExitStack, folder: Path) -> psutil.Process:
+    """A moto S3 server and a fresh PostgreSQL schema for the life of ``stack``, named by
+    ``INFERSTREAM_STORE`` and ``INFERSTREAM_BLOBS`` for this process and its workers; the
+    S3 server's process (its CPU is reported)."""
+    port = free_port()
+    moto = str(Path(sys.executable).parent / "moto_server")
+    s3 = stack.enter_context(server([moto, "-H", "127.0.0.1", "-p", str(port)], port,
+                                    folder / "moto.log"))  # fmt: skip
+    os.environ["INFERSTREAM_STORE"] = stack.enter_context(pg_schema(POSTGRES))
+    os.environ["INFERSTREAM_BLOBS"] = use_s3(f"http://127.0.0.1:{port}")
+    return s3
+
+
 class Workers:
     """``count`` worker processes per stage, each serving its metrics on a port."""
 
@@ -411,12 +424,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     print(f"logs in {folder}")
     with ExitStack() as stack:
-        port = free_port()
-        moto = str(Path(sys.executable).parent / "moto_server")
-        s3 = stack.enter_context(server([moto, "-H", "127.0.0.1", "-p", str(port)], port,
-                                        folder / "moto.log"))  # fmt: skip
-        os.environ["INFERSTREAM_STORE"] = stack.enter_context(pg_schema(POSTGRES))
-        os.environ["INFERSTREAM_BLOBS"] = use_s3(f"http://127.0.0.1:{port}")
+        s3 = store_and_blobs(stack, folder)
         bench = Bench(args, s3, folder)
         print(HEADER)
         for count in counts:

@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 from api_testing import World, dicom_bytes
+from test_api_guessing import SECOND, Clock
 
 from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
 from inferstream.api.key_cache import KeyCache
 from inferstream.store import ResultsStore
-
-SECOND = 1_000_000
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000 * SECOND
-
-    def __call__(self) -> int:
-        return self.now
 
 
 @pytest.fixture

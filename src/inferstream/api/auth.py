@@ -282,16 +282,12 @@ def principal_for(services: Services, credential: str, source: str) -> Principal
     live WebSocket calls ``principal_for(services_of(websocket), token, address)`` and
     then checks ``principal.role`` against its row of the permission matrix.
     """
-    principal = _signed_in(services, credential, source)
+    if credential.startswith(f"{KEY_PREFIX}."):
+        principal = sign_in_with_key(services.throttle, services.keys, credential, source)
+    else:
+        principal = principal_from_token(credential, services.settings)
     services.limiter.take(f"{principal.tenant}/{principal.subject}")
     return principal
-
-
-def _signed_in(services: Services, credential: str, source: str) -> Principal:
-    """The principal of an API key or JWT (blocking: a key may need the store)."""
-    if credential.startswith(f"{KEY_PREFIX}."):
-        return sign_in_with_key(services.throttle, services.keys, credential, source)
-    return principal_from_token(credential, services.settings)
 
 
 def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:
