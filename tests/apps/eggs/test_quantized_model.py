@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,32 @@ def test_the_registry_serves_int8_first_and_keeps_fp32_beside_it(
     back = registry.load(registry.resolve("egg_sexing", "champion"))
     assert back.info.version == "1.0.0"
     assert np.array_equal(back.logits(scans), load_model("egg_sexing").logits(scans))
+
+
+def test_remeasure_rewrites_the_throughput_record_and_the_card(tmp_path: Path) -> None:
+    # The quantise command's --remeasure on a copy of the shipped models: only the
+    # throughput record changes, measured here, and the card shows it.
+    from inferstream.apps.eggs.quantize import remeasure
+
+    models = tmp_path / "models"
+    shutil.copytree(APP.models_dir, models)
+    before = json.loads((models / f"{INT8_MODEL}.json").read_text())
+    before["throughput"]["batch_1"]["fp32"] = -1  # a figure no measurement gives
+    (models / f"{INT8_MODEL}.json").write_text(json.dumps(before))
+    card = tmp_path / "card.md"
+    found = remeasure(models, card, rounds=1)
+    after = json.loads((models / f"{INT8_MODEL}.json").read_text())
+    assert after["throughput"] == found
+    assert {k: v for k, v in after.items() if k != "throughput"} == {
+        k: v for k, v in before.items() if k != "throughput"
+    }
+    for batch in (1, 16, 64):
+        row = found[f"batch_{batch}"]
+        assert row["fp32"] > 0 and row["int8"] > 0 and row["ratio"] > 0
+    assert found["vnni"] in ("AVX-512 VNNI", "AVX-VNNI", "AVX-512 VNNI and AVX-VNNI", "no VNNI")
+    text = card.read_text()
+    assert "medians of 1 rounds taking turns" in text and found["vnni"] in text
+    row = found["batch_64"]
+    assert f"| 64 | {row['fp32']:,} | {row['int8']:,} | {row['ratio']:.2f} |" in text
+    # The shipped record is untouched.
+    assert json.loads(INT8.with_suffix(".json").read_text())["throughput"]["batch_1"]["fp32"] > 0

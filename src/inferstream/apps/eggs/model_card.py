@@ -123,7 +123,9 @@ def _intro_and_data(info: ModelInfo, trained: dict[str, Any], ev: Evaluation) ->
     ]
 
 
-def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: float) -> list[str]:
+def _results(
+    info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: float, models_dir: Path
+) -> list[str]:
     return [
         "## Architecture",
         "",
@@ -152,8 +154,8 @@ def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: 
         "2 CPU threads",
         f"- wall time (data generation and training): {seconds:.0f} s",
         "",
-        *int8_section(),
-        *guard_section(),
+        *int8_section(models_dir),
+        *guard_section(models_dir),
         "## Limits",
         "",
         "Trained and evaluated on simulated scans only. Real scanners, real anatomy and real "
@@ -162,10 +164,10 @@ def _results(info: ModelInfo, trained: dict[str, Any], ev: Evaluation, seconds: 
     ]
 
 
-def guard_section() -> list[str]:
+def guard_section(models_dir: Path = APP.models_dir) -> list[str]:
     """The not-an-egg guard's rates, as ``python -m inferstream.apps.eggs.domain`` measured
     them (``models/egg_domain.json``)."""
-    meta = json.loads((APP.models_dir / "egg_domain.json").read_text())
+    meta = json.loads((models_dir / "egg_domain.json").read_text())
     found: dict[str, float] = meta["rates_flagged"]
     return [
         "## Out of domain: the not-an-egg guard",
@@ -191,10 +193,19 @@ def guard_section() -> list[str]:
     ]
 
 
-def write_card(path: Path, model: Model, ev: Evaluation, train_seconds: float) -> None:
-    """Write the markdown model card."""
+def write_card(
+    path: Path,
+    model: Model,
+    ev: Evaluation,
+    train_seconds: float,
+    models_dir: Path = APP.models_dir,
+) -> None:
+    """Write the markdown model card; the int8 copy's and the guard's sections from the
+    records in ``models_dir``."""
     info, trained = model.info, dict(model.info.extra).get("trained_on", {})
-    lines = _intro_and_data(info, trained, ev) + _results(info, trained, ev, train_seconds)
+    lines = _intro_and_data(info, trained, ev) + _results(
+        info, trained, ev, train_seconds, models_dir
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
