@@ -14,11 +14,13 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from inferstream.apps.eggs import APP
+from inferstream.apps.eggs.demo import Summary, notes
 from inferstream.apps.eggs.dicomgen import to_dicom_bytes
 from inferstream.apps.eggs.phantom import make_specs, render_batch
 from inferstream.bus import Record, open_bus
@@ -58,6 +60,9 @@ def check_summary(summary: dict[str, float]) -> None:
     assert version.startswith("egg_sexing 1.0.0") and abs(accuracy - summary["accuracy"]) < 1e-9
     assert 0 < summary["latency_p50_ms"] <= summary["latency_p99_ms"]
     assert summary["throughput_per_s"] > 0
+    # What the machine had to give while the scans flowed (Linux: /proc/stat).
+    assert 0 < summary["host_cpu_busy_pct"] <= 100
+    assert 0 <= summary["host_cpu_steal_pct"] <= 100 - summary["host_cpu_busy_pct"]
 
 
 @pytest.mark.slow
@@ -187,3 +192,24 @@ def test_a_full_disk_stops_the_demo_with_its_summary_and_what_to_do(
     assert last.startswith("inferstream example: error: "), output
     assert "disk is full" in last and "--workdir" in last, last
     assert "Traceback" not in done.stderr, output
+
+
+def test_the_summary_says_when_its_latency_is_not_the_pipelines() -> None:
+    fair = Summary(
+        scans_sent=20000, results_stored=20000, lost=0, duplicates=0, accuracy=0.996,
+        throughput_per_s=996.0, latency_p50_ms=9.0, latency_p99_ms=40.0,
+        offered_rate_per_s=1000.0, host_cpu_busy_pct=70.0, host_cpu_steal_pct=1.0,
+    )  # fmt: skip
+    assert notes(fair) == []
+    behind = replace(fair, throughput_per_s=860.0, latency_p50_ms=2013.0)
+    (note,) = notes(behind)
+    assert "stored 860 scans/s of the 1000/s offered" in note and "--rate 688" in note
+    shared = replace(fair, host_cpu_steal_pct=15.2)
+    (note,) = notes(shared)
+    assert "held back 15 %" in note and "steal" in note
+    assert len(notes(replace(behind, host_cpu_steal_pct=15.2))) == 2
+    assert notes(replace(fair, host_cpu_steal_pct=None, host_cpu_busy_pct=None)) == []
+    (note,) = notes(replace(fair, host_cpu_busy_pct=94.6))
+    assert "busy 95 %" in note and "--rate 600" in note
+    # Fallen behind says so; that the CPUs were busy then goes without saying.
+    assert len(notes(replace(behind, host_cpu_busy_pct=99.0))) == 1

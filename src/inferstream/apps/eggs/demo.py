@@ -31,6 +31,7 @@ from inferstream.bus import open_bus
 from inferstream.envelope import new_id, now_us
 from inferstream.errors import BusFullError, ConfigError, InferstreamError
 from inferstream.examples import fresh_workdir, stop_processes
+from inferstream.host_cpu import HostCpu
 from inferstream.pipeline import PipelineSpec, load_pipeline
 from inferstream.runner import ensure_topics
 from inferstream.store import Feedback, ResultFilter, ResultRow, ResultsStore
@@ -74,6 +75,49 @@ class Summary:
     not_eggs: int = 0
     #: "model version (role)" -> accuracy against the hatch results (feedback).
     accuracy_by_version: dict[str, float] = field(default_factory=dict)
+    #: Share of the machine's CPU time spent working while scans flowed, in percent
+    #: (None where the kernel does not say: off Linux).
+    host_cpu_busy_pct: float | None = None
+    #: Share the hypervisor held back for other virtual machines (steal time), percent.
+    host_cpu_steal_pct: float | None = None
+
+
+#: Below this share of the offered rate the pipeline fell behind the scanners.
+KEPT_UP = 0.95
+#: From this much steal time on, the summary says the machine was not quiet.
+NOISY_STEAL_PCT = 5.0
+#: From this share of the machine's CPU time busy on, scans queue for a CPU.
+SATURATED_PCT = 90.0
+
+
+def notes(summary: Summary) -> list[str]:
+    """What the summary's figures mean when the run was not a fair measure of latency:
+    the pipeline fell behind the offered rate, or the host took CPU from this machine."""
+    found = []
+    offered = summary.offered_rate_per_s
+    if summary.results_stored and offered > 0 and summary.throughput_per_s < KEPT_UP * offered:
+        rate = 0.8 * summary.throughput_per_s
+        found.append(
+            f"the pipeline stored {summary.throughput_per_s:.0f} scans/s of the "
+            f"{summary.offered_rate_per_s:.0f}/s offered: it fell behind, so the latency "
+            "above is mostly scans waiting in the backlog. To see its latency at a load "
+            f"this machine carries, run again with --rate {rate:.0f}"
+        )
+    elif (summary.host_cpu_busy_pct or 0.0) >= SATURATED_PCT:
+        found.append(
+            f"this machine's CPUs were busy {summary.host_cpu_busy_pct:.0f} % of the run: "
+            "the pipeline kept up, but with the simulated scanners (and the API) it used "
+            "nearly all of them, so scans also queued for a CPU; run with --rate "
+            f"{0.6 * offered:.0f} to see its latency with headroom"
+        )
+    steal = summary.host_cpu_steal_pct
+    if steal is not None and steal >= NOISY_STEAL_PCT:
+        found.append(
+            f"the hypervisor held back {steal:.0f} % of this machine's CPU time during the "
+            "run (steal: other virtual machines on the host competed for it), so the "
+            "throughput and latency above are not the pipeline's alone"
+        )
+    return found
 
 
 def pipeline_spec(settings: DemoSettings) -> PipelineSpec:
@@ -330,6 +374,7 @@ def _send_and_summarise(
     print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
     progress = Progress(store, settings.tenant, settings.scans)
     threading.Thread(target=progress.loop, daemon=True).start()
+    host = HostCpu()
     stopped: SendingStopped | None = None
     try:
         emission = sim.emit(settings.scans, lambda e: setattr(progress, "sent", len(e.truth)))
@@ -340,6 +385,12 @@ def _send_and_summarise(
     _wait_for_results(progress, len(emission.truth), stall_s)
     progress.stop.set()
     summary = summarise(store, settings.tenant, emission, settings.rate)
+    if (cpu := host.shares()) is not None:
+        summary = replace(
+            summary,
+            host_cpu_busy_pct=round(100 * cpu.busy, 1),
+            host_cpu_steal_pct=round(100 * cpu.steal, 1),
+        )
     if stopped is None:  # a run cut short (a full disk) reports what it has, no more
         print("hatch results arrive (21 days later on the simulator's clock) as feedback...")
         try:
@@ -381,7 +432,9 @@ def _report(summary: Summary, path: Path | None) -> None:
             continue
         shown = f"{value:.4f}" if isinstance(value, float) and key == "accuracy" else value
         shown = f"{value:.1f}" if isinstance(value, float) and key != "accuracy" else shown
-        print(f"  {key:20} {shown}")
+        print(f"  {key:20} {'n/a' if value is None else shown}")
+    for note in notes(summary):
+        print(f"note: {note}")
     if path is not None:
         path.write_text(json.dumps(asdict(summary), indent=2) + "\n")
         print(f"summary written to {path}")
