@@ -135,7 +135,7 @@ def preprocess_with_extents(images: Sequence[NDArray[Any]] | NDArray[Any]) -> tu
     for image in images:
         check_scan(image)
     if len({image.shape for image in images}) == 1:  # the usual batch: one scanner protocol
-        return _preprocess_stack(np.stack(images))
+        return _preprocess_stack(np.stack(list(images)))
     out = np.empty((len(images), 1, OUT_SIZE, OUT_SIZE), dtype=np.float32)
     extents = np.empty(len(images), dtype=np.float32)
     by_shape: dict[tuple[int, ...], list[int]] = {}
