@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from inferstream.apps.eggs.dicom import decode
-from inferstream.apps.eggs.simulator import ScannerSimulator, ScanPool, SendingStopped
+from inferstream.apps.eggs.simulator import (
+    EGG_PLACEHOLDER,
+    TRAY_PLACEHOLDER,
+    ScannerSimulator,
+    ScanPool,
+    SendingStopped,
+    stamp,
+)
 from inferstream.bus import open_bus
 from inferstream.envelope import parse
 from inferstream.errors import BusFullError, ConfigError
@@ -83,3 +90,22 @@ def test_the_demo_refuses_a_taken_dashboard_address_with_what_to_do() -> None:
             check_port_free(f"127.0.0.1:{port}")
     with pytest.raises(ConfigError, match="--serve HOST:PORT"):
         check_port_free("127.0.0.1:notaport")
+
+
+def test_stamping_replaces_every_placeholder_in_place(pool: ScanPool) -> None:
+    """Stamping copies the pool scan once, at offsets found once per pool scan: the
+    bytes are those of replacing every placeholder, the length unchanged."""
+    for number in (0, 7, 1234, 99_999_999):
+        scan, scanner = pool.pick(number, 8)
+        data, egg_id, tray = stamp(scan, number, "r001", scanner)
+        reference = (
+            scan.dicom.replace(EGG_PLACEHOLDER.encode(), egg_id.encode())
+            .replace(TRAY_PLACEHOLDER.encode(), tray.encode())
+            .replace(scan.scanner.encode(), scanner.encode())
+        )
+        assert data == reference and len(data) == len(scan.dicom)
+        assert EGG_PLACEHOLDER.encode() not in data and TRAY_PLACEHOLDER.encode() not in data
+        assert egg_id.encode() in data and scanner.encode() in data
+    # A value that would change an element's length is refused, not written.
+    with pytest.raises(ConfigError, match="widths"):
+        stamp(pool.scans[0], 1, "r001", "SCANNER-100")

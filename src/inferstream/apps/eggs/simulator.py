@@ -10,6 +10,8 @@ ground truth of every emitted scan is kept aside, keyed by envelope id, for scor
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,9 +109,39 @@ def stamp(scan: PoolScan, number: int, run: str, scanner: str) -> tuple[bytes, s
     """
     egg_id = f"EGG-{run}{number:08d}"[: len(EGG_PLACEHOLDER)].ljust(len(EGG_PLACEHOLDER), "0")
     tray = f"TRAY-{number // EGGS_PER_TRAY:08d}"
-    data = scan.dicom.replace(EGG_PLACEHOLDER.encode(), egg_id.encode())
-    data = data.replace(TRAY_PLACEHOLDER.encode(), tray.encode())
-    return data.replace(scan.scanner.encode(), scanner.encode()), egg_id, tray
+    values = (egg_id.encode(), tray.encode(), scanner.encode())
+    if any(len(value) != len(old) for value, old in zip(values, _stamped(scan), strict=True)):
+        raise ConfigError(f"stamped values {values} must keep the widths of {_stamped(scan)}")
+    data = memoryview(scan.dicom)  # slices of it are not copies; the join copies once
+    parts: list[bytes | memoryview] = []
+    at = 0
+    for start, end, which in _slots(scan):
+        parts += (data[at:start], values[which])
+        at = end
+    parts.append(data[at:])
+    return b"".join(parts), egg_id, tray
+
+
+def _stamped(scan: PoolScan) -> tuple[bytes, bytes, bytes]:
+    """What :func:`stamp` replaces in a pool scan, in the order of its values."""
+    return EGG_PLACEHOLDER.encode(), TRAY_PLACEHOLDER.encode(), scan.scanner.encode()
+
+
+@functools.lru_cache(maxsize=4096)
+def _slots(scan: PoolScan) -> tuple[tuple[int, int, int], ...]:
+    """Where in the scan's bytes each occurrence of a stamped value lies, in order:
+    (start, end, which value). Found once per pool scan, so stamping an emission copies
+    the scan once instead of searching it three times."""
+    found = []
+    for which, old in enumerate(_stamped(scan)):
+        at = scan.dicom.find(old)
+        while at >= 0:
+            found.append((at, at + len(old), which))
+            at = scan.dicom.find(old, at + len(old))
+    found.sort()
+    if any(a[1] > b[0] for a, b in itertools.pairwise(found)):
+        raise ConfigError("the stamped values overlap in a pool scan; a bug in the pool")
+    return tuple(found)
 
 
 class ScannerSimulator:
