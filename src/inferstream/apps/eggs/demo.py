@@ -92,7 +92,8 @@ SATURATED_PCT = 90.0
 
 def notes(summary: Summary) -> list[str]:
     """What the summary's figures mean when the run was not a fair measure of latency:
-    the pipeline fell behind the offered rate, or the host took CPU from this machine."""
+    the pipeline fell behind the offered rate, the machine's CPUs were saturated, or the
+    host took CPU from this machine (steal)."""
     found = []
     offered = summary.offered_rate_per_s
     if summary.results_stored and offered > 0 and summary.throughput_per_s < KEPT_UP * offered:
