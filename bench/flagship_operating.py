@@ -9,10 +9,11 @@ For each of ``--rates`` the flagship (``inferstream up`` on the embedded bus and
 no API, as ``BusPipeline`` in ``flagship_systems.py`` runs it) is fed for ``--seconds``;
 then it prints the CPU (user + system) each stage's processes spent per scan fed, their
 sum over every process of the pipeline, and the end-to-end latency (each record's
-creation to its storing) p50/p99. Each scan is counted: the phase waits until every one
-is stored. With ``--against REF`` the same rounds run on another commit's ``src`` too,
-alternating, each in a fresh pipeline: compare rows of one run only (this machine's
-speed moves by 2x between runs an hour apart). Usage::
+creation to its storing) p50/p99, and how busy the machine was and how much of its CPU
+the host held back (steal, on a VM; ``host_cpu.py``). Each scan is counted: the phase
+waits until every one is stored. With ``--against REF`` the same rounds run on another
+commit's ``src`` too, alternating, each in a fresh pipeline: compare rows of one run
+only (this machine's speed moves by 2x between runs an hour apart). Usage::
 
     .venv/bin/python bench/flagship_operating.py --against HEAD~3 --rates 100 300 --rounds 3
 """
@@ -36,6 +37,11 @@ from flagship_systems import BusPipeline
 from sqlalchemy import select
 
 from inferstream.apps.eggs.simulator import ScanPool
+
+try:
+    from inferstream.host_cpu import HostCpu
+except ImportError:  # an older tree run with --against: its phases show no host figures
+    HostCpu = None  # type: ignore[assignment,misc]
 from inferstream.store.schema import records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +65,7 @@ def run_phases(rates: list[float], seconds: float) -> list[dict[str, float]]:
                 tenant = f"operating-{number}"
                 count = int(rate * seconds)
                 before = _cpu_by_stage(monitor.tree(system.name))
+                host = HostCpu() if HostCpu is not None else None
                 system.offer(tenant, rate, count)
                 rows: list[tuple[int, int]] = []
                 deadline = time.monotonic() + 120
@@ -76,6 +83,9 @@ def run_phases(rates: list[float], seconds: float) -> list[dict[str, float]]:
                     phase[f"{stage}_us"] = used / count * 1e6
                 phase["p50_ms"] = _pct(latencies, 0.5)
                 phase["p99_ms"] = _pct(latencies, 0.99)
+                shares = host.shares() if host is not None else None  # steal: CPU the VM lacked
+                phase["busy_pct"] = 100 * shares.busy if shares else float("nan")
+                phase["steal_pct"] = 100 * shares.steal if shares else float("nan")
                 results.append(phase)
         finally:
             system.stop()
@@ -150,7 +160,8 @@ def main() -> None:
 def _row(phase: dict[str, float]) -> str:
     cpu = "  ".join(f"{stage} {phase[f'{stage}_us']:6.0f}" for stage in (*STAGES, "all"))
     return (f"{phase['rate']:6.0f}/s  {cpu}  p50 {phase['p50_ms']:6.1f} ms  "
-            f"p99 {phase['p99_ms']:6.1f} ms")  # fmt: skip
+            f"p99 {phase['p99_ms']:6.1f} ms  machine busy {phase['busy_pct']:4.1f} %  "
+            f"steal {phase['steal_pct']:4.1f} %")  # fmt: skip
 
 
 if __name__ == "__main__":
