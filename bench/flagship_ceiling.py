@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -49,7 +50,7 @@ class CeilingRun:
         return self.scans / self.seconds
 
 
-def _messages(pool: ScanPool, count: int, tag: str) -> list[bytes]:
+def scan_messages(pool: ScanPool, count: int, tag: str) -> list[bytes]:
     """Serialized envelopes as the simulator produces them, unique egg ids."""
     out = []
     for number in range(count):
@@ -67,7 +68,7 @@ def _messages(pool: ScanPool, count: int, tag: str) -> list[bytes]:
     return out
 
 
-def _steps(db: Path, model: str) -> list[tuple[str, Step]]:
+def flagship_steps(db: Path, model: str) -> list[tuple[str, Step]]:
     return [
         ("decode", DecodeDicomStep(None, DEFAULT_LIMITS, "egg_id", NO_MAPPING)),
         ("preprocess", PreprocessStep()),
@@ -79,27 +80,38 @@ def _steps(db: Path, model: str) -> list[tuple[str, Step]]:
 def _loop(
     pool: ScanPool, count: int, tag: str, db: Path, barrier: Any, *, model: str = MODEL
 ) -> CeilingRun:
-    messages = _messages(pool, count, tag)
-    steps = _steps(db, model)
-    warm = [parse(m) for m in _messages(pool, BATCH, tag + "w")]
-    for _, step in steps:  # warm-up: first ONNX run, SQLite pages, imports
-        warm = [o for o in step.process(warm) if isinstance(o, Envelope)]
-    spent = dict.fromkeys(("parse", *STEPS), 0.0)
+    messages = scan_messages(pool, count, tag)
+    steps = flagship_steps(db, model)
+    time_steps(steps, scan_messages(pool, BATCH, tag + "w"), BATCH)  # first ONNX run, pages
     if barrier is not None:
         barrier.wait()
     started = time.perf_counter()
-    for first in range(0, count, BATCH):
-        at = time.perf_counter()
-        batch: list[Any] = [parse(m) for m in messages[first : first + BATCH]]
-        spent["parse"] += time.perf_counter() - at
-        for name, step in steps:
-            at = time.perf_counter()
-            batch = step.process(batch)
-            spent[name] += time.perf_counter() - at
+    spent = time_steps(steps, messages, BATCH)
     seconds = time.perf_counter() - started
     for _, step in steps:
         step.close()
-    return CeilingRun(count, seconds, {k: v / count * 1e6 for k, v in spent.items()})
+    return CeilingRun(count, seconds, spent)
+
+
+def time_steps(
+    steps: list[tuple[str, Step]],
+    messages: list[bytes],
+    size: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """``messages`` through ``steps`` in batches of ``size``, each step's output the next
+    one's input (only envelopes go on); µs per message of parsing and of each step, on
+    ``clock``."""
+    spent = dict.fromkeys(["parse", *(name for name, _ in steps)], 0.0)
+    for first in range(0, len(messages), size):
+        at = clock()
+        batch: list[Any] = [parse(m) for m in messages[first : first + size]]
+        spent["parse"] += clock() - at
+        for name, step in steps:
+            at = clock()
+            batch = [out for out in step.process(batch) if isinstance(out, Envelope)]
+            spent[name] += clock() - at
+    return {name: seconds / len(messages) * 1e6 for name, seconds in spent.items()}
 
 
 def _child(

@@ -21,14 +21,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from flagship_ceiling import _messages, _steps
+from flagship_ceiling import flagship_steps, scan_messages, time_steps
 
 from inferstream.apps.eggs.domain import EggGuardStep, load_domain
 from inferstream.apps.eggs.int8_card import INT8_MODEL
 from inferstream.apps.eggs.simulator import ScanPool
-from inferstream.envelope import Envelope, parse
 from inferstream.steps import Step
 
 BASELINE = 64
@@ -36,23 +34,9 @@ BASELINE = 64
 
 def stage_steps(db: Path) -> list[tuple[str, Step]]:
     """The classify stage's steps in order, then the store stage's."""
-    decode, preprocess, classify, store = _steps(db, INT8_MODEL)
+    decode, preprocess, classify, store = flagship_steps(db, INT8_MODEL)
     guard = ("guard", EggGuardStep(load_domain("egg_domain")))
     return [decode, preprocess, guard, classify, store]
-
-
-def one_pass(steps: list[tuple[str, Step]], messages: list[bytes], size: int) -> dict[str, float]:
-    """CPU µs per scan of parsing and of each step, all ``messages`` in batches of ``size``."""
-    spent = dict.fromkeys(["parse", *(name for name, _ in steps)], 0.0)
-    for first in range(0, len(messages), size):
-        at = time.thread_time()
-        batch: list[Any] = [parse(m) for m in messages[first : first + size]]
-        spent["parse"] += time.thread_time() - at
-        for name, step in steps:
-            at = time.thread_time()
-            batch = [out for out in step.process(batch) if isinstance(out, Envelope)]
-            spent[name] += time.thread_time() - at
-    return {name: seconds / len(messages) * 1e6 for name, seconds in spent.items()}
 
 
 def main() -> None:
@@ -66,13 +50,13 @@ def main() -> None:
     pool = ScanPool.build(256)
     with tempfile.TemporaryDirectory() as tmp:
         steps = stage_steps(Path(tmp) / "results.db")
-        one_pass(steps, _messages(pool, 2 * BASELINE, "warm"), BASELINE)  # first runs
+        time_steps(steps, scan_messages(pool, 2 * BASELINE, "warm"), BASELINE)  # first runs
         found: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
         for round_ in range(args.rounds):
             for size in sizes:
                 # Fresh ids every pass: the store really inserts, as in a worker.
-                messages = _messages(pool, args.scans, f"r{round_}b{size}")
-                found[size].append(one_pass(steps, messages, size))
+                messages = scan_messages(pool, args.scans, f"r{round_}b{size}")
+                found[size].append(time_steps(steps, messages, size, time.thread_time))
         for _, step in steps:
             step.close()
     medians = {

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inferstream.api.auth import KEY_PREFIX, Principal, check_tenant_ok, client_address, require
+from inferstream.api.auth import Principal, check_tenant_ok, client_address, is_api_key, require
 from inferstream.api.permissions import roles_for
 from inferstream.api.services import Services, services_of
 from inferstream.envelope import now_us
@@ -143,7 +143,7 @@ def _claim(credential: str) -> tuple[str, str, str] | None:
     """Who a credential says it is, without checking it."""
     if not credential:
         return None
-    if credential.startswith(f"{KEY_PREFIX}."):
+    if is_api_key(credential):
         parts = credential.split(".")
         return (parts[1], f"key:{parts[2]}", "claimed key") if len(parts) == 4 else None
     try:

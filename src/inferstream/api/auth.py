@@ -233,10 +233,10 @@ async def authenticate(
         raise Unauthorized("no credentials; send X-API-Key or Authorization: Bearer <token>")
     services, source = services_of(request), client_address(request)
     principal: Principal | None
-    if not presented.startswith(f"{KEY_PREFIX}."):
-        principal = principal_from_token(presented, services.settings)
-    else:
+    if is_api_key(presented):
         principal = _known_key(services, presented, source)
+    else:
+        principal = principal_from_token(presented, services.settings)
     if principal is None:
         principal = await run_in_threadpool(
             sign_in_with_key, services.throttle, services.keys, presented, source
@@ -282,12 +282,17 @@ def principal_for(services: Services, credential: str, source: str) -> Principal
     live WebSocket calls ``principal_for(services_of(websocket), token, address)`` and
     then checks ``principal.role`` against its row of the permission matrix.
     """
-    if credential.startswith(f"{KEY_PREFIX}."):
+    if is_api_key(credential):
         principal = sign_in_with_key(services.throttle, services.keys, credential, source)
     else:
         principal = principal_from_token(credential, services.settings)
     services.limiter.take(f"{principal.tenant}/{principal.subject}")
     return principal
+
+
+def is_api_key(credential: str) -> bool:
+    """An API key (``isk.<tenant>.<key id>.<secret>``), not a bearer token."""
+    return credential.startswith(f"{KEY_PREFIX}.")
 
 
 def require(*roles: Role) -> Callable[..., Awaitable[Principal]]:

@@ -18,6 +18,7 @@ from inferstream.apps.eggs.phantom import generate
 from inferstream.apps.eggs.preprocess import preprocess_batch
 from inferstream.blobs import LocalBlobStore
 from inferstream.classify import load_model
+from inferstream.errors import ConfigError
 from inferstream.registry import ADOPTER, ModelRegistry
 from inferstream.store import ResultsStore
 
@@ -129,3 +130,7 @@ def test_remeasure_rewrites_the_throughput_record_and_the_card(tmp_path: Path) -
     assert f"| 64 | {row['fp32']:,} | {row['int8']:,} | {row['ratio']:.2f} |" in text
     # The shipped record is untouched.
     assert json.loads(INT8.with_suffix(".json").read_text())["throughput"]["batch_1"]["fp32"] > 0
+    # Without an int8 model there is nothing to measure: it says how to make one.
+    (models / f"{INT8_MODEL}.onnx").unlink()
+    with pytest.raises(ConfigError, match=r"python -m inferstream\.apps\.eggs\.quantize"):
+        remeasure(models, card, rounds=1)

@@ -107,5 +107,5 @@ def test_stamping_replaces_every_placeholder_in_place(pool: ScanPool) -> None:
         assert EGG_PLACEHOLDER.encode() not in data and TRAY_PLACEHOLDER.encode() not in data
         assert egg_id.encode() in data and scanner.encode() in data
     # A value that would change an element's length is refused, not written.
-    with pytest.raises(ConfigError, match="widths"):
+    with pytest.raises(ConfigError, match="must be as long"):
         stamp(pool.scans[0], 1, "r001", "SCANNER-100")

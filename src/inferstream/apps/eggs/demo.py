@@ -100,7 +100,7 @@ def notes(summary: Summary) -> list[str]:
         rate = 0.8 * summary.throughput_per_s
         found.append(
             f"the pipeline stored {summary.throughput_per_s:.0f} scans/s of the "
-            f"{summary.offered_rate_per_s:.0f}/s offered: it fell behind, so the latency "
+            f"{offered:.0f}/s offered: it fell behind, so the latency "
             "above is mostly scans waiting in the backlog. To see its latency at a load "
             f"this machine carries, run again with --rate {rate:.0f}"
         )

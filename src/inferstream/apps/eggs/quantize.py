@@ -299,9 +299,15 @@ def remeasure(models: Path, card: Path, rounds: int = ROUNDS) -> dict[str, Any]:
     rewrite the int8 model's ``.json`` record of it and the model card."""
     fp32 = load_model(models / f"{FP32_MODEL}.onnx")
     int8_path = models / f"{INT8_MODEL}.onnx"
+    if not int8_path.is_file():
+        raise ConfigError(
+            f"no int8 model to measure in {models}: make it first with "
+            "python -m inferstream.apps.eggs.quantize"
+        )
+    int8 = load_model(int8_path)
     meta = json.loads(int8_path.with_suffix(".json").read_text())
     sample = _speed_sample(QuantizeConfig.held_out_seed)
-    meta["throughput"] = _throughput_record(fp32, load_model(int8_path), sample, rounds)
+    meta["throughput"] = _throughput_record(fp32, int8, sample, rounds)
     int8_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     _write_card(fp32, card, models)
     return dict(meta["throughput"])

@@ -110,12 +110,16 @@ def stamp(scan: PoolScan, number: int, run: str, scanner: str) -> tuple[bytes, s
     egg_id = f"EGG-{run}{number:08d}"[: len(EGG_PLACEHOLDER)].ljust(len(EGG_PLACEHOLDER), "0")
     tray = f"TRAY-{number // EGGS_PER_TRAY:08d}"
     values = (egg_id.encode(), tray.encode(), scanner.encode())
-    if any(len(value) != len(old) for value, old in zip(values, _stamped(scan), strict=True)):
-        raise ConfigError(f"stamped values {values} must keep the widths of {_stamped(scan)}")
     data = memoryview(scan.dicom)  # slices of it are not copies; the join copies once
     parts: list[bytes | memoryview] = []
     at = 0
     for start, end, which in _slots(scan):
+        if len(values[which]) != end - start:  # a DICOM element's length would be wrong
+            raise ConfigError(
+                f"cannot stamp {values[which].decode()!r} over "
+                f"{scan.dicom[start:end].decode()!r} in a pool scan: the two must be as long; "
+                "use scanner names of the pool's width (SCANNER-01..99) and fewer than 10^8 trays"
+            )
         parts += (data[at:start], values[which])
         at = end
     parts.append(data[at:])
