@@ -23,6 +23,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -93,11 +94,31 @@ def _cpu_s(proc: psutil.Process | None) -> float:
     return float(times.user + times.system)
 
 
-def _latencies(store: ResultsStore) -> list[tuple[int, float]]:
+@dataclass(frozen=True)
+class Row:
+    """One stored scan: its creation, end-to-end latency and where that time went."""
+
+    created_us: int
+    ms: float
+    #: Creation to the end of the classify stage's batch (queueing on scans.raw included).
+    classified_ms: float
+    #: From there to the row's storing (scans.predicted, the store stage's batch).
+    stored_ms: float
+
+
+def _latencies(store: ResultsStore) -> list[Row]:
     c = records.c
-    stmt = select(c.created_at_us, c.latency_ms).where(c.tenant == TENANT)
+    stmt = select(c.created_at_us, c.latency_ms, c.stored_at_us, c.lineage).where(
+        c.tenant == TENANT
+    )
+    rows = []
     with store.engine.connect() as conn:
-        return [(int(created), float(ms)) for created, ms in conn.execute(stmt)]
+        for created, ms, stored, lineage in conn.execute(stmt):
+            steps = json.loads(lineage) if isinstance(lineage, str) else lineage
+            done = int(steps[0]["at_us"]) if steps else int(stored)
+            rows.append(Row(int(created), float(ms), (done - created) / 1000,
+                            (stored - done) / 1000))  # fmt: skip
+    return rows
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -107,19 +128,48 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _report(rows: list[tuple[int, float]], cuts_us: tuple[int, int], cpu: list[float]) -> None:
+def _report(rows: list[Row], cuts_us: tuple[int, int], cpu: list[float]) -> None:
     login_us, settled_us = cuts_us
     groups = {
-        "before the login (baseline)": [ms for at, ms in rows if at < login_us],
-        "first window after it": [ms for at, ms in rows if login_us <= at < settled_us],
-        "the rest, connected": [ms for at, ms in rows if at >= settled_us],
+        "before the login (baseline)": [r for r in rows if r.created_us < login_us],
+        "first window after it": [r for r in rows if login_us <= r.created_us < settled_us],
+        "the rest, connected": [r for r in rows if r.created_us >= settled_us],
     }
     print(f"{'scans created':30} {'count':>6} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-          f"{'API CPU %':>9}")  # fmt: skip
-    for (name, values), share in zip(groups.items(), cpu, strict=True):
+          f"{'API CPU %':>9}  {'classified p50/p99':>18}  {'then stored p50/p99':>19}")  # fmt: skip
+    for (name, group), share in zip(groups.items(), cpu, strict=True):
+        values = [r.ms for r in group]
         top = max(values) if values else float("nan")
+        parts = "  ".join(
+            f"{_pct(v, 0.5):8.1f} /{_pct(v, 0.99):8.1f}"
+            for v in ([r.classified_ms for r in group], [r.stored_ms for r in group])
+        )
         print(f"{name:30} {len(values):6d} {_pct(values, 0.5):8.1f} {_pct(values, 0.99):8.1f} "
-              f"{top:8.1f} {share:9.0f}")  # fmt: skip
+              f"{top:8.1f} {share:9.0f}  {parts}")  # fmt: skip
+    _worst_seconds(rows)
+
+
+def _worst_seconds(rows: list[Row], show: int = 5) -> None:
+    """The seconds (by creation) with the slowest scans: a tail made of a few stalls shows
+    as a few bad seconds, one spread evenly as many alike."""
+    if not rows:
+        return
+    start = min(r.created_us for r in rows)
+    by_second: dict[int, list[Row]] = {}
+    for row in rows:
+        by_second.setdefault((row.created_us - start) // 1_000_000, []).append(row)
+    worst = sorted(by_second.items(), key=lambda kv: -max(r.ms for r in kv[1]))[:show]
+    p99 = _pct([r.ms for r in rows], 0.99)
+    over = sum(1 for r in rows if r.ms > p99)
+    seconds = len({(r.created_us - start) // 1_000_000 for r in rows if r.ms > p99})
+    print(f"the {over} scans over the p99 ({p99:.1f} ms) were created in {seconds} of "
+          f"{len(by_second)} seconds; the worst seconds:")  # fmt: skip
+    for second, group in sorted(worst):
+        slow = max(group, key=lambda r: r.ms)
+        print(
+            f"  s {second:3d}: max {slow.ms:7.1f} ms (classified {slow.classified_ms:6.1f}, "
+            f"then stored {slow.stored_ms:6.1f}), p50 {_pct([r.ms for r in group], 0.5):6.1f}"
+        )
 
 
 def main() -> None:

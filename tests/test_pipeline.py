@@ -52,6 +52,35 @@ def test_a_good_file_loads_with_every_setting(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("bus", "blobs", "expected"),
+    [
+        ("sqlite:///{tmp}/bus.db", "file://{tmp}/blobs", 16 * 1024),
+        ("kafka://127.0.0.1:9092", "file://{tmp}/blobs", 256 * 1024),
+        ("sqlite:///{tmp}/bus.db", "s3://bucket/blobs", 256 * 1024),
+    ],
+)
+def test_the_claim_check_size_defaults_by_the_bus_and_blobs_in_use(
+    tmp_path: Path, bus: str, blobs: str, expected: int
+) -> None:
+    text = GOOD.replace("claim_check_kb: 64\n", f"blobs: {blobs}\n").replace(
+        "bus: sqlite:///{tmp}/bus.db", f"bus: {bus}"
+    )
+    spec = load_pipeline(write(tmp_path, text))
+    assert spec.claim_check_kb is None
+    assert spec.claim_check_bytes == expected
+    # Worked out from the URLs in use: a command-line override changes it too.
+    on_kafka = spec.with_urls(bus="kafka://127.0.0.1:9092")
+    assert on_kafka.claim_check_bytes == 256 * 1024
+    # A size the file sets holds whatever the URLs.
+    assert (
+        load_pipeline(write(tmp_path, GOOD))
+        .with_urls(bus="kafka://127.0.0.1:9092")
+        .claim_check_bytes
+        == 64 * 1024
+    )
+
+
+@pytest.mark.parametrize(
     ("edit", "message"),
     [
         (("steps: [passthrough]", "steps: [pasthrough]"), "unknown step 'pasthrough'"),

@@ -84,7 +84,7 @@ def test_a_scan_above_the_claim_check_size_travels_as_a_blob_and_is_classified(
     from inferstream.envelope import parse
     from inferstream.testing import pipeline_threads
 
-    small = dataclasses.replace(spec, claim_check_bytes=1024)
+    small = dataclasses.replace(spec, claim_check_kb=1)
     settings = ApiSettings(pipeline=small, ingest_topic="scans.raw", jwt_secret=JWT_SECRET)
     [egg] = make_specs(1, seed=21)
     dicom = to_dicom_bytes(render_batch([egg])[0], egg)

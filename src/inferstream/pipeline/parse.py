@@ -20,7 +20,6 @@ from inferstream.pipeline.operators import idle_ms, parse_join, parse_window
 from inferstream.pipeline.spec import (
     DEFAULT_BLOBS,
     DEFAULT_BUS,
-    DEFAULT_CLAIM_CHECK_BYTES,
     DEFAULT_STORE,
     BatchSettings,
     PipelineSpec,
@@ -358,8 +357,9 @@ def parse_pipeline(raw: Mapping[str, Any], file: Path) -> PipelineSpec:
         bus=str(raw.get("bus") or DEFAULT_BUS),
         store=str(raw.get("store") or DEFAULT_STORE),
         blobs=str(raw.get("blobs") or DEFAULT_BLOBS),
-        claim_check_bytes=1024
-        * _positive_int(raw, "claim_check_kb", DEFAULT_CLAIM_CHECK_BYTES // 1024, where),
+        claim_check_kb=(
+            _positive_int(raw, "claim_check_kb", 1, where) if "claim_check_kb" in raw else None
+        ),
         max_clock_skew_s=_max_clock_skew(raw, where),
         source=file,
         promotions=_parse_promotions(raw.get("promotion"), file),

@@ -28,6 +28,14 @@ DEFAULT_BUS = "sqlite:///.inferstream/bus.db"
 DEFAULT_STORE = "sqlite:///.inferstream/results.db"
 DEFAULT_BLOBS = "file://.inferstream/blobs"
 DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
+#: The claim-check size on the embedded bus with a local blob folder. Every byte in the
+#: embedded bus's log is written twice (the log, then the file) and fills the log whose
+#: restarts hold every writer while they sync (60-80 ms, every 3 s at 1,200 scans/s of
+#: 33 KB), while a blob read back from a local folder costs microseconds: the flagship's
+#: p99 at 1,000 scans/s went from 50-53 ms to 19-29 ms (docs/benchmarks.md, "Scans out
+#: of the embedded bus's log"). On Kafka, or with blobs behind a network, a read costs
+#: a request and the log takes big messages in its stride: the default stays.
+LOCAL_CLAIM_CHECK_BYTES = 16 * 1024
 #: How long a caught-up input of a join or window stays quiet before it counts as idle.
 DEFAULT_IDLE_MS = 1000.0
 
@@ -173,8 +181,9 @@ class PipelineSpec:
     bus: str = DEFAULT_BUS
     store: str = DEFAULT_STORE
     blobs: str = DEFAULT_BLOBS
-    #: Payloads larger than this travel as a claim check (blob reference), not inline.
-    claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES
+    #: ``claim_check_kb`` as the file sets it; None for the default of its URLs (see
+    #: :attr:`claim_check_bytes`).
+    claim_check_kb: int | None = None
     #: How far ahead of the ingesting host's clock a producer's event time may be, at the
     #: API and at ``check_ingest`` (:mod:`inferstream.event_time`); further is refused.
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
@@ -188,6 +197,18 @@ class PipelineSpec:
     promotions: tuple[PromotionSpec, ...] = ()
     #: Models retrained while the pipeline runs (a trainer process beside the workers).
     retraining: tuple[RetrainSpec, ...] = ()
+
+    @property
+    def claim_check_bytes(self) -> int:
+        """Payloads larger than this travel as a claim check (a blob reference), not
+        inline: ``claim_check_kb`` if the file sets it, else
+        :data:`LOCAL_CLAIM_CHECK_BYTES` on the embedded bus with a local blob folder and
+        :data:`DEFAULT_CLAIM_CHECK_BYTES` otherwise (worked out from the URLs in use,
+        command-line overrides included)."""
+        if self.claim_check_kb is not None:
+            return self.claim_check_kb * 1024
+        local = self.bus.startswith("sqlite:") and self.blobs.startswith("file:")
+        return LOCAL_CLAIM_CHECK_BYTES if local else DEFAULT_CLAIM_CHECK_BYTES
 
     def application(self) -> AppSpec | None:
         """The application the pipeline serves, with this file's settings of it; None

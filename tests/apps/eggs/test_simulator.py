@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from inferstream.apps.eggs.simulator import (
     SendingStopped,
     stamp,
 )
+from inferstream.blobs import LocalBlobStore, payload_bytes
 from inferstream.bus import open_bus
-from inferstream.envelope import parse
+from inferstream.envelope import BlobRef, parse
 from inferstream.errors import BusFullError, ConfigError
 
 
@@ -51,6 +53,33 @@ def test_emitted_scans_are_valid_dicom_with_their_own_ids(pool: ScanPool, tmp_pa
     assert set(emission.truth) == {e.id for e in envs}
     assert set(emission.truth.values()) <= {"female", "male", "not_developing"}
     assert all(e.tenant == "farm" for e in envs)
+
+
+@pytest.mark.parametrize("threshold", [16 * 1024, 256 * 1024])
+def test_scans_are_kept_as_blobs_and_claim_checked_above_the_size(
+    pool: ScanPool, tmp_path: Path, threshold: int
+) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    bus.create_topic("scans.raw", 2)
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    sim = ScannerSimulator(bus, "scans.raw", pool, rate=1e6, tenant="farm", run="t003",
+                           blobs=blobs, claim_check_bytes=threshold)  # fmt: skip
+    emission = sim.emit(40)
+    consumer = bus.consumer("check", ["scans.raw"])
+    messages = []
+    while len(messages) < 40:
+        messages += consumer.poll_batch(100, 0.5)
+    bus.close()
+    envs = [parse(m.value) for m in messages]
+    assert {e.id for e in envs} == set(emission.truth)
+    for env in envs:
+        data = payload_bytes(env, blobs)  # read back from the store when claim-checked
+        assert decode(data).egg_id == env.attributes["egg_id"]
+        assert env.attributes["blob_sha256"] == hashlib.sha256(data).hexdigest()
+        assert blobs.get(BlobRef(uri="", sha256=env.attributes["blob_sha256"], size=len(data)),
+                         "farm") == data  # fmt: skip
+        body = env.payload.WhichOneof("body")
+        assert body == ("blob" if len(data) > threshold else "inline"), (len(data), threshold)
 
 
 def test_a_full_bus_stops_the_scanners_with_the_truth_of_what_it_accepted(

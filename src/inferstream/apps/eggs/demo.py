@@ -27,6 +27,7 @@ from pathlib import Path
 
 from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool, SendingStopped
+from inferstream.blob_crypto import open_blobs
 from inferstream.bus import open_bus
 from inferstream.envelope import new_id, now_us
 from inferstream.errors import BusFullError, ConfigError, InferstreamError
@@ -164,7 +165,8 @@ def _wait_ready(
     has scored one. The run's scans then meet workers that are warm and have all joined
     their group: a replica joining late moved partitions in the run's first second and
     its first batch waited for its start-up (p99 over 200 ms in a 15 s run)."""
-    warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm")
+    warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm",
+                            blobs=sim.blobs, claim_check_bytes=sim.claim_check_bytes)  # fmt: skip
     since = ResultFilter(since_us=now_us())
     emission, sent, scorers = Emission(started=time.monotonic()), 0, set[str]()
     deadline = time.monotonic() + 120
@@ -345,8 +347,9 @@ def run_demo(settings: DemoSettings) -> Summary:
     proc = start_pipeline(spec, settings.serve)
     try:
         sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
-                               tenant=settings.tenant, run=run,
-                               scanners=settings.scanners)  # fmt: skip
+                               tenant=settings.tenant, run=run, scanners=settings.scanners,
+                               blobs=open_blobs(spec.blobs, store),
+                               claim_check_bytes=spec.claim_check_bytes)  # fmt: skip
         print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
         _wait_ready(sim, store, proc, spec.stage(SCORING_STAGE).replicas)
         if settings.serve:
