@@ -22,6 +22,7 @@ envelopes do not change when a key does, and a read is checked after it is unsea
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import os
@@ -35,7 +36,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from inferstream.envelope import BlobRef, Envelope
-from inferstream.errors import BlobError, ConfigError, InferstreamError
+from inferstream.errors import BlobError, BlobStoreFullError, ConfigError, InferstreamError
 
 DEFAULT_THRESHOLD = 256 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -148,6 +149,10 @@ class LocalBlobStore:
         try:
             write_whole(path, data)
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BlobStoreFullError(
+                    f"the blob store's disk is full: could not write {path}: {exc}"
+                ) from exc
             raise BlobError(f"could not write blob to {path}: {exc}") from exc
 
     def get(self, ref: BlobRef, tenant: str) -> bytes:

@@ -58,6 +58,11 @@ class BlobError(InferstreamError):
     """A claim-check payload could not be stored, found or verified."""
 
 
+class BlobStoreFullError(BlobError):
+    """The blob store's disk is full: a blob could not be written. Space freed there
+    lets the same put succeed; a producer with nobody to wait for it stops instead."""
+
+
 class TenantShredded(BlobError):
     """The tenant's blob data keys were deleted (crypto-shredded): its encrypted blobs
     can never be read again, and no new ones are written. The API answers 410 Gone."""

@@ -20,7 +20,7 @@ from inferstream.apps.eggs.simulator import (
 from inferstream.blobs import LocalBlobStore, payload_bytes
 from inferstream.bus import open_bus
 from inferstream.envelope import BlobRef, parse
-from inferstream.errors import BusFullError, ConfigError
+from inferstream.errors import BlobStoreFullError, BusFullError, ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,26 @@ def test_a_full_bus_stops_the_scanners_with_the_truth_of_what_it_accepted(
         with pytest.raises(SendingStopped) as caught:
             sim.emit(1000)  # ~33 MB of scans for a 4 MB disk
         assert isinstance(caught.value.cause, BusFullError)
+        accepted = caught.value.emission.truth
+        assert 0 < len(accepted) < 1000
+        assert sum(p.high - p.low for p in bus.partitions("scans.raw")) == len(accepted)
+    finally:
+        bus.close()
+
+
+def test_a_full_blob_disk_stops_the_scanners_with_the_truth_of_what_the_bus_took(
+    pool: ScanPool, tmp_path: Path, small_disk: Path
+) -> None:
+    bus = open_bus(f"sqlite:///{tmp_path / 'bus.db'}")
+    try:
+        bus.create_topic("scans.raw", 2)
+        sim = ScannerSimulator(bus, "scans.raw", pool, rate=2000, tenant="farm", run="t004",
+                               blobs=LocalBlobStore(small_disk / "blobs"),
+                               claim_check_bytes=16 * 1024)  # fmt: skip
+        with pytest.raises(SendingStopped) as caught:
+            sim.emit(1000)  # ~33 MB of scans for a 4 MB disk
+        assert isinstance(caught.value.cause, BlobStoreFullError)
+        assert "disk is full" in str(caught.value.cause)
         accepted = caught.value.emission.truth
         assert 0 < len(accepted) < 1000
         assert sum(p.high - p.low for p in bus.partitions("scans.raw")) == len(accepted)

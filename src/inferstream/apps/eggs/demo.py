@@ -30,7 +30,7 @@ from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool
 from inferstream.blob_crypto import open_blobs
 from inferstream.bus import open_bus
 from inferstream.envelope import new_id, now_us
-from inferstream.errors import BusFullError, ConfigError, InferstreamError
+from inferstream.errors import BlobStoreFullError, BusFullError, ConfigError, InferstreamError
 from inferstream.examples import fresh_workdir, stop_processes
 from inferstream.host_cpu import HostCpu
 from inferstream.pipeline import PipelineSpec, load_pipeline
@@ -357,7 +357,7 @@ def run_demo(settings: DemoSettings) -> Summary:
         if settings.serve and login:
             print(f"dashboard: http://{settings.serve}/dashboard  (log in as {login[0]}, "
                   f"password {login[1]})")  # fmt: skip
-        summary = _send_and_summarise(sim, store, settings, spec.bus)
+        summary = _send_and_summarise(sim, store, settings, spec)
         if settings.linger:
             _linger(proc, settings.serve)
     finally:
@@ -368,12 +368,12 @@ def run_demo(settings: DemoSettings) -> Summary:
 
 
 def _send_and_summarise(
-    sim: ScannerSimulator, store: ResultsStore, settings: DemoSettings, bus: str
+    sim: ScannerSimulator, store: ResultsStore, settings: DemoSettings, spec: PipelineSpec
 ) -> Summary:
     """Send the scans, wait for their results and print the summary.
 
-    When the bus refuses scans the sending stops; the summary still counts what the
-    bus accepted, and only then the error saying why is raised.
+    When the bus or the blob store refuses scans the sending stops; the summary still
+    counts what the bus accepted, and only then the error saying why is raised.
     """
     print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
     progress = Progress(store, settings.tenant, settings.scans)
@@ -403,19 +403,25 @@ def _send_and_summarise(
             print(f"the hatch results could not be recorded: {exc}")
     _report(summary, settings.summary_json)
     if stopped is not None:
-        raise _cut_short(stopped, bus, settings.scans)
+        raise _cut_short(stopped, spec, settings.scans)
     return summary
 
 
-def _cut_short(stopped: SendingStopped, bus: str, total: int) -> InferstreamError:
-    """The error ending a run whose scans the bus refused, with what to do."""
-    if not isinstance(stopped.cause, BusFullError):
-        return stopped
-    return BusFullError(
-        f"the bus's disk is full ({bus}): the scanners stopped after "
-        f"{len(stopped.emission.truth)} of {total} scans; free space there, or run again "
-        "with --workdir (or --bus) on a bigger disk"
-    )
+def _cut_short(stopped: SendingStopped, spec: PipelineSpec, total: int) -> InferstreamError:
+    """The error ending a run whose scans the bus or the blob store refused, with what
+    to do."""
+    sent = f"the scanners stopped after {len(stopped.emission.truth)} of {total} scans"
+    if isinstance(stopped.cause, BusFullError):
+        return BusFullError(
+            f"the bus's disk is full ({spec.bus}): {sent}; free space there, or run again "
+            "with --workdir (or --bus) on a bigger disk"
+        )
+    if isinstance(stopped.cause, BlobStoreFullError):
+        return BlobStoreFullError(
+            f"the blob store's disk is full ({spec.blobs}): {sent}; free space there, or "
+            "run again with --workdir on a bigger disk"
+        )
+    return stopped
 
 
 def _linger(proc: subprocess.Popen[bytes], serve: str | None) -> None:

@@ -30,7 +30,7 @@ from inferstream.apps.eggs.phantom import (
 from inferstream.blobs import BlobStore
 from inferstream.bus import Bus, Record
 from inferstream.envelope import Envelope, new_envelope
-from inferstream.errors import BusError, ConfigError, InferstreamError
+from inferstream.errors import BlobError, BusError, ConfigError, InferstreamError
 from inferstream.pipeline.spec import DEFAULT_CLAIM_CHECK_BYTES
 
 EGG_PLACEHOLDER = "EGG-############"
@@ -100,9 +100,10 @@ class Emission:
 
 
 class SendingStopped(InferstreamError):
-    """The bus refused a batch, so the scanners stopped; ``emission`` is what it accepted."""
+    """The bus (or the blob store) refused a batch, so the scanners stopped;
+    ``emission`` is what the bus accepted."""
 
-    def __init__(self, emission: Emission, cause: BusError) -> None:
+    def __init__(self, emission: Emission, cause: BusError | BlobError) -> None:
         super().__init__(f"the scanners stopped after {len(emission.truth)} scans: {cause}")
         self.emission = emission
         self.cause = cause
@@ -197,7 +198,7 @@ class ScannerSimulator:
             if due > sent:
                 try:
                     self.send_batch(out, sent, min(due, sent + 1000))
-                except BusError as exc:
+                except (BusError, BlobError) as exc:
                     out.finished = time.monotonic()
                     raise SendingStopped(out, exc) from exc
                 sent = min(due, sent + 1000)
