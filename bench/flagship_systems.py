@@ -29,7 +29,6 @@ from inferstream.api.accounts import Accounts
 from inferstream.api.auth import issue_key
 from inferstream.apps.eggs.demo import DemoSettings, fresh_workdir, pipeline_spec, start_pipeline
 from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool, stamp
-from inferstream.blob_crypto import open_blobs
 from inferstream.bus import Bus, open_bus
 from inferstream.envelope import new_id, now_us
 from inferstream.runner import ensure_topics
@@ -127,7 +126,6 @@ class BusPipeline(System):
         self.bus: Bus = open_bus(spec.bus)
         ensure_topics(self.bus, spec)
         self.store = ResultsStore(spec.store)
-        self.blobs = open_blobs(spec.blobs, self.store)
         self.prepare()
         self.spec = spec
         self.resume()
@@ -150,8 +148,7 @@ class BusPipeline(System):
 
     def offer(self, tenant: str, rate: float, count: int) -> None:
         sim = ScannerSimulator(self.bus, "scans.raw", self.pool, rate=rate, tenant=tenant,
-                               run=new_id(), scanners=SCANNERS, blobs=self.blobs,
-                               claim_check_bytes=self.spec.claim_check_bytes)  # fmt: skip
+                               run=new_id(), scanners=SCANNERS)  # fmt: skip
         # The simulator's own emit() catches up in batches of up to 1,000 scans (33 MB in
         # one bus transaction), which under overload holds the embedded bus's write lock
         # long enough to starve the workers; a fleet of scanners sends small batches.

@@ -4,13 +4,14 @@ the tenant, checked against the digest on every read, and a read names the tenan
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from blob_worlds import BlobWorld
 
-from inferstream.blobs import check_in, content_key, payload_bytes
+from inferstream.blobs import LocalBlobStore, check_in, content_key, payload_bytes
 from inferstream.envelope import BlobRef, new_envelope
-from inferstream.errors import BlobError
+from inferstream.errors import BlobError, BlobStoreFullError
 
 
 def test_bytes_are_kept_under_their_digest_in_the_tenants_folder(blob_world: BlobWorld) -> None:
@@ -58,3 +59,18 @@ def test_a_claim_check_carries_the_reference_and_reads_back(blob_world: BlobWorl
     assert [e.payload.WhichOneof("body") for e in checked] == ["blob", "inline"]
     assert checked[0].payload.blob.uri.startswith(store.url + "/farm/")
     assert [payload_bytes(e, store) for e in checked] == [big, small]
+
+
+def test_a_full_disk_is_told_apart_and_space_freed_lets_the_put_succeed(small_disk: Path) -> None:
+    store = LocalBlobStore(small_disk / "blobs")
+    kept: list[BlobRef] = []
+    with pytest.raises(BlobStoreFullError, match="disk is full") as full:
+        for number in range(200):  # 200 x 64 KB for a 4 MB disk
+            kept.append(store.put(number.to_bytes(4, "big") * 16384, "farm"))
+    assert isinstance(full.value, BlobError)  # the API answers 503 for it, as for any
+    assert 0 < len(kept) < 200
+    assert not list((small_disk / "blobs").rglob(".tmp-*"))  # no half-written file left
+    store.delete(kept[0].sha256, "farm")
+    store.delete(kept[1].sha256, "farm")
+    data = len(kept).to_bytes(4, "big") * 16384
+    assert store.get(store.put(data, "farm"), "farm") == data

@@ -27,10 +27,9 @@ from pathlib import Path
 
 from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.simulator import Emission, ScannerSimulator, ScanPool, SendingStopped
-from inferstream.blob_crypto import open_blobs
 from inferstream.bus import open_bus
 from inferstream.envelope import new_id, now_us
-from inferstream.errors import BlobStoreFullError, BusFullError, ConfigError, InferstreamError
+from inferstream.errors import BusFullError, ConfigError, InferstreamError
 from inferstream.examples import fresh_workdir, stop_processes
 from inferstream.host_cpu import HostCpu
 from inferstream.pipeline import PipelineSpec, load_pipeline
@@ -165,8 +164,7 @@ def _wait_ready(
     has scored one. The run's scans then meet workers that are warm and have all joined
     their group: a replica joining late moved partitions in the run's first second and
     its first batch waited for its start-up (p99 over 200 ms in a 15 s run)."""
-    warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm",
-                            blobs=sim.blobs, claim_check_bytes=sim.claim_check_bytes)  # fmt: skip
+    warm = ScannerSimulator(sim.bus, sim.topic, sim.pool, rate=1e6, tenant="warm-up", run="warm")
     since = ResultFilter(since_us=now_us())
     emission, sent, scorers = Emission(started=time.monotonic()), 0, set[str]()
     deadline = time.monotonic() + 120
@@ -347,9 +345,8 @@ def run_demo(settings: DemoSettings) -> Summary:
     proc = start_pipeline(spec, settings.serve)
     try:
         sim = ScannerSimulator(bus, "scans.raw", pool, rate=settings.rate,
-                               tenant=settings.tenant, run=run, scanners=settings.scanners,
-                               blobs=open_blobs(spec.blobs, store),
-                               claim_check_bytes=spec.claim_check_bytes)  # fmt: skip
+                               tenant=settings.tenant, run=run,
+                               scanners=settings.scanners)  # fmt: skip
         print(f"starting pipeline {spec.name!r} (bus {spec.bus}, store {spec.store})...")
         _wait_ready(sim, store, proc, spec.stage(SCORING_STAGE).replicas)
         if settings.serve:
@@ -357,7 +354,7 @@ def run_demo(settings: DemoSettings) -> Summary:
         if settings.serve and login:
             print(f"dashboard: http://{settings.serve}/dashboard  (log in as {login[0]}, "
                   f"password {login[1]})")  # fmt: skip
-        summary = _send_and_summarise(sim, store, settings, spec)
+        summary = _send_and_summarise(sim, store, settings, spec.bus)
         if settings.linger:
             _linger(proc, settings.serve)
     finally:
@@ -368,12 +365,12 @@ def run_demo(settings: DemoSettings) -> Summary:
 
 
 def _send_and_summarise(
-    sim: ScannerSimulator, store: ResultsStore, settings: DemoSettings, spec: PipelineSpec
+    sim: ScannerSimulator, store: ResultsStore, settings: DemoSettings, bus: str
 ) -> Summary:
     """Send the scans, wait for their results and print the summary.
 
-    When the bus or the blob store refuses scans the sending stops; the summary still
-    counts what the bus accepted, and only then the error saying why is raised.
+    When the bus refuses scans the sending stops; the summary still counts what the
+    bus accepted, and only then the error saying why is raised.
     """
     print(f"sending {settings.scans} scans at {settings.rate:.0f}/s from simulated scanners")
     progress = Progress(store, settings.tenant, settings.scans)
@@ -403,25 +400,19 @@ def _send_and_summarise(
             print(f"the hatch results could not be recorded: {exc}")
     _report(summary, settings.summary_json)
     if stopped is not None:
-        raise _cut_short(stopped, spec, settings.scans)
+        raise _cut_short(stopped, bus, settings.scans)
     return summary
 
 
-def _cut_short(stopped: SendingStopped, spec: PipelineSpec, total: int) -> InferstreamError:
-    """The error ending a run whose scans the bus or the blob store refused, with what
-    to do."""
-    sent = f"the scanners stopped after {len(stopped.emission.truth)} of {total} scans"
-    if isinstance(stopped.cause, BusFullError):
-        return BusFullError(
-            f"the bus's disk is full ({spec.bus}): {sent}; free space there, or run again "
-            "with --workdir (or --bus) on a bigger disk"
-        )
-    if isinstance(stopped.cause, BlobStoreFullError):
-        return BlobStoreFullError(
-            f"the blob store's disk is full ({spec.blobs}): {sent}; free space there, or "
-            "run again with --workdir on a bigger disk"
-        )
-    return stopped
+def _cut_short(stopped: SendingStopped, bus: str, total: int) -> InferstreamError:
+    """The error ending a run whose scans the bus refused, with what to do."""
+    if not isinstance(stopped.cause, BusFullError):
+        return stopped
+    return BusFullError(
+        f"the bus's disk is full ({bus}): the scanners stopped after "
+        f"{len(stopped.emission.truth)} of {total} scans; free space there, or run again "
+        "with --workdir (or --bus) on a bigger disk"
+    )
 
 
 def _linger(proc: subprocess.Popen[bytes], serve: str | None) -> None:

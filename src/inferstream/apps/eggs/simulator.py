@@ -3,12 +3,8 @@
 Scans are rendered and DICOM-encoded once, up front, into a :class:`ScanPool`
 (encoding is the scanner's cost, not the pipeline's). Each emission stamps a new
 egg id and tray into the pool's DICOM bytes (fixed-width placeholders, so the bytes
-stay valid DICOM) and sends it straight to the bus, as an edge agent does. Given the
-pipeline's blob store, each scan is first kept there, as every real way in keeps it
-(the API, an edge agent's ``check_ingest`` stage, the DICOM receiver): its digest goes
-in ``blob_sha256``, and above the pipeline's claim-check size the bus carries only its
-reference. The ground truth of every emitted scan is kept aside, keyed by envelope id,
-for scoring.
+stay valid DICOM) and sends it straight to the bus, as an edge agent does. The
+ground truth of every emitted scan is kept aside, keyed by envelope id, for scoring.
 """
 
 from __future__ import annotations
@@ -27,11 +23,9 @@ from inferstream.apps.eggs.phantom import (
     make_specs,
     render_batch,
 )
-from inferstream.blobs import BlobStore
 from inferstream.bus import Bus, Record
 from inferstream.envelope import Envelope, new_envelope
-from inferstream.errors import BlobError, BusError, ConfigError, InferstreamError
-from inferstream.pipeline.spec import DEFAULT_CLAIM_CHECK_BYTES
+from inferstream.errors import BusError, ConfigError, InferstreamError
 
 EGG_PLACEHOLDER = "EGG-############"
 TRAY_PLACEHOLDER = "TRAY-########"
@@ -100,10 +94,9 @@ class Emission:
 
 
 class SendingStopped(InferstreamError):
-    """The bus (or the blob store) refused a batch, so the scanners stopped;
-    ``emission`` is what the bus accepted."""
+    """The bus refused a batch, so the scanners stopped; ``emission`` is what it accepted."""
 
-    def __init__(self, emission: Emission, cause: BusError | BlobError) -> None:
+    def __init__(self, emission: Emission, cause: BusError) -> None:
         super().__init__(f"the scanners stopped after {len(emission.truth)} scans: {cause}")
         self.emission = emission
         self.cause = cause
@@ -168,8 +161,6 @@ class ScannerSimulator:
         tenant: str,
         run: str,
         scanners: int = 8,
-        blobs: BlobStore | None = None,
-        claim_check_bytes: int = DEFAULT_CLAIM_CHECK_BYTES,
     ) -> None:
         if rate <= 0:
             raise ConfigError(f"rate must be a positive number of scans per second, got {rate}")
@@ -182,8 +173,6 @@ class ScannerSimulator:
         self.rate = rate
         self.tenant = tenant
         self.run_tag = run[:4]
-        self.blobs = blobs
-        self.claim_check_bytes = claim_check_bytes
 
     def emit(self, total: int, progress: Callable[[Emission], None] | None = None) -> Emission:
         """Send ``total`` scans paced at the target rate; return the ground truth.
@@ -198,7 +187,7 @@ class ScannerSimulator:
             if due > sent:
                 try:
                     self.send_batch(out, sent, min(due, sent + 1000))
-                except (BusError, BlobError) as exc:
+                except BusError as exc:
                     out.finished = time.monotonic()
                     raise SendingStopped(out, exc) from exc
                 sent = min(due, sent + 1000)
@@ -224,18 +213,12 @@ class ScannerSimulator:
         """Emission ``number``: its bus record, its envelope and its true label."""
         scan, scanner = self.pool.pick(number, self.scanners)
         data, egg_id, tray = stamp(scan, number, self.run_tag, scanner)
-        attributes = {"egg_id": egg_id, "tray": tray, "scanner": scanner}
-        blob = self.blobs.put(data, self.tenant) if self.blobs is not None else None
-        if blob is not None:
-            attributes["blob_sha256"] = blob.sha256
         env = new_envelope(
             data,
             "application/dicom",
             tenant=self.tenant,
             key=egg_id,
             source=f"scanner/{scanner}",
-            attributes=attributes,
+            attributes={"egg_id": egg_id, "tray": tray, "scanner": scanner},
         )
-        if blob is not None and len(data) > self.claim_check_bytes:
-            env.payload.blob.CopyFrom(blob)  # the claim check: the bus carries the reference
         return Record(key=egg_id.encode(), value=env.SerializeToString()), env, scan.label
