@@ -161,7 +161,7 @@ def _worst_seconds(rows: list[Row], show: int = 5) -> None:
     worst = sorted(by_second.items(), key=lambda kv: -max(r.ms for r in kv[1]))[:show]
     p99 = _pct([r.ms for r in rows], 0.99)
     over = sum(1 for r in rows if r.ms > p99)
-    seconds = len({(r.created_us - start) // 1_000_000 for r in rows if r.ms > p99})
+    seconds = sum(1 for group in by_second.values() if any(r.ms > p99 for r in group))
     print(f"the {over} scans over the p99 ({p99:.1f} ms) were created in {seconds} of "
           f"{len(by_second)} seconds; the worst seconds:")  # fmt: skip
     for second, group in sorted(worst):

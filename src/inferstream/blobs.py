@@ -151,7 +151,9 @@ class LocalBlobStore:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise BlobStoreFullError(
-                    f"the blob store's disk is full: could not write {path}: {exc}"
+                    f"the blob store's disk is full: could not write {path}: {exc}; free "
+                    "space on that disk or move the blobs (blobs: in the pipeline "
+                    "file) to a bigger disk"
                 ) from exc
             raise BlobError(f"could not write blob to {path}: {exc}") from exc
 

@@ -32,7 +32,6 @@ from inferstream.codecs import ImageLimits
 from inferstream.envelope import Envelope
 from inferstream.errors import BlobError, ConfigError, InvalidInput
 from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S, check_event_time
-from inferstream.pipeline.spec import DEFAULT_CLAIM_CHECK_BYTES
 from inferstream.steps import Outcome, Step, StepContext
 
 
@@ -86,18 +85,18 @@ def check_ingest_step(
     *,
     max_side: int = ImageLimits.max_side,
     max_pixels: int = ImageLimits.max_pixels,
-    claim_check_kb: int = DEFAULT_CLAIM_CHECK_BYTES // 1024,
+    claim_check_kb: int | None = None,
 ) -> IngestCheckStep:
-    """Step factory (``check_ingest`` in a pipeline file); the API's default limits."""
+    """Step factory (``check_ingest`` in a pipeline file); the API's default limits, and
+    the pipeline's claim-check size unless ``claim_check_kb`` is given."""
     if context.app is None:
         raise ConfigError(
             f"check_ingest in stage {context.stage!r} checks items as the pipeline's "
             "application takes uploads; name it with app: in the pipeline file"
         )
     limits = ImageLimits(max_side=max_side, max_pixels=max_pixels)
-    return IngestCheckStep(
-        context.app, context.blobs, limits, claim_check_kb * 1024, context.max_clock_skew_s
-    )
+    size = context.claim_check_bytes if claim_check_kb is None else claim_check_kb * 1024
+    return IngestCheckStep(context.app, context.blobs, limits, size, context.max_clock_skew_s)
 
 
 __all__ = ["IngestCheckStep", "check_ingest_step"]

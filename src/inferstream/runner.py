@@ -229,6 +229,7 @@ def build_steps(spec: PipelineSpec, stage: StageSpec, worker_id: str) -> list[St
         blobs=open_blobs(spec.blobs, spec.store),
         app=app,
         max_clock_skew_s=spec.max_clock_skew_s,
+        claim_check_bytes=spec.claim_check_bytes,
     )
     app_steps = app.steps if app else {}
     built = []

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inferstream.application import AppSpec
-from inferstream.blobs import BlobStore
+from inferstream.blobs import DEFAULT_THRESHOLD, BlobStore
 from inferstream.envelope import Envelope
 from inferstream.errors import ConfigError
 from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S
@@ -46,6 +46,9 @@ class StepContext:
     #: The pipeline's ``max_clock_skew_s``: a step taking outside producers' event times
     #: refuses those further ahead of this host's clock (:mod:`inferstream.event_time`).
     max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S
+    #: The pipeline's claim-check size (``PipelineSpec.claim_check_bytes``): a step that
+    #: keeps items as blobs sends those above it as claim checks.
+    claim_check_bytes: int = DEFAULT_THRESHOLD
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -89,3 +89,23 @@ def test_an_item_with_no_tenant_or_a_client_attribute_it_may_not_send() -> None:
     assert out.attributes["egg_id"] == "EGG-000007" and out.attributes["tray"] == "TRAY-0042"
     assert "domain" not in out.attributes and out.id == sent.id and out.tenant == "farm"
     assert isinstance(refused, BaseException) and "names no tenant" in str(refused)
+
+
+def test_the_ingest_stage_claim_checks_by_the_pipelines_size(tmp_path: Path) -> None:
+    """``check_ingest`` sends scans above the pipeline's claim-check size as references
+    (16 KB on the embedded bus with a local folder), unless its own size is given."""
+    from inferstream.pipeline.spec import StepSpec
+    from inferstream.runner import build_steps
+
+    spec = flagship_behind_ingest(tmp_path, f"sqlite:///{tmp_path / 'bus.db'}")
+    [scan] = egg_envelopes(1, seed=9, tenant="farm")  # a flagship scan: 33 KB
+    assert len(scan.payload.inline) > spec.claim_check_bytes == 16 * 1024
+    [step] = build_steps(spec, spec.stage("ingest"), "ingest-0")
+    [out] = step.process([scan])
+    assert not isinstance(out, BaseException) and out.payload.WhichOneof("body") == "blob"
+    own = dataclasses.replace(
+        spec.stage("ingest"), steps=(StepSpec("check_ingest", {"claim_check_kb": 256}),)
+    )
+    [step] = build_steps(spec, own, "ingest-0")
+    [out] = step.process([scan])
+    assert not isinstance(out, BaseException) and out.payload.WhichOneof("body") == "inline"

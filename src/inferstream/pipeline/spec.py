@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
+from inferstream.blobs import DEFAULT_THRESHOLD
 from inferstream.bus.base import RetentionPolicy
 from inferstream.errors import ConfigError
 from inferstream.event_time import DEFAULT_MAX_CLOCK_SKEW_S
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 DEFAULT_BUS = "sqlite:///.inferstream/bus.db"
 DEFAULT_STORE = "sqlite:///.inferstream/results.db"
 DEFAULT_BLOBS = "file://.inferstream/blobs"
-DEFAULT_CLAIM_CHECK_BYTES = 256 * 1024
+DEFAULT_CLAIM_CHECK_BYTES = DEFAULT_THRESHOLD
 #: The claim-check size on the embedded bus with a local blob folder. Every byte in the
 #: embedded bus's log is written twice (the log, then the file) and fills the log whose
 #: restarts hold every writer while they sync (56-79 ms, every 3 s at 1,233 scans/s of
@@ -209,7 +211,7 @@ class PipelineSpec:
         command-line overrides included)."""
         if self.claim_check_kb is not None:
             return self.claim_check_kb * 1024
-        local = self.bus.startswith("sqlite:") and self.blobs.startswith("file:")
+        local = urlsplit(self.bus).scheme == "sqlite" and urlsplit(self.blobs).scheme == "file"
         return LOCAL_CLAIM_CHECK_BYTES if local else DEFAULT_CLAIM_CHECK_BYTES
 
     def application(self) -> AppSpec | None:
