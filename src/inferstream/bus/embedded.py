@@ -130,7 +130,7 @@ class EmbeddedBus:
             self._bells.ring(topic_id)  # committed: wake the topic's idle consumers
             if self._checkpointer is None:  # this process writes: it keeps the log short
                 self._checkpointer = Checkpointer(self.settings)
-            self._checkpointer.after_write(self._conn)
+            self._checkpointer.after_write(self._conn, sum(len(r.value) for r in records))
 
     def consumer(
         self,

@@ -83,6 +83,10 @@ class Checkpointer:
         self._page_bytes = int(self._conn.execute("PRAGMA page_size").fetchone()[0])
         #: Frames in the log at the last look (a plain int: the GIL keeps it whole).
         self._in_log = 0
+        #: Bytes this process's producers wrote since that look began: the valve's
+        #: estimate must not wait for the thread, whose look may take longer than a
+        #: backlog written flat out (a passive checkpoint copying 100 MB on a slow disk).
+        self._written = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bus-checkpointer", daemon=True)
         self._thread.start()
@@ -111,7 +115,7 @@ class Checkpointer:
                     continue
                 patience = RESTART_WAIT_MS if failed >= RESTART_ESCALATE_AFTER else 0
                 if self._checkpoint("RESTART", patience):
-                    failed, self._in_log = 0, 0
+                    failed, self._in_log, self._written = 0, 0, 0
                     self._start_over()
                 else:
                     wait, failed = RESTART_RETRY_S, 0 if patience else failed + 1
@@ -121,6 +125,7 @@ class Checkpointer:
     def _checkpoint(self, mode: str, patience_ms: int = 0) -> bool:
         """Run one checkpoint, waiting up to ``patience_ms`` for those in its way, and
         note the frames in the log; whether it did all it was asked (else: try later)."""
+        written = self._written  # writes from now on may be missing from the look
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {patience_ms}")
             busy, in_log, _ = self._conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
@@ -129,6 +134,7 @@ class Checkpointer:
             return False
         if in_log >= 0:  # -1: it could not even look (another checkpoint was running)
             self._in_log = in_log
+            self._written = max(self._written - written, 0)
         return not busy
 
     def _start_over(self) -> None:
@@ -155,10 +161,13 @@ class Checkpointer:
         finally:
             self._conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
-    def after_write(self, conn: sqlite3.Connection) -> None:
-        """Called by a producer after each write on its connection ``conn``: past
-        :data:`WAL_MAX_BYTES` restart the log there, holding the producer meanwhile."""
-        if self._in_log * self._page_bytes <= WAL_MAX_BYTES:
+    def after_write(self, conn: sqlite3.Connection, written: int) -> None:
+        """Called by a producer after writing ``written`` bytes on its connection
+        ``conn``: past :data:`WAL_MAX_BYTES` in the log (at the thread's last look,
+        plus what this process wrote since) restart the log there, holding the
+        producer meanwhile."""
+        self._written += written
+        if self._in_log * self._page_bytes + self._written <= WAL_MAX_BYTES:
             return
         try:
             conn.execute(f"PRAGMA busy_timeout = {VALVE_BUSY_TIMEOUT_MS}")
@@ -171,7 +180,7 @@ class Checkpointer:
         if busy:
             log.info("the embedded bus's log was busy; it is checkpointed again later")
         else:
-            self._in_log = 0
+            self._in_log, self._written = 0, 0
 
     def close(self) -> None:
         self._stop.set()
