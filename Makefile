@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 # Debian packages the tests drive for real: DICOM tools, a browser, promtool, and
 # libfaketime (one process's clock stepped, tests/test_faults_clock.py).
-SYSTEM_TOOLS := dcmconv:dcmtk chromium:chromium promtool:prometheus faketime:faketime
+SYSTEM_TOOLS := dcmconv:dcmtk chromium:chromium promtool:prometheus faketime:faketime node:nodejs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'

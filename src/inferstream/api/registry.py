@@ -36,8 +36,14 @@ AliasName = Annotated[
 ]
 
 
-#: A reason must say something: at least one character that is not white space.
-_REASON = Field(min_length=1, max_length=2000, pattern=r"\S", description="kept in the audit log")
+#: A reason must say something: at least one character that is not white space. "White
+#: space" differs by engine: the schema's (ECMAScript) ``\s`` lacks U+0085, the API's
+#: (Rust regex, Unicode) has it and lacks U+FEFF, Python's also has U+001C-U+001F. The
+#: class names all of those, so a reason the schema allows is one the API takes.
+NOT_BLANK = r"[^\s\u0085\ufeff\u001c-\u001f]"
+_REASON = Field(
+    min_length=1, max_length=2000, pattern=NOT_BLANK, description="kept in the audit log"
+)
 
 
 class AliasMove(BaseModel):
