@@ -6,7 +6,8 @@ log in and subscribe to the live feed (``/v1/live``, the WebSocket the dashboard
 the first snapshot makes the API fold the last minute of results), and stay until the
 end. Scans are grouped by when they were created: before the login (the baseline of
 the same run), the first ``--window`` seconds after it, and the rest. For each group
-it prints the end-to-end latency p50/p99/max, and the API's CPU in each period.
+it prints the end-to-end latency p50/p99/max, and the API's CPU in each period; and the
+frames the bus's log took a scan and how often it started over (``wal_frames.py``).
 Usage::
 
     .venv/bin/python bench/dashboard_load.py --rate 500 --seconds 40 --connect-at 20
@@ -30,6 +31,7 @@ import psutil
 from flagship_load import ProcMonitor
 from flagship_systems import BusPipeline, free_port, http_status
 from sqlalchemy import select
+from wal_frames import LogFrames, bus_file
 from websockets.sync.client import connect
 
 from inferstream.api.accounts import Accounts
@@ -208,6 +210,7 @@ def main() -> None:
                   f"{args.clients} client(s) log in at {args.connect_at:.0f} s")  # fmt: skip
             start_s = time.monotonic()
             cpu_marks = [_cpu_s(api)]
+            frames = LogFrames(bus_file(pipe.spec.bus)).start()
             feeder.start()
             time.sleep(args.connect_at)
             login_us = time.time_ns() // 1000
@@ -222,6 +225,7 @@ def main() -> None:
             cpu_marks.append(_cpu_s(api))
             feeder.join()
             fed_s = time.monotonic() - start_s
+            frames.stop()
             cpu_marks.append(_cpu_s(api))
             deadline = time.monotonic() + 60
             while pipe.store.count_results(TENANT) < count and time.monotonic() < deadline:
@@ -235,7 +239,9 @@ def main() -> None:
             monitor.stop()
     spans = [args.connect_at, args.window, fed_s - args.connect_at - args.window]
     cpu = [100 * (b - a) / s for a, b, s in zip(cpu_marks[:-1], cpu_marks[1:], spans, strict=True)]
-    print(f"stored {len(rows)} of {count}; {len(seen)} snapshots received")
+    print(f"stored {len(rows)} of {count}; {len(seen)} snapshots received; the bus's log: "
+          f"{frames.frames / max(len(rows), 1):.2f} frames a scan, {frames.restarts} restarts "
+          f"(one every {fed_s / max(frames.restarts, 1):.1f} s)")  # fmt: skip
     _report(rows, (login_us, login_us + int(args.window * 1e6)), cpu)
 
 
