@@ -72,6 +72,13 @@ Outbox = dict[str, list[Record]]
 class StageWorker:
     """Runs one stage of a pipeline against a bus; one instance per process or thread."""
 
+    #: Whether each batch's offsets are stored before the next batch starts. A stateless
+    #: stage need not wait (Kafka: a round trip to the group's coordinator a batch): its
+    #: outputs are stored first, and a commit lost in a crash only redelivers what was
+    #: done, whose outputs keep their ids. The bus confirms the offsets when the worker
+    #: closes or gives a partition up.
+    wait_for_commits = False
+
     def __init__(
         self,
         bus: Bus,
@@ -165,7 +172,7 @@ class StageWorker:
             outputs, dead = self._process(messages)
             self._retry(lambda: self._publish(outputs, dead))
             self._retry(self._after_publish)
-            self._retry(lambda: consumer.commit(messages))
+            self._retry(lambda: consumer.commit(messages, wait=self.wait_for_commits))
         except FencedError:
             # Another member owns these partitions now and redoes the batch; our outputs
             # have deterministic ids, so the redelivery cannot double them.

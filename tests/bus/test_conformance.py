@@ -130,6 +130,49 @@ def test_commit_survives_a_new_consumer_and_uncommitted_is_redelivered(
         assert values(poll_until(third, has(1))) == [b"marker"]
 
 
+def test_commits_sent_without_waiting_are_stored_when_the_member_closes(
+    bus: Bus, unique: Unique
+) -> None:
+    """What a worker does: commit each batch without waiting (Kafka sends it and
+    returns), then close; the next member starts after every batch committed so."""
+    topic, group = unique("nowait"), unique("g")
+    bus.create_topic(topic, partitions=2)
+    bus.produce(topic, numbered(20, key=None))
+    with joined(bus, group, [topic]) as first:
+        got = poll_until(first, has(20))
+        done = [m for m in got if m.offset < 6]  # six of each partition's ten
+        for message in done:
+            first.commit([message], wait=False)
+    with joined(bus, group, [topic]) as second:
+        again = poll_until(second, has(8))
+    assert sorted(values(again)) == sorted(values([m for m in got if m.offset >= 6]))
+
+
+def test_commits_sent_without_waiting_are_stored_before_a_partition_moves(
+    bus: Bus, unique: Unique
+) -> None:
+    """A member that committed without waiting gives partitions up to a new member
+    with those commits stored: the new owner redelivers none of them."""
+    topic, group = unique("nowait-move"), unique("g")
+    bus.create_topic(topic, partitions=4)
+    with joined(bus, group, [topic]) as first:
+        settle([first], 4)
+        bus.produce(topic, [Record(b"k%d" % i, b"v%03d" % i) for i in range(40)])
+        got = poll_until(first, has(40))
+        first.commit(got, wait=False)
+        with joined(bus, group, [topic]) as second:
+            settle([first, second], 4)
+            bus.produce(topic, [Record(b"k%d" % i, b"w%03d" % i) for i in range(40)])
+            later: list[Message] = []
+            deadline = time.monotonic() + DEADLINE_S
+            while len(later) < 40 and time.monotonic() < deadline:
+                for member in (first, second):
+                    batch = member.poll_batch(50, 0.1)
+                    member.commit(batch, wait=False)
+                    later.extend(batch)
+    assert sorted(values(later)) == [b"w%03d" % i for i in range(40)]  # no v: none again
+
+
 def test_a_consumer_does_not_redeliver_within_its_session(bus: Bus, unique: Unique) -> None:
     topic = unique("session")
     bus.create_topic(topic, partitions=2)

@@ -113,11 +113,15 @@ class Consumer(Protocol):
         """
         ...
 
-    def commit(self, messages: Sequence[Message]) -> None:
+    def commit(self, messages: Sequence[Message], *, wait: bool = True) -> None:
         """Mark ``messages`` (and everything before them per partition) as done.
 
         Raises :class:`~inferstream.errors.FencedError` when this member no longer
-        owns a partition of them (it was taken over after a stall).
+        owns a partition of them (it was taken over after a stall). With ``wait``
+        false a bus may send the commit without waiting for it to be stored (Kafka
+        does; the embedded bus always stores it): it is stored by the time this member
+        closes or gives the partition up, and an error is raised by the next commit. A
+        commit lost meanwhile (a crash) only redelivers what was done.
         """
         ...
 

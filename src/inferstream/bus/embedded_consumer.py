@@ -105,8 +105,9 @@ class EmbeddedConsumer:
                     return []  # no bell rang until the deadline: nothing new to read
                 sleep = self._first_sleep if woken else min(sleep * 2, _MAX_SLEEP_S)
 
-    def commit(self, messages: Sequence[Message]) -> None:
+    def commit(self, messages: Sequence[Message], *, wait: bool = True) -> None:
         """Commit per partition; partitions this member lost are refused with FencedError.
+        Always stored when this returns, whatever ``wait`` says (a local transaction).
 
         The offsets of partitions it still owns are stored even when others are
         refused, so their messages are not redelivered to anyone. A batch polled before

@@ -111,8 +111,12 @@ class KafkaConsumer:
         # An error met beside good messages in one fetch: raised on the next poll, so the
         # good ones (already past librdkafka's position) are handed out, never dropped.
         self._deferred: BusError | None = None
+        # Offsets sent without waiting (commit(wait=False)), not yet confirmed by a
+        # commit that waited; and the first error the broker answered one of them with.
+        self._unconfirmed: dict[tuple[str, int], int] = {}
+        self._commit_error: BusError | None = None
         try:
-            self._consumer = ck.Consumer(config)
+            self._consumer = ck.Consumer({**config, "on_commit": self._on_commit})
             self._consumer.subscribe(
                 list(topics),
                 on_assign=self._on_assign,
@@ -128,7 +132,21 @@ class KafkaConsumer:
         self._owned.update((p.topic, p.partition) for p in partitions)
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
-        self._owned.difference_update((p.topic, p.partition) for p in partitions)
+        revoked = {(p.topic, p.partition) for p in partitions}
+        # Before the new owner starts: what this member sent without waiting is stored.
+        self._confirm({key: self._unconfirmed[key] for key in revoked & self._unconfirmed.keys()})
+        self._owned.difference_update(revoked)
+
+    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
+        """librdkafka's report of a commit sent without waiting (from poll or consume)."""
+        if not any((p.topic, p.partition) in self._unconfirmed for p in partitions):
+            return  # a commit that waited: its caller saw the result
+        failed = [p for p in partitions if p.error is not None]
+        if error is not None or failed:
+            what = error if error is not None else failed[0].error
+            self._commit_error = self._commit_error or translate_error(
+                f"commit for group {self._group!r}", what
+            )
 
     def _raise_deferred(self) -> None:
         if self._deferred is not None:
@@ -176,7 +194,13 @@ class KafkaConsumer:
             return
         raise translate_error(f"consuming for group {self._group!r}", error)
 
-    def commit(self, messages: Sequence[Message]) -> None:
+    def commit(self, messages: Sequence[Message], *, wait: bool = True) -> None:
+        """Commit the offsets after ``messages``; with ``wait`` false, send them and
+        return (confirmed on close, on a rebalance that takes their partition, or by the
+        next commit that waits; a broker's error is raised by the next commit)."""
+        if self._commit_error is not None:
+            error, self._commit_error = self._commit_error, None
+            raise error
         if not messages:
             return
         highest: dict[tuple[str, int], int] = {}
@@ -191,7 +215,13 @@ class KafkaConsumer:
         for key in lost:
             del highest[key]
         if highest:
-            self._commit_offsets(highest)
+            if wait:
+                self._commit_offsets(highest)
+                for key in highest:
+                    self._unconfirmed.pop(key, None)
+            else:
+                self._commit_offsets(highest, asynchronous=True)
+                self._unconfirmed.update(highest)
         if lost:
             names = ", ".join(f"{topic}[{partition}]" for topic, partition in lost)
             raise FencedError(
@@ -200,17 +230,32 @@ class KafkaConsumer:
                 "the new owner will redeliver them"
             )
 
-    def _commit_offsets(self, highest: dict[tuple[str, int], int]) -> None:
+    def _commit_offsets(
+        self, highest: dict[tuple[str, int], int], *, asynchronous: bool = False
+    ) -> None:
         action = f"commit for group {self._group!r}"
         # Kafka's committed offset is the next one to read, one past the last done.
         offsets = [self._tp(topic, part, last + 1) for (topic, part), last in highest.items()]
         try:
-            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+            result = self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
         except Exception as exc:  # KafkaException, or RuntimeError when closed
             raise translate(action, exc) from exc
         for tp in result or []:
             if tp.error is not None:
                 raise translate_error(f"{action} on {tp.topic}[{tp.partition}]", tp.error)
+
+    def _confirm(self, highest: dict[tuple[str, int], int]) -> None:
+        """Commit again, waiting, offsets sent without waiting (on close or a rebalance:
+        never raises; a commit that fails here only redelivers what was done)."""
+        for key in highest:
+            del self._unconfirmed[key]
+        if not highest:
+            return
+        try:
+            self._commit_offsets(highest)
+        except BusError as exc:
+            log.warning("could not confirm the offsets of group %r: %s; what they cover "
+                        "will be redelivered", self._group, exc)  # fmt: skip
 
     def assignment(self) -> list[TopicPartition]:
         return [TopicPartition(topic, partition) for topic, partition in sorted(self._owned)]
@@ -219,6 +264,7 @@ class KafkaConsumer:
         if self._closed:
             return
         self._closed = True
+        self._confirm({k: v for k, v in self._unconfirmed.items() if k in self._owned})
         self._owned.clear()
         try:
             self._consumer.close()

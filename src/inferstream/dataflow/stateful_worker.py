@@ -62,6 +62,10 @@ class OperatorRefused(Exception):
 class StatefulWorker(StageWorker):
     """Runs a stage whose work needs state: one instance per process or thread."""
 
+    #: Idleness reads the lag of this stage's group (here and in the stages after it),
+    #: which follows the committed offsets: they are stored before the next batch.
+    wait_for_commits = True
+
     def __init__(
         self,
         bus: Bus,
