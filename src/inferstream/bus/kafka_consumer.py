@@ -133,8 +133,7 @@ class KafkaConsumer:
 
     def _on_revoke(self, _consumer: Any, partitions: list[Any]) -> None:
         revoked = {(p.topic, p.partition) for p in partitions}
-        # Before the new owner starts: what this member sent without waiting is stored.
-        self._confirm({key: self._unconfirmed[key] for key in revoked & self._unconfirmed.keys()})
+        self._confirm(revoked)  # before the new owner starts
         self._owned.difference_update(revoked)
 
     def _on_commit(self, error: Any, partitions: list[Any]) -> None:
@@ -244,11 +243,11 @@ class KafkaConsumer:
             if tp.error is not None:
                 raise translate_error(f"{action} on {tp.topic}[{tp.partition}]", tp.error)
 
-    def _confirm(self, highest: dict[tuple[str, int], int]) -> None:
-        """Commit again, waiting, offsets sent without waiting (on close or a rebalance:
-        never raises; a commit that fails here only redelivers what was done)."""
-        for key in highest:
-            del self._unconfirmed[key]
+    def _confirm(self, partitions: set[tuple[str, int]]) -> None:
+        """Commit again, waiting, the offsets of ``partitions`` sent without waiting (on
+        close or a rebalance: never raises; a commit that fails here only redelivers
+        what was done)."""
+        highest = {key: self._unconfirmed.pop(key) for key in partitions & self._unconfirmed.keys()}
         if not highest:
             return
         try:
@@ -264,7 +263,7 @@ class KafkaConsumer:
         if self._closed:
             return
         self._closed = True
-        self._confirm({k: v for k, v in self._unconfirmed.items() if k in self._owned})
+        self._confirm(self._owned)
         self._owned.clear()
         try:
             self._consumer.close()

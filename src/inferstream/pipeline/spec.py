@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,13 +203,14 @@ class PipelineSpec:
     #: Models retrained while the pipeline runs (a trainer process beside the workers).
     retraining: tuple[RetrainSpec, ...] = ()
 
-    @property
+    @functools.cached_property
     def claim_check_bytes(self) -> int:
         """Payloads larger than this travel as a claim check (a blob reference), not
         inline: ``claim_check_kb`` if the file sets it, else
         :data:`LOCAL_CLAIM_CHECK_BYTES` on the embedded bus with a local blob folder and
-        :data:`DEFAULT_CLAIM_CHECK_BYTES` otherwise (worked out from the URLs in use,
-        command-line overrides included)."""
+        :data:`DEFAULT_CLAIM_CHECK_BYTES` otherwise (worked out once from the URLs in use,
+        command-line overrides included: :meth:`with_urls` makes a new spec). The API
+        reads it for every scan."""
         if self.claim_check_kb is not None:
             return self.claim_check_kb * 1024
         local = urlsplit(self.bus).scheme == "sqlite" and urlsplit(self.blobs).scheme == "file"
