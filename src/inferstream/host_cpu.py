@@ -6,6 +6,11 @@ and every queue in the pipeline waits longer. :class:`HostCpu` reads the kernel'
 counters at the start of a run and reports the shares over it, so a summary can say
 when its figures are of a machine that was not quiet. Off Linux there are no such
 counters and :meth:`HostCpu.shares` returns None.
+
+Not every counter only grows: the kernel documents that ``iowait`` can go down (it is
+counted per CPU and a task waiting on I/O may wake on another), and the aggregate
+``idle`` can step back when a CPU leaves its idle state. A counter that went down over
+the run counts as zero time, so the shares stay fractions.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class HostCpu:
         if self._start is None or end is None:
             return None
         user, nice, system, idle, iowait, irq, softirq, steal = (
-            b - a for a, b in zip(self._start, end, strict=True)
+            max(b - a, 0) for a, b in zip(self._start, end, strict=True)
         )
         total = user + nice + system + idle + iowait + irq + softirq + steal
         if total <= 0:
