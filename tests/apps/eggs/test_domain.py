@@ -23,6 +23,7 @@ from inferstream.apps.eggs.domain import (
     NOT_AN_EGG,
     DomainModel,
     egg_guard_step,
+    features,
     generated_eggs,
     load_domain,
     rates,
@@ -74,6 +75,15 @@ def guard() -> DomainModel:
 def flagged(guard: DomainModel, scans: list[np.ndarray]) -> np.ndarray:
     inputs, extents = preprocess_with_extents(scans)
     return ~guard.is_egg(guard.scores(inputs), extents)
+
+
+@pytest.mark.parametrize("count", [1, 3, 64])
+def test_the_features_are_each_input_averaged_over_blocks_of_four(count: int) -> None:
+    inputs = np.random.default_rng(count).standard_normal((count, 1, 64, 64)).astype(np.float32)
+    blocks = inputs.reshape(count, 16, 4, 16, 4).astype(np.float64).mean(axis=(2, 4))
+    found = features(inputs)
+    assert found.shape == (count, 256)
+    np.testing.assert_allclose(found, blocks.reshape(count, 256), rtol=0, atol=1e-6)
 
 
 def test_the_guard_flags_every_kind_of_non_egg_and_almost_no_egg(guard: DomainModel) -> None:
