@@ -3,7 +3,9 @@ the tenant, checked against the digest on every read, and a read names the tenan
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,25 @@ def test_a_full_disk_is_told_apart_and_space_freed_lets_the_put_succeed(small_di
     store.delete(kept[1].sha256, "farm")
     data = len(kept).to_bytes(4, "big") * 16384
     assert store.get(store.put(data, "farm"), "farm") == data
+
+
+def test_a_kept_blob_is_its_owners_alone_and_never_half_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalBlobStore(tmp_path / "blobs")
+    ref = store.put(b"a scan of farm's", "farm")
+    path = tmp_path / "blobs" / content_key(ref.sha256, "farm")
+    assert path.stat().st_mode & 0o777 == 0o600  # scans are no one else's to read
+    real_write = os.write
+
+    def write_half(fd: int, data: bytes | memoryview) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.EIO, "the disk went away")
+
+    monkeypatch.setattr(os, "write", write_half)
+    with pytest.raises(BlobError, match="could not write blob"):
+        store.put(b"another scan, cut off halfway", "farm")
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.parent.rglob("*") if p.is_file()] == [path.name]
+    data = b"another scan, cut off halfway"
+    assert store.get(store.put(data, "farm"), "farm") == data  # the next put writes it whole

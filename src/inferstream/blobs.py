@@ -22,12 +22,12 @@ envelopes do not change when a key does, and a read is checked after it is unsea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -118,13 +118,14 @@ class LocalBlobStore:
         self.sealer = sealer
         self.url = root.resolve().as_uri()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._folder = os.fspath(root)
 
     def put(self, data: bytes, tenant: str) -> BlobRef:
         """Keep ``data`` under ``tenant``; bytes already there are not written again, only
         their time refreshed, so a retention purge sees they are in use again."""
         digest = hashlib.sha256(data).hexdigest()
         key = content_key(digest, tenant)
-        path = self.root / key
+        path = os.path.join(self._folder, key)  # (a str: pathlib's joins cost more here)
         if not _touched(path, self.sealer.stored_size(len(data))):
             self._write(path, self.sealer.seal(data, tenant, key))
         return BlobRef(uri=f"{self.url}/{key}", sha256=digest, size=len(data))
@@ -138,7 +139,7 @@ class LocalBlobStore:
         return BlobRef(uri=f"{self.url}/{where}", sha256=digest, size=len(data))
 
     @staticmethod
-    def _write(path: Path, data: bytes) -> None:
+    def _write(path: str | Path, data: bytes) -> None:
         """Write then rename: a crash of any process leaves the blob whole or absent.
 
         No fsync, the same durability as the embedded bus (SQLite WAL with
@@ -161,12 +162,13 @@ class LocalBlobStore:
         """``tenant``'s blob ``ref``: the path comes from the digest, or for a named blob
         from its key under the tenant's folder; the bytes must match the digest."""
         key = ref_key(self.url, ref, tenant)
-        path = self.root / key
+        path = os.path.join(self._folder, key)
         try:
-            data = path.read_bytes()
+            with open(path, "rb", buffering=0) as handle:  # one read of the whole file
+                data = handle.read()
         except OSError as exc:
             raise BlobError(f"blob {ref.uri} is missing from {self.root}: {exc}") from exc
-        return verified(self.sealer.open(data, tenant, key), ref, str(path))
+        return verified(self.sealer.open(data, tenant, key), ref, path)
 
     def delete(self, digest: str, tenant: str, *, unused_since_us: int | None = None) -> bool:
         """Remove ``tenant``'s blob ``digest`` (a retention purge); whether it did.
@@ -223,11 +225,11 @@ class LocalBlobStore:
         """Nothing to release (a folder holds no connection); as an S3 store's."""
 
 
-def _touched(path: Path, size: int) -> bool:
+def _touched(path: str, size: int) -> bool:
     """Whether ``path`` holds ``size`` bytes, its time refreshed; False when it must be
     written (absent, torn, or taken by a purge between the two)."""
     try:
-        if path.stat().st_size != size:
+        if os.stat(path).st_size != size:
             return False
         os.utime(path)
     except OSError:
@@ -393,15 +395,44 @@ def batch_payloads(
     return payload
 
 
-def write_whole(path: Path, data: bytes) -> None:
+#: A temporary file is made by this open (never one already there), private to its owner
+#: (as :func:`tempfile.mkstemp` makes it), and not inherited by child processes.
+_TEMPORARY_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def write_whole(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file renamed over it, so the file is
-    whole or absent, never torn, whatever stops the write (the temporary file is removed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    whole or absent, never torn, whatever stops the write (the temporary file is removed).
+
+    Plain ``os`` calls: every upload over HTTP is kept this way, and with
+    :func:`tempfile.mkstemp` and pathlib a flagship scan's ``put`` spent 64 µs of its own
+    (user) CPU against 36 (``bench/blob_put_bench.py``), besides the kernel's work.
+    """
+    where = os.fspath(path)
+    tmp, fd = _temporary(os.path.dirname(where))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, where)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+
+
+def _temporary(folder: str) -> tuple[str, int]:
+    """A new temporary file in ``folder``, made with it if missing: path and descriptor.
+
+    Its name is random (64 bits; ``stored_keys`` skips it, as no stored key starts with
+    a dot), and the open fails rather than take a file already there.
+    """
+    tmp = os.path.join(folder, f".tmp-{os.urandom(8).hex()}")
+    try:
+        return tmp, os.open(tmp, _TEMPORARY_FLAGS, 0o600)
+    except FileNotFoundError:  # the folder's first blob
+        os.makedirs(folder, exist_ok=True)
+        return tmp, os.open(tmp, _TEMPORARY_FLAGS, 0o600)
