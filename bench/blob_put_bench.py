@@ -27,9 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bus_handoff import tree_of
-
-ROOT = Path(__file__).resolve().parent.parent
+from bus_handoff import add_against, trees_against
 
 
 def child(blobs: int, size: int, folder: str) -> dict[str, float]:
@@ -41,7 +39,6 @@ def child(blobs: int, size: int, folder: str) -> dict[str, float]:
     base = os.urandom(size)
     datas = [base[:-8] + i.to_bytes(8, "little") for i in range(blobs)]
     figures: dict[str, float] = {}
-    refs: list[Any] = []
 
     def timed(name: str, work: Callable[[], Any]) -> Any:
         before = os.times()
@@ -60,12 +57,7 @@ def child(blobs: int, size: int, folder: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--against",
-        metavar="REF",
-        required=True,
-        help="the commit to compare with (e.g. the one before a change)",
-    )
+    add_against(parser)
     parser.add_argument("--blobs", type=int, default=5000, help="blobs a round (5000)")
     parser.add_argument(
         "--size", type=int, default=34_000, help="bytes a blob (34,000: a flagship scan)"
@@ -73,12 +65,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each tree")
     args = parser.parse_args()  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="blob-put-") as tmp:
-        trees = {"this tree": ROOT / "src", args.against: tree_of(args.against, Path(tmp))}
+        trees = trees_against(args.against, Path(tmp))
         figures: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for round_ in range(1, args.rounds + 1):
             for name, src in trees.items():
                 folder = tempfile.mkdtemp(prefix="blobs-", dir=tmp)
-                env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{Path(__file__).parent}"}
+                env = dict(os.environ, PYTHONPATH=str(src))
                 out = subprocess.run(
                     [sys.executable, __file__, "--child", str(args.blobs), str(args.size), folder],
                     env=env, check=True, capture_output=True, text=True,

@@ -143,20 +143,31 @@ def tree_of(ref: str, folder: Path) -> Path:
     return folder / "src"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_against(parser: argparse.ArgumentParser) -> None:
+    """The ``--against REF`` option of a benchmark comparing this tree with a commit."""
     parser.add_argument(
         "--against",
         metavar="REF",
         required=True,
         help="the commit to compare with (e.g. the one before a change)",
     )
+
+
+def trees_against(ref: str, folder: Path) -> dict[str, Path]:
+    """The ``src`` folders to compare, by name: this tree's, and ``ref``'s unpacked
+    into ``folder``."""
+    return {"this tree": ROOT / "src", ref: tree_of(ref, folder)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_against(parser)
     parser.add_argument("--rate", type=float, default=900, help="scans/s fed (default 900)")
     parser.add_argument("--seconds", type=float, default=15, help="feeding time per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each tree")
     args = parser.parse_args()  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bus-handoff-") as tmp:
-        trees = {"this tree": ROOT / "src", args.against: tree_of(args.against, Path(tmp))}
+        trees = trees_against(args.against, Path(tmp))
         figures: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for round_no in range(args.rounds):
             for name, src in trees.items():
