@@ -25,7 +25,7 @@ from inferstream.envelope import now_us
 from inferstream.store import ResultFilter, ResultRow, ResultsStore
 from inferstream.store.queries import decode_cursor
 from inferstream.store.schema import SHARING_TABLES, TENANT_TABLES, records, share_grants
-from inferstream.store.share_rules import covered
+from inferstream.store.share_rules import covered, share_params
 from inferstream.store.sharing import Condition, Grant, GrantError, GrantNotFound, Sharing
 
 RowFactory = Callable[..., ResultRow]
@@ -308,9 +308,9 @@ def test_the_sql_predicate_and_the_python_rule_agree(
                 conn.execute(share_grants.delete())
             grant = _grant(sharing, parties, **options) if options or expected else None
             at = now_us()
-            admitted = select(records.c.id).where(covered(lab, at, store.engine.dialect.name))
+            admitted = select(records.c.id).where(covered(store.engine.dialect.name))
             with store.engine.connect() as conn:
-                by_sql = set(conn.execute(admitted).scalars())
+                by_sql = set(conn.execute(admitted, share_params(lab, at)).scalars())
             by_python = {r.id for r in rows if grant is not None and grant.covers(r, lab, at)}
             assert by_sql == by_python == expected
 

@@ -19,15 +19,18 @@ three times, on purpose and side by side:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Float,
     String,
     and_,
+    bindparam,
     case,
     cast,
     exists,
@@ -142,11 +145,24 @@ def seen(row: ResultRow, viewer: str, grants: Sequence[Grant], now_us: int) -> S
     return Seen(shown, row.tenant, any(grant.images for grant in covering))
 
 
-def covered(
-    viewer: str, now_us: int, dialect: str, only: Sequence[str] | None = None
-) -> ColumnElement[bool]:
-    """``records`` rows a live grant lets ``viewer`` read (the policy of migration 0009);
-    with ``only``, a live grant among those ids."""
+#: Bind parameters of the grant predicates: who reads, at what time, and (with
+#: ``only``) through which grants. :func:`share_params` fills them in at execution.
+VIEWER, NOW, ONLY = "share_viewer", "share_now_us", "share_only"
+
+
+def share_params(viewer: str, now_us: int, only: Sequence[str] = ()) -> dict[str, Any]:
+    """The values a statement using :func:`covered` or :func:`visible` is executed with."""
+    return {VIEWER: viewer, NOW: now_us, ONLY: list(only)}
+
+
+@functools.cache
+def covered(dialect: str, only: bool = False) -> ColumnElement[bool]:
+    """``records`` rows a live grant lets the viewer read (the policy of migration 0009);
+    with ``only``, a live grant among the ids bound to :data:`ONLY`.
+
+    Built once per dialect with bind parameters (:func:`share_params`): building the
+    expression anew took most of a single record's read through the grants.
+    """
     g, k = share_grants.c, share_conditions.c
     failing = (
         select(k.grant_id)
@@ -155,26 +171,25 @@ def covered(
         .exists()
     )
     live = and_(
-        g.grantee == viewer,
+        g.grantee == bindparam(VIEWER, type_=String()),
         g.owner == records.c.tenant,
         g.app == records.c.app,
         g.revoked_at_us.is_(None),
-        g.expires_at_us > now_us,
+        g.expires_at_us > bindparam(NOW, type_=BigInteger()),
         or_(g.since_us.is_(None), records.c.created_at_us >= g.since_us),
         or_(g.until_us.is_(None), records.c.created_at_us < g.until_us),
         ~failing,
     )
-    if only is not None:
-        live = and_(live, g.id.in_(list(only)))
+    if only:
+        live = and_(live, g.id.in_(bindparam(ONLY, expanding=True)))
     return exists().where(live)
 
 
-def visible(
-    viewer: str, now_us: int, dialect: str, only: Sequence[str] | None = None
-) -> ColumnElement[bool]:
-    """Rows of ``records`` the viewer may read: its own, and those grants (of ``only``,
-    when given) admit."""
-    return or_(records.c.tenant == viewer, covered(viewer, now_us, dialect, only))
+@functools.cache
+def visible(dialect: str, only: bool = False) -> ColumnElement[bool]:
+    """Rows of ``records`` the viewer may read: its own, and those grants (of
+    :data:`ONLY`, with ``only``) admit; executed with :func:`share_params`."""
+    return or_(records.c.tenant == bindparam(VIEWER, type_=String()), covered(dialect, only))
 
 
 def unmasking(grants: Sequence[Grant], filters: ResultFilter | None) -> list[Grant]:

@@ -38,6 +38,7 @@ from inferstream.store.share_rules import (
     Seen,
     covered,
     seen,
+    share_params,
     unmasking,
     visible,
 )
@@ -147,12 +148,12 @@ class Sharing:
         with self.store.tenant_transaction(viewer, "list records shared with a tenant in") as conn:
             grants = unmasking(self._live(conn, viewer, at), filters)
             # No live grant: the tenant's own rows, as the tenant-first indexes serve best.
-            ids = [grant.id for grant in grants]
-            rows_seen = visible(viewer, at, self._dialect, ids) if grants else None
+            rows_seen = visible(self._dialect, only=True) if grants else None
             terms = queries.result_conditions(viewer, filters, rows_seen)
             stmt = queries.keyset_page(schema.records, terms, ("stored_at_us", "id"),
                                        cursor=cursor, limit=limit, order=order)  # fmt: skip
-            found = conn.execute(stmt).mappings().all()
+            params = share_params(viewer, at, [grant.id for grant in grants])
+            found = conn.execute(stmt, params).mappings().all()
         rows = self.store.sensitive.rows(found)
         next_cursor = None
         if len(rows) > limit:
@@ -166,9 +167,9 @@ class Sharing:
         """The record ``record_id`` as ``viewer`` may see it (its own first), or None."""
         at = now_us()
         r = schema.records.c
-        stmt = select(schema.records).where(r.id == record_id, visible(viewer, at, self._dialect))
+        stmt = select(schema.records).where(r.id == record_id, visible(self._dialect))
         with self.store.tenant_transaction(viewer, "read a shared record from") as conn:
-            found = conn.execute(stmt).mappings().all()
+            found = conn.execute(stmt, share_params(viewer, at)).mappings().all()
             shared = any(r["tenant"] != viewer for r in found)
             grants = self._live(conn, viewer, at) if shared else []
         rows = self.store.sensitive.rows(found)
@@ -203,12 +204,13 @@ class Sharing:
         r = schema.records.c
         wanted = ResultFilter(group=group)
         stmt = select(schema.records).where(
-            r.tenant != viewer, r.group_key == group, covered(viewer, at, self._dialect)
+            r.tenant != viewer, r.group_key == group, covered(self._dialect)
         )
         by_owner: dict[str, list[ResultRow]] = {}
         # Counting needs no sensitive value: rows are judged as stored, unopened (a
         # condition the SQL could not match on a sealed value fails here too: closed).
-        for mapping in conn.execute(stmt.execution_options(yield_per=1000)).mappings():
+        found = conn.execute(stmt.execution_options(yield_per=1000), share_params(viewer, at))
+        for mapping in found.mappings():
             item = seen(ResultRow.from_mapping(mapping), viewer, grants, at)
             if item is not None and item.shared_from is not None and _unmasked(item, wanted):
                 by_owner.setdefault(item.shared_from, []).append(item.row)
@@ -222,7 +224,7 @@ class Sharing:
         at = now_us()
         readable = (
             select(r.id)
-            .where(r.tenant == p.tenant, r.id == p.record_id, covered(viewer, at, self._dialect))
+            .where(r.tenant == p.tenant, r.id == p.record_id, covered(self._dialect))
             .exists()
         )
         stmt = (
@@ -231,7 +233,8 @@ class Sharing:
             .order_by(p.head, p.role, p.model_name, p.model_version)
         )
         with self.store.tenant_transaction(viewer, "read shared predictions from") as conn:
-            return [PredictionRow.from_mapping(row) for row in conn.execute(stmt).mappings()]
+            found = conn.execute(stmt, share_params(viewer, at)).mappings()
+            return [PredictionRow.from_mapping(row) for row in found]
 
     def _live(self, conn: Connection, viewer: str, at: int) -> list[Grant]:
         g = schema.share_grants.c
