@@ -129,14 +129,24 @@ def keyset_page(
     cursor: str | None,
     limit: int,
     order: Order,
+    sort_apart: bool = False,
 ) -> Select[Any]:
     """SELECT one page after ``cursor`` ordered by ``order_columns`` (time, then id).
 
     Keyset rather than OFFSET: a page is found through the index whatever its depth,
     and rows inserted meanwhile never shift the pages already read.
+
+    ``sort_apart``: order by the columns' values as expressions (``+ 0``, ``|| ''``: the
+    same order), which no index provides, so SQLite finds the rows through the index
+    that serves the conditions best and sorts them. For a small event-time window
+    (:func:`window_size`) that is far cheaper than its usual plan, walking the index of
+    the page's order and testing every row it passes: every row of the tenant, when the
+    window holds nothing near that end.
     """
     check_limit(limit)
     first, second = (table.c[name] for name in order_columns)
+    if sort_apart:
+        first, second = first + 0, second.concat("")  # type: ignore[assignment]
     where = list(conditions)
     if cursor is not None:
         after = sql_tuple(first, second)
@@ -145,6 +155,36 @@ def keyset_page(
     ordering = (first, second) if order == "asc" else (first.desc(), second.desc())
     # One extra row tells whether another page follows.
     return select(table).where(and_(*where)).order_by(*ordering).limit(limit + 1)
+
+
+#: The most records an event-time window may hold to be read through its own index and
+#: sorted (:func:`window_size`); a larger one is read in the page's order as before.
+#: Counting up to it walks that many index entries (~0.1 ms on SQLite here); sorting
+#: that many rows costs a few ms at most.
+WINDOW_SORT_MAX = 500
+
+
+def window_size(tenant: str, filters: ResultFilter | None) -> tuple[str, tuple[Any, ...]] | None:
+    """SQLite's SQL counting a tenant's records in the event-time window of ``filters``
+    (``since_us``/``until_us``) no further than :data:`WINDOW_SORT_MAX`, through the
+    ``(tenant, created_at_us)`` index, with its parameters; None without a window.
+
+    Run as the driver's SQL: through SQLAlchemy's statement machinery the count cost
+    four times the walk itself (0.17 ms of CPU against 0.04).
+    """
+    if filters is None or (filters.since_us is None and filters.until_us is None):
+        return None
+    terms: list[str] = ["tenant = ?"]
+    params: list[Any] = [tenant]
+    if filters.since_us is not None:
+        terms.append("created_at_us >= ?")
+        params.append(filters.since_us)
+    if filters.until_us is not None:
+        terms.append("created_at_us < ?")
+        params.append(filters.until_us)
+    where = " AND ".join(terms)
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {where} LIMIT {WINDOW_SORT_MAX})"
+    return sql, tuple(params)
 
 
 def check_limit(limit: int) -> None:

@@ -150,8 +150,11 @@ class Sharing:
             # No live grant: the tenant's own rows, as the tenant-first indexes serve best.
             rows_seen = visible(self._dialect, only=True) if grants else None
             terms = queries.result_conditions(viewer, filters, rows_seen)
+            # Shared rows are no one tenant's window: read in the page's order.
+            small = not grants and self.store.small_window(conn, viewer, filters)
             stmt = queries.keyset_page(schema.records, terms, ("stored_at_us", "id"),
-                                       cursor=cursor, limit=limit, order=order)  # fmt: skip
+                                       cursor=cursor, limit=limit, order=order,
+                                       sort_apart=small)  # fmt: skip
             params = share_params(viewer, at, [grant.id for grant in grants])
             found = conn.execute(stmt, params).mappings().all()
         rows = self.store.sensitive.rows(found)

@@ -234,18 +234,31 @@ class ResultsStore:
         """One page of a tenant's results ordered by (stored_at_us, id)."""
         self.sensitive.check_filter(filters)
         conditions = queries.result_conditions(tenant, filters)
-        stmt = queries.keyset_page(
-            schema.records,
-            conditions,
-            ("stored_at_us", "id"),
-            cursor=cursor,
-            limit=limit,
-            order=order,
-        )
         with self.tenant_transaction(tenant, "list results in") as conn:
+            stmt = queries.keyset_page(
+                schema.records,
+                conditions,
+                ("stored_at_us", "id"),
+                cursor=cursor,
+                limit=limit,
+                order=order,
+                sort_apart=self.small_window(conn, tenant, filters),
+            )
             found = conn.execute(stmt).mappings().all()
         rows = self.sensitive.rows(found)
         return _page(rows, limit, order, lambda row: (row.stored_at_us, row.id))
+
+    def small_window(self, conn: Connection, tenant: str, filters: ResultFilter | None) -> bool:
+        """Whether a listing under ``filters`` should find its rows through their
+        event-time window and sort them (:func:`queries.keyset_page`'s ``sort_apart``):
+        on SQLite, when the window holds fewer than :data:`queries.WINDOW_SORT_MAX`
+        records. SQLite keeps no statistics of a range to choose by (PostgreSQL does,
+        and chooses itself)."""
+        counting = queries.window_size(tenant, filters)
+        if counting is None or self.engine.dialect.name != "sqlite":
+            return False
+        held = conn.exec_driver_sql(*counting).scalar_one()
+        return bool(held < queries.WINDOW_SORT_MAX)
 
     def list_predictions(self, tenant: str, record_id: str) -> list[PredictionRow]:
         """Every prediction of one record: each head, model and role."""
