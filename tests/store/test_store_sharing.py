@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pg_testing import ensure_role
-from sqlalchemy import Engine, create_engine, select, text, update
+from sqlalchemy import Engine, create_engine, event, select, text, update
 from sqlalchemy.exc import ProgrammingError
 from store_testing import RLS_ROLE, postgres_schema_url
 
@@ -120,6 +121,66 @@ def _listed(sharing: Sharing, viewer: str, **filters: Any) -> list[str]:
         if page.next_cursor is None:
             return ids
         cursor = page.next_cursor
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_records_of_several_owners_come_in_one_store_order_page_by_page(
+    store_url: str, make_row: RowFactory, parties: tuple[str, str, str], order: Any
+) -> None:
+    """The lab's own records and those two owners share, merged: every page in store
+    order across the three tenants, each record once."""
+    hatchery, lab, other = parties
+    with ResultsStore(store_url) as store:
+        _seed(store, make_row, parties)
+
+        # More of the lab's and the third tenant's, stored between the hatchery's.
+        def more(tenant: str, prefix: str, count: int, after_us: int) -> list[ResultRow]:
+            return [make_row(tenant, f"{prefix}{n}", START_US + n * DAY_US + after_us, app="trays")
+                    for n in range(1, count + 1)]  # fmt: skip
+
+        store.upsert_results(more(lab, "l", 5, 7) + more(other, "o", 3, 3))
+        sharing = Sharing(store)
+        _grant(sharing, parties)
+        sharing.grant(other, lab, TRAYS, created_by="olga", expires_at_us=now_us() + DAY_US)
+        ids, cursor = [], None
+        while True:
+            page = sharing.list_visible(lab, ResultFilter(app="trays"), cursor, 3, order)
+            ids += [(seen.row.stored_at_us, seen.row.id, seen.shared_from) for seen in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+    owners = {"h": hatchery, "o": other, "l": None}
+    assert ids == sorted(ids, reverse=order == "desc")
+    assert {ident for _, ident, _ in ids} == (
+        {f"h{n}" for n in range(12)} | {f"l{n}" for n in range(6)} | {f"o{n}" for n in range(4)}
+    )
+    assert len(ids) == 22
+    assert all(owner == owners[ident[0]] for _, ident, owner in ids)
+
+
+def test_a_grantee_lists_each_tenant_through_its_own_index_on_sqlite(
+    tmp_path: Path, make_row: RowFactory, parties: tuple[str, str, str]
+) -> None:
+    """SQLite's plan for a listing through grants: each tenant's records read through
+    the tenant-first index of the page's order, no walk over every tenant's records."""
+    lab = parties[1]
+    with ResultsStore(f"sqlite:///{tmp_path / 'results.db'}") as store:
+        _seed(store, make_row, parties)
+        sharing = Sharing(store)
+        _grant(sharing, parties)
+        listed: list[tuple[str, Any]] = []
+
+        def keep(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            if "LIMIT" in statement:  # the listing, not the grants it looks up first
+                listed.append((statement, params))
+
+        event.listen(store.engine, "before_cursor_execute", keep)
+        assert len(sharing.list_visible(lab, None, None, 5, "desc").items) == 5
+        with store.engine.connect() as conn:
+            sql, params = listed[0]
+            plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)]
+    scans = [step for step in plan if "records" in step and "share" not in step]
+    assert scans and all("USING INDEX ix_records_tenant_stored_at_us_id" in s for s in scans), plan
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -14,7 +14,20 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, Dialect, Insert, Select, Table, and_, case, func, select
+from sqlalchemy import (
+    ColumnClause,
+    ColumnElement,
+    Dialect,
+    Insert,
+    Select,
+    Table,
+    and_,
+    case,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
 from sqlalchemy import tuple_ as sql_tuple
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -155,6 +168,26 @@ def keyset_page(
     ordering = (first, second) if order == "asc" else (first.desc(), second.desc())
     # One extra row tells whether another page follows.
     return select(table).where(and_(*where)).order_by(*ordering).limit(limit + 1)
+
+
+def merged_pages(
+    pages: Sequence[Select[Any]], order_columns: tuple[str, str], *, limit: int, order: Order
+) -> Select[Any]:
+    """One page out of ``pages`` (each a :func:`keyset_page` of one part of the rows, in
+    the same order and after the same cursor): their rows together, in that order, cut
+    to the page and its one extra row. A single page is returned as it is."""
+    if len(pages) == 1:
+        return pages[0]
+    # Columns by name (``*``, then the first page's names and types): SQLAlchemy's
+    # proxies of every column at every level cost more than the query (1.2 ms a call).
+    every: ColumnClause[Any] = literal_column("*")
+    merged = union_all(*(select(every).select_from(page.subquery()) for page in pages))
+    columns = [literal_column(c.name, c.type) for c in pages[0].selected_columns]
+    named = {c.name: c for c in columns}
+    first, second = (named[name] for name in order_columns)
+    ordering = (first, second) if order == "asc" else (first.desc(), second.desc())
+    together = select(*columns).select_from(merged.subquery("pages"))
+    return together.order_by(*ordering).limit(limit + 1)
 
 
 #: The most records an event-time window may hold to be read through its own index and

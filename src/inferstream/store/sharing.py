@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Select, select, update
 
 from inferstream.application import AppSpec
 from inferstream.envelope import now_us
@@ -62,6 +62,10 @@ class GrantError(InvalidInput):
 
 class GrantNotFound(GrantError):
     """No such grant of this owner."""
+
+
+#: The order of listings: store time, then id.
+ORDER = ("stored_at_us", "id")
 
 
 class Sharing:
@@ -147,14 +151,22 @@ class Sharing:
         at = now_us()
         with self.store.tenant_transaction(viewer, "list records shared with a tenant in") as conn:
             grants = unmasking(self._live(conn, viewer, at), filters)
-            # No live grant: the tenant's own rows, as the tenant-first indexes serve best.
-            rows_seen = visible(self._dialect, only=True) if grants else None
-            terms = queries.result_conditions(viewer, filters, rows_seen)
-            # Shared rows are no one tenant's window: read in the page's order.
-            small = not grants and self.store.small_window(conn, viewer, filters)
-            stmt = queries.keyset_page(schema.records, terms, ("stored_at_us", "id"),
-                                       cursor=cursor, limit=limit, order=order,
-                                       sort_apart=small)  # fmt: skip
+
+            def page_of(tenant: str, shared: bool) -> Select[Any]:
+                terms = queries.result_conditions(tenant, filters)
+                if shared:
+                    terms.append(covered(self._dialect, only=True))
+                small = not shared and self.store.small_window(conn, viewer, filters)
+                return queries.keyset_page(schema.records, terms, ORDER, cursor=cursor,
+                                           limit=limit, order=order, sort_apart=small)  # fmt: skip
+
+            # A page of each tenant's rows (the viewer's own, then each sharing owner's
+            # that a grant covers), each through its tenant-first indexes in the page's
+            # order, merged into one: rows of several tenants in one WHERE (an OR) could
+            # use none of those indexes and read every record of every tenant.
+            owners = sorted({grant.owner for grant in grants})
+            pages = [page_of(viewer, False), *(page_of(owner, True) for owner in owners)]
+            stmt = queries.merged_pages(pages, ORDER, limit=limit, order=order)
             params = share_params(viewer, at, [grant.id for grant in grants])
             found = conn.execute(stmt, params).mappings().all()
         rows = self.store.sensitive.rows(found)
