@@ -8,7 +8,8 @@ store and drives each route for ``--seconds`` with ``--conns`` keep-alive connec
 closed loop (``http_lite``: the client costs tens of µs a request). It prints, per tree
 and route, requests/s, the API process's CPU a request (user + system, from its
 ``/proc`` counters) and the share of it spent in the kernel, and the p50 latency; then
-the medians over the rounds. Every answer must be a 200 (the run stops otherwise).
+the medians over the rounds. Every answer must be a 200 (the run stops otherwise). One
+route lists as a second tenant that a sharing grant lets read every record.
 
 Several connections at once show what the routes cost when requests overlap: SQLite's
 driver lets go of the GIL at every row it steps, and with another thread waiting each
@@ -49,12 +50,17 @@ from api_bench import (
 from bus_handoff import add_against, trees_against
 from http_lite import Connection
 
-from inferstream.api.settings import JWT_SECRET_ENV
+from inferstream.api.accounts import Accounts
+from inferstream.api.auth import Principal, hash_password, issue_token
+from inferstream.api.settings import JWT_SECRET_ENV, ApiSettings
+from inferstream.apps.eggs import APP
 from inferstream.apps.eggs.simulator import ScanPool
 from inferstream.bus import open_bus
+from inferstream.envelope import now_us
 from inferstream.pipeline import PipelineSpec
 from inferstream.runner import ensure_topics
 from inferstream.store import ResultsStore
+from inferstream.store.sharing import Sharing
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Route:
     name: str
     path: str
     params: dict[str, object]
+    #: Another credential than the bench tenant's (a bearer token), if any.
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,23 @@ class Figures:
     cpu_ms: float
     kernel_pct: float
     p50_ms: float
+
+
+#: A second tenant the bench's tenant shares every eggs record with (a sharing grant).
+PARTNER = "bench-partner"
+
+
+def partner_token(spec: PipelineSpec) -> str:
+    """A viewer of :data:`PARTNER`, which a live grant lets read every eggs record of
+    :data:`TENANT`: its listings run through the grants."""
+    with ResultsStore(spec.store) as store:
+        Accounts(store).create_tenant(PARTNER)
+        Accounts(store).create_user(PARTNER, "partner-viewer", hash_password("x" * 16), "viewer")
+        day_us = 86_400_000_000
+        Sharing(store).grant(TENANT, PARTNER, APP, expires_at_us=now_us() + day_us,
+                             created_by="bench")  # fmt: skip
+    settings = ApiSettings(spec, "scans.raw", jwt_secret=os.environ[JWT_SECRET_ENV])
+    return issue_token(settings, Principal("partner-viewer", PARTNER, "viewer"))
 
 
 def fill(spec: PipelineSpec, scans: int, rate: float) -> None:
@@ -95,7 +120,7 @@ def fill(spec: PipelineSpec, scans: int, rate: float) -> None:
         up.wait(timeout=60)
 
 
-async def routes_of(base: str, headers: dict[str, str]) -> list[Route]:
+async def routes_of(base: str, headers: dict[str, str], partner: str) -> list[Route]:
     """The routes to drive, with ids and a cursor taken from a first listing."""
     client = Connection(base, headers)
     answer = await client.request("GET", "/v1/results", params={"limit": 50, "order": "desc"})
@@ -114,6 +139,8 @@ async def routes_of(base: str, headers: dict[str, str]) -> list[Route]:
         Route("GET /v1/scans/{id}", f"/v1/scans/{first['root_id']}", {}),
         Route("GET /v1/apps/eggs/records/{id}", f"/v1/apps/eggs/records/{first['id']}", {}),
         Route("GET /v1/groups/{group}/summary", f"/v1/groups/{first['group']}/summary", {}),
+        # As the partner: every record it lists is shared with it through a grant.
+        Route("GET /v1/results (50, through a grant)", "/v1/results", newest, partner),
     ]
 
 
@@ -128,7 +155,8 @@ class Api:
 
 async def drive(api: Api, route: Route, conns: int, seconds: float) -> Figures:
     """``conns`` closed-loop connections on one route for ``seconds``; the API's CPU."""
-    base, headers = api.base, api.headers
+    base = api.base
+    headers = {"Authorization": f"Bearer {route.token}"} if route.token else api.headers
     clients = [Connection(base, headers) for _ in range(conns)]
     for client in clients:  # connected, and the route's statements compiled, before timing
         await client.request("GET", route.path, params=route.params)
@@ -161,7 +189,7 @@ async def drive(api: Api, route: Route, conns: int, seconds: float) -> Figures:
 
 
 def one_tree(
-    src: Path, spec: PipelineSpec, token: str, args: argparse.Namespace
+    src: Path, spec: PipelineSpec, tokens: tuple[str, str], args: argparse.Namespace
 ) -> dict[tuple[str, int], Figures]:
     """Serve the store from ``src``'s code and drive every route at every ``--conns``."""
     port = free_port()
@@ -173,13 +201,14 @@ def one_tree(
             "--host", "127.0.0.1", "--port", str(port), *unlimited]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(src), INFERSTREAM_LOG_LEVEL="WARNING")
     serve = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    token, partner = tokens
     api = Api(base, {"Authorization": f"Bearer {token}"}, serve.pid)
     try:
         wait_until(lambda: api_up(base), "the API answering /readyz", [serve], 120)
 
         async def every_route() -> dict[tuple[str, int], Figures]:
             found = {}
-            for route in await routes_of(api.base, api.headers):
+            for route in await routes_of(api.base, api.headers, partner):
                 for conns in args.conns:
                     found[(route.name, conns)] = await drive(api, route, conns, args.seconds)
             return found
@@ -210,14 +239,14 @@ def main() -> None:
         work = Path(tmp)
         spec = make_spec(work)
         trees = trees_against(args.against, work / "trees")
-        token = make_credentials(spec, 1, 0)[0][0]
+        tokens = make_credentials(spec, 1, 0)[0][0], partner_token(spec)
         fill(spec, args.scans, args.fill_rate)
         rounds: dict[str, list[dict[tuple[str, int], Figures]]] = {name: [] for name in trees}
         print("\n| round / tree | route | conns | req/s | CPU ms a request | kernel % | p50 ms |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for round_no in range(args.rounds):
             for name, src in trees.items():
-                found = one_tree(src, spec, token, args)
+                found = one_tree(src, spec, tokens, args)
                 rounds[name].append(found)
                 for (route, conns), figures in found.items():
                     print(row(f"{round_no + 1} {name}", route, conns, figures), flush=True)
