@@ -134,6 +134,10 @@ def result_conditions(
     return conditions
 
 
+#: The order of record listings: store time, then id.
+RECORD_ORDER = ("stored_at_us", "id")
+
+
 def keyset_page(
     table: Table,
     conditions: Sequence[ColumnElement[bool]],

@@ -186,10 +186,10 @@ def covered(dialect: str, only: bool = False) -> ColumnElement[bool]:
 
 
 @functools.cache
-def visible(dialect: str, only: bool = False) -> ColumnElement[bool]:
-    """Rows of ``records`` the viewer may read: its own, and those grants (of
-    :data:`ONLY`, with ``only``) admit; executed with :func:`share_params`."""
-    return or_(records.c.tenant == bindparam(VIEWER, type_=String()), covered(dialect, only))
+def visible(dialect: str) -> ColumnElement[bool]:
+    """Rows of ``records`` the viewer may read: its own, and those live grants admit;
+    executed with :func:`share_params`."""
+    return or_(records.c.tenant == bindparam(VIEWER, type_=String()), covered(dialect))
 
 
 def unmasking(grants: Sequence[Grant], filters: ResultFilter | None) -> list[Grant]:

@@ -64,10 +64,6 @@ class GrantNotFound(GrantError):
     """No such grant of this owner."""
 
 
-#: The order of listings: store time, then id.
-ORDER = ("stored_at_us", "id")
-
-
 class Sharing:
     """The grants in one results store, and the reads that honour them."""
 
@@ -157,8 +153,9 @@ class Sharing:
                 if shared:
                     terms.append(covered(self._dialect, only=True))
                 small = not shared and self.store.small_window(conn, viewer, filters)
-                return queries.keyset_page(schema.records, terms, ORDER, cursor=cursor,
-                                           limit=limit, order=order, sort_apart=small)  # fmt: skip
+                return queries.keyset_page(schema.records, terms, queries.RECORD_ORDER,
+                                           cursor=cursor, limit=limit, order=order,
+                                           sort_apart=small)  # fmt: skip
 
             # A page of each tenant's rows (the viewer's own, then each sharing owner's
             # that a grant covers), each through its tenant-first indexes in the page's
@@ -166,7 +163,7 @@ class Sharing:
             # use none of those indexes and read every record of every tenant.
             owners = sorted({grant.owner for grant in grants})
             pages = [page_of(viewer, False), *(page_of(owner, True) for owner in owners)]
-            stmt = queries.merged_pages(pages, ORDER, limit=limit, order=order)
+            stmt = queries.merged_pages(pages, queries.RECORD_ORDER, limit=limit, order=order)
             params = share_params(viewer, at, [grant.id for grant in grants])
             found = conn.execute(stmt, params).mappings().all()
         rows = self.store.sensitive.rows(found)

@@ -238,7 +238,7 @@ class ResultsStore:
             stmt = queries.keyset_page(
                 schema.records,
                 conditions,
-                ("stored_at_us", "id"),
+                queries.RECORD_ORDER,
                 cursor=cursor,
                 limit=limit,
                 order=order,
